@@ -1,0 +1,32 @@
+"""retvlp: retinal vision-language foundation models (MaskedCLIP, KeepFIT V2) for the Hugging Face stack.
+
+Importing the package registers every model family with transformers' Auto classes, so that
+`AutoModel.from_pretrained(dir)`, `AutoProcessor.from_pretrained(dir)` and the pipelines work on our
+checkpoints; each saved checkpoint also carries its own code for `trust_remote_code=True` loading.
+"""
+
+from .maskedclip import (
+    FundusImageProcessor,
+    MaskedCLIPConfig,
+    MaskedCLIPForImageClassification,
+    MaskedCLIPModel,
+    MaskedCLIPProcessor,
+    MaskedCLIPVisionConfig,
+    MaskedCLIPVisionModel,
+)
+from .registration import register_auto_classes
+
+register_auto_classes()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FundusImageProcessor",
+    "MaskedCLIPConfig",
+    "MaskedCLIPForImageClassification",
+    "MaskedCLIPModel",
+    "MaskedCLIPProcessor",
+    "MaskedCLIPVisionConfig",
+    "MaskedCLIPVisionModel",
+    "register_auto_classes",
+]

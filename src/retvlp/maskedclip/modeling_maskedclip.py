@@ -1,0 +1,736 @@
+"""MaskedCLIP: masked image modelling + label-guided CLIP bridged by a transformer (METHODS.md §1).
+
+Module map (paper notation → attribute of [`MaskedCLIPModel`]):
+
+    E_I  image encoder       vision_model            ViT in transformers' ViT-MAE layout, own masking
+    D_I  pixel decoder       pixel_decoder           transformers' ViTMAEDecoder              → L_mim (Eq. 1)
+    B    bridge transformer  bridge                  ViT-MAE blocks at the encoder width
+    E_T  text encoder        text_model              transformers' BertModel
+         projections         visual_projection, text_projection, logit_scale     → L_lg_clip (Eqs. 2–4)
+    D_F  feature decoder     feature_decoder         ViTMAEDecoder predicting bridge features → L_mfd (Eq. 5)
+    M̂    momentum encoder    momentum_vision_model, momentum_bridge  (EMA of E_I and B, no gradients)
+
+The losses themselves live in `loss_maskedclip.py`. This file is copied next to saved checkpoints for
+``trust_remote_code`` loading, so it only imports torch, transformers and its sibling files.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.models.vit_mae.modeling_vit_mae import ViTMAEDecoder, ViTMAEEmbeddings, ViTMAELayer
+from transformers.utils import ModelOutput
+
+from .configuration_maskedclip import MaskedCLIPConfig, MaskedCLIPVisionConfig
+from .loss_maskedclip import (
+    label_guided_contrastive_loss,
+    masked_feature_distillation_loss,
+    masked_image_modeling_loss,
+    patchify,
+)
+
+MOMENTUM_PREFIXES = ("momentum_vision_model.", "momentum_bridge.")
+
+
+@dataclass
+class MaskedCLIPOutput(ModelOutput):
+    r"""Output of [`MaskedCLIPModel`].
+
+    loss (`torch.FloatTensor` of shape `()`): L_mim + λ_clip·L_lg_clip + λ_mfd·L_mfd (Eq. 6), with the
+        switched-off terms left out; only when the loss is computed.
+    loss_mim, loss_clip, loss_mfd (`torch.FloatTensor` of shape `()`): the unweighted terms.
+    logits_per_image (`(paired_batch, text_batch)`): scaled image-text similarities (in training under
+        torch.distributed: local images against the global batch of texts).
+    logits_per_text (`(text_batch, paired_batch)`): the transpose view, texts against images.
+    image_embeds (`(paired_batch, projection_dim)`), text_embeds (`(text_batch, projection_dim)`):
+        L2-normalised embeddings in the shared space.
+    pixel_predictions (`(all_images, num_patches, patch_size**2 * channels)`): pixel-decoder output.
+    mask (`(all_images, num_patches)`): 1 for masked patches, 0 for visible ones.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_mim: torch.FloatTensor | None = None
+    loss_clip: torch.FloatTensor | None = None
+    loss_mfd: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    pixel_predictions: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+
+
+def random_masking(
+    patch_tokens: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAE per-sample masking: keep the N·(1−r) patches with the lowest noise.
+
+    Args:
+        patch_tokens: `(batch, num_patches, dim)`, position embeddings already added.
+        noise: optional `(batch, num_patches)` uniform noise (for reproducibility).
+    Returns:
+        kept `(batch, int(num_patches·(1−r)), dim)` in shuffled order, mask `(batch, num_patches)` with 1 for
+        removed patches, and `ids_restore` `(batch, num_patches)` such that gathering the shuffled sequence
+        (kept + mask tokens) with it restores the original patch order.
+    """
+    batch, num_patches, dim = patch_tokens.shape
+    num_keep = int(num_patches * (1 - mask_ratio))
+    if noise is None:
+        noise = torch.rand(batch, num_patches, device=patch_tokens.device)
+    elif noise.shape != (batch, num_patches):
+        raise ValueError(f"noise must have shape {(batch, num_patches)}, got {tuple(noise.shape)}.")
+    ids_shuffle = torch.argsort(noise.to(patch_tokens.device), dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :num_keep]
+    kept = torch.gather(patch_tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+    mask = torch.ones(batch, num_patches, device=patch_tokens.device)
+    mask[:, :num_keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return kept, mask, ids_restore
+
+
+def sincos_position_table(grid_size: int, dim: int, cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sin-cos position table in MAE's layout: `(grid²[+1], dim)`.
+
+    The first half of the channels encodes the column index, the second half the row index, each as
+    [sin | cos] over frequencies 1/10000^(k/(dim/4)) — the layout RETFound and facebook/vit-mae-* were
+    trained with. The cls row is zero.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}.")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_size, dtype=torch.float64),
+        torch.arange(grid_size, dtype=torch.float64),
+        indexing="ij",
+    )
+
+    def encode(positions):
+        angles = positions.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(cols), encode(rows)], dim=1)
+    if cls_token:
+        table = torch.cat([torch.zeros(1, dim, dtype=table.dtype), table], dim=0)
+    return table.float()
+
+
+class MaskedCLIPVisionTransformer(nn.Module):
+    """E_I: a ViT whose parameter names are those of transformers' `ViTMAEModel` (so ViT-MAE and converted
+    RETFound weights load as they are), with masking done here so that one module serves both the masked
+    pass (visible patches only) and the full-image pass."""
+
+    def __init__(self, config: MaskedCLIPVisionConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = ViTMAEEmbeddings(config)
+        self.layers = nn.ModuleList([ViTMAELayer(config) for _ in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mask_ratio: float = 0.0,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        apply_layernorm: bool = True,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
+        """Encode `(batch, channels, height, width)` images.
+
+        Returns `(tokens, mask, ids_restore, hidden_states)`: tokens `(batch, 1 + kept_patches, hidden)`
+        (cls first); mask / ids_restore are None when `mask_ratio == 0` (no shuffling at all).
+        """
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
+        height, width = pixel_values.shape[-2:]
+        embeddings = self.embeddings
+        patch_tokens = embeddings.patch_embeddings(pixel_values)
+        if interpolate_pos_encoding:
+            positions = embeddings.interpolate_pos_encoding(patch_tokens, height, width)
+        else:
+            if (height, width) != tuple(embeddings.image_size):
+                raise ValueError(
+                    f"Input image size {height}x{width} does not match the model's {tuple(embeddings.image_size)}; "
+                    "resize with the processor or pass interpolate_pos_encoding=True."
+                )
+            positions = embeddings.position_embeddings
+        patch_tokens = patch_tokens + positions[:, 1:].to(patch_tokens.dtype)
+        mask = ids_restore = None
+        if mask_ratio > 0:
+            patch_tokens, mask, ids_restore = random_masking(patch_tokens, mask_ratio, noise)
+        cls_token = (embeddings.cls_token + positions[:, :1]).to(patch_tokens.dtype)
+        hidden = torch.cat([cls_token.expand(patch_tokens.shape[0], -1, -1), patch_tokens], dim=1)
+        all_hidden = [hidden] if output_hidden_states else None
+        for layer in self.layers:
+            hidden = layer(hidden)
+            if output_hidden_states:
+                all_hidden.append(hidden)
+        if apply_layernorm:
+            hidden = self.layernorm(hidden)
+        return hidden, mask, ids_restore, tuple(all_hidden) if output_hidden_states else None
+
+
+class MaskedCLIPBridge(nn.Module):
+    """B: transformer blocks at the encoder width mapping masked-space tokens into the CLIP space."""
+
+    def __init__(self, vision_config: MaskedCLIPVisionConfig, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList([ViTMAELayer(vision_config) for _ in range(num_layers)])
+        self.layernorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(batch, tokens, hidden)` → `(batch, tokens, hidden)`, ending with the bridge's LayerNorm."""
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+        return self.layernorm(hidden_states)
+
+
+class MaskedCLIPFeatureDecoder(ViTMAEDecoder):
+    """D_F: an MAE decoder (own mask token and sin-cos positions) whose head predicts a bridge-width feature
+    for every patch instead of pixels. Output `.logits`: `(batch, num_patches, vision hidden_size)`."""
+
+    def __init__(self, config: MaskedCLIPConfig):
+        vision_config = config.vision_config
+        decoder_config = copy.deepcopy(vision_config)
+        decoder_config.decoder_hidden_size = config.feature_decoder_hidden_size
+        decoder_config.decoder_num_hidden_layers = config.feature_decoder_num_hidden_layers
+        decoder_config.decoder_num_attention_heads = config.feature_decoder_num_attention_heads
+        decoder_config.decoder_intermediate_size = config.feature_decoder_intermediate_size
+        super().__init__(decoder_config, num_patches=vision_config.num_patches)
+        self.decoder_pred = nn.Linear(config.feature_decoder_hidden_size, vision_config.hidden_size)
+
+
+class MaskedCLIPPreTrainedModel(PreTrainedModel):
+    config: MaskedCLIPConfig
+    base_model_prefix = "maskedclip"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTMAELayer", "BertLayer", "ViTMAEEmbeddings"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, ViTMAEEmbeddings):
+            grid = int(round(module.patch_embeddings.num_patches**0.5))
+            table = sincos_position_table(grid, module.position_embeddings.shape[-1])
+            init.copy_(module.position_embeddings, table.unsqueeze(0))
+            weight = module.patch_embeddings.projection.weight
+            # MAE initialises the patch projection like a Linear layer over the flattened patch.
+            bound = math.sqrt(6.0 / (weight.shape[0] + weight[0].numel()))
+            init.uniform_(weight, -bound, bound)
+            init.normal_(module.cls_token, std=std)
+        elif isinstance(module, ViTMAEDecoder):
+            grid = int(round((module.decoder_pos_embed.shape[1] - 1) ** 0.5))
+            table = sincos_position_table(grid, module.decoder_pos_embed.shape[-1])
+            init.copy_(module.decoder_pos_embed, table.unsqueeze(0))
+            init.normal_(module.mask_token, std=std)
+        elif isinstance(module, MaskedCLIPModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
+    """MaskedCLIP pretraining model; also a CLIP-style dual encoder for zero-shot use.
+
+    A forward in training mode (or with `return_loss=True`) runs the whole method: one masked pass of E_I
+    over paired + unpaired images feeding D_I (L_mim) and D_F (L_mfd, against the momentum encoder on the
+    full images), and one full pass of the paired images through E_I and B for L_lg_clip. In eval mode it
+    only embeds images and texts and returns their similarities (what zero-shot pipelines call).
+
+    Call [`update_momentum_encoder`] after every optimizer step.
+    """
+
+    _keys_to_ignore_on_load_missing = [r"^momentum_vision_model\.", r"^momentum_bridge\."]
+    # Task auto classes that resolve to this class when a checkpoint is loaded with trust_remote_code.
+    _remote_auto_map = {"AutoModelForZeroShotImageClassification": "modeling_maskedclip.MaskedCLIPModel"}
+
+    def __init__(self, config: MaskedCLIPConfig):
+        super().__init__(config)
+        vision_config, text_config = config.vision_config, config.text_config
+        if vision_config._attn_implementation is None:
+            # Only PreTrainedModel children receive the resolved implementation; our vision towers are plain
+            # modules reading it from this sub-config, which would otherwise fall back to eager attention.
+            vision_config._attn_implementation_internal = config._attn_implementation
+        self.vision_model = MaskedCLIPVisionTransformer(vision_config)
+        self.pixel_decoder = (
+            ViTMAEDecoder(vision_config, vision_config.num_patches) if config.use_mim else None
+        )
+        self.bridge = (
+            MaskedCLIPBridge(vision_config, config.bridge_num_hidden_layers) if config.use_bridge else None
+        )
+        self.feature_decoder = MaskedCLIPFeatureDecoder(config) if config.use_mfd else None
+        if config.use_clip:
+            self.text_model = BertModel(text_config, add_pooling_layer=False)
+            self.visual_projection = nn.Linear(vision_config.hidden_size, config.projection_dim, bias=False)
+            self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim, bias=False)
+        else:
+            self.text_model = self.visual_projection = self.text_projection = None
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+
+        if config.use_mfd:
+            self.momentum_vision_model = MaskedCLIPVisionTransformer(vision_config)
+            self.momentum_bridge = (
+                MaskedCLIPBridge(vision_config, config.bridge_num_hidden_layers)
+                if config.use_bridge
+                else None
+            )
+            for parameter in self._momentum_parameters():
+                parameter.requires_grad_(False)
+        else:
+            self.momentum_vision_model = self.momentum_bridge = None
+
+        self.post_init()
+        # Released checkpoints carry no momentum encoder: it is training state, rebuilt from E_I and B.
+        self._keys_to_ignore_on_save = {k for k in self.state_dict() if k.startswith(MOMENTUM_PREFIXES)}
+        self.reset_momentum_encoder()
+
+    # ------------------------------------------------------------------ momentum encoder M̂ = EMA(B ∘ E_I)
+    def _online_and_momentum_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        pairs = list(
+            zip(self.vision_model.parameters(), self.momentum_vision_model.parameters(), strict=True)
+        )
+        if self.bridge is not None:
+            pairs += list(zip(self.bridge.parameters(), self.momentum_bridge.parameters(), strict=True))
+        return pairs
+
+    def _momentum_parameters(self):
+        for module in (self.momentum_vision_model, self.momentum_bridge):
+            if module is not None:
+                yield from module.parameters()
+
+    @torch.no_grad()
+    def reset_momentum_encoder(self) -> None:
+        """Make M̂ an exact copy of E_I (and B): its state at the start of training."""
+        if self.momentum_vision_model is None:
+            return
+        for online, momentum in self._online_and_momentum_pairs():
+            momentum.copy_(online.detach())
+
+    @torch.no_grad()
+    def update_momentum_encoder(self, momentum: float | None = None) -> None:
+        """EMA step θ̂ ← m·θ̂ + (1 − m)·θ, with m = `config.momentum` unless given. Call after each
+        optimizer step (not after each micro-batch of gradient accumulation)."""
+        if self.momentum_vision_model is None:
+            return
+        m = self.config.momentum if momentum is None else momentum
+        pairs = self._online_and_momentum_pairs()
+        targets = [target for _, target in pairs]
+        sources = [online.detach().to(target.dtype) for online, target in pairs]
+        torch._foreach_mul_(targets, m)
+        torch._foreach_add_(targets, sources, alpha=1.0 - m)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # M̂ provides targets: never dropout / drop-path in it.
+        for module in (self.momentum_vision_model, self.momentum_bridge):
+            if module is not None:
+                module.eval()
+        return self
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if getattr(self, "_auto_class", None) is not None:
+            self.config.auto_map = {**(self.config.auto_map or {}), **self._remote_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; the momentum encoder (never saved in a released checkpoint)
+        is rebuilt as a copy of the loaded E_I and B."""
+        model = super().from_pretrained(*args, **kwargs)
+        (model[0] if isinstance(model, tuple) else model).reset_momentum_encoder()
+        return model
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        vision_config_overrides: dict | None = None,
+        **config_kwargs,
+    ) -> "MaskedCLIPModel":
+        """Build MaskedCLIP around pretrained towers, like transformers' dual-encoder constructors.
+
+        E_I takes the encoder weights of a ViT-MAE checkpoint (e.g. `facebook/vit-mae-large`, a local
+        directory, or a converted RETFound directory); E_T takes a BERT checkpoint (e.g.
+        `emilyalsentzer/Bio_ClinicalBERT`). The pixel decoder keeps the paper's ViT-small size unless
+        `vision_config_overrides` asks for the checkpoint's own decoder sizes, in which case the MAE decoder
+        weights are loaded too. Everything else is freshly initialised; the momentum encoder starts as a copy.
+
+        Example: `MaskedCLIPModel.from_vision_text_pretrained("facebook/vit-mae-large",
+        "emilyalsentzer/Bio_ClinicalBERT")`.
+        """
+        from transformers import AutoConfig, ViTMAEForPreTraining
+
+        vision_source = AutoConfig.from_pretrained(vision_model_name_or_path).to_dict()
+        vision_fields = {
+            k: v for k, v in vision_source.items() if k in MaskedCLIPVisionConfig.__dataclass_fields__
+        }
+        vision_fields = {
+            **vision_fields,
+            **MaskedCLIPVisionConfig.pixel_decoder_defaults(),
+            **(vision_config_overrides or {}),
+        }
+        vision_fields.pop("model_type", None)
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path)
+        config = MaskedCLIPConfig(
+            vision_config=vision_fields, text_config=text_config.to_dict(), **config_kwargs
+        )
+        model = cls(config)
+
+        mae = ViTMAEForPreTraining.from_pretrained(vision_model_name_or_path)
+        report = model.vision_model.load_state_dict(mae.vit.state_dict(), strict=False)
+        if report.missing_keys or report.unexpected_keys:
+            raise ValueError(
+                f"{vision_model_name_or_path} does not fit the image encoder: missing {report.missing_keys}, "
+                f"unexpected {report.unexpected_keys}."
+            )
+        if model.pixel_decoder is not None:
+            mae_decoder_state = mae.decoder.state_dict()
+            own_state = model.pixel_decoder.state_dict()
+            if all(own_state[k].shape == v.shape for k, v in mae_decoder_state.items() if k in own_state):
+                model.pixel_decoder.load_state_dict(mae_decoder_state)
+        if model.text_model is not None:
+            bert = BertModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False)
+            model.text_model.load_state_dict(bert.state_dict())
+        model.reset_momentum_encoder()
+        return model
+
+    def load_retfound_weights(self, checkpoint_path: str, **convert_kwargs) -> dict:
+        """Load RETFound's MAE ViT weights (`.pth`, timm names, read with `weights_only=True`) into E_I and
+        restart the momentum encoder from them. Returns the converter's report (unused decoder/head keys)."""
+        from .convert_retfound import load_retfound_into
+
+        info = load_retfound_into(self.vision_model, checkpoint_path, **convert_kwargs)
+        self.reset_momentum_encoder()
+        return info
+
+    # ------------------------------------------------------------------ embeddings
+    def _clip_space_tokens(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        tokens = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)[0]
+        return self.bridge(tokens) if self.bridge is not None else tokens
+
+    def _pool_clip_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0] if self.config.clip_image_pooling == "cls" else tokens[:, 1:].mean(dim=1)
+
+    def _require_clip(self, what: str):
+        if self.text_model is None:
+            raise ValueError(f"{what} needs the CLIP branch, but this model was built with use_clip=False.")
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Full-image embedding: `pooler_output` is the projected (not yet normalised) `(batch, projection_dim)`
+        embedding of z = B(E_I(x)); `last_hidden_state` is z, `(batch, 1 + num_patches, hidden)`."""
+        self._require_clip("get_image_features")
+        tokens = self._clip_space_tokens(pixel_values, interpolate_pos_encoding)
+        projected = self.visual_projection(self._pool_clip_tokens(tokens))
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=projected)
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Text embedding: `pooler_output` is the projected [CLS] state `(batch, projection_dim)`."""
+        self._require_clip("get_text_features")
+        if input_ids is None or input_ids.numel() == 0:
+            raise ValueError("get_text_features needs a non-empty input_ids batch.")
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+        )
+        hidden = outputs.last_hidden_state
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden, pooler_output=self.text_projection(hidden[:, 0])
+        )
+
+    def clamped_logit_scale(self) -> torch.Tensor:
+        """exp(τ) with τ clamped to ≤ `config.logit_scale_max` (ln 100)."""
+        return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        unpaired_pixel_values: torch.FloatTensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedCLIPOutput | tuple:
+        r"""
+        input_ids, attention_mask, token_type_ids (`(paired_batch, seq_len)`): tokenised texts of the pairs.
+        pixel_values (`(paired_batch, 3, H, W)`): images of the pairs (or, at inference, any images).
+        unpaired_pixel_values (`(unpaired_batch, 3, H, W)`): image-only samples; they enter L_mim and L_mfd,
+            never the contrastive loss.
+        labels (`(paired_batch,)` int, −1 for none, or `(paired_batch, num_classes)` multi-hot): optional
+            categorical labels of the pairs; pairs with equal labels are positives in L_lg_clip.
+        return_loss (`bool`): compute the pretraining losses. Defaults to `self.training`.
+        noise (`(paired_batch + unpaired_batch, num_patches)`): masking noise, for reproducible masks.
+        """
+        if return_loss is None:
+            return_loss = self.training
+        if pixel_values is not None and input_ids is not None and return_loss:
+            if pixel_values.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"Paired batch mismatch: {pixel_values.shape[0]} images (pixel_values) but "
+                    f"{input_ids.shape[0]} texts (input_ids). Put image-only samples in unpaired_pixel_values."
+                )
+        output = (
+            self._pretraining_forward(
+                input_ids,
+                pixel_values,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                unpaired_pixel_values,
+                labels,
+                noise,
+                interpolate_pos_encoding,
+            )
+            if return_loss
+            else self._embedding_forward(
+                input_ids,
+                pixel_values,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                interpolate_pos_encoding,
+            )
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def _embedding_forward(
+        self, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, interpolate_pos_encoding
+    ) -> MaskedCLIPOutput:
+        image_embeds = text_embeds = logits_per_image = logits_per_text = None
+        if pixel_values is not None:
+            image_embeds = F.normalize(
+                self.get_image_features(pixel_values, interpolate_pos_encoding).pooler_output, dim=-1
+            )
+        if input_ids is not None:
+            text_embeds = F.normalize(
+                self.get_text_features(input_ids, attention_mask, token_type_ids, position_ids).pooler_output,
+                dim=-1,
+            )
+        if image_embeds is not None and text_embeds is not None:
+            logits_per_image = self.clamped_logit_scale() * image_embeds @ text_embeds.t()
+            logits_per_text = logits_per_image.t()
+        return MaskedCLIPOutput(
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+        )
+
+    def _pretraining_forward(
+        self,
+        input_ids,
+        pixel_values,
+        attention_mask,
+        token_type_ids,
+        position_ids,
+        unpaired_pixel_values,
+        labels,
+        noise,
+        interpolate_pos_encoding,
+    ) -> MaskedCLIPOutput:
+        config = self.config
+        images = [x for x in (pixel_values, unpaired_pixel_values) if x is not None and x.shape[0] > 0]
+        if not images:
+            raise ValueError(
+                "The pretraining forward needs images: pass pixel_values and/or unpaired_pixel_values."
+            )
+        if interpolate_pos_encoding and (config.use_mim or config.use_mfd):
+            raise ValueError(
+                "Masked pretraining runs at the configured image_size; interpolate_pos_encoding is for inference."
+            )
+        all_pixels = torch.cat(images, dim=0) if len(images) > 1 else images[0]
+
+        terms: dict[str, torch.Tensor] = {}
+        pixel_predictions = mask = None
+        if config.use_mim or config.use_mfd:
+            latent, mask, ids_restore, _ = self.vision_model(
+                all_pixels, mask_ratio=config.vision_config.mask_ratio, noise=noise
+            )
+            if config.use_mim:
+                pixel_predictions = self.pixel_decoder(latent, ids_restore).logits
+                terms["mim"] = masked_image_modeling_loss(
+                    pixel_predictions,
+                    patchify(all_pixels, self.vision_model.embeddings.patch_embeddings.patch_size[0]),
+                    mask,
+                    norm_pix_loss=config.vision_config.norm_pix_loss,
+                )
+            if config.use_mfd:
+                predicted_features = self.feature_decoder(latent, ids_restore).logits
+                terms["mfd"] = masked_feature_distillation_loss(
+                    predicted_features, self._momentum_targets(all_pixels)
+                )
+
+        image_embeds = text_embeds = logits_per_image = logits_per_text = None
+        has_pairs = pixel_values is not None and pixel_values.shape[0] > 0
+        if config.use_clip and has_pairs:
+            if input_ids is None:
+                raise ValueError(
+                    "pixel_values are the paired images and need their texts (input_ids); pass image-only "
+                    "samples as unpaired_pixel_values."
+                )
+            image_embeds = F.normalize(self.get_image_features(pixel_values).pooler_output, dim=-1)
+            text_embeds = F.normalize(
+                self.get_text_features(input_ids, attention_mask, token_type_ids, position_ids).pooler_output,
+                dim=-1,
+            )
+            if labels is not None:
+                labels = labels.to(image_embeds.device)
+            terms["clip"], logits_per_image, logits_per_text = label_guided_contrastive_loss(
+                image_embeds,
+                text_embeds,
+                self.clamped_logit_scale(),
+                labels=labels,
+                gather_distributed=config.gather_distributed,
+            )
+
+        weights = {"mim": 1.0, "clip": config.lambda_clip, "mfd": config.lambda_mfd}
+        loss = sum(weights[name] * value for name, value in terms.items()) if terms else None
+        return MaskedCLIPOutput(
+            loss=loss,
+            loss_mim=terms.get("mim"),
+            loss_clip=terms.get("clip"),
+            loss_mfd=terms.get("mfd"),
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            pixel_predictions=pixel_predictions,
+            mask=mask,
+        )
+
+    @torch.no_grad()
+    def _momentum_targets(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """M̂(x): momentum E_I (+ B) on the whole image, patch tokens after the last LayerNorm, `(B, N, D)`."""
+        tokens = self.momentum_vision_model(pixel_values)[0]
+        if self.momentum_bridge is not None:
+            tokens = self.momentum_bridge(tokens)
+        return tokens[:, 1:]
+
+
+class MaskedCLIPVisionModel(MaskedCLIPPreTrainedModel):
+    """E_I alone, for feature extraction. Loads from a MaskedCLIP checkpoint directory (takes the
+    `vision_config` and the `vision_model.*` weights). `pooler_output` follows `config.pooling`: mean of the
+    patch tokens (default) or the cls token, both after the encoder's final LayerNorm."""
+
+    config: MaskedCLIPVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # Loading from a full MaskedCLIP checkpoint: everything but E_I is expected to be left behind.
+    _keys_to_ignore_on_load_unexpected = [r"^(?!vision_model\.)"]
+
+    def __init__(self, config: MaskedCLIPVisionConfig):
+        super().__init__(config)
+        self.vision_model = MaskedCLIPVisionTransformer(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        tokens, _, _, hidden_states = self.vision_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=bool(output_hidden_states),
+        )
+        pooled = tokens[:, 0] if self.config.pooling == "cls" else tokens[:, 1:].mean(dim=1)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=tokens, pooler_output=pooled, hidden_states=hidden_states
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MaskedCLIPForImageClassification(MaskedCLIPPreTrainedModel):
+    """E_I + a classification head for fine-tuning (MAE practice): mean of the patch tokens → LayerNorm →
+    dropout → linear, or with `pooling="cls"` the final-LayerNorm cls token → dropout → linear. Loads from a
+    MaskedCLIP checkpoint directory: `MaskedCLIPForImageClassification.from_pretrained(dir, num_labels=5)`."""
+
+    config: MaskedCLIPVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _keys_to_ignore_on_load_unexpected = [r"^(?!vision_model\.)"]
+
+    def __init__(self, config: MaskedCLIPVisionConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vision_model = MaskedCLIPVisionTransformer(config)
+        self.fc_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.pooling == "mean"
+            else nn.Identity()
+        )
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = (
+            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else nn.Identity()
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        r"""labels: `(batch,)` class ids (single-label), `(batch, num_labels)` floats (multi-label), or floats
+        for regression when `num_labels == 1`."""
+        use_cls = self.config.pooling == "cls"
+        # MAE's global-pool head skips the encoder's final norm and normalises the pooled vector instead.
+        tokens = self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, apply_layernorm=use_cls
+        )[0]
+        pooled = tokens[:, 0] if use_cls else self.fc_norm(tokens[:, 1:].mean(dim=1))
+        logits = self.classifier(self.dropout(pooled))
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        output = ImageClassifierOutput(loss=loss, logits=logits)
+        return output if return_dict is not False else output.to_tuple()
+
+
+__all__ = [
+    "MaskedCLIPForImageClassification",
+    "MaskedCLIPModel",
+    "MaskedCLIPOutput",
+    "MaskedCLIPPreTrainedModel",
+    "MaskedCLIPVisionModel",
+    "random_masking",
+    "sincos_position_table",
+]

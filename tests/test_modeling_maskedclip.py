@@ -1,0 +1,250 @@
+"""MaskedCLIPModel: wiring of the losses, momentum encoder, ablation switches, attention/precision options."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retvlp import MaskedCLIPModel
+from retvlp.maskedclip.loss_maskedclip import masked_image_modeling_loss, patchify
+
+
+def _model(make, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return MaskedCLIPModel(make(**kwargs))
+
+
+def _noise(batch, seed=3):
+    return torch.rand(batch, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_fresh_model_has_sincos_positions_and_an_exact_momentum_copy(tiny_config):
+    model = _model(tiny_config)
+    assert (
+        model.vision_model.embeddings.position_embeddings.abs().sum() > 0
+    )  # stock ViT-MAE init leaves zeros
+    assert model.pixel_decoder.decoder_pos_embed.abs().sum() > 0
+    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07), rel=1e-6)
+    for online, momentum in model._online_and_momentum_pairs():
+        assert torch.equal(online, momentum)
+    assert not any(p.requires_grad for p in model._momentum_parameters())
+
+
+def test_training_forward_returns_every_term_and_eq6_weights(tiny_config, tiny_batch):
+    model = _model(tiny_config, lambda_clip=0.3, lambda_mfd=0.05).train()
+    out = model(**tiny_batch, noise=_noise(7))
+    assert out.logits_per_image.shape == (4, 4) and out.image_embeds.shape == (4, 8)
+    assert out.pixel_predictions.shape == (7, 16, 8 * 8 * 3) and out.mask.shape == (7, 16)
+    expected = out.loss_mim + 0.3 * out.loss_clip + 0.05 * out.loss_mfd
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.allclose(out.image_embeds.norm(dim=-1), torch.ones(4))
+    # L_mim over paired + unpaired images with norm_pix targets (the default)
+    pixels = torch.cat([tiny_batch["pixel_values"], tiny_batch["unpaired_pixel_values"]])
+    independent = masked_image_modeling_loss(
+        out.pixel_predictions, patchify(pixels, 8), out.mask, norm_pix_loss=True
+    )
+    assert out.loss_mim.item() == pytest.approx(independent.item(), rel=1e-6)
+    assert torch.equal(out.mask.sum(1), torch.full((7,), 12.0))  # 16 patches, 75 % masked
+
+
+def test_unpaired_images_never_enter_the_contrastive_loss(tiny_config, tiny_batch):
+    model = _model(tiny_config).train()
+    first = model(**tiny_batch, noise=_noise(7))
+    other = dict(tiny_batch, unpaired_pixel_values=torch.randn(3, 3, 32, 32))
+    second = model(**other, noise=_noise(7))
+    assert first.loss_clip.item() == pytest.approx(second.loss_clip.item(), rel=1e-6)
+    assert abs(first.loss_mim.item() - second.loss_mim.item()) > 1e-5
+    assert abs(first.loss_mfd.item() - second.loss_mfd.item()) > 1e-5
+
+
+def test_contrastive_loss_uses_the_whole_image_and_the_labels(tiny_config, tiny_batch):
+    model = _model(tiny_config).train()
+    with torch.no_grad():
+        out = model(**tiny_batch, noise=_noise(7))
+        full = F.normalize(model.get_image_features(tiny_batch["pixel_values"]).pooler_output, dim=-1)
+    assert torch.allclose(out.image_embeds, full, atol=1e-6)  # not the masked pass
+    unlabeled = model(**{k: v for k, v in tiny_batch.items() if k != "labels"}, noise=_noise(7))
+    assert abs(out.loss_clip.item() - unlabeled.loss_clip.item()) > 1e-4
+
+
+def test_mfd_target_comes_from_the_momentum_encoder_without_gradient(tiny_config, tiny_batch):
+    model = _model(tiny_config).train()
+    out = model(**tiny_batch, noise=_noise(7))
+    out.loss.backward()
+    assert all(p.grad is None for p in model._momentum_parameters())
+    assert model.vision_model.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
+    assert model.feature_decoder.decoder_pred.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for p in model.momentum_bridge.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    moved = model(**tiny_batch, noise=_noise(7))
+    assert abs(moved.loss_mfd.item() - out.loss_mfd.item()) > 1e-4
+    assert moved.loss_mim.item() == pytest.approx(out.loss_mim.item(), rel=1e-6)
+
+
+def test_momentum_encoder_stays_in_eval_mode(tiny_config):
+    model = _model(tiny_config).train()
+    assert model.vision_model.training and not model.momentum_vision_model.training
+    assert not model.momentum_bridge.training
+
+
+def test_ema_update_matches_the_formula(tiny_config):
+    model = _model(tiny_config)
+    with torch.no_grad():
+        for p in list(model.vision_model.parameters()) + list(model.bridge.parameters()):
+            p.add_(torch.randn_like(p))
+    before = [(o.detach().clone(), m.detach().clone()) for o, m in model._online_and_momentum_pairs()]
+    model.update_momentum_encoder(momentum=0.9)
+    for (online, momentum_before), (_, momentum_after) in zip(
+        before, model._online_and_momentum_pairs(), strict=True
+    ):
+        assert torch.allclose(momentum_after, 0.9 * momentum_before + 0.1 * online, atol=1e-6)
+    # default decay comes from the config (0.999)
+    snapshot = [m.detach().clone() for _, m in model._online_and_momentum_pairs()]
+    model.update_momentum_encoder()
+    online, momentum = next(iter(model._online_and_momentum_pairs()))
+    assert torch.allclose(momentum, 0.999 * snapshot[0] + 0.001 * online, atol=1e-6)
+
+
+def _parameter_prefixes(model):
+    return {name.split(".")[0] for name, _ in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "switch, removed, absent_term",
+    [
+        ("use_bridge", {"bridge", "momentum_bridge"}, None),
+        ("use_mfd", {"feature_decoder", "momentum_vision_model", "momentum_bridge"}, "loss_mfd"),
+        ("use_mim", {"pixel_decoder"}, "loss_mim"),
+        ("use_clip", {"text_model", "visual_projection", "text_projection"}, "loss_clip"),
+    ],
+)
+def test_each_ablation_switch_changes_exactly_what_it_names(
+    tiny_config, tiny_batch, switch, removed, absent_term
+):
+    full, ablated = _model(tiny_config), _model(tiny_config, **{switch: False})
+    assert _parameter_prefixes(full) - _parameter_prefixes(ablated) == removed
+    out = ablated.train()(**tiny_batch, noise=_noise(7))
+    terms = {"loss_mim", "loss_clip", "loss_mfd"}
+    for term in terms - {absent_term}:
+        assert getattr(out, term) is not None
+    if absent_term:
+        assert getattr(out, absent_term) is None
+    weights = {"loss_mim": 1.0, "loss_clip": 0.01, "loss_mfd": 0.01}
+    assert out.loss.item() == pytest.approx(
+        sum(weights[t] * getattr(out, t).item() for t in terms - {absent_term}), rel=1e-6
+    )
+
+
+def test_without_bridge_the_clip_head_sits_on_the_encoder(tiny_config):
+    model = _model(tiny_config, use_bridge=False).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        direct = model.visual_projection(model.vision_model(images)[0][:, 0])
+        assert torch.allclose(model.get_image_features(images).pooler_output, direct, atol=1e-6)
+
+
+def test_without_bridge_the_momentum_target_is_the_encoder(tiny_config):
+    model = _model(tiny_config, use_bridge=False)
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model._momentum_targets(images), model.vision_model(images)[0][:, 1:], atol=1e-6)
+
+
+def test_logit_scale_is_clamped_at_ln_100(tiny_config):
+    model = _model(tiny_config)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert model.clamped_logit_scale().item() == pytest.approx(100.0, rel=1e-6)
+
+
+def test_eval_forward_embeds_and_scores_without_losses(tiny_config, tiny_batch):
+    model = _model(tiny_config).eval()
+    with torch.no_grad():
+        out = model(input_ids=tiny_batch["input_ids"][:3], pixel_values=tiny_batch["pixel_values"])
+    assert out.loss is None and out.logits_per_image.shape == (4, 3)
+    assert torch.allclose(out.logits_per_text, out.logits_per_image.t())
+    expected = model.clamped_logit_scale() * out.image_embeds @ out.text_embeds.t()
+    assert torch.allclose(out.logits_per_image, expected, atol=1e-5)
+    as_tuple = model(
+        input_ids=tiny_batch["input_ids"][:3], pixel_values=tiny_batch["pixel_values"], return_dict=False
+    )
+    assert isinstance(as_tuple, tuple)
+
+
+def test_bad_inputs_raise_clear_errors(tiny_config, tiny_batch):
+    model = _model(tiny_config).train()
+    with pytest.raises(ValueError, match="Paired batch mismatch: 4 images"):
+        model(input_ids=tiny_batch["input_ids"][:2], pixel_values=tiny_batch["pixel_values"])
+    with pytest.raises(ValueError, match="needs images"):
+        model(input_ids=tiny_batch["input_ids"])
+    with pytest.raises(ValueError, match="need their texts"):
+        model(pixel_values=tiny_batch["pixel_values"])
+    with pytest.raises(ValueError, match="does not match the model's"):
+        model(pixel_values=torch.randn(2, 3, 48, 48), input_ids=tiny_batch["input_ids"][:2])
+    with pytest.raises(ValueError, match="labels has 3 entries"):
+        model(**dict(tiny_batch, labels=torch.tensor([0, 1, 2])))
+    with pytest.raises(ValueError, match="channel dimension"):
+        model.eval()(pixel_values=torch.randn(1, 1, 32, 32))
+    clip_less = _model(tiny_config, use_clip=False)
+    with pytest.raises(ValueError, match="use_clip=False"):
+        clip_less.get_text_features(tiny_batch["input_ids"])
+
+
+def test_image_only_batches_train_mim_and_mfd(tiny_config, tiny_batch):
+    model = _model(tiny_config).train()
+    out = model(unpaired_pixel_values=tiny_batch["unpaired_pixel_values"])
+    assert out.loss_clip is None and out.loss_mim is not None and out.loss_mfd is not None
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(use_mim=False, use_clip=False, use_mfd=False), "nothing to train"),
+        (dict(momentum=1.5), "EMA decay"),
+        (dict(vision={"mask_ratio": 1.0}), "mask_ratio must be in"),
+        (dict(vision={"hidden_size": 30}), "divisible"),
+        (dict(vision={"image_size": 36}), "divisible by patch_size"),
+        (dict(lambda_clip=-1.0), "lambda_clip"),
+        (dict(clip_image_pooling="max"), "clip_image_pooling"),
+        (dict(logit_scale_init_value=5.0), "exceeds logit_scale_max"),
+        (dict(feature_decoder_num_attention_heads=3), "feature_decoder_hidden_size"),
+    ],
+)
+def test_inconsistent_configs_are_rejected(tiny_config, bad, message):
+    with pytest.raises(Exception, match=message):
+        tiny_config(**bad)
+
+
+def test_sdpa_and_eager_attention_agree(tiny_config, tiny_batch):
+    sdpa, eager = _model(tiny_config), _model(tiny_config)
+    eager.set_attn_implementation("eager")
+    assert sdpa.config.vision_config._attn_implementation == "sdpa"
+    assert eager.config.vision_config._attn_implementation == "eager"
+    inputs = dict(input_ids=tiny_batch["input_ids"], pixel_values=tiny_batch["pixel_values"])
+    with torch.no_grad():
+        a, b = sdpa.eval()(**inputs), eager.eval()(**inputs)
+    assert torch.allclose(a.logits_per_image, b.logits_per_image, atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tiny_config, tiny_batch):
+    plain, checkpointed = _model(tiny_config).train(), _model(tiny_config).train()
+    checkpointed.activation_checkpointing_enable()
+    assert checkpointed.vision_model.layers[0].gradient_checkpointing
+    for model in (plain, checkpointed):
+        model(**tiny_batch, noise=_noise(7)).loss.backward()
+    for (name, p), (_, q) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_config, tiny_batch):
+    model = _model(tiny_config).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**tiny_batch, noise=_noise(7))
+    assert out.image_embeds.dtype == torch.bfloat16 or out.logits_per_image.dtype == torch.bfloat16
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.vision_model.layers[0].attention.q_proj.weight.grad.dtype == torch.float32
+    model.update_momentum_encoder()
+    assert model.momentum_vision_model.layers[0].attention.q_proj.weight.dtype == torch.float32
