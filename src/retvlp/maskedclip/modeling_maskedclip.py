@@ -343,7 +343,7 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if getattr(self, "_auto_class", None) is not None:
-            self.config.auto_map = {**(self.config.auto_map or {}), **self._remote_auto_map}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
@@ -452,6 +452,10 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         self._require_clip("get_text_features")
         if input_ids is None or input_ids.numel() == 0:
             raise ValueError("get_text_features needs a non-empty input_ids batch.")
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = (
+                None  # no padding in this batch: an explicit mask only forces SDPA's slower kernel
+            )
         outputs = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,

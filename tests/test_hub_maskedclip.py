@@ -1,0 +1,315 @@
+"""Checkpoints: safetensors round trips, Auto classes, remote code without retvlp, pipelines, towers."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoProcessor,
+    BertConfig,
+    BertModel,
+    ViTMAEConfig,
+    ViTMAEForPreTraining,
+    pipeline,
+)
+
+from retvlp import (
+    FundusImageProcessor,
+    MaskedCLIPForImageClassification,
+    MaskedCLIPModel,
+    MaskedCLIPProcessor,
+    MaskedCLIPVisionModel,
+)
+from retvlp.tokenization import tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    """A trained-for-one-step tiny MaskedCLIP + processor saved like a release."""
+    from conftest import make_tiny_config
+
+    torch.manual_seed(0)
+    model = MaskedCLIPModel(make_tiny_config()).train()
+    batch = dict(
+        pixel_values=torch.randn(2, 3, 32, 32),
+        input_ids=torch.randint(5, 300, (2, 6)),
+        unpaired_pixel_values=torch.randn(2, 3, 32, 32),
+    )
+    model(**batch).loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.sub_(0.1 * p.grad)
+    model.update_momentum_encoder(momentum=0.5)  # momentum now differs from the online weights
+    directory = tmp_path_factory.mktemp("maskedclip")
+    model.save_pretrained(directory)
+    processor = MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer(), max_length=16)
+    processor.save_pretrained(directory)
+    return model.eval(), processor, directory
+
+
+def _inputs(processor):
+    images = [Image.fromarray(np.full((40, 50, 3), value, dtype=np.uint8)) for value in (30, 200)]
+    return processor(text=["optic disc cupping", "normal fundus", "hard exudates"], images=images)
+
+
+def test_release_is_safetensors_without_momentum_encoder(saved_checkpoint):
+    model, _, directory = saved_checkpoint
+    files = set(os.listdir(directory))
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pth")) for f in files)
+    weights = load_file(directory / "model.safetensors")
+    assert not any(k.startswith("momentum_") for k in weights)
+    expected = {k for k in model.state_dict() if not k.startswith("momentum_")}
+    assert set(weights) == expected
+    # the code travels with the weights
+    assert {
+        "configuration_maskedclip.py",
+        "modeling_maskedclip.py",
+        "loss_maskedclip.py",
+        "processing_maskedclip.py",
+        "image_processing_fundus.py",
+    } <= files
+    auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_maskedclip.MaskedCLIPModel"
+    assert auto_map["AutoModelForZeroShotImageClassification"] == "modeling_maskedclip.MaskedCLIPModel"
+
+
+def test_round_trip_gives_identical_weights_and_outputs(saved_checkpoint):
+    model, processor, directory = saved_checkpoint
+    loaded = AutoModel.from_pretrained(directory).eval()
+    assert type(loaded) is MaskedCLIPModel
+    for (name, a), (_, b) in zip(model.named_parameters(), loaded.named_parameters(), strict=True):
+        if not name.startswith("momentum_"):
+            assert torch.equal(a, b), name
+    # the momentum encoder is rebuilt as a copy of the loaded E_I and B
+    for online, momentum in loaded._online_and_momentum_pairs():
+        assert torch.equal(online, momentum)
+    inputs = _inputs(processor)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits_per_image, loaded(**inputs).logits_per_image)
+
+
+def test_release_loads_without_building_the_momentum_encoder(saved_checkpoint):
+    _, _, directory = saved_checkpoint
+    light = MaskedCLIPModel.from_pretrained(directory, use_mfd=False)
+    assert light.momentum_vision_model is None and light.feature_decoder is None
+
+
+def test_auto_processor_and_image_processor_round_trip(saved_checkpoint):
+    _, processor, directory = saved_checkpoint
+    assert type(AutoProcessor.from_pretrained(directory)) is MaskedCLIPProcessor
+    assert type(AutoImageProcessor.from_pretrained(directory)) is FundusImageProcessor
+    again = AutoProcessor.from_pretrained(directory)
+    a, b = _inputs(processor), _inputs(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_vision_and_classification_models_load_from_the_checkpoint(saved_checkpoint):
+    model, _, directory = saved_checkpoint
+    vision = MaskedCLIPVisionModel.from_pretrained(directory)
+    classifier = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=3)
+    for other in (vision, classifier):
+        for (name, a), (_, b) in zip(
+            model.vision_model.named_parameters(), other.vision_model.named_parameters(), strict=True
+        ):
+            assert torch.equal(a, b), name
+    images = torch.randn(2, 3, 32, 32)
+    out = classifier(images, labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3) and out.loss > 0
+    features = vision(images)
+    assert torch.allclose(features.pooler_output, features.last_hidden_state[:, 1:].mean(1))
+    classifier.save_pretrained(directory / "classifier")
+    reloaded = AutoModelForImageClassification.from_pretrained(directory / "classifier")
+    assert type(reloaded) is MaskedCLIPForImageClassification
+    assert torch.equal(reloaded.eval()(images).logits, classifier.eval()(images).logits)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys, json
+    sys.modules["retvlp"] = None  # make `import retvlp` fail: only the checkpoint's own code may run
+    import numpy as np, torch
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor, pipeline
+    directory = sys.argv[1]
+    model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
+    images = [Image.fromarray(np.full((40, 50, 3), v, dtype=np.uint8)) for v in (30, 200)]
+    inputs = processor(text=["optic disc cupping", "normal fundus", "hard exudates"], images=images)
+    with torch.no_grad():
+        logits = model(**inputs).logits_per_image
+    classifier = pipeline("zero-shot-image-classification", model=directory, trust_remote_code=True,
+                          tokenizer=processor.tokenizer, image_processor=processor.image_processor)
+    scores = classifier(images[0], candidate_labels=["glaucoma", "normal"])
+    print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__,
+                      "logits": logits.tolist(), "labels": sorted(s["label"] for s in scores)}))
+    """
+)
+
+
+def test_remote_code_loads_in_a_process_without_retvlp(saved_checkpoint, tmp_path):
+    model, processor, directory = saved_checkpoint
+    script = tmp_path / "load_remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    result = subprocess.run(
+        [sys.executable, str(script), str(directory)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "retvlp" not in report["class"] and report["class"].endswith("modeling_maskedclip.MaskedCLIPModel")
+    with torch.no_grad():
+        expected = model(**_inputs(processor)).logits_per_image
+    assert torch.allclose(torch.tensor(report["logits"]), expected, atol=1e-5)
+    assert report["labels"] == ["glaucoma", "normal"]
+
+
+def test_zero_shot_pipeline(saved_checkpoint):
+    model, processor, directory = saved_checkpoint
+    classifier = pipeline(
+        "zero-shot-image-classification",
+        model=str(directory),
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
+    )
+    image = Image.fromarray(np.full((40, 50, 3), 120, dtype=np.uint8))
+    labels = ["glaucoma", "diabetic retinopathy", "normal"]
+    scores = classifier(image, candidate_labels=labels, hypothesis_template="a fundus photograph of {}")
+    assert sorted(s["label"] for s in scores) == sorted(labels)
+    assert sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-5)
+    # same probabilities as scoring by hand
+    texts = [f"a fundus photograph of {label}" for label in labels]
+    with torch.no_grad():
+        probs = model(**processor(text=texts, images=[image])).logits_per_image.softmax(-1)[0]
+    by_label = {s["label"]: s["score"] for s in scores}
+    assert [by_label[label] for label in labels] == pytest.approx(probs.tolist(), abs=1e-5)
+
+
+def test_image_feature_extraction_pipeline(saved_checkpoint):
+    _, processor, directory = saved_checkpoint
+    vision = MaskedCLIPVisionModel.from_pretrained(directory).eval()
+    extractor = pipeline("image-feature-extraction", model=vision, image_processor=processor.image_processor)
+    image = Image.fromarray(np.full((40, 50, 3), 120, dtype=np.uint8))
+    pooled = extractor(image, pool=True, return_tensors=True)
+    with torch.no_grad():
+        expected = vision(**processor.image_processor(image)).pooler_output
+    assert torch.allclose(pooled.reshape(-1), expected.reshape(-1), atol=1e-5)
+
+
+def test_builds_from_pretrained_vit_mae_and_bert_directories(tmp_path):
+    vit_config = ViTMAEConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+        layer_norm_eps=1e-6,
+    )
+    torch.manual_seed(1)
+    mae = ViTMAEForPreTraining(vit_config)
+    with torch.no_grad():
+        for p in mae.parameters():
+            p.normal_()
+    mae.save_pretrained(tmp_path / "mae")
+    bert = BertModel(
+        BertConfig(
+            vocab_size=300, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48
+        ),
+        add_pooling_layer=False,
+    )
+    bert.save_pretrained(tmp_path / "bert")
+
+    model = MaskedCLIPModel.from_vision_text_pretrained(
+        str(tmp_path / "mae"),
+        str(tmp_path / "bert"),
+        vision_config_overrides=dict(
+            decoder_hidden_size=16,
+            decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=2,
+            decoder_intermediate_size=32,
+        ),
+        bridge_num_hidden_layers=1,
+        feature_decoder_hidden_size=16,
+        feature_decoder_num_hidden_layers=1,
+        feature_decoder_num_attention_heads=2,
+        feature_decoder_intermediate_size=32,
+        projection_dim=8,
+    )
+    assert model.config.vision_config.hidden_size == 32 and model.config.text_config.vocab_size == 300
+    for name, tensor in mae.vit.state_dict().items():
+        assert torch.equal(model.vision_model.state_dict()[name], tensor), name
+        assert torch.equal(model.momentum_vision_model.state_dict()[name], tensor), name
+    for name, tensor in mae.decoder.state_dict().items():
+        assert torch.equal(model.pixel_decoder.state_dict()[name], tensor), name
+    for name, tensor in bert.state_dict().items():
+        assert torch.equal(model.text_model.state_dict()[name], tensor), name
+    # with the paper's default pixel-decoder size, the MAE decoder (other size) is not loaded
+    default = MaskedCLIPModel.from_vision_text_pretrained(str(tmp_path / "mae"), str(tmp_path / "bert"))
+    assert default.config.vision_config.decoder_hidden_size == 384
+
+
+def test_retfound_weights_load_into_the_image_encoder(tmp_path):
+    from conftest import make_tiny_config
+
+    model = MaskedCLIPModel(make_tiny_config(vision={"hidden_size": 32, "num_attention_heads": 4}))
+    dim, depth, patches = 32, 2, 16
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    state = {
+        "cls_token": rand(1, 1, dim),
+        "pos_embed": rand(1, patches + 1, dim),
+        "patch_embed.proj.weight": rand(dim, 3, 8, 8),
+        "patch_embed.proj.bias": rand(dim),
+        "norm.weight": rand(dim),
+        "norm.bias": rand(dim),
+        "decoder_embed.weight": rand(16, dim),
+    }
+    for i in range(depth):
+        state.update(
+            {
+                f"blocks.{i}.norm1.weight": rand(dim),
+                f"blocks.{i}.norm1.bias": rand(dim),
+                f"blocks.{i}.attn.qkv.weight": rand(3 * dim, dim),
+                f"blocks.{i}.attn.qkv.bias": rand(3 * dim),
+                f"blocks.{i}.attn.proj.weight": rand(dim, dim),
+                f"blocks.{i}.attn.proj.bias": rand(dim),
+                f"blocks.{i}.norm2.weight": rand(dim),
+                f"blocks.{i}.norm2.bias": rand(dim),
+                f"blocks.{i}.mlp.fc1.weight": rand(64, dim),
+                f"blocks.{i}.mlp.fc1.bias": rand(64),
+                f"blocks.{i}.mlp.fc2.weight": rand(dim, 64),
+                f"blocks.{i}.mlp.fc2.bias": rand(dim),
+            }
+        )
+    torch.save({"model": state}, tmp_path / "RETFound_cfp_weights.pth")
+    info = model.load_retfound_weights(str(tmp_path / "RETFound_cfp_weights.pth"), num_attention_heads=4)
+    assert "decoder_embed.weight" in info["unused_keys"]
+    assert torch.equal(model.vision_model.embeddings.position_embeddings, state["pos_embed"])
+    assert torch.equal(
+        model.vision_model.layers[1].attention.v_proj.weight, state["blocks.1.attn.qkv.weight"][2 * dim :]
+    )
+    assert torch.equal(model.momentum_vision_model.layers[1].mlp.fc2.bias, state["blocks.1.mlp.fc2.bias"])
