@@ -2,11 +2,12 @@
 
 Both models get a ViT-S/16 encoder at 224 px and the same pixel decoder (width 384, 6 heads, depth 8).
 MaskedCLIP sees 16 paired + 16 unpaired images per step (and a BERT-base text tower on 16 captions of
-77 tokens); the reference sees the same 32 images. A step is forward + backward + AdamW (+ the momentum
+77 tokens); the reference sees the same 32 images. A step is forward + backward + fused AdamW (+ the momentum
 EMA update for MaskedCLIP). For each model and precision the script prints samples/s, achieved GFLOP/s
 (FLOPs counted by torch.utils.flop_counter.FlopCounterMode over one step), MFU against a matmul peak
-measured in the same run and precision, and peak memory (peak RSS sampled during the steps on CPU,
-torch.cuda.max_memory_allocated on GPU).
+measured in the same run and precision, and peak memory (on CPU the peak RSS of a child process that runs
+only that model; on GPU torch.cuda.max_memory_allocated). The two models' timed steps are interleaved so
+that drift in the machine's speed affects both alike.
 
     python benchmarks/train_step_benchmark.py                  # fp32 and bf16, 3 timed steps each
     python benchmarks/train_step_benchmark.py --steps 5 --precision bf16 --device cuda
@@ -15,8 +16,8 @@ torch.cuda.max_memory_allocated on GPU).
 import argparse
 import contextlib
 import gc
-import os
-import threading
+import subprocess
+import sys
 import time
 
 import torch
@@ -24,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from retvlp import MaskedCLIPConfig, MaskedCLIPModel
+from retvlp.runtime import malloc_is_tuned, reexec_with_tuned_malloc
 
 VIT_S16 = dict(
     hidden_size=384,
@@ -63,37 +65,42 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-class PeakMemory:
-    """Peak memory over a block: CUDA allocator peak on GPU, sampled RSS (psutil, every 2 ms) on CPU."""
+def peak_memory_gib(model_key: str, precision: str, args, device: str) -> float:
+    """Peak memory of a training step of one model alone. On GPU: the allocator's peak. On CPU: the peak
+    RSS of a fresh child process that builds only that model and runs two steps (process-wide RSS in the
+    benchmark process would include the other model)."""
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        model = BUILDERS[model_key][1](device)
+        step, _ = make_step(model, args.batch_size, device, torch.bfloat16 if precision == "bf16" else None)
+        step()
+        step()
+        peak = torch.cuda.max_memory_allocated()
+        del model, step
+        return peak / 2**30
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-probe",
+        model_key,
+        precision,
+        "--batch-size",
+        str(args.batch_size),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1]) / 2**20  # VmHWM is in KiB
 
-    def __init__(self, device: str):
-        self.device = device
-        self.peak_bytes = 0
 
-    def __enter__(self):
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            return self
-        import psutil
-
-        process = psutil.Process(os.getpid())
-        self._stop = threading.Event()
-
-        def sample():
-            while not self._stop.is_set():
-                self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
-                time.sleep(0.002)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.startswith("cuda"):
-            self.peak_bytes = torch.cuda.max_memory_allocated()
-        else:
-            self._stop.set()
-            self._thread.join()
+def _memory_probe(model_key: str, precision: str, batch_size: int) -> None:
+    model = BUILDERS[model_key][1]("cpu")
+    step, _ = make_step(model, batch_size, "cpu", torch.bfloat16 if precision == "bf16" else None)
+    step()
+    step()
+    # VmHWM (peak resident set of this address space) restarts at exec, unlike ru_maxrss which would
+    # carry over the parent's peak.
+    with open("/proc/self/status") as status:
+        print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
 
 
 def build_maskedclip(device: str) -> MaskedCLIPModel:
@@ -117,7 +124,7 @@ def make_step(model, batch_size: int, device: str, autocast_dtype):
         lr=1.5e-4,
         betas=(0.9, 0.95),
         weight_decay=0.05,
-        foreach=True,
+        fused=True,  # one kernel per step on CPU and GPU alike
     )
     autocast = (
         torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype)
@@ -147,52 +154,68 @@ def make_step(model, batch_size: int, device: str, autocast_dtype):
     return step, 2 * batch_size
 
 
-def count_step_flops(model, step_inputs_builder) -> int:
+BUILDERS = {
+    "reference": ("ViTMAEForPreTraining (reference)", build_reference),
+    "maskedclip": ("MaskedCLIPModel", build_maskedclip),
+}
+
+
+def count_step_flops(step) -> int:
     """FLOPs of forward + backward of one step (the optimizer's elementwise work is not counted)."""
-    step, _ = step_inputs_builder()
     counter = FlopCounterMode(display=False)
     with counter:
         step()
     return counter.get_total_flops()
 
 
-def benchmark(name, model, args, device, precision, peak_gflops):
+def benchmark_interleaved(models: dict, args, device, precision, peak_gflops) -> list[dict]:
+    """Time the models' steps alternately (A, B, A, B, ...) so that drift of the machine's speed over the
+    run (frequency, other tenants) hits every model alike; report each model's median step."""
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-    step, images_per_step = make_step(model, args.batch_size, device, autocast_dtype)
-    flops = count_step_flops(model, lambda: (step, images_per_step))
-    for _ in range(args.warmup):
-        step()
-    # Memory is sampled on its own, untimed step: on a 2-core CPU the sampling thread would steal time
-    # from the OpenMP workers and distort the timings.
-    with PeakMemory(device) as memory:
-        step()
-    _sync(device)
-    times = []
+    steps = {
+        name: make_step(model, args.batch_size, device, autocast_dtype) for name, model in models.items()
+    }
+    flops = {}
+    for name, (step, _) in steps.items():
+        flops[name] = count_step_flops(step)
+        for _ in range(args.warmup):
+            step()
+    times = {name: [] for name in steps}
     for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]  # median step
-    achieved = flops / seconds / 1e9
-    return dict(
-        model=name,
-        precision=precision,
-        step_s=seconds,
-        samples_per_s=images_per_step / seconds,
-        gflop_per_step=flops / 1e9,
-        gflops=achieved,
-        mfu=achieved / peak_gflops,
-        peak_mem_gib=memory.peak_bytes / 2**30,
-    )
+        for name, (step, _) in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    rows = []
+    for name, (_, images_per_step) in steps.items():
+        seconds = sorted(times[name])[len(times[name]) // 2]  # median step
+        achieved = flops[name] / seconds / 1e9
+        rows.append(
+            dict(
+                model=name,
+                precision=precision,
+                step_s=seconds,
+                samples_per_s=images_per_step / seconds,
+                gflop_per_step=flops[name] / 1e9,
+                gflops=achieved,
+                mfu=achieved / peak_gflops,
+            )
+        )
+    return rows
 
 
 def main():
+    if "--no-malloc-tuning" not in sys.argv:
+        reexec_with_tuned_malloc()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--batch-size", type=int, default=16, help="paired (and unpaired) images per step")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (median reported)")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed steps per model, interleaved (median reported)"
+    )
     parser.add_argument(
         "--warmup", type=int, default=2, help="untimed steps first (oneDNN builds its kernels)"
     )
@@ -201,13 +224,22 @@ def main():
     parser.add_argument(
         "--models", nargs="+", default=["reference", "maskedclip"], choices=["reference", "maskedclip"]
     )
+    parser.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="keep glibc's default of returning freed memory to the OS (see retvlp.runtime)",
+    )
+    parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_probe:
+        _memory_probe(*args.memory_probe, args.batch_size)
+        return
 
     torch.manual_seed(0)
     device = args.device
     print(
         f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} batch={args.batch_size}+"
-        f"{args.batch_size} images at 224 px, ViT-S/16 encoder"
+        f"{args.batch_size} images at 224 px, ViT-S/16 encoder, glibc malloc keeps freed memory: {malloc_is_tuned()}"
     )
     peaks = {
         p: measure_matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, device)
@@ -216,25 +248,23 @@ def main():
     for precision, peak in peaks.items():
         print(f"matmul peak {precision}: {peak:.1f} GFLOP/s")
 
-    builders = {
-        "reference": ("ViTMAEForPreTraining (reference)", build_reference),
-        "maskedclip": ("MaskedCLIPModel", build_maskedclip),
-    }
-    rows = []
+    models = {}
     for key in args.models:
-        name, build = builders[key]
+        name, build = BUILDERS[key]
         torch.manual_seed(0)
-        model = build(device)
-        for precision in args.precision:
-            rows.append(benchmark(name, model, args, device, precision, peaks[precision]))
-            row = rows[-1]
+        models[name] = build(device)
+    rows = []
+    for precision in args.precision:
+        rows_now = benchmark_interleaved(models, args, device, precision, peaks[precision])
+        for key, row in zip(args.models, rows_now, strict=True):
+            row["peak_mem_gib"] = peak_memory_gib(key, precision, args, device)
+            rows.append(row)
             print(
                 f"{row['model']:<34} {precision:<5} step {row['step_s']:7.2f} s  {row['samples_per_s']:7.2f} img/s  "
                 f"{row['gflop_per_step']:8.1f} GFLOP/step  {row['gflops']:7.1f} GFLOP/s  MFU {100 * row['mfu']:5.1f} %  "
                 f"peak mem {row['peak_mem_gib']:.2f} GiB",
                 flush=True,
             )
-        del model
         gc.collect()
 
     print("\n| model | precision | step (s) | images/s | GFLOP/step | GFLOP/s | MFU | peak memory (GiB) |")

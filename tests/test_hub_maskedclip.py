@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_VISION, make_tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -36,8 +37,6 @@ from retvlp.tokenization import tiny_tokenizer
 @pytest.fixture(scope="module")
 def saved_checkpoint(tmp_path_factory):
     """A trained-for-one-step tiny MaskedCLIP + processor saved like a release."""
-    from conftest import make_tiny_config
-
     torch.manual_seed(0)
     model = MaskedCLIPModel(make_tiny_config()).train()
     batch = dict(
@@ -213,19 +212,7 @@ def test_image_feature_extraction_pipeline(saved_checkpoint):
 
 
 def test_builds_from_pretrained_vit_mae_and_bert_directories(tmp_path):
-    vit_config = ViTMAEConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-        layer_norm_eps=1e-6,
-    )
+    vit_config = ViTMAEConfig(**TINY_VISION, layer_norm_eps=1e-6)
     torch.manual_seed(1)
     mae = ViTMAEForPreTraining(vit_config)
     with torch.no_grad():
@@ -270,8 +257,6 @@ def test_builds_from_pretrained_vit_mae_and_bert_directories(tmp_path):
 
 
 def test_retfound_weights_load_into_the_image_encoder(tmp_path):
-    from conftest import make_tiny_config
-
     model = MaskedCLIPModel(make_tiny_config(vision={"hidden_size": 32, "num_attention_heads": 4}))
     dim, depth, patches = 32, 2, 16
     generator = torch.Generator().manual_seed(0)

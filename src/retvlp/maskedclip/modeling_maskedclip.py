@@ -505,43 +505,34 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
                     f"Paired batch mismatch: {pixel_values.shape[0]} images (pixel_values) but "
                     f"{input_ids.shape[0]} texts (input_ids). Put image-only samples in unpaired_pixel_values."
                 )
-        output = (
-            self._pretraining_forward(
-                input_ids,
-                pixel_values,
-                attention_mask,
-                token_type_ids,
-                position_ids,
-                unpaired_pixel_values,
-                labels,
-                noise,
-                interpolate_pos_encoding,
+        text_inputs = None
+        if input_ids is not None:
+            text_inputs = dict(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
             )
-            if return_loss
-            else self._embedding_forward(
-                input_ids,
-                pixel_values,
-                attention_mask,
-                token_type_ids,
-                position_ids,
-                interpolate_pos_encoding,
+        if return_loss:
+            if interpolate_pos_encoding:
+                raise ValueError(
+                    "Pretraining runs at the configured image_size; interpolate_pos_encoding is for inference."
+                )
+            output = self._pretraining_forward(
+                pixel_values, unpaired_pixel_values, text_inputs, labels, noise
             )
-        )
+        else:
+            output = self._embedding_forward(pixel_values, text_inputs, interpolate_pos_encoding)
         return output if return_dict is not False else output.to_tuple()
 
-    def _embedding_forward(
-        self, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, interpolate_pos_encoding
-    ) -> MaskedCLIPOutput:
+    def _embedding_forward(self, pixel_values, text_inputs, interpolate_pos_encoding) -> MaskedCLIPOutput:
         image_embeds = text_embeds = logits_per_image = logits_per_text = None
         if pixel_values is not None:
             image_embeds = F.normalize(
                 self.get_image_features(pixel_values, interpolate_pos_encoding).pooler_output, dim=-1
             )
-        if input_ids is not None:
-            text_embeds = F.normalize(
-                self.get_text_features(input_ids, attention_mask, token_type_ids, position_ids).pooler_output,
-                dim=-1,
-            )
+        if text_inputs is not None:
+            text_embeds = F.normalize(self.get_text_features(**text_inputs).pooler_output, dim=-1)
         if image_embeds is not None and text_embeds is not None:
             logits_per_image = self.clamped_logit_scale() * image_embeds @ text_embeds.t()
             logits_per_text = logits_per_image.t()
@@ -553,26 +544,13 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         )
 
     def _pretraining_forward(
-        self,
-        input_ids,
-        pixel_values,
-        attention_mask,
-        token_type_ids,
-        position_ids,
-        unpaired_pixel_values,
-        labels,
-        noise,
-        interpolate_pos_encoding,
+        self, pixel_values, unpaired_pixel_values, text_inputs, labels, noise
     ) -> MaskedCLIPOutput:
         config = self.config
         images = [x for x in (pixel_values, unpaired_pixel_values) if x is not None and x.shape[0] > 0]
         if not images:
             raise ValueError(
                 "The pretraining forward needs images: pass pixel_values and/or unpaired_pixel_values."
-            )
-        if interpolate_pos_encoding and (config.use_mim or config.use_mfd):
-            raise ValueError(
-                "Masked pretraining runs at the configured image_size; interpolate_pos_encoding is for inference."
             )
         all_pixels = torch.cat(images, dim=0) if len(images) > 1 else images[0]
 
@@ -599,16 +577,13 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         image_embeds = text_embeds = logits_per_image = logits_per_text = None
         has_pairs = pixel_values is not None and pixel_values.shape[0] > 0
         if config.use_clip and has_pairs:
-            if input_ids is None:
+            if text_inputs is None:
                 raise ValueError(
                     "pixel_values are the paired images and need their texts (input_ids); pass image-only "
                     "samples as unpaired_pixel_values."
                 )
             image_embeds = F.normalize(self.get_image_features(pixel_values).pooler_output, dim=-1)
-            text_embeds = F.normalize(
-                self.get_text_features(input_ids, attention_mask, token_type_ids, position_ids).pooler_output,
-                dim=-1,
-            )
+            text_embeds = F.normalize(self.get_text_features(**text_inputs).pooler_output, dim=-1)
             if labels is not None:
                 labels = labels.to(image_embeds.device)
             terms["clip"], logits_per_image, logits_per_text = label_guided_contrastive_loss(
