@@ -34,20 +34,22 @@ TINY_TEXT = dict(
 )
 
 
+TINY_HEADS = dict(
+    bridge_num_hidden_layers=1,
+    feature_decoder_hidden_size=16,
+    feature_decoder_num_hidden_layers=1,
+    feature_decoder_num_attention_heads=2,
+    feature_decoder_intermediate_size=32,
+    projection_dim=8,
+)
+
+
 def make_tiny_config(vision=None, text=None, **kwargs) -> MaskedCLIPConfig:
     """A MaskedCLIP config small enough for unit tests (32 px images, 16 patches)."""
-    defaults = dict(
-        bridge_num_hidden_layers=1,
-        feature_decoder_hidden_size=16,
-        feature_decoder_num_hidden_layers=1,
-        feature_decoder_num_attention_heads=2,
-        feature_decoder_intermediate_size=32,
-        projection_dim=8,
-    )
     return MaskedCLIPConfig(
         vision_config={**TINY_VISION, **(vision or {})},
         text_config={**TINY_TEXT, **(text or {})},
-        **{**defaults, **kwargs},
+        **{**TINY_HEADS, **kwargs},
     )
 
 

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VISION, make_tiny_config
+from conftest import TINY_HEADS, TINY_VISION, make_tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -230,18 +230,8 @@ def test_builds_from_pretrained_vit_mae_and_bert_directories(tmp_path):
     model = MaskedCLIPModel.from_vision_text_pretrained(
         str(tmp_path / "mae"),
         str(tmp_path / "bert"),
-        vision_config_overrides=dict(
-            decoder_hidden_size=16,
-            decoder_num_hidden_layers=1,
-            decoder_num_attention_heads=2,
-            decoder_intermediate_size=32,
-        ),
-        bridge_num_hidden_layers=1,
-        feature_decoder_hidden_size=16,
-        feature_decoder_num_hidden_layers=1,
-        feature_decoder_num_attention_heads=2,
-        feature_decoder_intermediate_size=32,
-        projection_dim=8,
+        vision_config_overrides={k: v for k, v in TINY_VISION.items() if k.startswith("decoder_")},
+        **TINY_HEADS,
     )
     assert model.config.vision_config.hidden_size == 32 and model.config.text_config.vocab_size == 300
     for name, tensor in mae.vit.state_dict().items():
