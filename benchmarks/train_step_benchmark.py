@@ -9,7 +9,7 @@ measured in the same run and precision, and peak memory (on CPU the peak RSS of 
 only that model; on GPU torch.cuda.max_memory_allocated). The two models' timed steps are interleaved so
 that drift in the machine's speed affects both alike.
 
-    python benchmarks/train_step_benchmark.py                  # fp32 and bf16, 3 timed steps each
+    python benchmarks/train_step_benchmark.py                  # fp32 and bf16, 2 warm-up + 5 timed steps each
     python benchmarks/train_step_benchmark.py --steps 5 --precision bf16 --device cuda
 """
 
@@ -88,6 +88,8 @@ def peak_memory_gib(model_key: str, precision: str, args, device: str) -> float:
         "--batch-size",
         str(args.batch_size),
     ]
+    if args.no_malloc_tuning:  # measure the child under the same allocator settings as the timings
+        command.append("--no-malloc-tuning")
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1]) / 2**20  # VmHWM is in KiB
 
@@ -281,7 +283,7 @@ def main():
             by.get(("ViTMAEForPreTraining (reference)", precision)),
         )
         if ours and ref:
-            print(f"{precision}: MaskedCLIP MFU / reference MFU = {ours['mfu'] / ref['mfu']:.2f}")
+            print(f"{precision}: MaskedCLIP MFU / reference MFU = {ours['mfu'] / ref['mfu']:.3f}")
     if ("MaskedCLIPModel", "bf16") in by and ("MaskedCLIPModel", "fp32") in by:
         speedup = (
             by[("MaskedCLIPModel", "bf16")]["samples_per_s"]

@@ -134,9 +134,7 @@ def main():
 
     pixels = processor.image_processor(paired_images)["pixel_values"]
     unpaired_pixels = processor.image_processor(unpaired_images)["pixel_values"]
-    text = processor.tokenizer(
-        paired_captions, padding=True, truncation=True, max_length=32, return_tensors="pt"
-    )
+    text = processor(text=paired_captions)  # padded to the longest caption, truncated at max_length=32
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=1e-3,

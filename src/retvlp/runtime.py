@@ -19,8 +19,9 @@ _MARKER = "RETVLP_MALLOC_TUNED"
 
 def reexec_with_tuned_malloc() -> None:
     """Restart the current Python command once with glibc told to keep freed memory (Linux only; a no-op
-    elsewhere, when already applied, or when `RETVLP_MALLOC_TUNED=0`). Call it first thing in a script,
-    before any heavy import; the process image is replaced, so nothing after the call runs twice."""
+    elsewhere, when already applied, or when `RETVLP_MALLOC_TUNED` is set, e.g. to 0 to opt out). Call it
+    at the start of `main()`: the process image is replaced, so the work before the call (the imports)
+    is done again, and nothing after it runs twice."""
     if not sys.platform.startswith("linux") or os.environ.get(_MARKER) is not None:
         return
     environment = {**os.environ, **GLIBC_KEEP_FREED_MEMORY, _MARKER: "1"}

@@ -453,9 +453,8 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         if input_ids is None or input_ids.numel() == 0:
             raise ValueError("get_text_features needs a non-empty input_ids batch.")
         if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = (
-                None  # no padding in this batch: an explicit mask only forces SDPA's slower kernel
-            )
+            # No padding in this batch: an explicit mask would only force SDPA off its unmasked kernel.
+            attention_mask = None
         outputs = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
