@@ -87,6 +87,19 @@ def test_multi_hot_labels_compare_whole_label_sets():
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
 
 
+def test_unlabelled_multi_hot_rows_are_positive_only_with_themselves():
+    images, texts = _normalized(4, 3, 8), _normalized(4, 3, 9)
+    unlabelled = torch.full((4, 3), -1)
+    guided = label_guided_contrastive_loss(images, texts, torch.tensor(2.0), unlabelled)[0]
+    clip = label_guided_contrastive_loss(images, texts, torch.tensor(2.0), None)[0]
+    assert guided.item() == pytest.approx(clip.item(), rel=1e-6)
+    mixed = torch.tensor([[1, 0, 1], [1, 0, 1], [-1, -1, -1], [-1, -1, -1]])
+    as_ids = torch.tensor([0, 0, -1, -1])
+    a = label_guided_contrastive_loss(images, texts, torch.tensor(2.0), mixed)[0]
+    b = label_guided_contrastive_loss(images, texts, torch.tensor(2.0), as_ids)[0]
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
 def test_contrastive_loss_rejects_mismatched_batches():
     with pytest.raises(ValueError, match="one text per image"):
         label_guided_contrastive_loss(_normalized(3, 4, 0), _normalized(2, 4, 1), torch.tensor(1.0))

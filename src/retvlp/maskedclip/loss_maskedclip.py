@@ -113,8 +113,9 @@ def label_positive_mask(
     """Which (local row, global column) pairs count as positives in the label-guided loss.
 
     Row i and column j are positive when they are the same pair (j = offset + i) or when both carry a label
-    (≥ 0) and the labels are equal; a 2-D `labels` (multi-hot) is compared row-wise. Label −1 means "no
-    label": that pair is positive only with itself, so without labels the loss is CLIP's.
+    (≥ 0) and the labels are equal; a 2-D `labels` (multi-hot) is compared row-wise. Label −1 (in a 2-D
+    row: any −1 entry) means "no label": that pair is positive only with itself, so without labels the loss
+    is CLIP's.
 
     Returns a bool tensor `(local, total)`.
     """
@@ -126,7 +127,7 @@ def label_positive_mask(
     if labels.dim() == 1:
         same = (labels[:, None] == all_labels[None, :]) & (labels[:, None] >= 0)
     else:
-        same = (labels[:, None, :] == all_labels[None, :, :]).all(dim=-1)
+        same = (labels[:, None, :] == all_labels[None, :, :]).all(dim=-1) & (labels >= 0).all(dim=-1)[:, None]
     return positives | same
 
 

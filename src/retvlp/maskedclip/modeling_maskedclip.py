@@ -491,8 +491,9 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         pixel_values (`(paired_batch, 3, H, W)`): images of the pairs (or, at inference, any images).
         unpaired_pixel_values (`(unpaired_batch, 3, H, W)`): image-only samples; they enter L_mim and L_mfd,
             never the contrastive loss.
-        labels (`(paired_batch,)` int, −1 for none, or `(paired_batch, num_classes)` multi-hot): optional
-            categorical labels of the pairs; pairs with equal labels are positives in L_lg_clip.
+        labels (`(paired_batch,)` int, −1 for none, or `(paired_batch, num_classes)` multi-hot with a row of −1
+            for none): optional categorical labels of the pairs; pairs with equal labels are positives in
+            L_lg_clip.
         return_loss (`bool`): compute the pretraining losses. Defaults to `self.training`.
         noise (`(paired_batch + unpaired_batch, num_patches)`): masking noise, for reproducible masks.
         """
