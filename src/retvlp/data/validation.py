@@ -1,0 +1,624 @@
+"""Data validation: find every bad row of a manifest before training, and say what to do about it.
+
+A `DataProblem` names the manifest file, the data row, the image and what is wrong. Problems come from three
+places:
+
+* reading a manifest (`retvlp.data.manifest`): rows that cannot be parsed, are not UTF-8 or have no image;
+* `check_records`: checks on the records themselves, without I/O (empty captions, unknown labels, duplicates);
+* `load_checked_image`: opening and fully decoding each image (missing, unreadable, truncated, tiny, too large
+  or not RGB).
+
+`validate_manifests` runs all of them and returns a `ValidationReport`; `DataValidationError` carries one for
+code that must stop on bad data (the trainer raises it unless told to skip bad samples).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import threading
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from .manifest import HFImageRef, Manifest, ManifestRecord
+
+SEVERITIES = ("error", "warning")
+
+PROBLEM_KINDS = {
+    "unparseable-row": "error",
+    "not-utf8": "error",
+    "missing-image-field": "error",
+    "missing-file": "error",
+    "unreadable-image": "error",
+    "truncated-image": "error",
+    "tiny-image": "error",
+    "decompression-bomb": "error",
+    "converted-mode": "warning",
+    "empty-caption": "error",
+    "unknown-label": "error",
+    "missing-label": "error",
+    "duplicate-row": "error",
+}
+
+DEFAULT_MIN_SIZE = 32
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit with its default Image.MAX_IMAGE_PIXELS
+PROGRESS_THRESHOLD = 1000  # show a progress bar when checking at least this many images
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """One problem with one row of one manifest (row 0: the file as a whole, e.g. its header)."""
+
+    source: str
+    row: int
+    image: str
+    kind: str
+    message: str
+    severity: str = "error"
+
+    def format(self) -> str:
+        """`paired.csv:12: images/a.jpg: truncated-image: image file is truncated (...); re-export ...`."""
+        parts = [f"{self.source}:{self.row}" if self.row else self.source]
+        if self.image:
+            parts.append(_display_image(self.image, self.source))
+        parts.append(self.kind if self.severity == "error" else f"{self.kind} ({self.severity})")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+
+def make_problem(source: str, row: int, image: Any, kind: str, message: str) -> DataProblem:
+    """A `DataProblem` of `kind` with the kind's default severity."""
+    if kind not in PROBLEM_KINDS:
+        raise ValueError(f"unknown problem kind {kind!r}; known kinds: {', '.join(PROBLEM_KINDS)}")
+    return DataProblem(
+        str(source), int(row), "" if image is None else str(image), kind, message, PROBLEM_KINDS[kind]
+    )
+
+
+def _display_image(image: str, source: str) -> str:
+    """Image paths under the manifest's folder are shown relative to it, others in full."""
+    if not os.path.isabs(image) or source.startswith("hf:"):
+        return image
+    base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+    try:
+        relative = os.path.relpath(image, base)
+    except ValueError:  # another drive on Windows
+        return image
+    return image if relative.startswith("..") else relative
+
+
+_KIND_ORDER = {kind: i for i, kind in enumerate(PROBLEM_KINDS)}
+
+
+def _sorted_problems(problems: Iterable[DataProblem], sources: Iterable[str] = ()) -> list[DataProblem]:
+    """Problems grouped by source (in the order of `sources`, then of first appearance), then by row and kind."""
+    problems = list(problems)
+    source_order: dict[str, int] = {}
+    for source in sources:
+        source_order.setdefault(source, len(source_order))
+    for problem in problems:
+        source_order.setdefault(problem.source, len(source_order))
+    return sorted(problems, key=lambda p: (source_order[p.source], p.row, _KIND_ORDER.get(p.kind, 99)))
+
+
+@dataclass
+class ValidationReport:
+    problems: list[DataProblem]
+    num_records: int
+
+    @property
+    def errors(self) -> list[DataProblem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[DataProblem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def bad_records(self) -> set[tuple[str, int]]:
+        """(source, row) of every row with at least one error: what `--on-bad-sample skip` leaves out."""
+        return {(p.source, p.row) for p in self.problems if p.severity == "error"}
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def counts_by_kind(self) -> dict[str, int]:
+        counts = Counter(p.kind for p in self.problems)
+        return {kind: counts[kind] for kind in sorted(counts, key=lambda k: _KIND_ORDER.get(k, 99))}
+
+    def summary(self) -> str:
+        """One line: how many records were checked and how many problems of each kind were found."""
+        records = f"{self.num_records} record{'s' if self.num_records != 1 else ''}"
+        if not self.problems:
+            return f"Checked {records}: no problems found."
+        num_errors, num_warnings = len(self.errors), len(self.warnings)
+        kinds = ", ".join(f"{kind}: {count}" for kind, count in self.counts_by_kind().items())
+        return (
+            f"Checked {records}: {num_errors} error{'s' if num_errors != 1 else ''} "
+            f"in {len(self.bad_records)} row{'s' if len(self.bad_records) != 1 else ''}, "
+            f"{num_warnings} warning{'s' if num_warnings != 1 else ''} ({kinds})."
+        )
+
+    def format(self, max_problems: int | None = None) -> str:
+        """The summary line, then every problem (or the first `max_problems`), grouped by manifest."""
+        lines = [self.summary()]
+        problems = _sorted_problems(self.problems)
+        shown = problems if max_problems is None else problems[: max(0, max_problems)]
+        per_source = Counter(p.source for p in problems)
+        current = None
+        for problem in shown:
+            if problem.source != current:
+                current = problem.source
+                count = per_source[current]
+                lines.append(f"{current} ({count} problem{'s' if count != 1 else ''}):")
+            lines.append(f"  {problem.format()}")
+        hidden = len(problems) - len(shown)
+        if hidden > 0:
+            lines.append(
+                f"... and {hidden} more problem{'s' if hidden != 1 else ''} "
+                "(write them all with `retvlp validate-data ... --report problems.jsonl`)."
+            )
+        return "\n".join(lines)
+
+    def write_jsonl(self, path: str | os.PathLike) -> None:
+        """One JSON object per problem: source, row, image, kind, message, severity."""
+        path = os.fspath(path)
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            for problem in _sorted_problems(self.problems):
+                handle.write(json.dumps(asdict(problem), ensure_ascii=False) + "\n")
+
+
+class DataValidationError(ValueError):
+    """Raised when the data has errors; `.report` holds the full `ValidationReport`."""
+
+    MAX_SHOWN = 20
+
+    def __init__(self, report: ValidationReport, context: str | None = None):
+        self.report = report
+        self.context = context
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        head = f"{self.context}: " if self.context else ""
+        return (
+            f"{head}the training data has problems.\n"
+            f"{self.report.format(max_problems=self.MAX_SHOWN)}\n"
+            "Run `retvlp validate-data MANIFEST ... --report problems.jsonl` to list every problem, then fix or "
+            "remove those rows; or pass `--on-bad-sample skip` to train without the "
+            f"{len(self.report.bad_records)} bad row(s)."
+        )
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self):  # picklable across processes despite the custom __init__
+        return (type(self), (self.report, self.context))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checks on records (no I/O)
+
+
+def _known_classes_text(class_names: Sequence[str], limit: int = 20) -> str:
+    names = sorted(class_names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return f"{len(names)} known class{'es' if len(names) != 1 else ''}: {shown}{more}"
+
+
+def _image_key(image: Any) -> Any:
+    return image  # paths are absolute and normalised; HFImageRef hashes by (dataset identity, index, column)
+
+
+def check_records(
+    records: Iterable[ManifestRecord], *, class_names: Iterable[str] | None = None
+) -> list[DataProblem]:
+    """Problems visible in the records alone: empty captions, labels not in `class_names` (when given),
+    categorical records without labels, and duplicate rows (same image, caption and labels as an earlier
+    record; the later rows are reported, naming the first)."""
+    known = None if class_names is None else set(class_names)
+    known_text = None if known is None else _known_classes_text(sorted(known))
+    problems: list[DataProblem] = []
+    first_seen: dict[tuple, tuple[str, int]] = {}
+    for record in records:
+        source, row, image = record.source, record.row, record.image
+        if record.role == "paired" and not (record.text or "").strip():
+            problems.append(
+                make_problem(
+                    source,
+                    row,
+                    image,
+                    "empty-caption",
+                    "caption is empty; write the caption, remove the row, or read label-only/image-only rows "
+                    "as their own manifest with --role categorical/unpaired",
+                )
+            )
+        if record.role == "categorical" and not record.labels:
+            problems.append(
+                make_problem(
+                    source,
+                    row,
+                    image,
+                    "missing-label",
+                    "row has no label but the manifest is read with role 'categorical'; add the label or "
+                    "remove the row",
+                )
+            )
+        if known is not None and record.role != "unpaired":
+            for label in record.labels:
+                if label not in known:
+                    problems.append(
+                        make_problem(
+                            source,
+                            row,
+                            image,
+                            "unknown-label",
+                            f"label {label!r} is not one of the {known_text}; fix its spelling or add it to "
+                            "the class list (--classes / --classes-file)",
+                        )
+                    )
+        key = (_image_key(image), record.text, tuple(sorted(record.labels)))
+        first = first_seen.setdefault(key, (source, row))
+        if first != (source, row):
+            where = f"row {first[1]}" if first[0] == source else f"row {first[1]} of {first[0]}"
+            problems.append(
+                make_problem(
+                    source,
+                    row,
+                    image,
+                    "duplicate-row",
+                    f"same image, caption and labels as {where}; remove the duplicate (it would be seen twice "
+                    "per epoch)",
+                )
+            )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Images
+
+_check_lock = threading.Lock()
+_check_depth = 0
+_saved_load_truncated = False
+_saved_warnings: Any = None
+
+
+@contextmanager
+def image_checking():
+    """The Pillow settings the image checks need, for the duration of the block: truncated files raise
+    (`ImageFile.LOAD_TRUNCATED_IMAGES = False`, whatever the program set) and Pillow's DecompressionBombWarning
+    is silenced (`max_pixels` decides instead; `Image.MAX_IMAGE_PIXELS` is never changed). Both are process-wide
+    settings, so they are applied when the first such block starts, in any thread, and restored when the last
+    one ends: safe to nest and to use from several threads at once."""
+    global _check_depth, _saved_load_truncated, _saved_warnings
+    with _check_lock:
+        if _check_depth == 0:
+            _saved_load_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            _saved_warnings = warnings.catch_warnings()
+            _saved_warnings.__enter__()
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        _check_depth += 1
+    try:
+        yield
+    finally:
+        with _check_lock:
+            _check_depth -= 1
+            if _check_depth == 0:
+                _saved_warnings.__exit__(None, None, None)
+                _saved_warnings = None
+                ImageFile.LOAD_TRUNCATED_IMAGES = _saved_load_truncated
+
+
+def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+
+
+def _scale_to_uint8(values: np.ndarray, scale: float, offset: float = 0.0) -> np.ndarray:
+    return np.clip(np.rint((values - offset) * scale), 0, 255).astype(np.uint8)
+
+
+def _min_max(values: np.ndarray) -> tuple[np.ndarray, str]:
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    scale = 255.0 / (high - low) if high > low else 0.0
+    grey = _scale_to_uint8(np.nan_to_num(values, nan=low), scale, low)
+    return grey, f"values {low:g}..{high:g} stretched to 0..255"
+
+
+def _grey_to_uint8(mode: str, values: np.ndarray) -> tuple[np.ndarray, str]:
+    """8-bit grey from the values of an I;16*, I or F image, and what was done."""
+    if mode.startswith("I;16"):
+        return _scale_to_uint8(values, 255.0 / 65535.0), "16-bit grey scaled to 8 bits (x 255/65535)"
+    if mode == "I":
+        if values.size and values.min() >= 0 and values.max() <= 65535:
+            grey = _scale_to_uint8(values, 255.0 / 65535.0)
+            return grey, "32-bit integer grey read as 16-bit and scaled to 8 bits (x 255/65535)"
+        grey, detail = _min_max(values)
+        return grey, f"32-bit integer grey, {detail}"
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() >= 0 and finite.max() <= 1:
+        return _scale_to_uint8(np.nan_to_num(values), 255.0), "float grey in 0..1 scaled by 255"
+    if finite.size and finite.min() >= 0 and finite.max() <= 255:
+        return _scale_to_uint8(np.nan_to_num(values), 1.0), "float grey in 0..255 rounded"
+    grey, detail = _min_max(values)
+    return grey, f"float grey, {detail}"
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """Convert a decoded image to 8-bit RGB. Returns (rgb, None) for RGB input, else (rgb, what was done):
+    16-bit grey is scaled by 255/65535 (65535 -> 255, not clipped), transparency is composited on black, 32-bit
+    integer grey within 0..65535 is treated as 16-bit (other ranges are stretched), floats in 0..1 are scaled by
+    255, and every other mode goes through Pillow's conversion."""
+    mode = image.mode
+    if mode == "RGB":
+        return image, None
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        grey, detail = _grey_to_uint8(mode, np.asarray(image).astype(np.float64))
+        return _grey_to_rgb(grey), detail
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA")).astype(np.float64)
+        rgb = np.rint(rgba[:, :, :3] * (rgba[:, :, 3:4] / 255.0)).astype(np.uint8)
+        return Image.fromarray(rgb, "RGB"), "transparency composited on black"
+    return image.convert("RGB"), "converted with Pillow"
+
+
+def _pillow_bomb_message(exc: Exception, max_pixels: int) -> str:
+    """Pillow refused to open the image (over 2 x Image.MAX_IMAGE_PIXELS); its message holds the pixel count."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = int(found.group(1)) if found else None
+    pillow_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    size = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    if pixels is not None and pixels <= max_pixels:
+        return (
+            f"the image header claims {size}: within --max-pixels {max_pixels:,}, but Pillow refuses to open "
+            f"images over {pillow_limit:,} pixels (2 x Image.MAX_IMAGE_PIXELS); downscale it or remove the row"
+        )
+    limit = max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
+    return (
+        f"the image header claims {size}, over the limit of {limit:,} (--max-pixels); a corrupt header or a "
+        "decompression bomb: downscale the image or remove the row"
+    )
+
+
+def _open_source(image: Any) -> tuple[Any, str]:
+    """(bytes | PIL image | str path | None, a display name) for a path or an HFImageRef."""
+    if isinstance(image, str):
+        return image, image
+    from .manifest import HFImageRef
+
+    if isinstance(image, HFImageRef):
+        return image.raw(), str(image)
+    if isinstance(image, Image.Image):
+        return image, "<image>"
+    return image, str(image)
+
+
+def load_checked_image(
+    image: str | HFImageRef,
+    *,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    source: str = "",
+    row: int = 0,
+) -> tuple[Image.Image | None, list[DataProblem]]:
+    """Open and fully decode one image, checking it on the way. Returns (the fully loaded RGB image, problems),
+    or (None, problems) when any problem is an error. A non-RGB image is converted (`to_rgb`) and reported as
+    a `converted-mode` warning. The size is checked against `max_pixels` from the header, before decoding."""
+    with image_checking():
+        return _load_checked_image(image, min_size=min_size, max_pixels=max_pixels, source=source, row=row)
+
+
+def _load_checked_image(
+    image: Any, *, min_size: int, max_pixels: int, source: str, row: int
+) -> tuple[Image.Image | None, list[DataProblem]]:
+    problems: list[DataProblem] = []
+    try:
+        raw, name = _open_source(image)
+    except Exception as exc:  # an HF dataset row that cannot be read
+        return None, [
+            make_problem(source, row, image, "unreadable-image", f"could not read the image: {exc!r}")
+        ]
+
+    def problem(kind: str, message: str) -> DataProblem:
+        found = make_problem(source, row, name, kind, message)
+        problems.append(found)
+        return found
+
+    if isinstance(raw, dict):  # an HF Image feature value that was not decoded
+        raw = raw.get("bytes") or raw.get("path")
+    if raw is None:
+        problem("missing-file", "no image data (the image value is empty); fill it in or remove the row")
+        return None, problems
+
+    file_size = None
+    if isinstance(raw, Image.Image):
+        opened = raw
+    else:
+        if isinstance(raw, (str, os.PathLike)):
+            path = os.fspath(raw)
+            if not os.path.exists(path):
+                problem(
+                    "missing-file",
+                    f"image file not found: {path}; fix the path (relative paths are resolved against "
+                    "--image-root, else the manifest's folder) or remove the row",
+                )
+                return None, problems
+            if os.path.isdir(path):
+                problem("unreadable-image", "the image path is a directory, not a file; fix the path")
+                return None, problems
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except OSError as exc:
+                problem(
+                    "unreadable-image", f"cannot read the file ({exc.strerror or exc}); check its permissions"
+                )
+                return None, problems
+        elif isinstance(raw, (bytes, bytearray, memoryview)):
+            data = bytes(raw)
+        else:
+            problem(
+                "unreadable-image", f"image value of type {type(raw).__name__} is neither a path nor bytes"
+            )
+            return None, problems
+        file_size = len(data)
+        if not data:
+            problem("unreadable-image", "the image file is empty (0 bytes); re-export it or remove the row")
+            return None, problems
+        try:
+            opened = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            problem("decompression-bomb", _pillow_bomb_message(exc, max_pixels))
+            return None, problems
+        except UnidentifiedImageError:
+            problem(
+                "unreadable-image",
+                f"not an image Pillow can read ({file_size} bytes starting {data[:8]!r}); re-export it as "
+                "PNG/JPEG or remove the row",
+            )
+            return None, problems
+        except Exception as exc:
+            if "truncated" in str(exc).lower():
+                problem(
+                    "truncated-image",
+                    f"image file is truncated (only {file_size} bytes; even the header is incomplete: {exc}); "
+                    "re-export or re-download the image, or remove the row",
+                )
+            else:
+                problem("unreadable-image", f"cannot open the image ({exc}); re-export it or remove the row")
+            return None, problems
+
+    width, height = opened.size
+    if width * height > max_pixels:
+        problem(
+            "decompression-bomb",
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(--max-pixels); downscale it, remove the row, or raise --max-pixels if it is genuine",
+        )
+        return None, problems
+    if min(width, height) < min_size:
+        problem(
+            "tiny-image",
+            f"image is only {width}x{height} pixels (smaller than --min-size {min_size}); probably a thumbnail "
+            "or placeholder: replace it with the full image or remove the row",
+        )
+    try:
+        opened.load()
+    except Image.DecompressionBombError as exc:
+        problem(
+            "decompression-bomb", f"Pillow refuses to decode it: {exc} Downscale the image or remove the row"
+        )
+    except Exception as exc:
+        if isinstance(exc, OSError) and "truncated" in str(exc).lower():
+            problem(
+                "truncated-image",
+                f"image file is truncated (the {file_size}-byte file ends before the {width}x{height} "
+                f"image data does; Pillow: {exc}); re-export or re-download the image, or remove the row",
+            )
+        else:
+            problem(
+                "unreadable-image",
+                f"the image data cannot be decoded ({type(exc).__name__}: {exc}); re-export it or remove the row",
+            )
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    mode = opened.mode
+    try:
+        rgb, detail = to_rgb(opened)
+    except Exception as exc:
+        problem("unreadable-image", f"cannot convert image mode {mode} to RGB ({exc}); re-export it as RGB")
+        return None, problems
+    if detail is not None:
+        problem(
+            "converted-mode",
+            f"image mode is {mode}, not RGB: {detail}; fine for training, re-save it as 8-bit RGB to silence this",
+        )
+    return rgb, problems
+
+
+def validate_records(
+    records: Sequence[ManifestRecord],
+    *,
+    class_names: Iterable[str] | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    check_images: bool = True,
+    num_workers: int = 1,
+) -> ValidationReport:
+    """`check_records`, then `load_checked_image` for every distinct image (with `num_workers` threads; an image
+    used by several rows is decoded once and its problems are reported for each of those rows)."""
+    records = list(records)
+    problems = check_records(records, class_names=class_names)
+    if check_images and records:
+        rows_by_image: dict[Any, list[ManifestRecord]] = {}
+        for record in records:
+            rows_by_image.setdefault(_image_key(record.image), []).append(record)
+        images = list(rows_by_image)
+
+        def check(image: Any) -> list[DataProblem]:
+            first = rows_by_image[image][0]
+            _, found = _load_checked_image(
+                image, min_size=min_size, max_pixels=max_pixels, source=first.source, row=first.row
+            )
+            return found
+
+        progress = _progress(len(images))
+        with image_checking(), progress:
+            if num_workers and num_workers > 1 and len(images) > 1:
+                with ThreadPoolExecutor(max_workers=num_workers) as pool:
+                    results = []
+                    for found in pool.map(check, images):
+                        results.append(found)
+                        _update(progress)
+            else:
+                results = []
+                for image in images:
+                    results.append(check(image))
+                    _update(progress)
+        for image, found in zip(images, results, strict=True):
+            for record in rows_by_image[image]:
+                problems.extend(replace(p, source=record.source, row=record.row) for p in found)
+    return ValidationReport(problems=_sorted_problems(problems), num_records=len(records))
+
+
+def _progress(total: int):
+    if total < PROGRESS_THRESHOLD:
+        return nullcontext()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return nullcontext()
+    return tqdm(total=total, desc="checking images", unit="img", leave=False)
+
+
+def _update(progress: Any) -> None:
+    if hasattr(progress, "update"):
+        progress.update(1)
+
+
+def validate_manifests(
+    manifests: Sequence[Manifest], *, class_names: Iterable[str] | None = None, **kwargs: Any
+) -> ValidationReport:
+    """Validate the records of all `manifests` together (duplicates are found across manifests too) and add
+    each manifest's parse-level problems. `kwargs` go to `validate_records`."""
+    records = [record for manifest in manifests for record in manifest.records]
+    report = validate_records(records, class_names=class_names, **kwargs)
+    parse_problems = [problem for manifest in manifests for problem in manifest.problems]
+    report.problems = _sorted_problems(parse_problems + report.problems, [m.source for m in manifests])
+    return report
