@@ -69,3 +69,53 @@ def tiny_batch():
         unpaired_pixel_values=torch.randn(3, 3, 32, 32, generator=generator),
         labels=torch.tensor([0, 1, 0, 2]),
     )
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """A small procedural fundus data set (24 patients, 32 px) with all four manifests."""
+    from retvlp.data.synthetic import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic") / "data", num_patients=24, image_size=32, seed=1
+    )
+
+
+def tiny_pretrain_dict(tmp_path, synthetic, name="run", **sections) -> dict:
+    """A pretraining run description (see `retvlp.training.config`) for the tiny model on `synthetic`:
+    6 optimizer steps of 2 accumulated micro-steps, 4 paired + 3 unpaired images each, checkpoints at 3 and 6."""
+    text = {k: v for k, v in TINY_TEXT.items() if k not in ("model_type", "vocab_size")}
+    raw = {
+        "model": {
+            "tokenizer": "build",
+            "tokenizer_vocab_size": 300,
+            "max_text_length": 32,
+            "config": {"vision_config": dict(TINY_VISION), "text_config": text, **TINY_HEADS},
+        },
+        "data": {
+            "train": [
+                {"path": str(synthetic.paired)},
+                {"path": str(synthetic.categorical)},
+                {"path": str(synthetic.unpaired)},
+            ],
+            "image_size": 32,
+            "paired_batch_size": 4,
+            "unpaired_batch_size": 3,
+            "cache_dir": str(tmp_path / "cache"),
+            "num_workers": 0,
+            "preprocessing_workers": 1,
+            "horizontal_flip": True,
+        },
+        "optim": {"lr": 1e-3, "max_steps": 6, "warmup_steps": 2, "gradient_accumulation_steps": 2},
+        "run": {
+            "output_dir": str(tmp_path / name),
+            "save_every": 3,
+            "log_every": 1,
+            "evaluate": False,
+            "tensorboard": False,
+            "num_threads": 1,
+        },
+    }
+    for section, values in sections.items():
+        raw[section].update(values)
+    return raw

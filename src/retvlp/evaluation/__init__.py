@@ -1,0 +1,1 @@
+"""Evaluation of pretrained dual encoders (zero-shot, linear probe; more protocols build on these)."""

@@ -1,0 +1,334 @@
+"""From manifests to step batches: validation policy, cached streams, and the per-step batch builder.
+
+Everything random in a batch (which rows, crops, flips, prompt templates, MAE masks) is drawn from
+`(seed, micro_step)` for the GLOBAL batch and then sliced per process. So a batch does not depend on
+how the run was split into processes or interrupted: 2 processes × b rows see exactly the rows, crops
+and masks of 1 process × 2b, and a resumed run rebuilds the batches the straight run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.cache import CachedImages, ImageGeometry, build_image_cache, read_pixels
+from ..data.manifest import Manifest, manifest_from_hf_dataset, read_manifests
+from ..data.sampler import StepSampler
+from ..data.validation import DataValidationError, ValidationReport, check_records
+from .config import DataSection
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Stream:
+    """One data stream (e.g. the paired or the unpaired images) after validation: good rows only."""
+
+    name: str
+    cache: CachedImages
+    rows: np.ndarray  # indices of the usable rows in `cache.dataset`
+    texts: list[str | None]  # per usable row
+    labels: list[tuple[str, ...]]  # per usable row
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def read_training_manifests(specs: list[dict]) -> list[Manifest]:
+    """Manifests of `data.train`: file specs (`path` + `read_manifest` options) or Hugging Face datasets
+    (`hf_dataset`: a `save_to_disk` directory or a Hub dataset id, with `split`, default "train", plus the
+    `manifest_from_hf_dataset` options)."""
+    import datasets
+
+    manifests = []
+    for spec in specs:
+        if "hf_dataset" not in spec:
+            manifests.extend(read_manifests([spec]))
+            continue
+        options = dict(spec)
+        source, split = options.pop("hf_dataset"), options.pop("split", "train")
+        if Path(source).is_dir():
+            loaded = datasets.load_from_disk(source)
+            dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        else:
+            dataset = datasets.load_dataset(source, split=split)
+        options.setdefault("name", f"{source}:{split}")
+        manifests.append(manifest_from_hf_dataset(dataset, **options))
+    return manifests
+
+
+def discover_classes(manifests: list[Manifest], configured: list[str] | None) -> list[str]:
+    if configured:
+        return list(configured)
+    return sorted({label for manifest in manifests for record in manifest.records for label in record.labels})
+
+
+def prepare_streams(
+    manifests: list[Manifest],
+    data: DataSection,
+    class_names: list[str],
+    output_dir: Path,
+    *,
+    is_main_process: bool = True,
+    show_progress: bool = True,
+) -> tuple[dict[str, Stream], ValidationReport]:
+    """Validate and cache every record, apply `data.on_bad_sample`, and split rows into streams.
+
+    Paired and categorical records form the "paired" stream (categorical labels become prompt texts);
+    unpaired records form the "unpaired" stream. With `on_bad_sample="error"` any error stops here with
+    the full report (`DataValidationError`); with "skip" the bad rows are left out, counted, logged and
+    listed in `<output_dir>/skipped_samples.jsonl`. Warnings (e.g. converted colour modes) never drop a row.
+    """
+    records = [record for manifest in manifests for record in manifest.records]
+    problems = [problem for manifest in manifests for problem in manifest.problems]
+    problems += check_records(records, class_names=class_names)
+    geometry = ImageGeometry(
+        size=data.image_size, pad_to_square=data.pad_to_square, crop_to_fov=data.crop_to_fov
+    )
+    cache = build_image_cache(
+        records,
+        geometry,
+        data.cache_dir,
+        min_size=data.min_image_size,
+        max_pixels=data.max_image_pixels,
+        num_proc=data.preprocessing_workers,
+        show_progress=show_progress,
+    )
+    report = ValidationReport(problems=problems + cache.problems, num_records=len(records))
+    bad = report.bad_records
+    if is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if report.problems:
+            report.write_jsonl(output_dir / "data_problems.jsonl")
+    if report.errors and data.on_bad_sample == "error":
+        raise DataValidationError(report)
+    if report.warnings:
+        logger.warning("%d data warning(s), e.g. %s", len(report.warnings), report.warnings[0].format())
+
+    skipped, keep = [], {"paired": [], "unpaired": []}
+    for index, record in enumerate(records):
+        if (record.source, record.row) in bad:
+            skipped.append(record)
+            continue
+        keep["unpaired" if record.role == "unpaired" else "paired"].append(index)
+    if skipped:
+        reasons: dict[tuple[str, int], list[str]] = {}
+        for problem in report.errors:
+            reasons.setdefault((problem.source, problem.row), []).append(f"{problem.kind}: {problem.message}")
+        if is_main_process:
+            with open(output_dir / "skipped_samples.jsonl", "w", encoding="utf-8") as handle:
+                for record in skipped:
+                    entry = {
+                        "source": record.source,
+                        "row": record.row,
+                        "image": str(record.image),
+                        "problems": reasons.get((record.source, record.row), []),
+                    }
+                    handle.write(json.dumps(entry) + "\n")
+        logger.warning(
+            "Skipped %d of %d samples with errors (on_bad_sample=skip); listed in %s",
+            len(skipped),
+            len(records),
+            output_dir / "skipped_samples.jsonl",
+        )
+
+    streams = {}
+    for name, indices in keep.items():
+        if indices:
+            streams[name] = Stream(
+                name=name,
+                cache=cache,
+                rows=np.asarray(indices, dtype=np.int64),
+                texts=[records[i].text for i in indices],
+                labels=[records[i].labels for i in indices],
+            )
+    if "paired" not in streams:
+        raise ValueError(
+            "No paired or categorical samples left to train the contrastive branch: check the manifests' "
+            "text/label columns (and the skipped samples)."
+        )
+    return streams, report
+
+
+def augment_and_normalize(
+    pixels: np.ndarray,
+    crops: np.ndarray | None,
+    flips: np.ndarray | None,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> torch.Tensor:
+    """`(B, S, S, 3)` uint8 → normalised `(B, 3, S, S)` float32, cropping and flipping on the fly.
+
+    Args:
+        crops: `(B, 3)` rows of (side fraction, centre x, centre y) in [-1, 1] coordinates, or None.
+        flips: `(B,)` bool, or None.
+    """
+    images = (
+        torch.from_numpy(pixels.astype(np.float32)).permute(0, 3, 1, 2).div_(255.0)
+    )  # Arrow buffers are read-only
+    if crops is not None or flips is not None:
+        batch = images.shape[0]
+        theta = torch.zeros(batch, 2, 3)
+        side = torch.from_numpy(crops[:, 0]).float() if crops is not None else torch.ones(batch)
+        theta[:, 0, 0] = side * (
+            torch.from_numpy(np.where(flips, -1.0, 1.0)).float() if flips is not None else 1
+        )
+        theta[:, 1, 1] = side
+        if crops is not None:
+            theta[:, 0, 2] = torch.from_numpy(crops[:, 1]).float()
+            theta[:, 1, 2] = torch.from_numpy(crops[:, 2]).float()
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def step_seed(seed: int, micro_step: int, stream: int) -> list[int]:
+    return [seed, micro_step, stream]
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item `i` is this process's complete batch for micro-step `i` (use with `batch_size=None`).
+
+    Args:
+        streams: "paired" (required) and "unpaired" (optional) streams.
+        tokenizer: tokenises the paired texts (`max_length` tokens, padded to the longest).
+        class_names: label vocabulary for the label-guided loss.
+        batch_sizes: rows per process per micro-step, per stream.
+        rank / world_size: this process and the process count.
+        num_patches: patches per image (for the MAE masking noise).
+    """
+
+    def __init__(
+        self,
+        streams: dict[str, Stream],
+        tokenizer,
+        class_names: list[str],
+        batch_sizes: dict[str, int],
+        *,
+        rank: int,
+        world_size: int,
+        seed: int,
+        num_patches: int,
+        image_mean,
+        image_std,
+        max_length: int,
+        prompt_templates: list[str],
+        crop_scale: tuple[float, float],
+        horizontal_flip: bool,
+        length: int,
+    ):
+        self.streams = {name: s for name, s in streams.items() if batch_sizes.get(name, 0) > 0}
+        self.samplers = {
+            name: StepSampler(len(s), batch_sizes[name], world_size, seed=seed + 7919 * k)
+            for k, (name, s) in enumerate(sorted(self.streams.items()))
+        }
+        self.tokenizer = tokenizer
+        self.class_index = {name: i for i, name in enumerate(class_names)}
+        self.multi_label = any(len(labels) > 1 for labels in streams["paired"].labels)
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.num_patches = num_patches
+        self.mean = torch.tensor(image_mean, dtype=torch.float32).expand(3).clone()
+        self.std = torch.tensor(image_std, dtype=torch.float32).expand(3).clone()
+        self.max_length = max_length
+        self.prompt_templates = list(prompt_templates)
+        self.crop_scale = tuple(crop_scale)
+        self.horizontal_flip = horizontal_flip
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def epochs(self, micro_step: int) -> dict[str, float]:
+        return {name: sampler.epoch(micro_step) for name, sampler in self.samplers.items()}
+
+    # ------------------------------------------------------------------ pieces
+    def _random_geometry(self, rng: np.random.Generator, count: int):
+        crops = flips = None
+        if self.crop_scale != (1.0, 1.0):
+            area = rng.uniform(self.crop_scale[0], self.crop_scale[1], count)
+            side = np.sqrt(area)
+            centre = rng.uniform(-1.0, 1.0, (count, 2)) * (1.0 - side)[:, None]
+            crops = np.concatenate([side[:, None], centre], axis=1)
+        if self.horizontal_flip:
+            flips = rng.random(count) < 0.5
+        return crops, flips
+
+    def _text(self, row: int, stream: Stream, rng: np.random.Generator) -> str:
+        text = stream.texts[row]
+        if text is not None:
+            return text
+        template = self.prompt_templates[int(rng.integers(len(self.prompt_templates)))]
+        return template.format(", ".join(stream.labels[row]))
+
+    def _label_tensor(self, rows: np.ndarray, stream: Stream) -> torch.Tensor:
+        if not self.multi_label:
+            ids = [
+                self.class_index[labels[0]] if labels else -1 for labels in (stream.labels[r] for r in rows)
+            ]
+            return torch.tensor(ids, dtype=torch.long)
+        out = torch.zeros(len(rows), len(self.class_index), dtype=torch.long)
+        for i, row in enumerate(rows):
+            labels = stream.labels[row]
+            if not labels:
+                out[i] = -1
+            for label in labels:
+                out[i, self.class_index[label]] = 1
+        return out
+
+    def _stream_batch(self, name: str, micro_step: int, stream_id: int):
+        """This process's rows of one stream plus their per-sample random draws (drawn globally, sliced)."""
+        sampler, stream = self.samplers[name], self.streams[name]
+        rng = np.random.default_rng(step_seed(self.seed, micro_step, stream_id))
+        global_rows = sampler.global_indices(micro_step)
+        crops, flips = self._random_geometry(rng, len(global_rows))
+        template_rng = np.random.default_rng(step_seed(self.seed, micro_step, 100 + stream_id))
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        noise = torch.rand(len(global_rows), self.num_patches, generator=generator)
+        local = slice(self.rank * sampler.batch_size, (self.rank + 1) * sampler.batch_size)
+        rows = global_rows[local]
+        pixels = read_pixels(stream.cache.dataset, stream.rows[rows])
+        images = augment_and_normalize(
+            pixels,
+            None if crops is None else crops[local],
+            None if flips is None else flips[local],
+            self.mean,
+            self.std,
+        )
+        texts = [self._text(int(r), stream, template_rng) for r in global_rows][local]
+        return rows, images, texts, noise[local]
+
+    def __getitem__(self, micro_step: int) -> dict[str, torch.Tensor]:
+        rows, pixel_values, texts, noise = self._stream_batch("paired", micro_step, 0)
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        batch = {
+            key: value
+            for key, value in batch.items()
+            if key in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        batch["pixel_values"] = pixel_values
+        batch["labels"] = self._label_tensor(rows, self.streams["paired"])
+        noises = [noise]
+        if "unpaired" in self.samplers:
+            _, unpaired_pixels, _, unpaired_noise = self._stream_batch("unpaired", micro_step, 1)
+            batch["unpaired_pixel_values"] = unpaired_pixels
+            noises.append(unpaired_noise)
+        batch["noise"] = torch.cat(noises)
+        return batch
+
+
+__all__ = [
+    "read_training_manifests",
+    "StepBatches",
+    "Stream",
+    "augment_and_normalize",
+    "discover_classes",
+    "prepare_streams",
+]

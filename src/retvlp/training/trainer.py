@@ -1,0 +1,373 @@
+"""The pretraining loop behind `accelerate launch training/pretrain.py`.
+
+One optimizer step = `gradient_accumulation_steps` micro-steps; micro-step `i` reads batch `i` of
+`StepBatches` (rows, crops, masks all drawn from `(seed, i)`), and the torch RNG (dropout) is re-seeded
+from `(seed, i, rank)` before its forward. A run is therefore a pure function of the config and the
+step counter: a resumed run continues exactly where the straight run would be.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.synthetic import generate_synthetic_dataset
+from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
+from .config import PretrainConfig
+from .data import StepBatches, discover_classes, prepare_streams, read_training_manifests
+from .maskedclip_task import (
+    after_optimizer_step,
+    build_model,
+    build_processor,
+    configure_threads,
+    images_per_micro_step,
+    load_or_build_tokenizer,
+    loss_terms,
+    parameter_groups,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient norm became NaN/Inf; the run stopped before the optimizer applied it."""
+
+
+@dataclass
+class PretrainResult:
+    output_dir: Path
+    final_dir: Path
+    steps: int
+    last_metrics: dict[str, float]
+    evaluation: dict[str, Any] | None = None
+
+
+def _seed_from(*values: int) -> int:
+    return int(np.random.SeedSequence(list(values)).generate_state(1, dtype=np.uint64)[0] % (2**63))
+
+
+def synthetic_manifest_specs(config: PretrainConfig) -> tuple[list[dict], dict]:
+    """Generate (or reuse) the procedural demo data and return its training manifests + evaluation specs."""
+    options = dict(config.data.synthetic or {})
+    root = options.pop("output_dir", None) or str(
+        Path(config.data.cache_dir or "outputs/cache") / "synthetic"
+    )
+    dataset = generate_synthetic_dataset(root, **options)
+    train = [
+        {"path": str(dataset.paired)},
+        {"path": str(dataset.categorical)},
+        {"path": str(dataset.unpaired)},
+    ]
+    evaluation = {
+        "probe_train": [{"path": str(dataset.paired)}, {"path": str(dataset.categorical)}],
+        "test": [{"path": str(dataset.test)}],
+        "classes": list(dataset.classes),
+    }
+    return train, evaluation
+
+
+class JsonlLog:
+    """Append-only metrics log; on resume, lines past the checkpoint's step are dropped (they are redone)."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, entry: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+
+def _total_steps(config: PretrainConfig, batches: StepBatches, world_size: int) -> int:
+    o = config.optim
+    if o.max_steps is not None:
+        return int(o.max_steps)
+    # One epoch = every row of every stream seen at least once.
+    micro_per_epoch = max(
+        math.ceil(len(batches.streams[name]) / sampler.global_batch_size)
+        for name, sampler in batches.samplers.items()
+    )
+    return max(1, math.ceil(o.epochs * micro_per_epoch / o.gradient_accumulation_steps))
+
+
+def _warmup_steps(config: PretrainConfig, total: int) -> int:
+    o = config.optim
+    if o.warmup_steps is not None:
+        return min(int(o.warmup_steps), total)
+    if o.epochs:
+        return min(total, round(total * o.warmup_epochs / o.epochs))
+    return 0
+
+
+def pretrain(
+    config: PretrainConfig,
+    *,
+    resume: str | None = None,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> PretrainResult:
+    """Run (or resume) pretraining as described by `config`; returns where everything was written.
+
+    Args:
+        resume: "latest" (newest complete checkpoint in `run.output_dir`, or a fresh start when none) or a
+            checkpoint directory.
+        stop_after: stop (without the final save) after this many optimizer steps — for tests of resume.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import is_tensorboard_available
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    run, data, optim = config.run, config.data, config.optim
+    output_dir = Path(run.output_dir)
+    trackers = ["tensorboard"] if run.tensorboard and is_tensorboard_available() else None
+    accelerator = Accelerator(
+        mixed_precision=run.mixed_precision, log_with=trackers, project_dir=str(output_dir)
+    )
+    configure_threads(run.num_threads)
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    # ---------------------------------------------------------------- data
+    train_specs, evaluation_specs = list(data.train), dict(run.evaluation)
+    if data.synthetic is not None:
+        with accelerator.main_process_first():
+            synthetic_train, synthetic_eval = synthetic_manifest_specs(config)
+        train_specs = synthetic_train + train_specs
+        evaluation_specs = {**synthetic_eval, **evaluation_specs}
+    manifests = read_training_manifests(train_specs)
+    class_names = discover_classes(manifests, data.classes)
+    with accelerator.main_process_first():
+        streams, report = prepare_streams(
+            manifests,
+            data,
+            class_names,
+            output_dir,
+            is_main_process=main,
+            show_progress=show_progress and main,
+        )
+
+    # ---------------------------------------------------------------- model
+    corpus = [t for t in streams["paired"].texts if t] + [
+        template.format(name) for template in data.prompt_templates for name in class_names
+    ]
+    tokenizer = load_or_build_tokenizer(config, corpus, output_dir, accelerator)
+    processor = build_processor(config, tokenizer)
+    torch.manual_seed(run.seed)
+    model = build_model(config, tokenizer)
+    vision_config = model.config.vision_config
+    batches = StepBatches(
+        streams,
+        tokenizer,
+        class_names,
+        {"paired": data.paired_batch_size, "unpaired": data.unpaired_batch_size},
+        rank=rank,
+        world_size=world,
+        seed=run.seed,
+        num_patches=vision_config.num_patches,
+        image_mean=processor.image_processor.image_mean,
+        image_std=processor.image_processor.image_std,
+        max_length=config.model.max_text_length,
+        prompt_templates=data.prompt_templates,
+        crop_scale=tuple(data.crop_scale),
+        horizontal_flip=data.horizontal_flip,
+        length=0,
+    )
+    total_steps = _total_steps(config, batches, world)
+    accumulation = optim.gradient_accumulation_steps
+    batches.length = total_steps * accumulation
+    images_per_step = images_per_micro_step(config, world, "unpaired" in batches.samplers) * accumulation
+    lr = optim.lr if optim.lr is not None else optim.base_lr * images_per_step / 256
+
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, optim.weight_decay), lr=lr, betas=tuple(optim.betas), eps=optim.eps
+    )
+    scheduler = get_scheduler(
+        optim.schedule,
+        optimizer,
+        num_warmup_steps=_warmup_steps(config, total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # ---------------------------------------------------------------- resume
+    start_step = 0
+    checkpoint = resolve_resume(resume, output_dir)
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint)
+        start_step = int(state["step"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("total_steps") != total_steps:
+            raise ValueError(
+                f"{checkpoint} was written by a run of {state.get('total_steps')} steps; this config gives "
+                f"{total_steps}. Resume with the same config (or start a new output_dir)."
+            )
+        if main:
+            logger.info("Resumed from %s at step %d", checkpoint, start_step)
+    log = JsonlLog(output_dir / "logs.jsonl", start_step if checkpoint else None, main)
+    if trackers:
+        accelerator.init_trackers(
+            "pretrain", config={"total_steps": total_steps, "lr": lr, "world_size": world}
+        )
+    if main:
+        (output_dir / "run_config.yaml").write_text(_to_yaml(config))
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(batches, range(start_step * accumulation, total_steps * accumulation)),
+        batch_size=None,
+        num_workers=data.num_workers,
+        persistent_workers=False,
+        prefetch_factor=2 if data.num_workers else None,
+    )
+    progress = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc="pretrain",
+        unit="step",
+        disable=not (show_progress and main),
+    )
+
+    model.train()
+    last_metrics: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
+    window_start, window_images, counted = time.perf_counter(), 0, 0
+    step = start_step
+    micro = start_step * accumulation
+    batch_iter = iter(loader)
+    while step < total_steps:
+        for k in range(accumulation):
+            batch = next(batch_iter)
+            torch.manual_seed(_seed_from(run.seed, micro, rank))
+            sync = k == accumulation - 1
+            with accelerator.no_sync(model) if not sync else nullcontext():
+                outputs = model(**batch, return_loss=True)
+                terms = loss_terms(outputs)
+                _stop_if_nonfinite(accelerator, terms["loss"], step, terms, output_dir)
+                accelerator.backward(terms["loss"] / accumulation)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+            counted += 1
+            micro += 1
+        grad_norm = None
+        if optim.max_grad_norm:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
+            _stop_if_nonfinite(accelerator, grad_norm, step, {"grad_norm": grad_norm}, output_dir)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        after_optimizer_step(unwrapped)
+        step += 1
+        window_images += images_per_step
+        progress.update(1)
+
+        if step % run.log_every == 0 or step == total_steps:
+            means = {name: accelerator.reduce(total / counted, "mean").item() for name, total in sums.items()}
+            elapsed = time.perf_counter() - window_start
+            entry = {
+                "step": step,
+                "epoch": round(max(batches.epochs(micro).values()), 4),
+                **{name: round(v, 6) for name, v in means.items()},
+                "lr": scheduler.get_last_lr()[0],
+                "logit_scale": round(unwrapped.logit_scale.exp().item(), 4),
+                "samples_per_s": round(window_images / elapsed, 2),
+            }
+            if grad_norm is not None:
+                entry["grad_norm"] = round(float(grad_norm), 6)
+            log.write(entry)
+            if trackers:
+                accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
+            progress.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+            last_metrics = entry
+            sums, counted, window_images, window_start = {}, 0, 0, time.perf_counter()
+
+        if step % run.save_every == 0 or step == total_steps:
+            state = {
+                "step": step,
+                "micro_step": micro,
+                "total_steps": total_steps,
+                "epochs": batches.epochs(micro),
+                "scheduler": scheduler.state_dict(),
+                "world_size": world,
+                "skipped_samples": len(report.bad_records),
+                "config": config.to_dict(),
+            }
+            save_checkpoint(accelerator, output_dir, step, state, keep=run.keep_checkpoints)
+        if stop_after is not None and step >= stop_after:
+            break
+    progress.close()
+
+    final_dir = output_dir / "final"
+    evaluation = None
+    if step == total_steps:
+        accelerator.wait_for_everyone()
+        full_state = accelerator.get_state_dict(model)  # collective: gathers FSDP / DeepSpeed shards
+        if main:
+            unwrapped.save_pretrained(final_dir, state_dict=full_state)
+            processor.save_pretrained(final_dir)
+            summary = {
+                "steps": step,
+                "last_metrics": last_metrics,
+                "classes": class_names,
+                "skipped_samples": len(report.bad_records),
+                "data_warnings": len(report.warnings),
+                "world_size": world,
+            }
+            (final_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        if run.evaluate and main and evaluation_specs.get("test"):
+            from ..evaluation.quick import evaluate_pretrained
+
+            evaluation = evaluate_pretrained(
+                unwrapped, processor, evaluation_specs, config, class_names, show_progress=show_progress
+            )
+            (final_dir / "eval_results.json").write_text(json.dumps(evaluation, indent=2))
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return PretrainResult(output_dir, final_dir, step, last_metrics, evaluation)
+
+
+def _stop_if_nonfinite(accelerator, value: torch.Tensor, step: int, terms: dict, output_dir: Path) -> None:
+    """Stop every process together when any of them sees a NaN/Inf (before anything is applied)."""
+    bad = torch.tensor(0.0 if torch.isfinite(value.detach()).all() else 1.0, device=value.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    if bad.item() > 0:
+        from .checkpointing import latest_checkpoint
+
+        shown = {k: float(v.detach().float().mean()) for k, v in terms.items()}
+        last = latest_checkpoint(output_dir)
+        raise NonFiniteLossError(
+            f"Non-finite value at optimizer step {step + 1}: {shown}. Nothing was applied; the last good "
+            f"checkpoint is {last or '(none yet)'}. Lower the learning rate, check the data, or try "
+            "run.mixed_precision=no; then resume with --resume latest."
+        )
+
+
+def _to_yaml(config: PretrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+__all__ = ["NonFiniteLossError", "PretrainResult", "pretrain"]

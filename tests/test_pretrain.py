@@ -1,0 +1,181 @@
+"""The pretraining loop: exact resume, atomic checkpoints, NaN stop, bad-sample policies, final checkpoint."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_pretrain_dict
+from safetensors.torch import load_file
+
+from retvlp.data.validation import DataValidationError
+from retvlp.training import NonFiniteLossError, PretrainConfig, pretrain
+from retvlp.training.checkpointing import checkpoint_steps, latest_checkpoint
+
+
+def tiny_run(tmp_path, synthetic, name="run", **sections) -> PretrainConfig:
+    return PretrainConfig.from_dict(tiny_pretrain_dict(tmp_path, synthetic, name, **sections), source="test")
+
+
+def _tensors(path):
+    return load_file(str(path))
+
+
+def test_straight_run_equals_interrupted_and_resumed_run_bit_for_bit(tmp_path, synthetic):
+    straight = pretrain(tiny_run(tmp_path, synthetic, "straight"), show_progress=False)
+    assert straight.steps == 6
+
+    config = tiny_run(tmp_path, synthetic, "resumed")
+    partial = pretrain(config, show_progress=False, stop_after=3)
+    assert partial.steps == 3 and not partial.final_dir.exists()
+    assert [step for step, _ in checkpoint_steps(config.run.output_dir)] == [3]
+    resumed = pretrain(config, resume="latest", show_progress=False)
+    assert resumed.steps == 6
+
+    a = _tensors(straight.output_dir / "checkpoint-6" / "model.safetensors")
+    b = _tensors(resumed.output_dir / "checkpoint-6" / "model.safetensors")
+    assert any(k.startswith("momentum_vision_model.") for k in a)  # training checkpoints keep M̂
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    optimizer_a = torch.load(straight.output_dir / "checkpoint-6" / "optimizer.bin", weights_only=True)
+    optimizer_b = torch.load(resumed.output_dir / "checkpoint-6" / "optimizer.bin", weights_only=True)
+    for index, state in optimizer_a["state"].items():
+        assert torch.equal(state["exp_avg_sq"], optimizer_b["state"][index]["exp_avg_sq"])
+    logs_a = [json.loads(x) for x in (straight.output_dir / "logs.jsonl").read_text().splitlines()]
+    logs_b = [json.loads(x) for x in (resumed.output_dir / "logs.jsonl").read_text().splitlines()]
+    drop = ("samples_per_s",)
+    assert [{k: v for k, v in e.items() if k not in drop} for e in logs_a] == [
+        {k: v for k, v in e.items() if k not in drop} for e in logs_b
+    ]
+    assert [e["step"] for e in logs_a] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "loss_mim", "loss_clip", "loss_mfd", "lr", "samples_per_s"} <= set(logs_a[0])
+
+
+def test_final_checkpoint_loads_with_auto_classes(tmp_path, synthetic):
+    from transformers import AutoModel, AutoProcessor
+
+    result = pretrain(tiny_run(tmp_path, synthetic, optim={"max_steps": 2}), show_progress=False)
+    model = AutoModel.from_pretrained(result.final_dir)
+    processor = AutoProcessor.from_pretrained(result.final_dir)
+    trained = _tensors(result.output_dir / "checkpoint-2" / "model.safetensors")
+    released = {k: v for k, v in model.state_dict().items() if not k.startswith("momentum_")}
+    assert len(released) < len(trained)  # the momentum encoder stays in training checkpoints only
+    for name, value in released.items():
+        assert torch.equal(value, trained[name]), name
+    inputs = processor(text=["a fundus photograph of glaucoma"], images=[torch.zeros(3, 32, 32)])
+    assert model(**inputs).logits_per_image.shape == (1, 1)
+    summary = json.loads((result.final_dir / "training_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["skipped_samples"] == 0
+
+
+def test_kill_during_save_leaves_previous_checkpoint_as_latest(tmp_path, synthetic, monkeypatch):
+    from accelerate import Accelerator
+
+    config = tiny_run(tmp_path, synthetic)
+    original = Accelerator.save_state
+    calls = {"n": 0}
+
+    def dying_save_state(self, output_dir=None, **kwargs):
+        calls["n"] += 1
+        result = original(self, output_dir, **kwargs)
+        if calls["n"] == 2:  # the step-6 save has written its files, the rename has not happened
+            raise KeyboardInterrupt("killed during save")
+        return result
+
+    monkeypatch.setattr(Accelerator, "save_state", dying_save_state)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, show_progress=False)
+    output = tmp_path / "run"
+    assert latest_checkpoint(output).name == "checkpoint-3"
+    assert (output / ".staging-checkpoint-6").exists()
+    monkeypatch.setattr(Accelerator, "save_state", original)
+    result = pretrain(config, resume="latest", show_progress=False)
+    assert result.steps == 6 and latest_checkpoint(output).name == "checkpoint-6"
+    assert not list(output.glob(".staging-*"))
+
+
+def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, synthetic, monkeypatch):
+    from retvlp.maskedclip.modeling_maskedclip import MaskedCLIPModel
+
+    original = MaskedCLIPModel.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 9:  # micro-step 9 = optimizer step 5
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MaskedCLIPModel, "forward", poisoned)
+    config = tiny_run(tmp_path, synthetic)
+    with pytest.raises(NonFiniteLossError, match=r"step 5.*checkpoint-3"):
+        pretrain(config, show_progress=False)
+    assert [step for step, _ in checkpoint_steps(config.run.output_dir)] == [3]
+
+
+def test_bad_samples_stop_the_run_or_are_skipped_and_listed(tmp_path, synthetic):
+    manifest = tmp_path / "extra.jsonl"
+    good = json.loads(synthetic.paired.read_text().splitlines()[0])
+    image = synthetic.paired.parent / good["image"]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(image.read_bytes()[:200])
+    rows = [
+        {"image": str(tmp_path / "missing.png"), "text": "a fundus"},
+        {"image": str(broken), "text": "a fundus"},
+        {"image": str(image), "text": "   "},
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = [{"path": str(synthetic.paired)}, {"path": str(manifest)}]
+    with pytest.raises(DataValidationError) as error:
+        pretrain(tiny_run(tmp_path, synthetic, data={"train": train}), show_progress=False)
+    message = str(error.value)
+    for kind in ("missing-file", "truncated-image", "empty-caption"):
+        assert kind in message
+    assert "extra.jsonl" in message
+
+    config = tiny_run(
+        tmp_path, synthetic, "skip", data={"train": train, "on_bad_sample": "skip"}, optim={"max_steps": 1}
+    )
+    result = pretrain(config, show_progress=False)
+    skipped = [json.loads(x) for x in (result.output_dir / "skipped_samples.jsonl").read_text().splitlines()]
+    assert sorted(s["row"] for s in skipped) == [1, 2, 3]
+    assert all(s["problems"] for s in skipped)
+    summary = json.loads((result.final_dir / "training_summary.json").read_text())
+    assert summary["skipped_samples"] == 3
+
+
+def test_config_errors_name_the_key(tmp_path, synthetic):
+    from retvlp.training import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['bach_size'\] in section 'data'"):
+        PretrainConfig.from_dict({"data": {"bach_size": 3, "train": [{"path": "x"}]}})
+    with pytest.raises(ConfigError, match="on_bad_sample"):
+        tiny_run(tmp_path, synthetic, data={"on_bad_sample": "ignore"})
+    config = tiny_run(tmp_path, synthetic)
+    with pytest.raises(ConfigError, match="has no key 'max_step'"):
+        config.apply_overrides(["optim.max_step=3"])
+    config.apply_overrides(["optim.max_steps=9"])
+    assert config.optim.max_steps == 9
+
+
+def test_trains_from_a_hugging_face_dataset_on_disk(tmp_path, synthetic):
+    import datasets
+
+    rows = [json.loads(line) for line in synthetic.paired.read_text().splitlines()]
+    table = datasets.Dataset.from_dict(
+        {
+            "image": [str(synthetic.paired.parent / r["image"]) for r in rows],
+            "caption": [r["text"] for r in rows],
+            "patient_id": [r["patient_id"] for r in rows],
+        }
+    ).cast_column("image", datasets.Image())
+    table.save_to_disk(tmp_path / "hf")
+    train = [
+        {"hf_dataset": str(tmp_path / "hf"), "text_column": "caption"},
+        {"path": str(synthetic.unpaired)},
+    ]
+    result = pretrain(
+        tiny_run(tmp_path, synthetic, data={"train": train}, optim={"max_steps": 1}), show_progress=False
+    )
+    assert result.steps == 1 and (result.final_dir / "model.safetensors").exists()
