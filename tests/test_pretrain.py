@@ -179,3 +179,41 @@ def test_trains_from_a_hugging_face_dataset_on_disk(tmp_path, synthetic):
         tiny_run(tmp_path, synthetic, data={"train": train}, optim={"max_steps": 1}), show_progress=False
     )
     assert result.steps == 1 and (result.final_dir / "model.safetensors").exists()
+
+
+def test_evaluation_after_training_compares_with_random_init(tmp_path, synthetic):
+    from retvlp.evaluation.quick import format_results_table
+
+    run = {
+        "evaluate": True,
+        "evaluation": {
+            "probe_train": [{"path": str(synthetic.paired)}],
+            "test": [{"path": str(synthetic.test)}],
+        },
+    }
+    result = pretrain(tiny_run(tmp_path, synthetic, optim={"max_steps": 2}, run=run), show_progress=False)
+    saved = json.loads((result.final_dir / "eval_results.json").read_text())
+    assert saved == result.evaluation
+    test_rows = len(synthetic.test.read_text().splitlines())
+    assert saved["num_test"] == test_rows and saved["excluded"]["test"]["bad_images"] == 0
+    for name in ("pretrained", "random_init"):
+        for protocol in ("zero_shot", "linear_probe"):
+            assert 0.0 <= saved[name][protocol]["accuracy"] <= 1.0
+    labels = [json.loads(line)["label"] for line in synthetic.test.read_text().splitlines()]
+    majority = max(labels.count(c) for c in set(labels)) / len(labels)
+    assert saved["chance_accuracy"] == pytest.approx(majority)
+    table = format_results_table(saved)
+    assert "| pretrained |" in table and "| random_init |" in table
+
+
+def test_zero_shot_accuracy_by_hand():
+    import numpy as np
+
+    from retvlp.evaluation.quick import zero_shot_accuracy
+
+    images = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.9, 0.1]])
+    prototypes = np.array([[1.0, 0.0], [0.0, 1.0]])
+    # predictions: 0, 1, 1, 0 against labels 0, 1, 0, 0 → 3/4 correct; class 0 recall 2/3, class 1 recall 1
+    result = zero_shot_accuracy(images, prototypes, np.array([0, 1, 0, 0]))
+    assert result["accuracy"] == 0.75
+    assert result["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)

@@ -10,33 +10,34 @@ embedding of the class's prompts).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
-from ..data.cache import ImageGeometry, build_image_cache, read_pixels
+from ..data.cache import read_pixels
+
+logger = logging.getLogger(__name__)
 
 
 def _labelled_split(specs, class_names, config, show_progress):
-    from ..training.data import augment_and_normalize, read_training_manifests
+    from ..training.data import augment_and_normalize, cache_records, read_training_manifests
 
     manifests = read_training_manifests(specs)
-    records = [r for m in manifests for r in m.records if r.labels and r.labels[0] in class_names]
+    every = [r for m in manifests for r in m.records]
+    records = [r for r in every if len(r.labels) == 1 and r.labels[0] in class_names]
     if not records:
-        raise ValueError(f"No labelled records with known classes in evaluation split {specs}.")
-    data = config.data
-    geometry = ImageGeometry(
-        size=data.image_size, pad_to_square=data.pad_to_square, crop_to_fov=data.crop_to_fov
-    )
-    cache = build_image_cache(
-        records,
-        geometry,
-        data.cache_dir,
-        min_size=data.min_image_size,
-        max_pixels=data.max_image_pixels,
-        show_progress=show_progress,
-    )
+        raise ValueError(f"No records with one known class label in evaluation split {specs}.")
+    cache = cache_records(records, config.data, show_progress)
     ok = np.flatnonzero(np.asarray(cache.dataset["ok"]))
     labels = np.asarray([class_names.index(records[i].labels[0]) for i in ok])
+    excluded = {
+        "unparseable_rows": sum(len(m.problems) for m in manifests),
+        "not_single_known_label": len(every) - len(records),
+        "bad_images": len(records) - len(ok),
+    }
+    if any(excluded.values()):
+        logger.warning("Evaluation split %s: left out %s (single-label evaluation)", specs, excluded)
 
     def batches(mean, std, batch_size=64):
         mean, std = torch.tensor(mean).expand(3).float(), torch.tensor(std).expand(3).float()
@@ -44,7 +45,7 @@ def _labelled_split(specs, class_names, config, show_progress):
             pixels = read_pixels(cache.dataset, ok[start : start + batch_size])
             yield augment_and_normalize(pixels, None, None, mean, std)
 
-    return batches, labels
+    return batches, labels, excluded
 
 
 @torch.inference_mode()
@@ -106,8 +107,10 @@ def evaluate_pretrained(model, processor, specs, config, class_names, show_progr
     """Zero-shot + linear probe of `model` and of a freshly initialised copy (seeded like the run's start)."""
     image_processor = processor.image_processor
     mean, std = image_processor.image_mean, image_processor.image_std
-    train_batches, train_y = _labelled_split(specs["probe_train"], class_names, config, show_progress)
-    test_batches, test_y = _labelled_split(specs["test"], class_names, config, show_progress)
+    train_batches, train_y, train_excluded = _labelled_split(
+        specs["probe_train"], class_names, config, show_progress
+    )
+    test_batches, test_y, test_excluded = _labelled_split(specs["test"], class_names, config, show_progress)
 
     torch.manual_seed(config.run.seed)
     initial = type(model)(model.config)
@@ -115,6 +118,7 @@ def evaluate_pretrained(model, processor, specs, config, class_names, show_progr
         "classes": list(class_names),
         "num_probe_train": int(len(train_y)),
         "num_test": int(len(test_y)),
+        "excluded": {"probe_train": train_excluded, "test": test_excluded},
     }
     results["chance_accuracy"] = float(np.bincount(test_y, minlength=len(class_names)).max() / len(test_y))
     for name, candidate in (("pretrained", model), ("random_init", initial)):

@@ -92,7 +92,6 @@ class RunSection:
     save_every: int = 1000  # optimizer steps between checkpoints
     keep_checkpoints: int = 2  # most recent `checkpoint-*` directories kept
     log_every: int = 10
-    on_nonfinite_loss: str = "stop"
     tensorboard: bool = True  # when the tensorboard package is installed
     evaluate: bool = True  # zero-shot + linear probe on `evaluation` data after training
     evaluation: dict[str, Any] = field(default_factory=dict)  # {test: manifest spec, probe_train: ...}
@@ -220,8 +219,6 @@ class PretrainConfig:
             fail(f"run.mixed_precision={r.mixed_precision!r}; choose one of {list(MIXED_PRECISION)}.")
         if r.save_every <= 0 or r.log_every <= 0 or r.keep_checkpoints < 1:
             fail("run.save_every, run.log_every and run.keep_checkpoints must be >= 1.")
-        if r.on_nonfinite_loss != "stop":
-            fail("run.on_nonfinite_loss supports only 'stop'.")
 
 
 __all__ = ["ConfigError", "DataSection", "ModelSection", "OptimSection", "PretrainConfig", "RunSection"]

@@ -69,6 +69,22 @@ def discover_classes(manifests: list[Manifest], configured: list[str] | None) ->
     return sorted({label for manifest in manifests for record in manifest.records for label in record.labels})
 
 
+def cache_records(records, data: DataSection, show_progress: bool = True) -> CachedImages:
+    """The cached uint8 store of `records` at the run's image geometry and checks (built once, then reused)."""
+    geometry = ImageGeometry(
+        size=data.image_size, pad_to_square=data.pad_to_square, crop_to_fov=data.crop_to_fov
+    )
+    return build_image_cache(
+        records,
+        geometry,
+        data.cache_dir,
+        min_size=data.min_image_size,
+        max_pixels=data.max_image_pixels,
+        num_proc=data.preprocessing_workers,
+        show_progress=show_progress,
+    )
+
+
 def prepare_streams(
     manifests: list[Manifest],
     data: DataSection,
@@ -88,18 +104,7 @@ def prepare_streams(
     records = [record for manifest in manifests for record in manifest.records]
     problems = [problem for manifest in manifests for problem in manifest.problems]
     problems += check_records(records, class_names=class_names)
-    geometry = ImageGeometry(
-        size=data.image_size, pad_to_square=data.pad_to_square, crop_to_fov=data.crop_to_fov
-    )
-    cache = build_image_cache(
-        records,
-        geometry,
-        data.cache_dir,
-        min_size=data.min_image_size,
-        max_pixels=data.max_image_pixels,
-        num_proc=data.preprocessing_workers,
-        show_progress=show_progress,
-    )
+    cache = cache_records(records, data, show_progress)
     report = ValidationReport(problems=problems + cache.problems, num_records=len(records))
     bad = report.bad_records
     if is_main_process:
@@ -325,6 +330,7 @@ class StepBatches(torch.utils.data.Dataset):
 
 
 __all__ = [
+    "cache_records",
     "read_training_manifests",
     "StepBatches",
     "Stream",
