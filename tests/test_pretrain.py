@@ -217,3 +217,32 @@ def test_zero_shot_accuracy_by_hand():
     result = zero_shot_accuracy(images, prototypes, np.array([0, 1, 0, 0]))
     assert result["accuracy"] == 0.75
     assert result["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_bf16_mixed_precision_run(tmp_path, synthetic):
+    result = pretrain(
+        tiny_run(tmp_path, synthetic, optim={"max_steps": 2}, run={"mixed_precision": "bf16"}),
+        show_progress=False,
+    )
+    logs = [json.loads(x) for x in (result.output_dir / "logs.jsonl").read_text().splitlines()]
+    assert len(logs) == 2 and all(e["loss"] == e["loss"] for e in logs)
+    weights = _tensors(result.output_dir / "checkpoint-2" / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values())  # autocast: the weights stay fp32
+
+
+def test_entry_point_reports_config_errors_without_traceback(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "training" / "pretrain.py"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  train: [{path: x.csv}]\n  bach_size: 3\n")
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "RETVLP_MALLOC_TUNED": "0"}
+    for args, expected in (
+        (["--config", str(tmp_path / "missing.yaml")], "does not exist"),
+        (["--config", str(bad)], "unknown key(s) ['bach_size'] in section 'data'"),
+    ):
+        done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 1
+        assert expected in done.stderr and "Traceback" not in done.stderr

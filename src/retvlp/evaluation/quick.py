@@ -3,7 +3,7 @@ for the trained model and for the same architecture at its initial (random) weig
 
 Features are extracted once per (model, split) under `torch.inference_mode`, batch by batch from the same
 cached uint8 store training uses (no augmentation). The linear probe is scikit-learn's multinomial logistic
-regression on standardised, mean-pooled patch tokens of E_I, class-balanced, fitted on the probe-train split
+regression (L2, C = 0.316 as in METHODS.md §3) on standardised, mean-pooled patch tokens of E_I, class-balanced, fitted on the probe-train split
 and scored on the test split; zero-shot scores each test image against class prototypes (the mean text
 embedding of the class's prompts).
 """
@@ -83,7 +83,7 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, seed: int = 0) -> di
     from sklearn.preprocessing import StandardScaler
 
     probe = make_pipeline(
-        StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
+        StandardScaler(), LogisticRegression(C=0.316, max_iter=2000, class_weight="balanced", random_state=seed)
     )
     probe.fit(train_x, train_y)
     predicted = probe.predict(test_x)

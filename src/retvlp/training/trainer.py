@@ -135,6 +135,7 @@ def pretrain(
         stop_after: stop (without the final save) after this many optimizer steps — for tests of resume.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import is_tensorboard_available
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -142,6 +143,9 @@ def pretrain(
     run, data, optim = config.run, config.data, config.optim
     output_dir = Path(run.output_dir)
     trackers = ["tensorboard"] if run.tensorboard and is_tensorboard_available() else None
+    # accelerate keeps one process-wide state and refuses a second Accelerator with other settings (e.g. a
+    # bf16 run after an fp32 one in the same notebook); forget the previous run's, keep the process group.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         mixed_precision=run.mixed_precision, log_with=trackers, project_dir=str(output_dir)
     )
