@@ -83,7 +83,8 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, seed: int = 0) -> di
     from sklearn.preprocessing import StandardScaler
 
     probe = make_pipeline(
-        StandardScaler(), LogisticRegression(C=0.316, max_iter=2000, class_weight="balanced", random_state=seed)
+        StandardScaler(),
+        LogisticRegression(C=0.316, max_iter=2000, class_weight="balanced", random_state=seed),
     )
     probe.fit(train_x, train_y)
     predicted = probe.predict(test_x)
