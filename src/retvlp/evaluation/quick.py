@@ -3,9 +3,9 @@ for the trained model and for the same architecture at its initial (random) weig
 
 Features are extracted once per (model, split) under `torch.inference_mode`, batch by batch from the same
 cached uint8 store training uses (no augmentation). The linear probe is scikit-learn's multinomial logistic
-regression (L2, C = 0.316 as in METHODS.md §3) on standardised, mean-pooled patch tokens of E_I, class-balanced, fitted on the probe-train split
-and scored on the test split; zero-shot scores each test image against class prototypes (the mean text
-embedding of the class's prompts).
+regression (L2, C = 0.316 as in METHODS.md §3, class-balanced) on standardised, mean-pooled patch tokens of
+E_I, fitted on the probe-train split and scored on the test split; zero-shot scores each test image against
+class prototypes (the mean text embedding of the class's prompts).
 """
 
 from __future__ import annotations
