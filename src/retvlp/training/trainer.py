@@ -99,7 +99,7 @@ class JsonlLog:
                 handle.write(json.dumps(entry) + "\n")
 
 
-def _total_steps(config: PretrainConfig, batches: StepBatches, world_size: int) -> int:
+def _total_steps(config: PretrainConfig, batches: StepBatches) -> int:
     o = config.optim
     if o.max_steps is not None:
         return int(o.max_steps)
@@ -198,7 +198,7 @@ def pretrain(
         horizontal_flip=data.horizontal_flip,
         length=0,
     )
-    total_steps = _total_steps(config, batches, world)
+    total_steps = _total_steps(config, batches)
     accumulation = optim.gradient_accumulation_steps
     batches.length = total_steps * accumulation
     images_per_step = images_per_micro_step(config, world, "unpaired" in batches.samplers) * accumulation
