@@ -29,6 +29,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch_two_processes(config_path: Path) -> subprocess.CompletedProcess:
+    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/pretrain.py --config ...`"""
+    environment = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "RETVLP_MALLOC_TUNED": "0",
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+        str(REPO / "training" / "pretrain.py"), "--config", str(config_path), "--no-progress",
+    ]  # fmt: skip
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
+
+
 def _logs(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "logs.jsonl").read_text().splitlines()]
 
@@ -47,21 +66,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, synthet
     )
     config_path = tmp_path / "double.yaml"
     config_path.write_text(yaml.safe_dump(raw))
-    environment = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "RETVLP_MALLOC_TUNED": "0",
-        "PYTHONPATH": str(REPO / "src"),
-    }
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        str(REPO / "training" / "pretrain.py"), "--config", str(config_path), "--no-progress",
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
+    completed = _launch_two_processes(config_path)
     assert completed.returncode == 0, completed.stderr[-4000:]
 
     double_dir = Path(raw["run"]["output_dir"])
@@ -77,3 +82,17 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, synthet
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=2e-5, msg=key)
+
+
+def test_bad_data_stops_both_processes_with_the_report(tmp_path, synthetic):
+    """The main process validates first; its error must release and stop the other process, not hang it."""
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text(json.dumps({"image": str(tmp_path / "missing.png"), "text": "a fundus"}) + "\n")
+    raw = tiny_pretrain_dict(tmp_path, synthetic, "bad", optim={"max_steps": 1})
+    raw["data"]["train"].append({"path": str(manifest)})
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    completed = _launch_two_processes(config_path)
+    assert completed.returncode != 0
+    assert completed.stderr.count("missing-file") >= 2  # reported by both processes
+    assert "bad.jsonl" in completed.stderr

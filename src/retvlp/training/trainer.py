@@ -156,21 +156,21 @@ def pretrain(
     # ---------------------------------------------------------------- data
     train_specs, evaluation_specs = list(data.train), dict(run.evaluation)
     if data.synthetic is not None:
-        with accelerator.main_process_first():
-            synthetic_train, synthetic_eval = synthetic_manifest_specs(config)
+        synthetic_train, synthetic_eval = _main_process_first(accelerator, synthetic_manifest_specs, config)
         train_specs = synthetic_train + train_specs
         evaluation_specs = {**synthetic_eval, **evaluation_specs}
     manifests = read_training_manifests(train_specs)
     class_names = discover_classes(manifests, data.classes)
-    with accelerator.main_process_first():
-        streams, report = prepare_streams(
-            manifests,
-            data,
-            class_names,
-            output_dir,
-            is_main_process=main,
-            show_progress=show_progress and main,
-        )
+    streams, report = _main_process_first(
+        accelerator,
+        prepare_streams,
+        manifests,
+        data,
+        class_names,
+        output_dir,
+        is_main_process=main,
+        show_progress=show_progress and main,
+    )
 
     # ---------------------------------------------------------------- model
     corpus = [t for t in streams["paired"].texts if t] + [
@@ -349,6 +349,25 @@ def pretrain(
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return PretrainResult(output_dir, final_dir, step, last_metrics, evaluation)
+
+
+def _main_process_first(accelerator, function, *args, **kwargs):
+    """Run `function` on the main process first (it builds shared caches), then on the others.
+
+    An exception on the main process is re-raised only after the barrier, so the other processes are
+    released, run the same deterministic step, meet the same error and stop too instead of waiting forever.
+    """
+    error = result = None
+    with accelerator.main_process_first():
+        try:
+            result = function(*args, **kwargs)
+        except Exception as caught:  # noqa: BLE001 - re-raised below, after the barrier
+            if not accelerator.is_main_process or accelerator.num_processes == 1:
+                raise
+            error = caught
+    if error is not None:
+        raise error
+    return result
 
 
 def _stop_if_nonfinite(accelerator, value: torch.Tensor, step: int, terms: dict, output_dir: Path) -> None:
