@@ -5,6 +5,7 @@ Importing the package registers every model family with transformers' Auto class
 checkpoints; each saved checkpoint also carries its own code for `trust_remote_code=True` loading.
 """
 
+from .ibq import IBQTokenizerConfig, IBQTokenizerModel
 from .maskedclip import (
     FundusImageProcessor,
     MaskedCLIPConfig,
@@ -21,6 +22,8 @@ register_auto_classes()
 __version__ = "0.1.0"
 
 __all__ = [
+    "IBQTokenizerConfig",
+    "IBQTokenizerModel",
     "FundusImageProcessor",
     "MaskedCLIPConfig",
     "MaskedCLIPForImageClassification",

@@ -10,6 +10,7 @@ from transformers import (
 )
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
+from .ibq import IBQTokenizerConfig, IBQTokenizerModel
 from .maskedclip import (
     FundusImageProcessor,
     MaskedCLIPConfig,
@@ -44,6 +45,8 @@ def register_auto_classes() -> None:
             exist_ok=True,
         )
     AutoProcessor.register(MaskedCLIPConfig, MaskedCLIPProcessor, exist_ok=True)
+    AutoConfig.register(IBQTokenizerConfig.model_type, IBQTokenizerConfig, exist_ok=True)
+    AutoModel.register(IBQTokenizerConfig, IBQTokenizerModel, exist_ok=True)
 
     MaskedCLIPConfig.register_for_auto_class()
     MaskedCLIPModel.register_for_auto_class("AutoModel")
