@@ -1,6 +1,9 @@
 """Shared tiny configurations: every test runs offline on 2 CPU cores in seconds."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -119,3 +122,23 @@ def tiny_pretrain_dict(tmp_path, synthetic, name="run", **sections) -> dict:
     for section, values in sections.items():
         raw[section].update(values)
     return raw
+
+
+def run_without_retvlp(script_text: str, tmp_path, *args: str) -> dict:
+    """Run `script_text` in a fresh interpreter that cannot import retvlp (the script blocks it itself and
+    loads checkpoints through remote code), offline and with an empty HF cache; return the JSON it prints
+    last."""
+    script = tmp_path / "load_remote.py"
+    script.write_text(script_text)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -2,14 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_HEADS, TINY_VISION, make_tiny_config
+from conftest import TINY_HEADS, TINY_VISION, make_tiny_config, run_without_retvlp
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -158,20 +156,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 def test_remote_code_loads_in_a_process_without_retvlp(saved_checkpoint, tmp_path):
     model, processor, directory = saved_checkpoint
-    script = tmp_path / "load_remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    result = subprocess.run(
-        [sys.executable, str(script), str(directory)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_without_retvlp(REMOTE_SCRIPT, tmp_path, str(directory))
     assert "retvlp" not in report["class"] and report["class"].endswith("modeling_maskedclip.MaskedCLIPModel")
     with torch.no_grad():
         expected = model(**_inputs(processor)).logits_per_image

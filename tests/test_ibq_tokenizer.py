@@ -3,13 +3,12 @@
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_without_retvlp
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
@@ -372,20 +371,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 def test_remote_code_loads_in_a_process_without_retvlp(saved_tokenizer, tmp_path):
     model, directory = saved_tokenizer
     images = fixed_images()
-    script = tmp_path / "load_remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    result = subprocess.run(
-        [sys.executable, str(script), str(directory), json.dumps(images.tolist())],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_without_retvlp(REMOTE_SCRIPT, tmp_path, str(directory), json.dumps(images.tolist()))
     assert "retvlp" not in report["class"] and report["class"].endswith("modeling_ibq.IBQTokenizerModel")
     with torch.no_grad():
         expected = model(images)
