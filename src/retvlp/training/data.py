@@ -193,10 +193,6 @@ def augment_and_normalize(
     return (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
-def step_seed(seed: int, micro_step: int, stream: int) -> list[int]:
-    return [seed, micro_step, stream]
-
-
 class StepBatches(torch.utils.data.Dataset):
     """Item `i` is this process's complete batch for micro-step `i` (use with `batch_size=None`).
 
@@ -287,12 +283,12 @@ class StepBatches(torch.utils.data.Dataset):
         return out
 
     def _stream_batch(self, name: str, micro_step: int, stream_id: int):
-        """This process's rows of one stream plus their per-sample random draws (drawn globally, sliced)."""
+        """One stream's global rows, this process's slice of them, and its images and masking noise (every
+        per-sample draw is made for the global batch, then sliced)."""
         sampler, stream = self.samplers[name], self.streams[name]
-        rng = np.random.default_rng(step_seed(self.seed, micro_step, stream_id))
+        rng = np.random.default_rng([self.seed, micro_step, stream_id])
         global_rows = sampler.global_indices(micro_step)
         crops, flips = self._random_geometry(rng, len(global_rows))
-        template_rng = np.random.default_rng(step_seed(self.seed, micro_step, 100 + stream_id))
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         noise = torch.rand(len(global_rows), self.num_patches, generator=generator)
         local = slice(self.rank * sampler.batch_size, (self.rank + 1) * sampler.batch_size)
@@ -305,11 +301,15 @@ class StepBatches(torch.utils.data.Dataset):
             self.mean,
             self.std,
         )
-        texts = [self._text(int(r), stream, template_rng) for r in global_rows][local]
-        return rows, images, texts, noise[local]
+        return global_rows, local, images, noise[local]
 
     def __getitem__(self, micro_step: int) -> dict[str, torch.Tensor]:
-        rows, pixel_values, texts, noise = self._stream_batch("paired", micro_step, 0)
+        paired = self.streams["paired"]
+        global_rows, local, pixel_values, noise = self._stream_batch("paired", micro_step, 0)
+        rows = global_rows[local]
+        # Prompt templates are drawn for the global batch too, so the rows' texts do not depend on the rank.
+        template_rng = np.random.default_rng([self.seed, micro_step, 100])
+        texts = [self._text(int(r), paired, template_rng) for r in global_rows][local]
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
@@ -319,10 +319,10 @@ class StepBatches(torch.utils.data.Dataset):
             if key in ("input_ids", "attention_mask", "token_type_ids")
         }
         batch["pixel_values"] = pixel_values
-        batch["labels"] = self._label_tensor(rows, self.streams["paired"])
+        batch["labels"] = self._label_tensor(rows, paired)
         noises = [noise]
         if "unpaired" in self.samplers:
-            _, unpaired_pixels, _, unpaired_noise = self._stream_batch("unpaired", micro_step, 1)
+            _, _, unpaired_pixels, unpaired_noise = self._stream_batch("unpaired", micro_step, 1)
             batch["unpaired_pixel_values"] = unpaired_pixels
             noises.append(unpaired_noise)
         batch["noise"] = torch.cat(noises)

@@ -3,7 +3,6 @@ to turn a step batch into the loss terms, and what to do after each optimizer st
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -113,12 +112,3 @@ def loss_terms(outputs) -> dict[str, torch.Tensor]:
 def images_per_micro_step(config: PretrainConfig, world_size: int, has_unpaired: bool) -> int:
     per_process = config.data.paired_batch_size + (config.data.unpaired_batch_size if has_unpaired else 0)
     return per_process * world_size
-
-
-def configure_threads(num_threads: int | None) -> None:
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        # accelerate launch sets OMP_NUM_THREADS=1 for several processes unless asked; share the cores.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,7 +29,6 @@ from .maskedclip_task import (
     after_optimizer_step,
     build_model,
     build_processor,
-    configure_threads,
     images_per_micro_step,
     load_or_build_tokenizer,
     loss_terms,
@@ -349,6 +349,15 @@ def pretrain(
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return PretrainResult(output_dir, final_dir, step, last_metrics, evaluation)
+
+
+def configure_threads(num_threads: int | None) -> None:
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # accelerate launch sets OMP_NUM_THREADS=1 for several processes unless asked; share the cores.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
 def _main_process_first(accelerator, function, *args, **kwargs):
