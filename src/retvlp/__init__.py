@@ -6,6 +6,7 @@ checkpoints; each saved checkpoint also carries its own code for `trust_remote_c
 """
 
 from .ibq import IBQTokenizerConfig, IBQTokenizerModel
+from .keepfit import KeepFitConfig, KeepFitModel, KeepFitProcessor
 from .maskedclip import (
     FundusImageProcessor,
     MaskedCLIPConfig,
@@ -25,6 +26,9 @@ __all__ = [
     "IBQTokenizerConfig",
     "IBQTokenizerModel",
     "FundusImageProcessor",
+    "KeepFitConfig",
+    "KeepFitModel",
+    "KeepFitProcessor",
     "MaskedCLIPConfig",
     "MaskedCLIPForImageClassification",
     "MaskedCLIPModel",

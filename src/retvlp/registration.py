@@ -11,6 +11,7 @@ from transformers import (
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .ibq import IBQTokenizerConfig, IBQTokenizerModel
+from .keepfit import KeepFitConfig, KeepFitModel, KeepFitProcessor
 from .maskedclip import (
     FundusImageProcessor,
     MaskedCLIPConfig,
@@ -47,6 +48,15 @@ def register_auto_classes() -> None:
     AutoProcessor.register(MaskedCLIPConfig, MaskedCLIPProcessor, exist_ok=True)
     AutoConfig.register(IBQTokenizerConfig.model_type, IBQTokenizerConfig, exist_ok=True)
     AutoModel.register(IBQTokenizerConfig, IBQTokenizerModel, exist_ok=True)
+    AutoConfig.register(KeepFitConfig.model_type, KeepFitConfig, exist_ok=True)
+    AutoModel.register(KeepFitConfig, KeepFitModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(KeepFitConfig, KeepFitModel, exist_ok=True)
+    AutoImageProcessor.register(
+        KeepFitConfig,
+        image_processor_classes={"torchvision": FundusImageProcessor, "pil": FundusImageProcessor},
+        exist_ok=True,
+    )
+    AutoProcessor.register(KeepFitConfig, KeepFitProcessor, exist_ok=True)
 
     MaskedCLIPConfig.register_for_auto_class()
     MaskedCLIPModel.register_for_auto_class("AutoModel")

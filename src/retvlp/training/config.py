@@ -15,8 +15,15 @@ from typing import Any
 
 import yaml
 
-MODEL_FAMILIES = ("maskedclip",)
+MODEL_FAMILIES = ("maskedclip", "keepfit", "ibq-tokenizer", "text-mlm")
 BAD_SAMPLE_POLICIES = ("error", "skip")
+# The batch-size keys of `data` that each family reads (rows per process per micro-step).
+FAMILY_BATCH_KEYS = {
+    "maskedclip": ("paired_batch_size", "unpaired_batch_size"),
+    "keepfit": ("categorical_batch_size", "paired_batch_size"),
+    "ibq-tokenizer": ("image_batch_size",),
+    "text-mlm": ("text_batch_size",),
+}
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -59,8 +66,17 @@ class DataSection:
     min_image_size: int = 32  # px, shorter side
     max_image_pixels: int = 178_956_970  # decompression-bomb limit (Pillow's own 2× default)
     prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])
-    paired_batch_size: int = 16  # per process per micro-step (paper: 720 global)
-    unpaired_batch_size: int = 16  # per process per micro-step (paper: 720 global)
+    # Rows per process per micro-step. Each family reads its own keys:
+    #   maskedclip:    paired_batch_size (pairs + categorical rows; paper 720 global), unpaired_batch_size
+    #   keepfit:       categorical_batch_size (public p) and paired_batch_size (elite m), 1:1 in the paper
+    #   ibq-tokenizer: image_batch_size (images of every role)
+    #   text-mlm:      text_batch_size (corpus passages)
+    paired_batch_size: int = 16
+    unpaired_batch_size: int = 16
+    categorical_batch_size: int = 16
+    image_batch_size: int = 16
+    text_batch_size: int = 16
+    mlm_probability: float = 0.15  # text-mlm: fraction of tokens selected for prediction (BERT's 80/10/10)
     # Augmentation of the cached images, drawn from (seed, step): random-resized-crop area range and flips.
     crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
     horizontal_flip: bool = False  # off: captions may name the eye, and a flip moves the disc
@@ -193,10 +209,20 @@ class PretrainConfig:
                 fail(f"data.train[{i}] must be a mapping with a 'path' or an 'hf_dataset' (got {spec!r}).")
         if d.on_bad_sample not in BAD_SAMPLE_POLICIES:
             fail(f"data.on_bad_sample={d.on_bad_sample!r}; choose one of {list(BAD_SAMPLE_POLICIES)}.")
-        if d.image_size <= 0 or d.paired_batch_size < 0 or d.unpaired_batch_size < 0:
-            fail("data.image_size must be positive and the batch sizes non-negative.")
-        if d.paired_batch_size + d.unpaired_batch_size == 0:
-            fail("data.paired_batch_size and data.unpaired_batch_size are both 0.")
+        batch_keys = FAMILY_BATCH_KEYS[m.family]
+        if d.image_size <= 0 or any(getattr(d, key) < 0 for key in batch_keys):
+            fail(
+                f"data.image_size must be positive and {', '.join('data.' + k for k in batch_keys)} non-negative."
+            )
+        if not any(getattr(d, key) for key in batch_keys):
+            fail(f"{' and '.join('data.' + k for k in batch_keys)} are all 0 (model.family={m.family}).")
+        if m.family == "keepfit" and not (d.categorical_batch_size and d.paired_batch_size):
+            fail(
+                "KeepFIT trains on categorical (public) and elite (paired) data together: set both "
+                "data.categorical_batch_size and data.paired_batch_size > 0 (1:1 in the paper)."
+            )
+        if not 0.0 < d.mlm_probability < 1.0:
+            fail(f"data.mlm_probability must be in (0, 1), got {d.mlm_probability}.")
         if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
             fail(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {d.crop_scale}.")
         if not d.prompt_templates or any("{}" not in t for t in d.prompt_templates):

@@ -1,0 +1,1 @@
+../maskedclip/contrastive.py

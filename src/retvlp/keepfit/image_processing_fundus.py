@@ -1,0 +1,1 @@
+../maskedclip/image_processing_fundus.py

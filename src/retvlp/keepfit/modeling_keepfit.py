@@ -1,0 +1,564 @@
+"""KeepFIT V2: CLIP-style pretraining that injects knowledge from a small elite image–caption set into
+categorical public data (METHODS.md §2; equation numbers of the KeepFIT V2 paper).
+
+Module map (paper notation → attribute of [`KeepFitModel`]):
+
+    E_v   image encoder                 vision_model            transformers ResNet-50 (any AutoModel backbone)
+    E_t   text encoder                  text_model              transformers BertModel
+    P_v, P_t  projections               visual_projection, text_projection   normalise → linear → normalise
+    τ     logit scale                   logit_scale             → L_itc^p, L_itc^m (Eqs. 2–4)
+          semantic knowledge extraction semantic_attention      cross-attention V_p → (V_m, T_m) = EK_s (Eqs. 5–10)
+          appearance tokenisation       appearance_quantizer    1×1 conv + IBQ on the FROZEN codebook (Eqs. 11–15)
+          appearance knowledge          appearance_attention    cross-attention Q_p → (Q_m, T_m) = EK_a (Eqs. 16–19)
+                                                                → L_EK^s, L_EK^a (Eqs. 20–21), total Eq. 22
+
+The losses live in `loss_keepfit.py` (and the shared contrastive loss in `contrastive.py`). This file is copied
+next to saved checkpoints for ``trust_remote_code`` loading, so it only imports torch, transformers, and
+its sibling files.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, BertModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .configuration_keepfit import KeepFitConfig
+from .contrastive import distributed_world, gather_with_grad
+from .loss_keepfit import image_text_contrastive_loss, knowledge_refinement_loss, total_loss
+from .quantization_ibq import ibq_quantize
+
+logger = logging.getLogger(__name__)
+
+# Name of the codebook tensor in an IBQ tokenizer checkpoint (`IBQTokenizerModel.quantizer.codebook`).
+IBQ_CODEBOOK_KEY = "quantizer.codebook"
+
+
+@dataclass
+class KeepFitOutput(ModelOutput):
+    r"""Output of [`KeepFitModel`].
+
+    loss (`()`): Eq. 22 over the terms computed (only when the loss is computed).
+    loss_itc_categorical, loss_itc_elite (`()`): L_itc^p and L_itc^m, unweighted.
+    loss_semantic, loss_appearance (`()`): L_EK^s and L_EK^a, unweighted (λ1, λ2 are applied in `loss`).
+    logits_per_image (`(batch, text_batch)`), logits_per_text: scaled similarities of the public (or, at
+        inference, the given) images and texts.
+    image_embeds, text_embeds (`(batch, projection_dim)`): L2-normalised V_p and T_p.
+    elite_image_embeds, elite_text_embeds (`(elite_batch, projection_dim)`): V_m and T_m.
+    semantic_knowledge, appearance_knowledge (`(batch, projection_dim)`): EK_s and EK_a.
+    semantic_attention, appearance_attention (`(batch, heads, global_elite_batch)`): attention weights.
+    appearance_indices (`(batch + elite_batch, h, w)`): codebook index of every feature-map position (public
+        images first).
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_itc_categorical: torch.FloatTensor | None = None
+    loss_itc_elite: torch.FloatTensor | None = None
+    loss_semantic: torch.FloatTensor | None = None
+    loss_appearance: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    elite_image_embeds: torch.FloatTensor | None = None
+    elite_text_embeds: torch.FloatTensor | None = None
+    semantic_knowledge: torch.FloatTensor | None = None
+    appearance_knowledge: torch.FloatTensor | None = None
+    semantic_attention: torch.FloatTensor | None = None
+    appearance_attention: torch.FloatTensor | None = None
+    appearance_indices: torch.LongTensor | None = None
+
+
+class KeepFitKnowledgeAttention(nn.Module):
+    r"""Multi-head cross-attention that reads elite texts through image matching (Eqs. 5–10 and 16–19):
+
+        Q^h = query·W_Q^h,  K^h = key·W_K^h,  V^h = value·W_V^h
+        Ψ^h = softmax(scale · Q^h K^hᵀ)          over the keys (the elite samples)
+        EK  = concat_h(dropout(Ψ^h) V^h) · W_O
+
+    The inputs are sets of vectors, not sequences: query `(num_queries, query_dim)`, key `(num_keys, key_dim)`,
+    value `(num_keys, value_dim)`. `softmax_over="heads"` normalises across heads instead, reproducing the
+    KeepFIT V1 reference code (METHODS §2 records it as a bug).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int,
+        value_dim: int,
+        attention_dim: int,
+        output_dim: int,
+        num_heads: int,
+        scale: float,
+        dropout: float = 0.0,
+        bias: bool = False,
+        softmax_over: str = "keys",
+    ):
+        super().__init__()
+        if attention_dim % num_heads or output_dim % num_heads:
+            raise ValueError(
+                f"attention_dim {attention_dim} and output_dim {output_dim} need {num_heads} | both."
+            )
+        self.num_heads = num_heads
+        self.scale = scale
+        self.softmax_over = softmax_over
+        self.q_proj = nn.Linear(query_dim, attention_dim, bias=bias)
+        self.k_proj = nn.Linear(key_dim, attention_dim, bias=bias)
+        self.v_proj = nn.Linear(value_dim, output_dim, bias=bias)
+        self.o_proj = nn.Linear(output_dim, output_dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.num_heads, -1).transpose(0, 1)  # (heads, n, dim / heads)
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(knowledge (num_queries, output_dim), weights (num_queries, heads, num_keys))`; the weights
+        are those before dropout."""
+        if key.shape[0] != value.shape[0]:
+            raise ValueError(f"{key.shape[0]} keys (elite images) but {value.shape[0]} values (elite texts).")
+        q, k, v = (
+            self._heads(self.q_proj(query)),
+            self._heads(self.k_proj(key)),
+            self._heads(self.v_proj(value)),
+        )
+        scores = self.scale * (q @ k.transpose(-1, -2))  # (heads, queries, keys)
+        weights = scores.float().softmax(dim=-1 if self.softmax_over == "keys" else 0).to(v.dtype)
+        mixed = self.dropout(weights) @ v  # (heads, queries, output_dim / heads)
+        knowledge = self.o_proj(mixed.transpose(0, 1).reshape(query.shape[0], -1))
+        return knowledge, weights.transpose(0, 1)
+
+
+class KeepFitAppearanceQuantizer(nn.Module):
+    """The image encoder's last feature map → 1×1 conv to the code dimension → IBQ quantisation against the
+    frozen codebook C (Eqs. 11–15; straight-through: value C[argmax], gradient to the conv through the soft
+    assignment) → mean over positions: one code-space descriptor per image (our decision; the paper does not
+    say how a map becomes a query).
+
+    `codebook` `(K, D)` is a persistent buffer: saved with the model, never trained, never in an optimizer.
+    """
+
+    def __init__(self, in_channels: int, codebook_size: int, code_dim: int, temperature: float):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, code_dim, kernel_size=1)
+        self.register_buffer("codebook", torch.empty(codebook_size, code_dim))
+        self.temperature = temperature
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(batch, channels, h, w)` → `(descriptor (batch, code_dim), indices (batch, h, w))`."""
+        features = self.proj(feature_map).permute(0, 2, 3, 1).float()
+        quantization = ibq_quantize(features, self.codebook.float(), self.temperature)
+        return quantization.quantized.mean(dim=(1, 2)), quantization.indices
+
+
+class KeepFitPreTrainedModel(PreTrainedModel):
+    config: KeepFitConfig
+    base_model_prefix = "keepfit"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BertLayer", "ResNetStage"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, KeepFitAppearanceQuantizer):
+            # A stand-in until a trained codebook is loaded (`load_codebook`): codes of about unit norm.
+            init.normal_(module.codebook, mean=0.0, std=module.codebook.shape[1] ** -0.5)
+        elif isinstance(module, KeepFitModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class KeepFitModel(KeepFitPreTrainedModel):
+    """KeepFIT V2 pretraining model; also a CLIP-style dual encoder for zero-shot use.
+
+    In training mode (or with `return_loss=True`) a forward takes a batch of the categorical public data p
+    (`pixel_values`, prompt `input_ids`, category `labels`) and a batch of elite pairs m (`elite_*`) and
+    computes every term of Eq. 22. In eval mode it embeds the given images and texts and returns their
+    similarities (what the zero-shot pipeline calls). Call `clamp_logit_scale_()` after optimizer steps.
+    """
+
+    _remote_auto_map = {"AutoModelForZeroShotImageClassification": "modeling_keepfit.KeepFitModel"}
+
+    def __init__(self, config: KeepFitConfig):
+        super().__init__(config)
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.text_model = BertModel(config.text_config, add_pooling_layer=False)
+        self.visual_projection = nn.Linear(config.image_feature_size, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        attention_kwargs = dict(
+            num_heads=config.knowledge_num_heads,
+            dropout=config.knowledge_attention_dropout,
+            bias=config.knowledge_attention_bias,
+        )
+        d = config.projection_dim
+        self.semantic_attention = (
+            KeepFitKnowledgeAttention(
+                d, d, d, d, d,
+                scale=1.0 / math.sqrt(d / config.knowledge_num_heads),
+                softmax_over=config.semantic_softmax_over,
+                **attention_kwargs,
+            )
+            if config.use_semantic_injection
+            else None
+        )  # fmt: skip
+        if config.use_appearance_injection:
+            self.appearance_quantizer = KeepFitAppearanceQuantizer(
+                config.image_feature_size, config.codebook_size, config.code_dim, config.quantizer_temperature
+            )
+            c = config.code_dim
+            self.appearance_attention = KeepFitKnowledgeAttention(
+                c, c, d, c, d, scale=1.0 / config.appearance_temperature, **attention_kwargs
+            )
+        else:
+            self.appearance_quantizer = self.appearance_attention = None
+        self.post_init()
+        built_for_real = self.logit_scale.device.type != "meta"  # from_pretrained builds on meta, then loads
+        if self.appearance_quantizer is not None and built_for_real:
+            if config.ibq_tokenizer_path:
+                self.load_codebook(config.ibq_tokenizer_path)
+            else:
+                logger.warning(
+                    "KeepFitModel: appearance knowledge injection uses a RANDOM codebook; set "
+                    "config.ibq_tokenizer_path to a trained IBQ tokenizer (or call load_codebook)."
+                )
+
+    # ------------------------------------------------------------------ construction helpers
+    @torch.no_grad()
+    def load_codebook(self, tokenizer_path: str, **hub_kwargs) -> torch.Tensor:
+        """Copy the codebook C `(K, D)` of a trained IBQ tokenizer (a directory or Hub id holding
+        `model.safetensors`) into the frozen appearance quantizer; returns it. Raises when the shapes differ."""
+        if self.appearance_quantizer is None:
+            raise ValueError("load_codebook: this model was built with use_appearance_injection=False.")
+        from safetensors import safe_open
+        from transformers.utils import cached_file
+
+        try:
+            weights_file = cached_file(tokenizer_path, "model.safetensors", **hub_kwargs)
+        except OSError as error:
+            raise FileNotFoundError(
+                f"No IBQ tokenizer weights (model.safetensors) at {tokenizer_path!r}: train one with "
+                "`training/pretrain.py --model ibq-tokenizer` and point ibq_tokenizer_path at its final/ "
+                f"directory. ({error})"
+            ) from error
+        with safe_open(weights_file, framework="pt") as handle:
+            if IBQ_CODEBOOK_KEY not in handle.keys():
+                raise ValueError(
+                    f"{weights_file} has no {IBQ_CODEBOOK_KEY!r}: it is not an IBQ tokenizer checkpoint."
+                )
+            codebook = handle.get_tensor(IBQ_CODEBOOK_KEY)
+        target = self.appearance_quantizer.codebook
+        if codebook.shape != target.shape:
+            raise ValueError(
+                f"The IBQ codebook at {tokenizer_path} is {tuple(codebook.shape)} (K × D) but this KeepFIT config "
+                f"expects {tuple(target.shape)}: set codebook_size / code_dim to the tokenizer's."
+            )
+        target.copy_(codebook.to(target.dtype))
+        return target
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        ibq_tokenizer_path: str | None = None,
+        **config_kwargs,
+    ) -> "KeepFitModel":
+        """Build KeepFIT around pretrained towers: E_v from an image backbone checkpoint (e.g.
+        `microsoft/resnet-50`, ImageNet weights), E_t from a BERT checkpoint — `emilyalsentzer/Bio_ClinicalBERT`,
+        or the directory written by the MLM text pretraining (`--model text-mlm`; its `BertForMaskedLM` weights
+        load into E_t). Using the plain BERT instead of the MLM output is the "no textual pretraining" ablation.
+        """
+        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path)
+        config = KeepFitConfig(
+            vision_config=vision_config.to_dict(),
+            text_config=text_config.to_dict(),
+            ibq_tokenizer_path=ibq_tokenizer_path,
+            **config_kwargs,
+        )
+        model = cls(config)
+        vision = AutoModel.from_pretrained(vision_model_name_or_path)
+        model.vision_model.load_state_dict(vision.state_dict())
+        text = BertModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False)
+        model.text_model.load_state_dict(text.state_dict())
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if getattr(self, "_auto_class", None) is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    # ------------------------------------------------------------------ encoders
+    @staticmethod
+    def _project(features: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
+        """P: L2-normalise → linear; the caller normalises the result (METHODS §2)."""
+        return projection(F.normalize(features, dim=-1))
+
+    def _encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(batch, 3, H, W)` → pooled features `(batch, C)` and the last feature map `(batch, C, h, w)`."""
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
+        if self.config.vision_channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        outputs = self.vision_model(pixel_values=pixel_values)
+        return outputs.pooler_output.flatten(1), outputs.last_hidden_state
+
+    def _pool_text(
+        self, input_ids, attention_mask, token_type_ids, position_ids
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One vector per text (see `config.text_pooling`) and the last hidden state `(batch, seq, hidden)`."""
+        if input_ids is None or input_ids.numel() == 0:
+            raise ValueError(
+                "The text encoder needs a non-empty input_ids batch (tokenised captions or prompts)."
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        pooling = self.config.text_pooling
+        outputs = self.text_model(
+            input_ids=input_ids,
+            # No padding in this batch: an explicit mask would only keep SDPA off its unmasked kernel.
+            attention_mask=None if bool(attention_mask.all()) else attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            output_hidden_states=pooling != "cls",
+        )
+        last = outputs.last_hidden_state
+        if pooling == "cls":
+            return last[:, 0], last
+        layers = torch.stack([outputs.hidden_states[i] for i in self.config.text_pooling_layers])
+        if pooling == "reference":
+            return layers.mean(dim=2).mean(dim=0), last
+        weights = attention_mask.to(layers.dtype)[None, :, :, None]  # (1, batch, seq, 1)
+        per_layer = (layers * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1.0)
+        return per_layer.mean(dim=0), last
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """`pooler_output`: the projected, not yet normalised image embedding `(batch, projection_dim)`;
+        `last_hidden_state`: the encoder's last feature map `(batch, C, h, w)`."""
+        pooled, feature_map = self._encode_images(pixel_values)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=feature_map, pooler_output=self._project(pooled, self.visual_projection)
+        )
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """`pooler_output`: the projected, not yet normalised text embedding `(batch, projection_dim)`."""
+        pooled, last = self._pool_text(input_ids, attention_mask, token_type_ids, position_ids)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last, pooler_output=self._project(pooled, self.text_projection)
+        )
+
+    def clamped_logit_scale(self) -> torch.Tensor:
+        """exp(τ) with τ clamped to [0, `config.logit_scale_max`]."""
+        return self.logit_scale.clamp(0.0, self.config.logit_scale_max).exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Keep τ inside [0, ln 100] after an optimizer step (outside it the clamp's gradient is zero)."""
+        self.logit_scale.clamp_(0.0, self.config.logit_scale_max)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        elite_pixel_values: torch.FloatTensor | None = None,
+        elite_input_ids: torch.LongTensor | None = None,
+        elite_attention_mask: torch.Tensor | None = None,
+        elite_token_type_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> KeepFitOutput | tuple:
+        r"""
+        input_ids, attention_mask, token_type_ids (`(batch, seq_len)`): the public samples' prompts (or, at
+            inference, any texts).
+        pixel_values (`(batch, 3, H, W)`): the public images (or, at inference, any images).
+        labels (`(batch,)` category ids, −1 for none, or `(batch, num_classes)` multi-hot): categories of the
+            public samples; samples of one category are positives of each other in L_itc^p. Without labels
+            L_itc^p is plain CLIP.
+        elite_pixel_values (`(elite_batch, 3, H, W)`), elite_input_ids / elite_attention_mask /
+            elite_token_type_ids (`(elite_batch, seq_len)`): the elite image-caption pairs.
+        return_loss (`bool`): compute the pretraining losses; defaults to `self.training`.
+        """
+        if return_loss is None:
+            return_loss = self.training
+        public = _TextImageBatch("public", pixel_values, input_ids, attention_mask, token_type_ids)
+        elite = _TextImageBatch(
+            "elite", elite_pixel_values, elite_input_ids, elite_attention_mask, elite_token_type_ids
+        )
+        if return_loss:
+            output = self._pretraining_forward(public, elite, labels)
+        else:
+            output = self._embedding_forward(public, position_ids)
+        return output if return_dict is not False else output.to_tuple()
+
+    def _embedding_forward(self, public: "_TextImageBatch", position_ids) -> KeepFitOutput:
+        image_embeds = text_embeds = logits_per_image = logits_per_text = None
+        if public.pixel_values is not None:
+            image_embeds = F.normalize(self.get_image_features(public.pixel_values).pooler_output, dim=-1)
+        if public.input_ids is not None:
+            text_embeds = F.normalize(
+                self.get_text_features(
+                    public.input_ids, public.attention_mask, public.token_type_ids, position_ids
+                ).pooler_output,
+                dim=-1,
+            )
+        if image_embeds is not None and text_embeds is not None:
+            logits_per_image = self.clamped_logit_scale() * image_embeds @ text_embeds.t()
+            logits_per_text = logits_per_image.t()
+        return KeepFitOutput(
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+        )
+
+    def _pretraining_forward(self, public, elite, labels) -> KeepFitOutput:
+        config = self.config
+        public.check(required=True)
+        injection = config.use_semantic_injection or config.use_appearance_injection
+        elite.check(required=injection, why="knowledge injection reads the elite set")
+        if labels is not None and labels.shape[0] != public.size:
+            raise ValueError(f"labels has {labels.shape[0]} rows for {public.size} public samples.")
+        has_elite = elite.size > 0
+
+        # One pass of E_v over p and m together (BatchNorm statistics over both sources).
+        images = torch.cat([public.pixel_values, elite.pixel_values]) if has_elite else public.pixel_values
+        pooled, feature_maps = self._encode_images(images)
+        image_embeds_all = F.normalize(self._project(pooled, self.visual_projection), dim=-1)
+        image_embeds, elite_image_embeds = image_embeds_all[: public.size], image_embeds_all[public.size :]
+        text_embeds = F.normalize(self.get_text_features(**public.text_inputs()).pooler_output, dim=-1)
+        elite_text_embeds = None
+        if has_elite:
+            elite_text_embeds = F.normalize(
+                self.get_text_features(**elite.text_inputs()).pooler_output, dim=-1
+            )
+
+        scale, gather = self.clamped_logit_scale(), config.gather_distributed
+        terms: dict[str, torch.Tensor] = {}
+        if labels is not None:
+            labels = labels.to(image_embeds.device)
+        terms["itc_categorical"], logits_per_image, logits_per_text = image_text_contrastive_loss(
+            image_embeds, text_embeds, scale, labels=labels, gather_distributed=gather
+        )
+        if has_elite:
+            terms["itc_elite"], _, _ = image_text_contrastive_loss(
+                elite_image_embeds, elite_text_embeds, scale, labels=None, gather_distributed=gather
+            )
+
+        # The knowledge source is the GLOBAL elite batch under torch.distributed (gathered with gradients).
+        def everywhere(tensor):
+            return gather_with_grad(tensor) if gather and distributed_world()[0] > 1 else tensor
+
+        semantic = semantic_weights = appearance = appearance_weights = indices = None
+        if has_elite:
+            elite_values = everywhere(elite_text_embeds)
+        if config.use_semantic_injection:
+            semantic, semantic_weights = self.semantic_attention(
+                image_embeds, everywhere(elite_image_embeds), elite_values
+            )
+            terms["semantic"] = knowledge_refinement_loss(
+                semantic, text_embeds, config.knowledge_loss_reduction
+            )
+        if config.use_appearance_injection:
+            descriptors, indices = self.appearance_quantizer(feature_maps)
+            appearance, appearance_weights = self.appearance_attention(
+                descriptors[: public.size], everywhere(descriptors[public.size :]), elite_values
+            )
+            terms["appearance"] = knowledge_refinement_loss(
+                appearance, text_embeds, config.knowledge_loss_reduction
+            )
+
+        return KeepFitOutput(
+            loss=total_loss(terms, config.lambda_semantic, config.lambda_appearance),
+            loss_itc_categorical=terms["itc_categorical"],
+            loss_itc_elite=terms.get("itc_elite"),
+            loss_semantic=terms.get("semantic"),
+            loss_appearance=terms.get("appearance"),
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            elite_image_embeds=elite_image_embeds if has_elite else None,
+            elite_text_embeds=elite_text_embeds,
+            semantic_knowledge=semantic,
+            appearance_knowledge=appearance,
+            semantic_attention=semantic_weights,
+            appearance_attention=appearance_weights,
+            appearance_indices=indices,
+        )
+
+
+@dataclass
+class _TextImageBatch:
+    """The image and text tensors of one data source, checked for matching sizes."""
+
+    name: str
+    pixel_values: torch.Tensor | None
+    input_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    token_type_ids: torch.Tensor | None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.pixel_values is None else int(self.pixel_values.shape[0])
+
+    def check(self, required: bool, why: str = "") -> None:
+        prefix = "" if self.name == "public" else "elite_"
+        if (self.pixel_values is None) != (self.input_ids is None):
+            raise ValueError(
+                f"The {self.name} batch needs both {prefix}pixel_values and {prefix}input_ids (got only "
+                f"{prefix + 'pixel_values' if self.input_ids is None else prefix + 'input_ids'})."
+            )
+        if self.pixel_values is None or self.size == 0:
+            if required:
+                reason = f" ({why})" if why else ""
+                raise ValueError(
+                    f"The pretraining forward needs a non-empty {self.name} batch: pass {prefix}pixel_values and "
+                    f"{prefix}input_ids{reason}."
+                )
+            return
+        if self.input_ids.shape[0] != self.size:
+            raise ValueError(
+                f"{self.name} batch mismatch: {self.size} images ({prefix}pixel_values) but "
+                f"{self.input_ids.shape[0]} texts ({prefix}input_ids); pass one text per image."
+            )
+
+    def text_inputs(self) -> dict:
+        return dict(
+            input_ids=self.input_ids, attention_mask=self.attention_mask, token_type_ids=self.token_type_ids
+        )
+
+
+__all__ = [
+    "KeepFitAppearanceQuantizer",
+    "KeepFitKnowledgeAttention",
+    "KeepFitModel",
+    "KeepFitOutput",
+    "KeepFitPreTrainedModel",
+]

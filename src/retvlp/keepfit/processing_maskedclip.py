@@ -1,0 +1,1 @@
+../maskedclip/processing_maskedclip.py

@@ -1,0 +1,1 @@
+../ibq/quantization_ibq.py
