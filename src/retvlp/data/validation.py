@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -116,6 +116,8 @@ def _sorted_problems(problems: Iterable[DataProblem], sources: Iterable[str] = (
 class ValidationReport:
     problems: list[DataProblem]
     num_records: int
+    # Good rows whose role the model family does not train on (e.g. unpaired images for KeepFIT), per role.
+    unused_roles: dict[str, int] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[DataProblem]:

@@ -85,22 +85,31 @@ def cache_records(records, data: DataSection, show_progress: bool = True) -> Cac
     )
 
 
+# Which stream each record role feeds, per model family (None: the family does not use that role).
+MASKEDCLIP_ROUTING = {"paired": "paired", "categorical": "paired", "unpaired": "unpaired"}
+
+
 def prepare_streams(
     manifests: list[Manifest],
     data: DataSection,
     class_names: list[str],
     output_dir: Path,
     *,
+    routing: dict[str, str | None] | None = None,
+    required: tuple[str, ...] = ("paired",),
     is_main_process: bool = True,
     show_progress: bool = True,
 ) -> tuple[dict[str, Stream], ValidationReport]:
     """Validate and cache every record, apply `data.on_bad_sample`, and split rows into streams.
 
-    Paired and categorical records form the "paired" stream (categorical labels become prompt texts);
-    unpaired records form the "unpaired" stream. With `on_bad_sample="error"` any error stops here with
-    the full report (`DataValidationError`); with "skip" the bad rows are left out, counted, logged and
-    listed in `<output_dir>/skipped_samples.jsonl`. Warnings (e.g. converted colour modes) never drop a row.
+    `routing` maps a record's role to its stream. MaskedCLIP's (the default): paired and categorical records
+    form the "paired" stream (categorical labels become prompt texts), unpaired records the "unpaired"
+    stream. A role routed to None is not used by the family: those rows are counted and logged, not
+    trained on. With `on_bad_sample="error"` any error stops here with the full report
+    (`DataValidationError`); with "skip" the bad rows are left out, counted, logged and listed in
+    `<output_dir>/skipped_samples.jsonl`. Warnings (e.g. converted colour modes) never drop a row.
     """
+    routing = MASKEDCLIP_ROUTING if routing is None else routing
     records = [record for manifest in manifests for record in manifest.records]
     problems = [problem for manifest in manifests for problem in manifest.problems]
     problems += check_records(records, class_names=class_names)
@@ -116,12 +125,18 @@ def prepare_streams(
     if report.warnings:
         logger.warning("%d data warning(s), e.g. %s", len(report.warnings), report.warnings[0].format())
 
-    skipped, keep = [], {"paired": [], "unpaired": []}
+    skipped, keep, unused = [], {name: [] for name in routing.values() if name}, {}
     for index, record in enumerate(records):
         if (record.source, record.row) in bad:
             skipped.append(record)
             continue
-        keep["unpaired" if record.role == "unpaired" else "paired"].append(index)
+        stream = routing.get(record.role)
+        if stream is None:
+            unused[record.role] = unused.get(record.role, 0) + 1
+            continue
+        keep[stream].append(index)
+    if unused:
+        logger.warning("Rows of roles this model family does not train on (not used): %s", unused)
     if skipped:
         reasons: dict[tuple[str, int], list[str]] = {}
         for problem in report.errors:
@@ -153,11 +168,16 @@ def prepare_streams(
                 texts=[records[i].text for i in indices],
                 labels=[records[i].labels for i in indices],
             )
-    if "paired" not in streams:
+    missing = [name for name in required if name not in streams]
+    if missing:
+        feeding = {
+            name: sorted(role for role, target in routing.items() if target == name) for name in missing
+        }
         raise ValueError(
-            "No paired or categorical samples left to train the contrastive branch: check the manifests' "
-            "text/label columns (and the skipped samples)."
+            f"No usable samples for the stream(s) {missing} (fed by the record roles {feeding}): check the "
+            "manifests' text/label columns and roles (and the skipped samples)."
         )
+    report.unused_roles = unused
     return streams, report
 
 
@@ -196,30 +216,26 @@ def augment_and_normalize(
 class StepBatches(torch.utils.data.Dataset):
     """Item `i` is this process's complete batch for micro-step `i` (use with `batch_size=None`).
 
+    The base class draws the rows and the augmented images of each stream; each model family's subclass
+    (`MaskedCLIPStepBatches`, `KeepFitStepBatches`, `ImageStepBatches`) turns them into its forward's inputs.
+
     Args:
-        streams: "paired" (required) and "unpaired" (optional) streams.
-        tokenizer: tokenises the paired texts (`max_length` tokens, padded to the longest).
-        class_names: label vocabulary for the label-guided loss.
+        streams: the streams the family trains on (a stream with batch size 0 is left out).
         batch_sizes: rows per process per micro-step, per stream.
         rank / world_size: this process and the process count.
-        num_patches: patches per image (for the MAE masking noise).
+        image_mean / image_std: the processor's normalisation (0 / 1 for none).
     """
 
     def __init__(
         self,
         streams: dict[str, Stream],
-        tokenizer,
-        class_names: list[str],
         batch_sizes: dict[str, int],
         *,
         rank: int,
         world_size: int,
         seed: int,
-        num_patches: int,
         image_mean,
         image_std,
-        max_length: int,
-        prompt_templates: list[str],
         crop_scale: tuple[float, float],
         horizontal_flip: bool,
         length: int,
@@ -229,15 +245,9 @@ class StepBatches(torch.utils.data.Dataset):
             name: StepSampler(len(s), batch_sizes[name], world_size, seed=seed + 7919 * k)
             for k, (name, s) in enumerate(sorted(self.streams.items()))
         }
-        self.tokenizer = tokenizer
-        self.class_index = {name: i for i, name in enumerate(class_names)}
-        self.multi_label = any(len(labels) > 1 for labels in streams["paired"].labels)
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.num_patches = num_patches
         self.mean = torch.tensor(image_mean, dtype=torch.float32).expand(3).clone()
         self.std = torch.tensor(image_std, dtype=torch.float32).expand(3).clone()
-        self.max_length = max_length
-        self.prompt_templates = list(prompt_templates)
         self.crop_scale = tuple(crop_scale)
         self.horizontal_flip = horizontal_flip
         self.length = length
@@ -247,6 +257,10 @@ class StepBatches(torch.utils.data.Dataset):
 
     def epochs(self, micro_step: int) -> dict[str, float]:
         return {name: sampler.epoch(micro_step) for name, sampler in self.samplers.items()}
+
+    def images_per_micro_step(self) -> int:
+        """Images in one micro-step over all processes."""
+        return sum(sampler.global_batch_size for sampler in self.samplers.values())
 
     # ------------------------------------------------------------------ pieces
     def _random_geometry(self, rng: np.random.Generator, count: int):
@@ -260,40 +274,20 @@ class StepBatches(torch.utils.data.Dataset):
             flips = rng.random(count) < 0.5
         return crops, flips
 
-    def _text(self, row: int, stream: Stream, rng: np.random.Generator) -> str:
-        text = stream.texts[row]
-        if text is not None:
-            return text
-        template = self.prompt_templates[int(rng.integers(len(self.prompt_templates)))]
-        return template.format(", ".join(stream.labels[row]))
-
-    def _label_tensor(self, rows: np.ndarray, stream: Stream) -> torch.Tensor:
-        if not self.multi_label:
-            ids = [
-                self.class_index[labels[0]] if labels else -1 for labels in (stream.labels[r] for r in rows)
-            ]
-            return torch.tensor(ids, dtype=torch.long)
-        out = torch.zeros(len(rows), len(self.class_index), dtype=torch.long)
-        for i, row in enumerate(rows):
-            labels = stream.labels[row]
-            if not labels:
-                out[i] = -1
-            for label in labels:
-                out[i, self.class_index[label]] = 1
-        return out
-
-    def _stream_batch(self, name: str, micro_step: int, stream_id: int):
-        """One stream's global rows, this process's slice of them, and its images and masking noise (every
-        per-sample draw is made for the global batch, then sliced)."""
+    def _stream_batch(self, name: str, micro_step: int, stream_id: int, noise_width: int | None = None):
+        """One stream's global rows, this process's slice of them, its images and (with `noise_width`) its
+        `(local_batch, noise_width)` uniform noise; every per-sample draw is made for the global batch, then
+        sliced."""
         sampler, stream = self.samplers[name], self.streams[name]
         rng = np.random.default_rng([self.seed, micro_step, stream_id])
         global_rows = sampler.global_indices(micro_step)
         crops, flips = self._random_geometry(rng, len(global_rows))
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        noise = torch.rand(len(global_rows), self.num_patches, generator=generator)
         local = slice(self.rank * sampler.batch_size, (self.rank + 1) * sampler.batch_size)
-        rows = global_rows[local]
-        pixels = read_pixels(stream.cache.dataset, stream.rows[rows])
+        noise = None
+        if noise_width is not None:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            noise = torch.rand(len(global_rows), noise_width, generator=generator)[local]
+        pixels = read_pixels(stream.cache.dataset, stream.rows[global_rows[local]])
         images = augment_and_normalize(
             pixels,
             None if crops is None else crops[local],
@@ -301,36 +295,39 @@ class StepBatches(torch.utils.data.Dataset):
             self.mean,
             self.std,
         )
-        return global_rows, local, images, noise[local]
+        return global_rows, local, images, noise
 
-    def __getitem__(self, micro_step: int) -> dict[str, torch.Tensor]:
-        paired = self.streams["paired"]
-        global_rows, local, pixel_values, noise = self._stream_batch("paired", micro_step, 0)
-        rows = global_rows[local]
-        # Prompt templates are drawn for the global batch too, so the rows' texts do not depend on the rank.
-        template_rng = np.random.default_rng([self.seed, micro_step, 100])
-        texts = [self._text(int(r), paired, template_rng) for r in global_rows][local]
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        batch = {
+    def _tokenize(self, tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {
             key: value
             for key, value in batch.items()
             if key in ("input_ids", "attention_mask", "token_type_ids")
         }
-        batch["pixel_values"] = pixel_values
-        batch["labels"] = self._label_tensor(rows, paired)
-        noises = [noise]
-        if "unpaired" in self.samplers:
-            _, _, unpaired_pixels, unpaired_noise = self._stream_batch("unpaired", micro_step, 1)
-            batch["unpaired_pixel_values"] = unpaired_pixels
-            noises.append(unpaired_noise)
-        batch["noise"] = torch.cat(noises)
-        return batch
+
+    def __getitem__(self, micro_step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def label_tensor(labels_per_row: list[tuple[str, ...]], class_index: dict[str, int], multi_label: bool):
+    """Class ids `(rows,)` (−1: no label), or with `multi_label` a multi-hot `(rows, classes)` (a row of −1:
+    no label) — the label format of both families' contrastive losses."""
+    if not multi_label:
+        ids = [class_index[labels[0]] if labels else -1 for labels in labels_per_row]
+        return torch.tensor(ids, dtype=torch.long)
+    out = torch.zeros(len(labels_per_row), len(class_index), dtype=torch.long)
+    for i, labels in enumerate(labels_per_row):
+        if not labels:
+            out[i] = -1
+        for label in labels:
+            out[i, class_index[label]] = 1
+    return out
 
 
 __all__ = [
+    "MASKEDCLIP_ROUTING",
     "cache_records",
+    "label_tensor",
     "read_training_manifests",
     "StepBatches",
     "Stream",

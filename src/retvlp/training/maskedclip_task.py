@@ -1,17 +1,19 @@
-"""What the generic pretraining loop needs to know about MaskedCLIP: how to build it and its processor, how
-to turn a step batch into the loss terms, and what to do after each optimizer step."""
+"""What the generic pretraining loop needs to know about MaskedCLIP: how to build it and its processor, its
+step batches (pairs + categorical rows with their labels, unpaired images, MAE masking noise), and what to do
+after each optimizer step."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPModel, MaskedCLIPProcessor
 from ..tokenization import build_wordpiece_tokenizer
 from .config import PretrainConfig
-
-LOSS_TERMS = ("loss", "loss_mim", "loss_clip", "loss_mfd")
+from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, label_tensor
+from .task import PretrainTask
 
 
 def load_or_build_tokenizer(config: PretrainConfig, corpus: list[str], output_dir: Path, accelerator):
@@ -80,35 +82,99 @@ def build_model(config: PretrainConfig, tokenizer) -> MaskedCLIPModel:
     return model
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """MAE practice: no weight decay on biases, norms, position tables, cls/mask tokens and the logit scale
-    (every tensor with fewer than 2 dims, plus the token/position parameters)."""
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        skip = parameter.ndim < 2 or name.endswith(
-            ("cls_token", "mask_token", "position_embeddings", "pos_embed")
+class MaskedCLIPStepBatches(StepBatches):
+    """Paired stream (captions, or prompts of categorical labels, with label ids for L_lg_clip), optional
+    unpaired stream, and the MAE masking noise of every image (paired first)."""
+
+    def __init__(
+        self, streams, batch_sizes, *, tokenizer, class_names, num_patches, max_length, prompt_templates, **kw
+    ):
+        super().__init__(streams, batch_sizes, **kw)
+        self.tokenizer = tokenizer
+        self.class_index = {name: i for i, name in enumerate(class_names)}
+        self.multi_label = any(len(labels) > 1 for labels in streams["paired"].labels)
+        self.num_patches = num_patches
+        self.max_length = max_length
+        self.prompt_templates = list(prompt_templates)
+
+    def _text(self, row: int, stream: Stream, rng: np.random.Generator) -> str:
+        text = stream.texts[row]
+        if text is not None:
+            return text
+        template = self.prompt_templates[int(rng.integers(len(self.prompt_templates)))]
+        return template.format(", ".join(stream.labels[row]))
+
+    def __getitem__(self, micro_step: int) -> dict[str, torch.Tensor]:
+        paired = self.streams["paired"]
+        global_rows, local, pixel_values, noise = self._stream_batch(
+            "paired", micro_step, 0, self.num_patches
         )
-        (no_decay if skip else decay).append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        rows = global_rows[local]
+        # Prompt templates are drawn for the global batch too, so the rows' texts do not depend on the rank.
+        template_rng = np.random.default_rng([self.seed, micro_step, 100])
+        texts = [self._text(int(r), paired, template_rng) for r in global_rows][local]
+        batch = self._tokenize(self.tokenizer, texts, self.max_length)
+        batch["pixel_values"] = pixel_values
+        batch["labels"] = label_tensor([paired.labels[r] for r in rows], self.class_index, self.multi_label)
+        noises = [noise]
+        if "unpaired" in self.samplers:
+            _, _, unpaired_pixels, unpaired_noise = self._stream_batch(
+                "unpaired", micro_step, 1, self.num_patches
+            )
+            batch["unpaired_pixel_values"] = unpaired_pixels
+            noises.append(unpaired_noise)
+        batch["noise"] = torch.cat(noises)
+        return batch
 
 
-def after_optimizer_step(model: MaskedCLIPModel) -> None:
-    """M̂ ← EMA(E_I, B) once per optimizer step, and keep τ inside [0, ln 100] so it cannot drift where its
-    gradient (zero beyond the clamp) would never bring it back."""
-    model.update_momentum_encoder()
-    with torch.no_grad():
-        model.logit_scale.clamp_(0.0, model.config.logit_scale_max)
+class MaskedCLIPTask(PretrainTask):
+    family = "maskedclip"
+    loss_terms = ("loss", "loss_mim", "loss_clip", "loss_mfd")
+    routing = MASKEDCLIP_ROUTING
+    required_streams = ("paired",)
 
+    def batch_sizes(self, config):
+        return {"paired": config.data.paired_batch_size, "unpaired": config.data.unpaired_batch_size}
 
-def loss_terms(outputs) -> dict[str, torch.Tensor]:
-    return {name: getattr(outputs, name) for name in LOSS_TERMS if getattr(outputs, name, None) is not None}
+    def text_corpus(self, streams, class_names, config):
+        return [t for t in streams["paired"].texts if t] + [
+            template.format(name) for template in config.data.prompt_templates for name in class_names
+        ]
 
+    def build_processor(self, config, tokenizer):
+        return build_processor(config, tokenizer)
 
-def images_per_micro_step(config: PretrainConfig, world_size: int, has_unpaired: bool) -> int:
-    per_process = config.data.paired_batch_size + (config.data.unpaired_batch_size if has_unpaired else 0)
-    return per_process * world_size
+    def build_model(self, config, tokenizer):
+        return build_model(config, tokenizer)
+
+    def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
+        data = config.data
+        return MaskedCLIPStepBatches(
+            streams,
+            self.batch_sizes(config),
+            tokenizer=tokenizer,
+            class_names=class_names,
+            num_patches=model.config.vision_config.num_patches,
+            max_length=config.model.max_text_length,
+            prompt_templates=data.prompt_templates,
+            rank=rank,
+            world_size=world_size,
+            seed=config.run.seed,
+            image_mean=processor.image_processor.image_mean,
+            image_std=processor.image_processor.image_std,
+            crop_scale=tuple(data.crop_scale),
+            horizontal_flip=data.horizontal_flip,
+            length=0,
+        )
+
+    def after_optimizer_step(self, model: MaskedCLIPModel) -> None:
+        """M̂ ← EMA(E_I, B) once per optimizer step, and keep τ inside [0, ln 100] so it cannot drift where its
+        gradient (zero beyond the clamp) would never bring it back."""
+        model.update_momentum_encoder()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, model.config.logit_scale_max)
+
+    def evaluate(self, model, processor, specs, config, class_names, show_progress=True):
+        from ..evaluation.quick import evaluate_pretrained
+
+        return evaluate_pretrained(model, processor, specs, config, class_names, show_progress=show_progress)

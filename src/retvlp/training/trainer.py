@@ -25,15 +25,7 @@ from ..data.synthetic import generate_synthetic_dataset
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from .config import PretrainConfig
 from .data import StepBatches, discover_classes, prepare_streams, read_training_manifests
-from .maskedclip_task import (
-    after_optimizer_step,
-    build_model,
-    build_processor,
-    images_per_micro_step,
-    load_or_build_tokenizer,
-    loss_terms,
-    parameter_groups,
-)
+from .task import PretrainTask
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +112,23 @@ def _warmup_steps(config: PretrainConfig, total: int) -> int:
     return 0
 
 
+def get_task(family: str) -> PretrainTask:
+    """The `PretrainTask` of a model family (`model.family`)."""
+    if family == "maskedclip":
+        from .maskedclip_task import MaskedCLIPTask
+
+        return MaskedCLIPTask()
+    if family == "keepfit":
+        from .keepfit_task import KeepFitTask
+
+        return KeepFitTask()
+    if family == "ibq-tokenizer":
+        from .ibq_task import IBQTokenizerTask
+
+        return IBQTokenizerTask()
+    raise ValueError(f"No image pretraining task for model.family={family!r} (text-mlm has its own loop).")
+
+
 def pretrain(
     config: PretrainConfig,
     *,
@@ -140,6 +149,11 @@ def pretrain(
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    if config.model.family == "text-mlm":
+        from .text_mlm import pretrain_text_mlm
+
+        return pretrain_text_mlm(config, resume=resume, show_progress=show_progress, stop_after=stop_after)
+    task = get_task(config.model.family)
     run, data, optim = config.run, config.data, config.optim
     output_dir = Path(run.output_dir)
     trackers = ["tensorboard"] if run.tensorboard and is_tensorboard_available() else None
@@ -168,44 +182,29 @@ def pretrain(
         data,
         class_names,
         output_dir,
+        routing=task.routing,
+        required=task.required_streams,
         is_main_process=main,
         show_progress=show_progress and main,
     )
 
     # ---------------------------------------------------------------- model
-    corpus = [t for t in streams["paired"].texts if t] + [
-        template.format(name) for template in data.prompt_templates for name in class_names
-    ]
-    tokenizer = load_or_build_tokenizer(config, corpus, output_dir, accelerator)
-    processor = build_processor(config, tokenizer)
+    corpus = task.text_corpus(streams, class_names, config)
+    tokenizer = task.load_tokenizer(config, corpus, output_dir, accelerator)
+    processor = task.build_processor(config, tokenizer)
     torch.manual_seed(run.seed)
-    model = build_model(config, tokenizer)
-    vision_config = model.config.vision_config
-    batches = StepBatches(
-        streams,
-        tokenizer,
-        class_names,
-        {"paired": data.paired_batch_size, "unpaired": data.unpaired_batch_size},
-        rank=rank,
-        world_size=world,
-        seed=run.seed,
-        num_patches=vision_config.num_patches,
-        image_mean=processor.image_processor.image_mean,
-        image_std=processor.image_processor.image_std,
-        max_length=config.model.max_text_length,
-        prompt_templates=data.prompt_templates,
-        crop_scale=tuple(data.crop_scale),
-        horizontal_flip=data.horizontal_flip,
-        length=0,
+    model = task.build_model(config, tokenizer)
+    batches = task.make_batches(
+        streams, tokenizer, class_names, processor, model, config, rank=rank, world_size=world
     )
     total_steps = _total_steps(config, batches)
     accumulation = optim.gradient_accumulation_steps
     batches.length = total_steps * accumulation
-    images_per_step = images_per_micro_step(config, world, "unpaired" in batches.samplers) * accumulation
+    images_per_step = batches.images_per_micro_step() * accumulation
     lr = optim.lr if optim.lr is not None else optim.base_lr * images_per_step / 256
 
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, optim.weight_decay), lr=lr, betas=tuple(optim.betas), eps=optim.eps
+        task.parameter_groups(model, optim.weight_decay), lr=lr, betas=tuple(optim.betas), eps=optim.eps
     )
     scheduler = get_scheduler(
         optim.schedule,
@@ -267,7 +266,7 @@ def pretrain(
             sync = k == accumulation - 1
             with accelerator.no_sync(model) if not sync else nullcontext():
                 outputs = model(**batch, return_loss=True)
-                terms = loss_terms(outputs)
+                terms = task.outputs_to_terms(outputs)
                 _stop_if_nonfinite(accelerator, terms["loss"], step, terms, output_dir)
                 accelerator.backward(terms["loss"] / accumulation)
             for name, value in terms.items():
@@ -281,7 +280,7 @@ def pretrain(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        after_optimizer_step(unwrapped)
+        task.after_optimizer_step(unwrapped)
         step += 1
         window_images += images_per_step
         progress.update(1)
@@ -294,7 +293,7 @@ def pretrain(
                 "epoch": round(max(batches.epochs(micro).values()), 4),
                 **{name: round(v, 6) for name, v in means.items()},
                 "lr": scheduler.get_last_lr()[0],
-                "logit_scale": round(unwrapped.logit_scale.exp().item(), 4),
+                **task.log_values(unwrapped),
                 "samples_per_s": round(window_images / elapsed, 2),
             }
             if grad_norm is not None:
@@ -329,23 +328,24 @@ def pretrain(
         full_state = accelerator.get_state_dict(model)  # collective: gathers FSDP / DeepSpeed shards
         if main:
             unwrapped.save_pretrained(final_dir, state_dict=full_state)
-            processor.save_pretrained(final_dir)
+            if processor is not None:
+                processor.save_pretrained(final_dir)
             summary = {
                 "steps": step,
                 "last_metrics": last_metrics,
                 "classes": class_names,
                 "skipped_samples": len(report.bad_records),
                 "data_warnings": len(report.warnings),
+                "unused_rows_by_role": report.unused_roles,
                 "world_size": world,
             }
             (final_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
         if run.evaluate and main and evaluation_specs.get("test"):
-            from ..evaluation.quick import evaluate_pretrained
-
-            evaluation = evaluate_pretrained(
+            evaluation = task.evaluate(
                 unwrapped, processor, evaluation_specs, config, class_names, show_progress=show_progress
             )
-            (final_dir / "eval_results.json").write_text(json.dumps(evaluation, indent=2))
+            if evaluation is not None:
+                (final_dir / "eval_results.json").write_text(json.dumps(evaluation, indent=2))
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return PretrainResult(output_dir, final_dir, step, last_metrics, evaluation)

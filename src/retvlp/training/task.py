@@ -1,0 +1,86 @@
+"""What the generic pretraining loop (`trainer.py`) asks of a model family.
+
+Each family (`maskedclip_task.py`, `keepfit_task.py`, `ibq_task.py`) subclasses [`PretrainTask`]: which
+record roles feed which data stream, how to build the tokenizer, processor, model and step batches, which
+output fields are loss terms, and what to do after each optimizer step. The loop itself — accumulation,
+clipping, mixed precision, checkpoints, exact resume, NaN stops, logs — is shared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import PretrainConfig
+
+
+class PretrainTask:
+    family: str = ""
+    # Output fields logged (and summed across micro-steps); the first one is the loss that is optimised.
+    loss_terms: tuple[str, ...] = ("loss",)
+    # Record role → stream name (None: the family does not use that role), and the streams it cannot lack.
+    routing: dict[str, str | None] = {}
+    required_streams: tuple[str, ...] = ()
+    uses_text: bool = True
+
+    def batch_sizes(self, config: PretrainConfig) -> dict[str, int]:
+        raise NotImplementedError
+
+    def text_corpus(self, streams, class_names: list[str], config: PretrainConfig) -> list[str]:
+        """Texts a `tokenizer: build` vocabulary is learnt from."""
+        return []
+
+    def load_tokenizer(self, config: PretrainConfig, corpus: list[str], output_dir: Path, accelerator):
+        if not self.uses_text:
+            return None
+        from .maskedclip_task import load_or_build_tokenizer
+
+        return load_or_build_tokenizer(config, corpus, output_dir, accelerator)
+
+    def build_processor(self, config: PretrainConfig, tokenizer):
+        raise NotImplementedError
+
+    def build_model(self, config: PretrainConfig, tokenizer) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
+        raise NotImplementedError
+
+    def parameter_groups(self, model: torch.nn.Module, weight_decay: float) -> list[dict]:
+        """No weight decay on biases, norms, position tables, cls/mask tokens and the logit scale (every tensor
+        with fewer than 2 dims, plus the token/position parameters); frozen tensors are left out."""
+        decay, no_decay = [], []
+        for name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            skip = parameter.ndim < 2 or name.endswith(
+                ("cls_token", "mask_token", "position_embeddings", "pos_embed")
+            )
+            (no_decay if skip else decay).append(parameter)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def after_optimizer_step(self, model: torch.nn.Module) -> None:
+        pass
+
+    def outputs_to_terms(self, outputs) -> dict[str, torch.Tensor]:
+        return {
+            name: getattr(outputs, name)
+            for name in self.loss_terms
+            if getattr(outputs, name, None) is not None
+        }
+
+    def log_values(self, model: torch.nn.Module) -> dict[str, float]:
+        """Extra per-log-step values (e.g. the contrastive temperature)."""
+        scale = getattr(model, "logit_scale", None)
+        return {"logit_scale": round(scale.exp().item(), 4)} if scale is not None else {}
+
+    def evaluate(self, model, processor, specs, config, class_names, show_progress=True) -> dict | None:
+        """The end-of-run check on `specs["test"]`; None when the family has none."""
+        return None
+
+
+__all__ = ["PretrainTask"]
