@@ -9,6 +9,7 @@ its random initial weights, prints the table, and leaves `<output_dir>/final`, w
 Examples:
     accelerate launch training/pretrain.py                                   # the demo
     accelerate launch training/pretrain.py --config training/configs/maskedclip_vitl16.yaml
+    accelerate launch training/pretrain.py --config training/configs/keepfit_resnet50.yaml   # KeepFIT V2
     accelerate launch training/pretrain.py --config run.yaml --resume latest
     accelerate launch training/pretrain.py --config run.yaml optim.max_steps=100 data.on_bad_sample=skip
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/pretrain.py   # 2 CPU procs
@@ -29,7 +30,10 @@ def parse_args(argv=None):
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="run YAML (default: the CPU demo)")
     parser.add_argument(
-        "--model", default=None, choices=["maskedclip"], help="model family (overrides model.family)"
+        "--model",
+        default=None,
+        choices=["maskedclip", "keepfit", "ibq-tokenizer", "text-mlm"],
+        help="model family (overrides model.family)",
     )
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
     parser.add_argument("--output-dir", default=None, help="overrides run.output_dir")
@@ -65,13 +69,21 @@ def main(argv=None) -> int:
             overrides.append(f"data.on_bad_sample={args.on_bad_sample}")
         config.apply_overrides(overrides)
         result = pretrain(config, resume=args.resume, show_progress=not args.no_progress)
-    except (ConfigError, DataValidationError, NonFiniteLossError, FileNotFoundError) as error:
+    except (ConfigError, DataValidationError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
+        # Input problems (config, data, paths, shapes) end with their message, not a traceback; set
+        # RETVLP_DEBUG=1 to see where one came from.
+        if os.environ.get("RETVLP_DEBUG"):
+            raise
         print(f"\nerror: {error}", file=sys.stderr)
         return 1
     if result.evaluation is not None:
         print("\n" + format_results_table(result.evaluation))
     if result.steps and result.final_dir.exists():
-        print(f"\nfinal model + processor: {result.final_dir}  (AutoModel.from_pretrained loads it)")
+        loader = {
+            "text-mlm": "BertModel / BertForMaskedLM.from_pretrained loads it; use it as KeepFIT's model.text_pretrained",
+            "ibq-tokenizer": "AutoModel.from_pretrained loads it; use it as KeepFIT's ibq_tokenizer_path",
+        }.get(config.model.family, "AutoModel / AutoProcessor.from_pretrained load it")
+        print(f"\nfinal model: {result.final_dir}  ({loader})")
     return 0
 
 

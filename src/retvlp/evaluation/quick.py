@@ -48,15 +48,23 @@ def _labelled_split(specs, class_names, config, show_progress):
     return batches, labels, excluded
 
 
+def _probe_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Frozen image-encoder features for the linear probe: MaskedCLIP's mean-pooled E_I patch tokens, or the
+    pooled last feature map of a convolutional encoder (KeepFIT's ResNet)."""
+    if getattr(model.config, "model_type", None) == "keepfit":
+        return model.get_image_features(pixel_values).last_hidden_state.mean(dim=(2, 3))
+    return model.vision_model(pixel_values)[0][:, 1:].mean(dim=1)
+
+
 @torch.inference_mode()
 def image_representations(model, batches) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mean-pooled E_I patch tokens, normalised CLIP image embeddings or None) for every image."""
+    """(frozen encoder features for the probe, normalised CLIP image embeddings or None) for every image."""
     model.eval()
     pooled, embedded = [], []
+    has_clip = getattr(model.config, "use_clip", True)
     for pixel_values in batches:
-        tokens = model.vision_model(pixel_values)[0]
-        pooled.append(tokens[:, 1:].mean(dim=1).float())
-        if model.config.use_clip:
+        pooled.append(_probe_features(model, pixel_values).float())
+        if has_clip:
             embedded.append(
                 torch.nn.functional.normalize(model.get_image_features(pixel_values).pooler_output, dim=-1)
             )
@@ -65,11 +73,11 @@ def image_representations(model, batches) -> tuple[np.ndarray, np.ndarray | None
 
 
 @torch.inference_mode()
-def class_prototypes(model, tokenizer, class_names, templates, max_length) -> np.ndarray:
-    """`(num_classes, dim)` normalised mean prompt embeddings."""
+def class_prototypes(model, tokenizer, class_names, prompts_for, max_length) -> np.ndarray:
+    """`(num_classes, dim)` normalised mean embeddings of each class's prompts (`prompts_for(name)`)."""
     prototypes = []
     for name in class_names:
-        prompts = [template.format(name) for template in templates]
+        prompts = prompts_for(name)
         inputs = tokenizer(prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         embeds = torch.nn.functional.normalize(model.get_text_features(**inputs).pooler_output, dim=-1)
         prototypes.append(torch.nn.functional.normalize(embeds.mean(dim=0), dim=-1))
@@ -104,10 +112,21 @@ def zero_shot_accuracy(image_embeds, prototypes, labels) -> dict[str, float]:
     }
 
 
-def evaluate_pretrained(model, processor, specs, config, class_names, show_progress=True) -> dict:
-    """Zero-shot + linear probe of `model` and of a freshly initialised copy (seeded like the run's start)."""
-    image_processor = processor.image_processor
-    mean, std = image_processor.image_mean, image_processor.image_std
+def evaluate_pretrained(
+    model, processor, specs, config, class_names, show_progress=True, prompts_for=None
+) -> dict:
+    """Zero-shot + linear probe of `model` and of a freshly initialised copy (seeded like the run's start).
+
+    `prompts_for(class_name)` gives a class's zero-shot prompts (default: `data.prompt_templates` filled with
+    the name)."""
+    from ..training.data import image_normalization
+
+    mean, std = image_normalization(processor.image_processor)
+    if prompts_for is None:
+
+        def prompts_for(name):
+            return [template.format(name) for template in config.data.prompt_templates]
+
     train_batches, train_y, train_excluded = _labelled_split(
         specs["probe_train"], class_names, config, show_progress
     )
@@ -133,7 +152,7 @@ def evaluate_pretrained(model, processor, specs, config, class_names, show_progr
                 candidate,
                 processor.tokenizer,
                 class_names,
-                config.data.prompt_templates,
+                prompts_for,
                 processor.max_length,
             )
             entry["zero_shot"] = zero_shot_accuracy(test_clip, prototypes, test_y)

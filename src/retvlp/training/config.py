@@ -34,8 +34,12 @@ class ConfigError(ValueError):
 @dataclass
 class ModelSection:
     family: str = "maskedclip"
-    # Exactly one way to build the model: `config` (kwargs of MaskedCLIPConfig), `pretrained` (a MaskedCLIP
-    # directory or Hub id), or `vision_pretrained` + `text_pretrained` (ViT-MAE / converted RETFound + BERT).
+    # MaskedCLIP: exactly one way to build the model: `config` (kwargs of MaskedCLIPConfig), `pretrained` (a
+    # MaskedCLIP directory or Hub id), or `vision_pretrained` + `text_pretrained` (ViT-MAE / converted RETFound +
+    # BERT). KeepFIT: `pretrained`, or `config` (KeepFitConfig kwargs) with either tower optionally taken from
+    # `vision_pretrained` (e.g. microsoft/resnet-50) / `text_pretrained` (Bio_ClinicalBERT or the text-mlm
+    # output). IBQ tokenizer: `config` (IBQTokenizerConfig kwargs) or `pretrained`. text-mlm: `config`
+    # (BertConfig kwargs) or `pretrained` (a BERT to continue from).
     config: dict[str, Any] | None = None
     pretrained: str | None = None
     vision_pretrained: str | None = None
@@ -65,7 +69,13 @@ class DataSection:
     on_bad_sample: str = "error"  # "error": stop with the report; "skip": drop, count, log and list them
     min_image_size: int = 32  # px, shorter side
     max_image_pixels: int = 178_956_970  # decompression-bomb limit (Pillow's own 2× default)
-    prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])
+    prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])  # maskedclip
+    # KeepFIT prompts: per-modality templates of the expert-knowledge dictionary (retvlp/data/expert_knowledge.json,
+    # merged with `expert_knowledge`, a user JSON of the same layout), and label augmentation: with probability
+    # `label_augmentation` a class name is replaced by / extended with one of its expert descriptions.
+    modality: str = "CFP"  # CFP | FFA | OCT
+    expert_knowledge: str | None = None
+    label_augmentation: float = 0.5
     # Rows per process per micro-step. Each family reads its own keys:
     #   maskedclip:    paired_batch_size (pairs + categorical rows; paper 720 global), unpaired_batch_size
     #   keepfit:       categorical_batch_size (public p) and paired_batch_size (elite m), 1:1 in the paper
@@ -195,13 +205,22 @@ class PretrainConfig:
 
         if m.family not in MODEL_FAMILIES:
             fail(f"model.family={m.family!r} is not available; choose one of {list(MODEL_FAMILIES)}.")
-        ways = [m.config is not None, m.pretrained is not None, m.vision_pretrained is not None]
-        if sum(ways) > 1:
-            fail(
-                "set only one of model.config, model.pretrained, model.vision_pretrained (+ text_pretrained)."
-            )
-        if (m.vision_pretrained is None) != (m.text_pretrained is None):
-            fail("model.vision_pretrained and model.text_pretrained go together.")
+        if m.family == "keepfit":
+            # KeepFIT: a checkpoint, or a config whose towers may each come from a pretrained checkpoint.
+            if m.pretrained is not None and (
+                m.config is not None or m.vision_pretrained or m.text_pretrained
+            ):
+                fail(
+                    "model.pretrained (a KeepFIT checkpoint) excludes model.config / vision_pretrained / text_pretrained."
+                )
+        else:
+            ways = [m.config is not None, m.pretrained is not None, m.vision_pretrained is not None]
+            if sum(ways) > 1:
+                fail(
+                    "set only one of model.config, model.pretrained, model.vision_pretrained (+ text_pretrained)."
+                )
+            if (m.vision_pretrained is None) != (m.text_pretrained is None):
+                fail("model.vision_pretrained and model.text_pretrained go together.")
         if not d.train and d.synthetic is None:
             fail("data.train lists no manifests (and data.synthetic is not set): nothing to train on.")
         for i, spec in enumerate(d.train):
@@ -221,6 +240,8 @@ class PretrainConfig:
                 "KeepFIT trains on categorical (public) and elite (paired) data together: set both "
                 "data.categorical_batch_size and data.paired_batch_size > 0 (1:1 in the paper)."
             )
+        if not 0.0 <= d.label_augmentation <= 1.0:
+            fail(f"data.label_augmentation is a probability in [0, 1], got {d.label_augmentation}.")
         if not 0.0 < d.mlm_probability < 1.0:
             fail(f"data.mlm_probability must be in (0, 1), got {d.mlm_probability}.")
         if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:

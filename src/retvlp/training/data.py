@@ -309,6 +309,14 @@ class StepBatches(torch.utils.data.Dataset):
         raise NotImplementedError
 
 
+def image_normalization(image_processor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the step batches apply after scaling to [0, 1]: the processor's, or (0, 1) when it does not
+    normalise (KeepFIT's reference preprocessing)."""
+    if not getattr(image_processor, "do_normalize", True):
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return tuple(image_processor.image_mean), tuple(image_processor.image_std)
+
+
 def label_tensor(labels_per_row: list[tuple[str, ...]], class_index: dict[str, int], multi_label: bool):
     """Class ids `(rows,)` (−1: no label), or with `multi_label` a multi-hot `(rows, classes)` (a row of −1:
     no label) — the label format of both families' contrastive losses."""
@@ -333,5 +341,6 @@ __all__ = [
     "Stream",
     "augment_and_normalize",
     "discover_classes",
+    "image_normalization",
     "prepare_streams",
 ]

@@ -12,7 +12,7 @@ import torch
 from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPModel, MaskedCLIPProcessor
 from ..tokenization import build_wordpiece_tokenizer
 from .config import PretrainConfig
-from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, label_tensor
+from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, image_normalization, label_tensor
 from .task import PretrainTask
 
 
@@ -149,6 +149,7 @@ class MaskedCLIPTask(PretrainTask):
 
     def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
         data = config.data
+        mean, std = image_normalization(processor.image_processor)
         return MaskedCLIPStepBatches(
             streams,
             self.batch_sizes(config),
@@ -160,8 +161,8 @@ class MaskedCLIPTask(PretrainTask):
             rank=rank,
             world_size=world_size,
             seed=config.run.seed,
-            image_mean=processor.image_processor.image_mean,
-            image_std=processor.image_processor.image_std,
+            image_mean=mean,
+            image_std=std,
             crop_scale=tuple(data.crop_scale),
             horizontal_flip=data.horizontal_flip,
             length=0,

@@ -1,0 +1,189 @@
+"""What the generic pretraining loop needs to know about KeepFIT V2: two streams read 1:1 every step — the
+categorical public data p (labels → prompts with expert-knowledge label augmentation) and the elite
+image–caption pairs m — the model built from a config, a checkpoint or pretrained towers (ImageNet ResNet-50,
+Bio_ClinicalBERT or the MLM text-pretraining output), and the frozen IBQ codebook."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..keepfit import KeepFitConfig, KeepFitModel, KeepFitProcessor, keepfit_image_processor
+from ..prompts import ExpertKnowledge, class_prompts, prompt_for_labels
+from .config import PretrainConfig
+from .data import StepBatches, image_normalization, label_tensor
+from .task import PretrainTask
+
+KEEPFIT_ROUTING = {"categorical": "categorical", "paired": "paired", "unpaired": None}
+
+
+def load_knowledge(config: PretrainConfig) -> ExpertKnowledge:
+    """The shipped expert-knowledge dictionary, extended/overridden by `data.expert_knowledge` if given."""
+    knowledge = ExpertKnowledge.load()
+    if config.data.expert_knowledge:
+        knowledge = knowledge.merged(config.data.expert_knowledge)
+    return knowledge
+
+
+class KeepFitStepBatches(StepBatches):
+    """Per micro-step: the categorical batch (`pixel_values`, prompt `input_ids`..., `labels`) and the elite
+    batch (`elite_pixel_values`, caption `elite_input_ids`...). Prompts, templates and label augmentation are
+    drawn for the global batch from `(seed, micro_step)`, then sliced, like the rows and the crops."""
+
+    def __init__(
+        self,
+        streams,
+        batch_sizes,
+        *,
+        tokenizer,
+        class_names,
+        max_length,
+        knowledge: ExpertKnowledge,
+        modality: str,
+        label_augmentation: float,
+        **kw,
+    ):
+        super().__init__(streams, batch_sizes, **kw)
+        self.tokenizer = tokenizer
+        self.class_index = {name: i for i, name in enumerate(class_names)}
+        self.multi_label = any(len(labels) > 1 for labels in streams["categorical"].labels)
+        self.max_length = max_length
+        self.knowledge = knowledge
+        self.modality = modality
+        self.label_augmentation = label_augmentation
+
+    def __getitem__(self, micro_step: int) -> dict[str, torch.Tensor]:
+        categorical, elite = self.streams["categorical"], self.streams["paired"]
+        global_rows, local, pixel_values, _ = self._stream_batch("categorical", micro_step, 0)
+        prompt_rng = np.random.default_rng([self.seed, micro_step, 200])
+        prompts = [
+            prompt_for_labels(
+                categorical.labels[row],
+                prompt_rng,
+                modality=self.modality,
+                knowledge=self.knowledge,
+                augment_probability=self.label_augmentation,
+            )
+            for row in global_rows
+        ][local]
+        batch = self._tokenize(self.tokenizer, prompts, self.max_length)
+        batch["pixel_values"] = pixel_values
+        batch["labels"] = label_tensor(
+            [categorical.labels[row] for row in global_rows[local]], self.class_index, self.multi_label
+        )
+
+        elite_rows, elite_local, elite_pixels, _ = self._stream_batch("paired", micro_step, 1)
+        captions = [elite.texts[row] for row in elite_rows[elite_local]]
+        for key, value in self._tokenize(self.tokenizer, captions, self.max_length).items():
+            batch[f"elite_{key}"] = value
+        batch["elite_pixel_values"] = elite_pixels
+        return batch
+
+
+class KeepFitTask(PretrainTask):
+    family = "keepfit"
+    loss_terms = ("loss", "loss_itc_categorical", "loss_itc_elite", "loss_semantic", "loss_appearance")
+    routing = KEEPFIT_ROUTING
+    required_streams = ("categorical", "paired")
+
+    def batch_sizes(self, config):
+        return {"categorical": config.data.categorical_batch_size, "paired": config.data.paired_batch_size}
+
+    def text_corpus(self, streams, class_names, config):
+        knowledge = load_knowledge(config)
+        prompts = [
+            p
+            for name in class_names
+            for p in class_prompts(name, modality=config.data.modality, knowledge=knowledge)
+        ]
+        return [t for t in streams["paired"].texts if t] + prompts
+
+    def build_processor(self, config, tokenizer):
+        data = config.data
+        image_processor = keepfit_image_processor(
+            size=data.image_size, pad_to_square=data.pad_to_square, crop_to_fov=data.crop_to_fov
+        )
+        return KeepFitProcessor(image_processor, tokenizer, max_length=config.model.max_text_length)
+
+    def build_model(self, config: PretrainConfig, tokenizer) -> KeepFitModel:
+        """From `model.pretrained` (a KeepFIT checkpoint), or from `model.config` (KeepFitConfig kwargs, e.g.
+        `ibq_tokenizer_path`) where `model.vision_pretrained` / `model.text_pretrained`, when set, supply a tower
+        with its weights: an image backbone (e.g. microsoft/resnet-50, ImageNet) and a BERT (e.g.
+        emilyalsentzer/Bio_ClinicalBERT, or the `--model text-mlm` output: the textual-pretraining init; pointing
+        it at the plain BERT instead is the Table VII "no textual pretraining" ablation)."""
+        from transformers import AutoConfig, AutoModel, BertModel
+
+        m = config.model
+        overrides = dict(m.config_overrides)
+        if m.pretrained is not None:
+            model = KeepFitModel.from_pretrained(m.pretrained, **overrides)
+        else:
+            kwargs = {**(m.config or {}), **overrides}
+            if m.vision_pretrained is not None:
+                kwargs["vision_config"] = AutoConfig.from_pretrained(m.vision_pretrained).to_dict()
+            if m.text_pretrained is not None:
+                kwargs["text_config"] = AutoConfig.from_pretrained(m.text_pretrained).to_dict()
+            else:
+                text = dict(kwargs.pop("text_config", {}) or {})
+                text.setdefault("model_type", "bert")
+                text["vocab_size"] = len(tokenizer)
+                kwargs["text_config"] = text
+            model = KeepFitModel(KeepFitConfig(**kwargs))
+            if m.vision_pretrained is not None:
+                model.vision_model.load_state_dict(
+                    AutoModel.from_pretrained(m.vision_pretrained).state_dict()
+                )
+            if m.text_pretrained is not None:
+                text_model = BertModel.from_pretrained(m.text_pretrained, add_pooling_layer=False)
+                model.text_model.load_state_dict(text_model.state_dict())
+        vocab = model.config.text_config.vocab_size
+        if len(tokenizer) > vocab:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the text model's vocabulary has {vocab}: use the "
+                "tokenizer the text model was trained with."
+            )
+        if m.activation_checkpointing:
+            model.activation_checkpointing_enable()
+        return model
+
+    def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
+        data = config.data
+        mean, std = image_normalization(processor.image_processor)
+        return KeepFitStepBatches(
+            streams,
+            self.batch_sizes(config),
+            tokenizer=tokenizer,
+            class_names=class_names,
+            max_length=config.model.max_text_length,
+            knowledge=load_knowledge(config),
+            modality=data.modality,
+            label_augmentation=data.label_augmentation,
+            rank=rank,
+            world_size=world_size,
+            seed=config.run.seed,
+            image_mean=mean,
+            image_std=std,
+            crop_scale=tuple(data.crop_scale),
+            horizontal_flip=data.horizontal_flip,
+            length=0,
+        )
+
+    def after_optimizer_step(self, model: KeepFitModel) -> None:
+        model.clamp_logit_scale_()
+
+    def evaluate(self, model, processor, specs, config, class_names, show_progress=True):
+        from ..evaluation.quick import evaluate_pretrained
+
+        knowledge = load_knowledge(config)
+        return evaluate_pretrained(
+            model,
+            processor,
+            specs,
+            config,
+            class_names,
+            show_progress=show_progress,
+            prompts_for=lambda name: class_prompts(name, modality=config.data.modality, knowledge=knowledge),
+        )
+
+
+__all__ = ["KEEPFIT_ROUTING", "KeepFitStepBatches", "KeepFitTask", "load_knowledge"]

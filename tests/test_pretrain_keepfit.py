@@ -1,0 +1,170 @@
+"""The KeepFIT V2 and IBQ-tokenizer modes of the pretraining loop: two 1:1 streams, the frozen codebook taken
+from a trained tokenizer, exact resume, the text-pretraining init, and data-routing errors."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_pretrain_dict
+from safetensors.torch import load_file
+
+from retvlp import KeepFitModel
+from retvlp.training import PretrainConfig, pretrain
+from retvlp.training.checkpointing import latest_checkpoint
+
+TINY_RESNET = {
+    "model_type": "resnet",
+    "embedding_size": 16,
+    "hidden_sizes": [16, 32, 32, 64],
+    "depths": [1, 1, 1, 1],
+    "layer_type": "bottleneck",
+}
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+TINY_IBQ = {
+    "base_channels": 8,
+    "channel_multipliers": [1, 2],
+    "num_res_blocks": 1,
+    "num_mid_res_blocks": 1,
+    "norm_num_groups": 4,
+    "codebook_size": 32,
+    "code_dim": 8,
+}
+
+
+def keepfit_dict(tmp_path, synthetic, name="keepfit", model_config=None, **sections):
+    raw = tiny_pretrain_dict(tmp_path, synthetic, name)
+    raw["model"] = {
+        "family": "keepfit",
+        "tokenizer": "build",
+        "tokenizer_vocab_size": 300,
+        "max_text_length": 48,
+        "config": {
+            "vision_config": dict(TINY_RESNET),
+            "text_config": dict(TINY_BERT),
+            "projection_dim": 16,
+            "codebook_size": 32,
+            "code_dim": 8,
+            **(model_config or {}),
+        },
+    }
+    raw["data"].update(categorical_batch_size=3, paired_batch_size=3, pad_to_square=True)
+    for section, values in sections.items():
+        raw[section].update(values)
+    return raw
+
+
+def ibq_dict(tmp_path, synthetic, name="ibq", **sections):
+    raw = tiny_pretrain_dict(tmp_path, synthetic, name)
+    raw["model"] = {"family": "ibq-tokenizer", "config": dict(TINY_IBQ)}
+    raw["data"].update(image_batch_size=4)
+    raw["optim"].update(max_steps=2, gradient_accumulation_steps=1)
+    raw["run"].update(save_every=2)
+    for section, values in sections.items():
+        raw[section].update(values)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, synthetic):
+    tmp_path = tmp_path_factory.mktemp("ibq")
+    result = pretrain(PretrainConfig.from_dict(ibq_dict(tmp_path, synthetic)), show_progress=False)
+    return result.final_dir
+
+
+def test_ibq_tokenizer_mode_trains_on_every_role_and_saves_a_loadable_tokenizer(tokenizer_dir):
+    from transformers import AutoModel
+
+    logs = [json.loads(line) for line in (tokenizer_dir.parent / "logs.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logs] == [1, 2]
+    for key in ("loss", "reconstruction_loss", "quantization_loss", "codebook_usage", "perplexity"):
+        assert key in logs[-1]
+    summary = json.loads((tokenizer_dir / "training_summary.json").read_text())
+    assert summary["unused_rows_by_role"] == {}
+    tokenizer = AutoModel.from_pretrained(tokenizer_dir)
+    assert tokenizer.get_codebook().shape == (32, 8)
+
+
+def test_keepfit_trains_with_the_frozen_codebook_of_a_trained_tokenizer(tmp_path, synthetic, tokenizer_dir):
+    raw = keepfit_dict(tmp_path, synthetic, model_config={"ibq_tokenizer_path": str(tokenizer_dir)})
+    result = pretrain(PretrainConfig.from_dict(raw), show_progress=False)
+
+    codebook = load_file(tokenizer_dir / "model.safetensors")["quantizer.codebook"]
+    at_3 = load_file(result.output_dir / "checkpoint-3" / "model.safetensors")
+    at_6 = load_file(result.output_dir / "checkpoint-6" / "model.safetensors")
+    # Between optimizer steps 3 and 6 the 1×1 conv trains while the codebook stays the tokenizer's, bit for bit.
+    assert torch.equal(at_3["appearance_quantizer.codebook"], codebook)
+    assert torch.equal(at_6["appearance_quantizer.codebook"], codebook)
+    assert not torch.equal(at_3["appearance_quantizer.proj.weight"], at_6["appearance_quantizer.proj.weight"])
+    model = KeepFitModel.from_pretrained(result.final_dir)
+    assert torch.equal(model.appearance_quantizer.codebook, codebook)
+
+    logs = [json.loads(line) for line in (result.output_dir / "logs.jsonl").read_text().splitlines()]
+    for key in ("loss_itc_categorical", "loss_itc_elite", "loss_semantic", "loss_appearance", "logit_scale"):
+        assert key in logs[-1]
+    summary = json.loads((result.final_dir / "training_summary.json").read_text())
+    unused = summary["unused_rows_by_role"]
+    assert set(unused) == {"unpaired"} and unused["unpaired"] > 0  # KeepFIT has no image-only stream: counted
+
+
+def test_keepfit_resume_is_bit_identical(tmp_path, synthetic):
+    straight = pretrain(
+        PretrainConfig.from_dict(keepfit_dict(tmp_path, synthetic, "straight")), show_progress=False
+    )
+    raw = keepfit_dict(tmp_path, synthetic, "resumed")
+    pretrain(PretrainConfig.from_dict(raw), show_progress=False, stop_after=3)
+    assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-3"
+    resumed = pretrain(PretrainConfig.from_dict(raw), resume="latest", show_progress=False)
+    a = load_file(latest_checkpoint(straight.output_dir) / "model.safetensors")
+    b = load_file(latest_checkpoint(resumed.output_dir) / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keepfit_text_encoder_starts_from_the_text_mlm_output(tmp_path, synthetic):
+    from transformers import BertConfig, BertForMaskedLM, ResNetConfig, ResNetModel
+
+    from retvlp.tokenization import build_wordpiece_tokenizer
+
+    tokenizer = build_wordpiece_tokenizer(["a fundus photograph of glaucoma"] * 4, vocab_size=120)
+    mlm_dir, vision_dir = tmp_path / "mlm", tmp_path / "resnet"
+    torch.manual_seed(3)
+    mlm = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **TINY_BERT))
+    mlm.save_pretrained(mlm_dir)
+    tokenizer.save_pretrained(mlm_dir)
+    ResNetModel(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"})).save_pretrained(
+        vision_dir
+    )
+
+    raw = keepfit_dict(tmp_path, synthetic, optim={"max_steps": 1, "gradient_accumulation_steps": 1})
+    raw["model"] = {
+        "family": "keepfit",
+        "vision_pretrained": str(vision_dir),
+        "text_pretrained": str(mlm_dir),
+        "max_text_length": 48,
+        "config_overrides": {"projection_dim": 16, "codebook_size": 32, "code_dim": 8},
+    }
+    from retvlp.training.keepfit_task import KeepFitTask
+
+    config = PretrainConfig.from_dict(raw)
+    from transformers import AutoTokenizer
+
+    model = KeepFitTask().build_model(config, AutoTokenizer.from_pretrained(mlm_dir))
+    trained = mlm.bert.state_dict()
+    for key, value in model.text_model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+
+
+def test_keepfit_without_elite_pairs_names_the_missing_stream(tmp_path, synthetic):
+    raw = keepfit_dict(tmp_path, synthetic)
+    raw["data"]["train"] = [{"path": str(synthetic.categorical)}]
+    with pytest.raises(ValueError, match=r"paired.*roles"):
+        pretrain(PretrainConfig.from_dict(raw), show_progress=False)
+
+
+def test_keepfit_needs_both_batch_sizes(tmp_path, synthetic):
+    from retvlp.training import ConfigError
+
+    raw = keepfit_dict(tmp_path, synthetic)
+    raw["data"]["paired_batch_size"] = 0
+    with pytest.raises(ConfigError, match="categorical_batch_size and data.paired_batch_size"):
+        PretrainConfig.from_dict(raw)
