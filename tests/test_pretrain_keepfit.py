@@ -168,3 +168,11 @@ def test_keepfit_needs_both_batch_sizes(tmp_path, synthetic):
     raw["data"]["paired_batch_size"] = 0
     with pytest.raises(ConfigError, match="categorical_batch_size and data.paired_batch_size"):
         PretrainConfig.from_dict(raw)
+
+
+def test_an_invalid_model_config_is_a_config_error_naming_the_field(tmp_path, synthetic):
+    from retvlp.training import ConfigError
+
+    raw = keepfit_dict(tmp_path, synthetic, model_config={"text_pooling": "max"})
+    with pytest.raises(ConfigError, match=r"(?s)model\.config.*text_pooling"):
+        pretrain(PretrainConfig.from_dict(raw), show_progress=False)

@@ -16,6 +16,7 @@ for _shared in (contrastive, image_processing_fundus, processing_maskedclip, qua
     sys.modules.setdefault(f"{__name__}.{_shared.__name__.rsplit('.', 1)[-1]}", _shared)
 
 from .configuration_keepfit import KeepFitConfig  # noqa: E402
+from .convert_flair import convert_flair_state_dict, load_flair_checkpoint  # noqa: E402
 from .loss_keepfit import image_text_contrastive_loss, knowledge_refinement_loss, total_loss  # noqa: E402
 from .modeling_keepfit import (  # noqa: E402
     KeepFitAppearanceQuantizer,
@@ -38,8 +39,10 @@ __all__ = [
     "KeepFitOutput",
     "KeepFitPreTrainedModel",
     "KeepFitProcessor",
+    "convert_flair_state_dict",
     "image_text_contrastive_loss",
     "keepfit_image_processor",
     "knowledge_refinement_loss",
+    "load_flair_checkpoint",
     "total_loss",
 ]

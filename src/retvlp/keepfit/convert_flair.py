@@ -172,10 +172,6 @@ class ConversionReport:
 # --------------------------------------------------------------------------------------------------
 # Reading checkpoints
 # --------------------------------------------------------------------------------------------------
-def _is_flat_state_dict(obj: Mapping) -> bool:
-    return any(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
     """The flat ``{name: tensor}`` dict inside a loaded checkpoint, ``module.`` prefixes stripped."""
     if not isinstance(obj, Mapping):
@@ -183,9 +179,7 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
             f"{source}: not a state dict: expected a dict of tensors (or one nested under "
             f"{' / '.join(repr(k) for k in _WRAPPER_KEYS)}), got {type(obj).__name__}."
         )
-    for _ in range(3):  # {"model": sd}, {"state_dict": {"model": sd}}, ...
-        if _is_flat_state_dict(obj):
-            break
+    for _ in range(3):  # {"model": sd, "epoch": ...}, {"state_dict": {"model": sd}}, ...
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break

@@ -1,6 +1,8 @@
-"""Pretraining: run configuration, data streams, atomic checkpoints and the Accelerate loop."""
+"""Pretraining: run configuration, data streams, atomic checkpoints and the Accelerate loop, with one
+`PretrainTask` per model family (MaskedCLIP, KeepFIT V2, IBQ tokenizer) and the text-MLM loop."""
 
 from .config import ConfigError, PretrainConfig
+from .text_mlm import pretrain_text_mlm
 from .trainer import NonFiniteLossError, PretrainResult, pretrain
 
-__all__ = ["ConfigError", "NonFiniteLossError", "PretrainConfig", "PretrainResult", "pretrain"]
+__all__ = ["ConfigError", "NonFiniteLossError", "PretrainConfig", "PretrainResult", "pretrain", "pretrain_text_mlm"]

@@ -8,7 +8,7 @@ from ..ibq import IBQTokenizerConfig, IBQTokenizerModel
 from ..maskedclip import FundusImageProcessor
 from .config import PretrainConfig
 from .data import StepBatches, image_normalization
-from .task import PretrainTask
+from .task import PretrainTask, build_model_config
 
 
 class ImageStepBatches(StepBatches):
@@ -60,7 +60,7 @@ class IBQTokenizerTask(PretrainTask):
             model = IBQTokenizerModel.from_pretrained(m.pretrained, **m.config_overrides)
         else:
             kwargs = {"image_size": config.data.image_size, **(m.config or {}), **m.config_overrides}
-            model = IBQTokenizerModel(IBQTokenizerConfig(**kwargs))
+            model = IBQTokenizerModel(build_model_config(IBQTokenizerConfig, kwargs, config))
         factor = model.config.downsampling_factor
         if config.data.image_size % factor:
             raise ValueError(

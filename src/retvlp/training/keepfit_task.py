@@ -12,7 +12,7 @@ from ..keepfit import KeepFitConfig, KeepFitModel, KeepFitProcessor, keepfit_ima
 from ..prompts import ExpertKnowledge, class_prompts, prompt_for_labels
 from .config import PretrainConfig
 from .data import StepBatches, image_normalization, label_tensor
-from .task import PretrainTask
+from .task import PretrainTask, build_model_config
 
 KEEPFIT_ROUTING = {"categorical": "categorical", "paired": "paired", "unpaired": None}
 
@@ -128,7 +128,7 @@ class KeepFitTask(PretrainTask):
                 text.setdefault("model_type", "bert")
                 text["vocab_size"] = len(tokenizer)
                 kwargs["text_config"] = text
-            model = KeepFitModel(KeepFitConfig(**kwargs))
+            model = KeepFitModel(build_model_config(KeepFitConfig, kwargs, config))
             if m.vision_pretrained is not None:
                 model.vision_model.load_state_dict(
                     AutoModel.from_pretrained(m.vision_pretrained).state_dict()

@@ -13,7 +13,7 @@ from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPModel
 from ..tokenization import build_wordpiece_tokenizer
 from .config import PretrainConfig
 from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, image_normalization, label_tensor
-from .task import PretrainTask
+from .task import PretrainTask, build_model_config
 
 
 def load_or_build_tokenizer(config: PretrainConfig, corpus: list[str], output_dir: Path, accelerator):
@@ -70,7 +70,11 @@ def build_model(config: PretrainConfig, tokenizer) -> MaskedCLIPModel:
         text = dict(kwargs.pop("text_config", {}) or {})
         text.setdefault("model_type", "bert")
         text["vocab_size"] = len(tokenizer)
-        model = MaskedCLIPModel(MaskedCLIPConfig(vision_config=vision, text_config=text, **kwargs))
+        model = MaskedCLIPModel(
+            build_model_config(
+                MaskedCLIPConfig, dict(vision_config=vision, text_config=text, **kwargs), config
+            )
+        )
     vocab = model.config.text_config.vocab_size if model.config.use_clip else None
     if vocab is not None and len(tokenizer) > vocab:
         raise ValueError(

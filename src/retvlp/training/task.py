@@ -12,7 +12,18 @@ from pathlib import Path
 
 import torch
 
-from .config import PretrainConfig
+from .config import ConfigError, PretrainConfig
+
+
+def build_model_config(config_class, kwargs: dict, config: PretrainConfig):
+    """`config_class(**kwargs)`, with any rejection (unknown field, failed validation) reported as a
+    `ConfigError` naming the run file and `model.config`."""
+    try:
+        return config_class(**kwargs)
+    except Exception as error:  # noqa: BLE001 - strict dataclass errors are not ValueErrors; re-raised as one
+        raise ConfigError(
+            f"{config.source}: model.config does not make a valid {config_class.__name__}: {error}"
+        ) from error
 
 
 class PretrainTask:
