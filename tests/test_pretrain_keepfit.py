@@ -121,37 +121,42 @@ def test_keepfit_resume_is_bit_identical(tmp_path, synthetic):
 
 
 def test_keepfit_text_encoder_starts_from_the_text_mlm_output(tmp_path, synthetic):
-    from transformers import BertConfig, BertForMaskedLM, ResNetConfig, ResNetModel
+    """The textual-pretraining init: a real `text-mlm` run's final/ becomes KeepFIT's E_t, weight for weight,
+    and its tokenizer is the run's tokenizer; the vision tower comes from a saved ResNet the same way."""
+    from transformers import BertForMaskedLM, ResNetConfig, ResNetModel
 
-    from retvlp.tokenization import build_wordpiece_tokenizer
-
-    tokenizer = build_wordpiece_tokenizer(["a fundus photograph of glaucoma"] * 4, vocab_size=120)
-    mlm_dir, vision_dir = tmp_path / "mlm", tmp_path / "resnet"
-    torch.manual_seed(3)
-    mlm = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **TINY_BERT))
-    mlm.save_pretrained(mlm_dir)
-    tokenizer.save_pretrained(mlm_dir)
-    ResNetModel(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"})).save_pretrained(
-        vision_dir
-    )
+    mlm_raw = {
+        "model": {"family": "text-mlm", "tokenizer": "build", "tokenizer_vocab_size": 150, "max_text_length": 32,
+                  "config": dict(TINY_BERT)},
+        "data": {"train": [{"path": str(synthetic.paired), "text_column": "text"}], "text_batch_size": 4},
+        "optim": {"lr": 1e-3, "max_steps": 3, "warmup_steps": 0},
+        "run": {"output_dir": str(tmp_path / "mlm"), "save_every": 3, "tensorboard": False, "num_threads": 1},
+    }  # fmt: skip
+    mlm_dir = pretrain(PretrainConfig.from_dict(mlm_raw), show_progress=False).final_dir
+    vision_dir = tmp_path / "resnet"
+    vision = ResNetModel(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"}))
+    vision.save_pretrained(vision_dir)
 
     raw = keepfit_dict(tmp_path, synthetic, optim={"max_steps": 1, "gradient_accumulation_steps": 1})
     raw["model"] = {
         "family": "keepfit",
         "vision_pretrained": str(vision_dir),
         "text_pretrained": str(mlm_dir),
-        "max_text_length": 48,
-        "config_overrides": {"projection_dim": 16, "codebook_size": 32, "code_dim": 8},
+        "max_text_length": 32,
+        "config": {"projection_dim": 16, "codebook_size": 32, "code_dim": 8},
     }
+    from transformers import AutoTokenizer
+
     from retvlp.training.keepfit_task import KeepFitTask
 
     config = PretrainConfig.from_dict(raw)
-    from transformers import AutoTokenizer
-
-    model = KeepFitTask().build_model(config, AutoTokenizer.from_pretrained(mlm_dir))
-    trained = mlm.bert.state_dict()
+    tokenizer = AutoTokenizer.from_pretrained(mlm_dir)  # what the trainer loads: model.text_pretrained's
+    model = KeepFitTask().build_model(config, tokenizer)
+    trained = BertForMaskedLM.from_pretrained(mlm_dir).bert.state_dict()
     for key, value in model.text_model.state_dict().items():
         assert torch.equal(value, trained[key]), key
+    for key, value in model.vision_model.state_dict().items():
+        assert torch.equal(value, vision.state_dict()[key]), key
 
 
 def test_keepfit_without_elite_pairs_names_the_missing_stream(tmp_path, synthetic):
