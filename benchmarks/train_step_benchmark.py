@@ -1,30 +1,50 @@
-"""Training-step benchmark: MaskedCLIP against transformers' ViTMAEForPreTraining, in one process.
+"""Training-step benchmarks of the project's models against transformers references, each in one process.
 
-Both models get a ViT-S/16 encoder at 224 px and the same pixel decoder (width 384, 6 heads, depth 8).
-MaskedCLIP sees 16 paired + 16 unpaired images per step (and a BERT-base text tower on 16 captions of
-77 tokens); the reference sees the same 32 images. A step is forward + backward + fused AdamW (+ the momentum
-EMA update for MaskedCLIP). For each model and precision the script prints samples/s, achieved GFLOP/s
-(FLOPs counted by torch.utils.flop_counter.FlopCounterMode over one step), MFU against a matmul peak
-measured in the same run and precision, and peak memory (on CPU the peak RSS of a child process that runs
-only that model; on GPU torch.cuda.max_memory_allocated). The two models' timed steps are interleaved so
-that drift in the machine's speed affects both alike.
+Two suites (`--model`):
 
-    python benchmarks/train_step_benchmark.py                  # fp32 and bf16, 2 warm-up + 5 timed steps each
+* `maskedclip` (default): MaskedCLIP against transformers' ViTMAEForPreTraining. Both models get a ViT-S/16
+  encoder at 224 px and the same pixel decoder (width 384, 6 heads, depth 8). MaskedCLIP sees 16 paired +
+  16 unpaired images per step (and a BERT-base text tower on 16 captions of 77 tokens); the reference sees
+  the same 32 images.
+* `keepfit`: KeepFIT V2 (`KeepFitModel`, default config: ResNet-50 + Bio_ClinicalBERT-sized BERT-base, random
+  init, semantic and appearance knowledge injection over a 16384 x 256 codebook, every loss of Eq. 22) on b
+  categorical images at 512 px with 16-token prompts and their labels + b elite images with 256-token
+  captions (b = 2 by default). The reference is transformers' `ResNetModel` (ResNet-50) on the same 2b images
+  plus `BertModel` (same size) on the same b prompts and b captions, trained on the mean of the pooled
+  outputs (the ResNet pool, the [CLS] states): the two backbones' work without KeepFIT's heads and losses.
+  The reference gets channels-last input like KeepFIT (its default); `--models resnet-bert resnet-bert-cl
+  keepfit` adds the same reference with NCHW input.
+
+`--model all` runs both suites, one after the other. A step is forward + backward + fused AdamW (+ the
+momentum EMA update for MaskedCLIP, the logit-scale clamp for KeepFIT). For each model and precision the
+script prints samples/s, achieved GFLOP/s (FLOPs counted by torch.utils.flop_counter.FlopCounterMode over
+one step of each model: convolutions, matmuls and attention, forward and backward; not elementwise work,
+normalisation, pooling or the optimizer), MFU against a matmul peak measured in the same run and
+precision, and peak memory (on CPU the peak RSS of a child process that runs only that model; on GPU
+torch.cuda.max_memory_allocated). The models' timed steps are interleaved so that drift in the machine's
+speed affects all alike; the matmul peak is re-measured after every round and the best rate kept.
+
+    python benchmarks/train_step_benchmark.py                  # MaskedCLIP suite, fp32 and bf16
+    python benchmarks/train_step_benchmark.py --model keepfit  # KeepFIT suite, b = 2 at 512 px
+    python benchmarks/train_step_benchmark.py --model keepfit --bf16 --batch-size 4 --steps 3
     python benchmarks/train_step_benchmark.py --steps 5 --precision bf16 --device cuda
 """
 
 import argparse
 import contextlib
 import gc
+import logging
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import ViTMAEConfig, ViTMAEForPreTraining
+from transformers import BertModel, ResNetModel, ViTMAEConfig, ViTMAEForPreTraining
 
-from retvlp import MaskedCLIPConfig, MaskedCLIPModel
+from retvlp import KeepFitConfig, KeepFitModel, MaskedCLIPConfig, MaskedCLIPModel
 from retvlp.runtime import malloc_is_tuned, reexec_with_tuned_malloc
 
 VIT_S16 = dict(
@@ -42,6 +62,45 @@ PIXEL_DECODER = dict(
     decoder_num_attention_heads=6,
     decoder_intermediate_size=1536,
 )
+BERT_VOCAB = 28996  # Bio_ClinicalBERT (cased BERT-base)
+CAPTION_TOKENS = 77  # MaskedCLIP captions
+KEEPFIT_PROMPT_TOKENS = 16  # categorical prompts ("a fundus photograph of diabetic retinopathy")
+KEEPFIT_CAPTION_TOKENS = 256  # elite captions (the KeepFIT text length)
+
+
+@dataclass(frozen=True)
+class Suite:
+    members: tuple[str, ...]  # model keys run by default, in the order their steps are interleaved
+    ours: str
+    reference: str  # the reference the target ratio is taken against
+    batch_size: int
+    image_size: int
+    description: str
+    optional: tuple[str, ...] = ()  # run only when named in --models
+
+
+SUITES = {
+    "maskedclip": Suite(
+        members=("reference", "maskedclip"),
+        ours="maskedclip",
+        reference="reference",
+        batch_size=16,
+        image_size=224,
+        description="{b}+{b} images at {s} px, ViT-S/16 encoder",
+    ),
+    "keepfit": Suite(
+        members=("resnet-bert-cl", "keepfit"),
+        optional=("resnet-bert",),  # the NCHW reference: with --models resnet-bert resnet-bert-cl keepfit
+        ours="keepfit",
+        reference="resnet-bert-cl",
+        batch_size=2,
+        image_size=512,
+        description=(
+            f"{{b}} categorical ({KEEPFIT_PROMPT_TOKENS}-token prompts) + {{b}} elite "
+            f"({KEEPFIT_CAPTION_TOKENS}-token captions) images at {{s}} px, ResNet-50 + BERT-base"
+        ),
+    ),
+}
 
 
 def measure_matmul_peak(dtype: torch.dtype, device: str, size: int = 2048, repeats: int = 10) -> float:
@@ -65,15 +124,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def peak_memory_gib(model_key: str, precision: str, args, device: str) -> float:
+def _autocast_dtype(precision: str):
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def peak_memory_gib(model_key: str, precision: str, batch_size: int, image_size: int, args, device) -> float:
     """Peak memory of a training step of one model alone. On GPU: the allocator's peak. On CPU: the peak
     RSS of a fresh child process that builds only that model and runs two steps (process-wide RSS in the
-    benchmark process would include the other model)."""
+    benchmark process would include the other models)."""
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = BUILDERS[model_key][1](device)
-        step, _ = make_step(model, args.batch_size, device, torch.bfloat16 if precision == "bf16" else None)
+        step, _ = make_step(model_key, model, batch_size, image_size, device, _autocast_dtype(precision))
         step()
         step()
         peak = torch.cuda.max_memory_allocated()
@@ -86,7 +149,9 @@ def peak_memory_gib(model_key: str, precision: str, args, device: str) -> float:
         model_key,
         precision,
         "--batch-size",
-        str(args.batch_size),
+        str(batch_size),
+        "--image-size",
+        str(image_size),
     ]
     if args.no_malloc_tuning:  # measure the child under the same allocator settings as the timings
         command.append("--no-malloc-tuning")
@@ -94,9 +159,9 @@ def peak_memory_gib(model_key: str, precision: str, args, device: str) -> float:
     return float(result.stdout.strip().splitlines()[-1]) / 2**20  # VmHWM is in KiB
 
 
-def _memory_probe(model_key: str, precision: str, batch_size: int) -> None:
+def _memory_probe(model_key: str, precision: str, batch_size: int, image_size: int) -> None:
     model = BUILDERS[model_key][1]("cpu")
-    step, _ = make_step(model, batch_size, "cpu", torch.bfloat16 if precision == "bf16" else None)
+    step, _ = make_step(model_key, model, batch_size, image_size, "cpu", _autocast_dtype(precision))
     step()
     step()
     # VmHWM (peak resident set of this address space) restarts at exec, unlike ru_maxrss which would
@@ -105,10 +170,11 @@ def _memory_probe(model_key: str, precision: str, batch_size: int) -> None:
         print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
 
 
+# ---------------------------------------------------------------------------------------------- models
 def build_maskedclip(device: str) -> MaskedCLIPModel:
     config = MaskedCLIPConfig(
         vision_config={**VIT_S16, **PIXEL_DECODER},
-        text_config=dict(model_type="bert", vocab_size=28996),  # Bio_ClinicalBERT size (BERT-base)
+        text_config=dict(model_type="bert", vocab_size=BERT_VOCAB),  # Bio_ClinicalBERT size (BERT-base)
     )
     return MaskedCLIPModel(config).to(device).train()
 
@@ -118,9 +184,93 @@ def build_reference(device: str) -> ViTMAEForPreTraining:
     return ViTMAEForPreTraining(config).to(device).train()
 
 
-def make_step(model, batch_size: int, device: str, autocast_dtype):
+def build_keepfit(device: str) -> KeepFitModel:
+    """The paper's KeepFIT V2: the default config (ResNet-50, Bio_ClinicalBERT sizes, both knowledge branches,
+    K = 16384 codebook, channels-last vision), random weights and a random codebook."""
+    keepfit_logger = logging.getLogger("retvlp.keepfit.modeling_keepfit")
+    level = keepfit_logger.level
+    keepfit_logger.setLevel(logging.ERROR)  # the "random codebook" warning is expected here
+    try:
+        model = KeepFitModel(KeepFitConfig())
+    finally:
+        keepfit_logger.setLevel(level)
+    return model.to(device).train()
+
+
+class ResNetBertReference(nn.Module):
+    """transformers' `ResNetModel` + `BertModel` with KeepFIT's tower configs, trained on the mean of their
+    pooled outputs: the backbone work of a KeepFIT step without its projections, heads and losses."""
+
+    def __init__(self, channels_last: bool):
+        super().__init__()
+        config = KeepFitConfig()
+        self.vision_model = ResNetModel(config.vision_config)
+        self.text_model = BertModel(config.text_config, add_pooling_layer=False)
+        self.channels_last = channels_last
+
+    def forward(self, pixel_values, input_ids, elite_input_ids) -> torch.Tensor:
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        prompts = self.text_model(input_ids=input_ids).last_hidden_state[:, 0]
+        captions = self.text_model(input_ids=elite_input_ids).last_hidden_state[:, 0]
+        return pooled.float().mean() + prompts.float().mean() + captions.float().mean()
+
+
+def build_resnet_bert(device: str, channels_last: bool) -> ResNetBertReference:
+    return ResNetBertReference(channels_last).to(device).train()
+
+
+BUILDERS = {
+    "reference": ("ViTMAEForPreTraining (reference)", build_reference),
+    "maskedclip": ("MaskedCLIPModel", build_maskedclip),
+    "resnet-bert": (
+        "ResNet-50 + BERT (reference, NCHW)",
+        lambda device: build_resnet_bert(device, channels_last=False),
+    ),
+    "resnet-bert-cl": (
+        "ResNet-50 + BERT (reference, channels_last)",
+        lambda device: build_resnet_bert(device, channels_last=True),
+    ),
+    "keepfit": ("KeepFitModel", build_keepfit),
+}
+
+
+def make_inputs(model_key: str, batch_size: int, image_size: int, device: str) -> dict:
+    """The same random batch for every model of a suite: 2b images (b paired / categorical first, then b
+    unpaired / elite), token ids drawn from BERT's vocabulary, all-ones attention masks."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(2 * batch_size, 3, 224, 224, generator=generator).to(device)
+    images = torch.randn(2 * batch_size, 3, image_size, image_size, generator=generator).to(device)
+
+    def tokens(length):
+        return torch.randint(1000, BERT_VOCAB, (batch_size, length), generator=generator).to(device)
+
+    if model_key == "reference":
+        return dict(pixel_values=images)
+    if model_key == "maskedclip":
+        return dict(
+            pixel_values=images[:batch_size],
+            unpaired_pixel_values=images[batch_size:],
+            input_ids=tokens(CAPTION_TOKENS),
+            attention_mask=torch.ones(batch_size, CAPTION_TOKENS, dtype=torch.long, device=device),
+            labels=torch.randint(0, 5, (batch_size,), generator=generator).to(device),
+        )
+    prompts, captions = tokens(KEEPFIT_PROMPT_TOKENS), tokens(KEEPFIT_CAPTION_TOKENS)
+    if model_key in ("resnet-bert", "resnet-bert-cl"):
+        return dict(pixel_values=images, input_ids=prompts, elite_input_ids=captions)
+    return dict(
+        pixel_values=images[:batch_size],
+        input_ids=prompts,
+        attention_mask=torch.ones_like(prompts),
+        labels=torch.randint(0, 5, (batch_size,), generator=generator).to(device),
+        elite_pixel_values=images[batch_size:],
+        elite_input_ids=captions,
+        elite_attention_mask=torch.ones_like(captions),
+    )
+
+
+def make_step(model_key: str, model, batch_size: int, image_size: int, device: str, autocast_dtype):
+    inputs = make_inputs(model_key, batch_size, image_size, device)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=1.5e-4,
@@ -133,33 +283,22 @@ def make_step(model, batch_size: int, device: str, autocast_dtype):
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    if isinstance(model, MaskedCLIPModel):
-        inputs = dict(
-            pixel_values=images[:batch_size],
-            unpaired_pixel_values=images[batch_size:],
-            input_ids=torch.randint(1000, 28996, (batch_size, 77), generator=generator).to(device),
-            attention_mask=torch.ones(batch_size, 77, dtype=torch.long, device=device),
-            labels=torch.randint(0, 5, (batch_size,), generator=generator).to(device),
-        )
-    else:
-        inputs = dict(pixel_values=images)
+    after_step = {
+        "maskedclip": lambda: model.update_momentum_encoder(),
+        "keepfit": lambda: model.clamp_logit_scale_(),
+    }.get(model_key)
 
     def step():
         with autocast:
-            loss = model(**inputs).loss
+            output = model(**inputs)
+            loss = output if isinstance(output, torch.Tensor) else output.loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if isinstance(model, MaskedCLIPModel):
-            model.update_momentum_encoder()
+        if after_step is not None:
+            after_step()
 
     return step, 2 * batch_size
-
-
-BUILDERS = {
-    "reference": ("ViTMAEForPreTraining (reference)", build_reference),
-    "maskedclip": ("MaskedCLIPModel", build_maskedclip),
-}
 
 
 def count_step_flops(step) -> int:
@@ -170,42 +309,118 @@ def count_step_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def benchmark_interleaved(models: dict, args, device, precision, peak_gflops) -> list[dict]:
+def benchmark_interleaved(models: dict, args, sizes, device, precision, peaks: dict) -> list[dict]:
     """Time the models' steps alternately (A, B, A, B, ...) so that drift of the machine's speed over the
-    run (frequency, other tenants) hits every model alike; report each model's median step."""
-    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    run (frequency, other tenants) hits every model alike; report each model's median step. The matmul
+    peak is measured again after every round and the best rate kept (`peaks[precision]` is updated): on a
+    shared machine one measurement taken while other tenants were busy would understate it."""
+    batch_size, image_size = sizes
     steps = {
-        name: make_step(model, args.batch_size, device, autocast_dtype) for name, model in models.items()
+        key: make_step(key, model, batch_size, image_size, device, _autocast_dtype(precision))
+        for key, model in models.items()
     }
     flops = {}
-    for name, (step, _) in steps.items():
-        flops[name] = count_step_flops(step)
+    for key, (step, _) in steps.items():
+        flops[key] = count_step_flops(step)
         for _ in range(args.warmup):
             step()
-    times = {name: [] for name in steps}
+    times = {key: [] for key in steps}
     for _ in range(args.steps):
-        for name, (step, _) in steps.items():
+        for key, (step, _) in steps.items():
             _sync(device)
             start = time.perf_counter()
             step()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[key].append(time.perf_counter() - start)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        peaks[precision] = max(peaks[precision], measure_matmul_peak(dtype, device, repeats=3))
+    peak_gflops = peaks[precision]
     rows = []
-    for name, (_, images_per_step) in steps.items():
-        seconds = sorted(times[name])[len(times[name]) // 2]  # median step
-        achieved = flops[name] / seconds / 1e9
+    for key, (_, images_per_step) in steps.items():
+        seconds = sorted(times[key])[len(times[key]) // 2]  # median step
+        achieved = flops[key] / seconds / 1e9
         rows.append(
             dict(
-                model=name,
+                key=key,
+                model=BUILDERS[key][0],
                 precision=precision,
                 step_s=seconds,
+                step_range=(min(times[key]), max(times[key])),
                 samples_per_s=images_per_step / seconds,
-                gflop_per_step=flops[name] / 1e9,
+                gflop_per_step=flops[key] / 1e9,
                 gflops=achieved,
                 mfu=achieved / peak_gflops,
+                peak_gflops=peak_gflops,
             )
         )
     return rows
+
+
+def run_suite(name: str, args, device: str, peaks: dict) -> None:
+    suite = SUITES[name]
+    batch_size = args.batch_size or suite.batch_size
+    image_size = args.image_size or suite.image_size
+    if name == "maskedclip" and image_size != 224:
+        raise SystemExit("The MaskedCLIP suite is fixed at 224 px (ViT-S/16 position embeddings).")
+    runnable = [*suite.optional, *suite.members]
+    keys = [key for key in runnable if key in args.models] if args.models else list(suite.members)
+    if not keys:
+        return
+    print(
+        f"\n== {name} suite: "
+        f"{suite.description.format(b=batch_size, s=image_size)}; {args.warmup} warm-up + {args.steps} timed "
+        f"steps per model and precision",
+        flush=True,
+    )
+    models = {}
+    for key in keys:
+        torch.manual_seed(0)
+        models[key] = BUILDERS[key][1](device)
+    rows = []
+    for precision in args.precision:
+        rows_now = benchmark_interleaved(models, args, (batch_size, image_size), device, precision, peaks)
+        print(
+            f"{precision}: MFU against the best matmul rate of the run so far, {peaks[precision]:.1f} GFLOP/s"
+        )
+        for row in rows_now:
+            row["peak_mem_gib"] = peak_memory_gib(row["key"], precision, batch_size, image_size, args, device)
+            rows.append(row)
+            low, high = row["step_range"]
+            print(
+                f"{row['model']:<44} {precision:<5} step {row['step_s']:7.2f} s ({low:.2f}-{high:.2f})  "
+                f"{row['samples_per_s']:6.2f} img/s  {row['gflop_per_step']:8.1f} GFLOP/step  "
+                f"{row['gflops']:7.1f} GFLOP/s  MFU {100 * row['mfu']:5.1f} %  peak mem {row['peak_mem_gib']:.2f} GiB",
+                flush=True,
+            )
+        gc.collect()
+    del models
+    gc.collect()
+
+    print("\n| model | precision | step (s) | images/s | GFLOP/step | GFLOP/s | MFU | peak memory (GiB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['model']} | {row['precision']} | {row['step_s']:.2f} | {row['samples_per_s']:.2f} | "
+            f"{row['gflop_per_step']:.0f} | {row['gflops']:.1f} | {100 * row['mfu']:.1f} % | {row['peak_mem_gib']:.2f} |"
+        )
+    by = {(r["key"], r["precision"]): r for r in rows}
+    ours_name = BUILDERS[suite.ours][0]
+    references = [suite.reference] + [k for k in runnable if k not in (suite.ours, suite.reference)]
+    for precision in args.precision:
+        ours = by.get((suite.ours, precision))
+        for reference_key in references:
+            ref = by.get((reference_key, precision))
+            if not (ours and ref):
+                continue
+            print(
+                f"{precision}: {ours_name} vs {BUILDERS[reference_key][0]}: MFU ratio "
+                f"{ours['mfu'] / ref['mfu']:.3f}, step-time ratio (reference / ours) "
+                f"{ref['step_s'] / ours['step_s']:.3f}, FLOPs ours / reference "
+                f"{ours['gflop_per_step'] / ref['gflop_per_step']:.3f}"
+            )
+    if (suite.ours, "bf16") in by and (suite.ours, "fp32") in by:
+        speedup = by[(suite.ours, "bf16")]["samples_per_s"] / by[(suite.ours, "fp32")]["samples_per_s"]
+        print(f"{ours_name} bf16 / fp32 throughput = {speedup:.2f}x")
 
 
 def main():
@@ -214,7 +429,21 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="paired (and unpaired) images per step")
+    parser.add_argument(
+        "--model",
+        default="maskedclip",
+        choices=[*SUITES, "all"],
+        help="which suite: MaskedCLIP vs ViTMAE (default), KeepFIT vs ResNet-50 + BERT, or both",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="b: paired + unpaired (MaskedCLIP, default 16) or categorical + elite (KeepFIT, default 2) "
+        "images per step are b + b",
+    )
+    parser.add_argument(
+        "--image-size", type=int, help="image side in px (KeepFIT suite, default 512; MaskedCLIP: 224 only)"
+    )
     parser.add_argument(
         "--steps", type=int, default=5, help="timed steps per model, interleaved (median reported)"
     )
@@ -222,9 +451,14 @@ def main():
         "--warmup", type=int, default=2, help="untimed steps first (oneDNN builds its kernels)"
     )
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast only (= --precision bf16)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--models", nargs="+", default=["reference", "maskedclip"], choices=["reference", "maskedclip"]
+        "--models",
+        nargs="+",
+        choices=list(BUILDERS),
+        help="run these members of the chosen suite(s) (default: the suite's model and its reference; "
+        "resnet-bert, the KeepFIT reference with NCHW input, runs only when named here)",
     )
     parser.add_argument(
         "--no-malloc-tuning",
@@ -234,14 +468,16 @@ def main():
     parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
-        _memory_probe(*args.memory_probe, args.batch_size)
+        _memory_probe(*args.memory_probe, args.batch_size, args.image_size)
         return
+    if args.bf16:
+        args.precision = ["bf16"]
 
     torch.manual_seed(0)
     device = args.device
     print(
-        f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} batch={args.batch_size}+"
-        f"{args.batch_size} images at 224 px, ViT-S/16 encoder, glibc malloc keeps freed memory: {malloc_is_tuned()}"
+        f"device={device} threads={torch.get_num_threads()} torch={torch.__version__}, "
+        f"glibc malloc keeps freed memory: {malloc_is_tuned()}"
     )
     peaks = {
         p: measure_matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, device)
@@ -249,47 +485,8 @@ def main():
     }
     for precision, peak in peaks.items():
         print(f"matmul peak {precision}: {peak:.1f} GFLOP/s")
-
-    models = {}
-    for key in args.models:
-        name, build = BUILDERS[key]
-        torch.manual_seed(0)
-        models[name] = build(device)
-    rows = []
-    for precision in args.precision:
-        rows_now = benchmark_interleaved(models, args, device, precision, peaks[precision])
-        for key, row in zip(args.models, rows_now, strict=True):
-            row["peak_mem_gib"] = peak_memory_gib(key, precision, args, device)
-            rows.append(row)
-            print(
-                f"{row['model']:<34} {precision:<5} step {row['step_s']:7.2f} s  {row['samples_per_s']:7.2f} img/s  "
-                f"{row['gflop_per_step']:8.1f} GFLOP/step  {row['gflops']:7.1f} GFLOP/s  MFU {100 * row['mfu']:5.1f} %  "
-                f"peak mem {row['peak_mem_gib']:.2f} GiB",
-                flush=True,
-            )
-        gc.collect()
-
-    print("\n| model | precision | step (s) | images/s | GFLOP/step | GFLOP/s | MFU | peak memory (GiB) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['model']} | {row['precision']} | {row['step_s']:.2f} | {row['samples_per_s']:.2f} | "
-            f"{row['gflop_per_step']:.0f} | {row['gflops']:.1f} | {100 * row['mfu']:.1f} % | {row['peak_mem_gib']:.2f} |"
-        )
-    by = {(r["model"], r["precision"]): r for r in rows}
-    for precision in args.precision:
-        ours, ref = (
-            by.get(("MaskedCLIPModel", precision)),
-            by.get(("ViTMAEForPreTraining (reference)", precision)),
-        )
-        if ours and ref:
-            print(f"{precision}: MaskedCLIP MFU / reference MFU = {ours['mfu'] / ref['mfu']:.3f}")
-    if ("MaskedCLIPModel", "bf16") in by and ("MaskedCLIPModel", "fp32") in by:
-        speedup = (
-            by[("MaskedCLIPModel", "bf16")]["samples_per_s"]
-            / by[("MaskedCLIPModel", "fp32")]["samples_per_s"]
-        )
-        print(f"MaskedCLIP bf16 / fp32 throughput = {speedup:.2f}x")
+    for name in SUITES if args.model == "all" else [args.model]:
+        run_suite(name, args, device, peaks)
 
 
 if __name__ == "__main__":

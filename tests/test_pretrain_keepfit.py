@@ -121,8 +121,8 @@ def test_keepfit_resume_is_bit_identical(tmp_path, synthetic):
 
 
 def test_keepfit_text_encoder_starts_from_the_text_mlm_output(tmp_path, synthetic):
-    """The textual-pretraining init: a real `text-mlm` run's final/ becomes KeepFIT's E_t, weight for weight,
-    and its tokenizer is the run's tokenizer; the vision tower comes from a saved ResNet the same way."""
+    """The textual-pretraining init: a real `text-mlm` run's final/ becomes KeepFIT's E_t, weight for weight;
+    the vision tower comes from a saved ResNet the same way."""
     from transformers import BertForMaskedLM, ResNetConfig, ResNetModel
 
     mlm_raw = {
