@@ -13,7 +13,11 @@ Two suites (`--model`):
   plus `BertModel` (same size) on the same b prompts and b captions, trained on the mean of the pooled
   outputs (the ResNet pool, the [CLS] states): the two backbones' work without KeepFIT's heads and losses.
   The reference gets channels-last input like KeepFIT (its default); `--models resnet-bert resnet-bert-cl
-  keepfit` adds the same reference with NCHW input.
+  keepfit` adds the same reference with NCHW input. Three KeepFIT ablations, also only when named in
+  `--models`, show where KeepFIT's extra time goes: `keepfit-no-appearance` (no appearance branch: no
+  codebook quantisation), `keepfit-cls` ([CLS] text pooling: no hidden-state averaging) and
+  `keepfit-backbones` (neither knowledge branch, [CLS] pooling: backbones, projections and the two
+  contrastive losses).
 
 `--model all` runs both suites, one after the other. A step is forward + backward + fused AdamW (+ the
 momentum EMA update for MaskedCLIP, the logit-scale clamp for KeepFIT). For each model and precision the
@@ -90,7 +94,8 @@ SUITES = {
     ),
     "keepfit": Suite(
         members=("resnet-bert-cl", "keepfit"),
-        optional=("resnet-bert",),  # the NCHW reference: with --models resnet-bert resnet-bert-cl keepfit
+        # the NCHW reference and the KeepFIT ablations: only when named in --models
+        optional=("resnet-bert", "keepfit-no-appearance", "keepfit-cls", "keepfit-backbones"),
         ours="keepfit",
         reference="resnet-bert-cl",
         batch_size=2,
@@ -184,14 +189,15 @@ def build_reference(device: str) -> ViTMAEForPreTraining:
     return ViTMAEForPreTraining(config).to(device).train()
 
 
-def build_keepfit(device: str) -> KeepFitModel:
+def build_keepfit(device: str, **config_changes) -> KeepFitModel:
     """The paper's KeepFIT V2: the default config (ResNet-50, Bio_ClinicalBERT sizes, both knowledge branches,
-    K = 16384 codebook, channels-last vision), random weights and a random codebook."""
+    K = 16384 codebook, channels-last vision), random weights and a random codebook; `config_changes` make
+    the ablations."""
     keepfit_logger = logging.getLogger("retvlp.keepfit.modeling_keepfit")
     level = keepfit_logger.level
     keepfit_logger.setLevel(logging.ERROR)  # the "random codebook" warning is expected here
     try:
-        model = KeepFitModel(KeepFitConfig())
+        model = KeepFitModel(KeepFitConfig(**config_changes))
     finally:
         keepfit_logger.setLevel(level)
     return model.to(device).train()
@@ -233,6 +239,20 @@ BUILDERS = {
         lambda device: build_resnet_bert(device, channels_last=True),
     ),
     "keepfit": ("KeepFitModel", build_keepfit),
+    "keepfit-no-appearance": (
+        "KeepFitModel (no appearance branch)",
+        lambda device: build_keepfit(device, use_appearance_injection=False),
+    ),
+    "keepfit-cls": (
+        "KeepFitModel ([CLS] text pooling)",
+        lambda device: build_keepfit(device, text_pooling="cls"),
+    ),
+    "keepfit-backbones": (
+        "KeepFitModel (no knowledge branches, [CLS])",
+        lambda device: build_keepfit(
+            device, use_appearance_injection=False, use_semantic_injection=False, text_pooling="cls"
+        ),
+    ),
 }
 
 
@@ -283,10 +303,11 @@ def make_step(model_key: str, model, batch_size: int, image_size: int, device: s
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    after_step = {
-        "maskedclip": lambda: model.update_momentum_encoder(),
-        "keepfit": lambda: model.clamp_logit_scale_(),
-    }.get(model_key)
+    after_step = None
+    if isinstance(model, MaskedCLIPModel):
+        after_step = model.update_momentum_encoder
+    elif isinstance(model, KeepFitModel):
+        after_step = model.clamp_logit_scale_
 
     def step():
         with autocast:
@@ -325,13 +346,17 @@ def benchmark_interleaved(models: dict, args, sizes, device, precision, peaks: d
         for _ in range(args.warmup):
             step()
     times = {key: [] for key in steps}
+    utilisation = {key: [] for key in steps}  # process CPU time / (wall time x threads): < 1 when shared
     for _ in range(args.steps):
         for key, (step, _) in steps.items():
             _sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             _sync(device)
             times[key].append(time.perf_counter() - start)
+            utilisation[key].append(
+                (time.process_time() - cpu_start) / (times[key][-1] * torch.get_num_threads())
+            )
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         peaks[precision] = max(peaks[precision], measure_matmul_peak(dtype, device, repeats=3))
     peak_gflops = peaks[precision]
@@ -346,6 +371,8 @@ def benchmark_interleaved(models: dict, args, sizes, device, precision, peaks: d
                 precision=precision,
                 step_s=seconds,
                 step_range=(min(times[key]), max(times[key])),
+                step_times=times[key],
+                cpu_utilisation=sorted(utilisation[key])[len(times[key]) // 2],
                 samples_per_s=images_per_step / seconds,
                 gflop_per_step=flops[key] / 1e9,
                 gflops=achieved,
@@ -362,7 +389,7 @@ def run_suite(name: str, args, device: str, peaks: dict) -> None:
     image_size = args.image_size or suite.image_size
     if name == "maskedclip" and image_size != 224:
         raise SystemExit("The MaskedCLIP suite is fixed at 224 px (ViT-S/16 position embeddings).")
-    runnable = [*suite.optional, *suite.members]
+    runnable = sorted([*suite.members, *suite.optional], key=list(BUILDERS).index)  # references first
     keys = [key for key in runnable if key in args.models] if args.models else list(suite.members)
     if not keys:
         return
@@ -389,7 +416,8 @@ def run_suite(name: str, args, device: str, peaks: dict) -> None:
             print(
                 f"{row['model']:<44} {precision:<5} step {row['step_s']:7.2f} s ({low:.2f}-{high:.2f})  "
                 f"{row['samples_per_s']:6.2f} img/s  {row['gflop_per_step']:8.1f} GFLOP/step  "
-                f"{row['gflops']:7.1f} GFLOP/s  MFU {100 * row['mfu']:5.1f} %  peak mem {row['peak_mem_gib']:.2f} GiB",
+                f"{row['gflops']:7.1f} GFLOP/s  MFU {100 * row['mfu']:5.1f} %  peak mem {row['peak_mem_gib']:.2f} GiB"
+                + (f"  CPU use {100 * row['cpu_utilisation']:.0f} %" if device == "cpu" else ""),
                 flush=True,
             )
         gc.collect()
@@ -405,18 +433,33 @@ def run_suite(name: str, args, device: str, peaks: dict) -> None:
         )
     by = {(r["key"], r["precision"]): r for r in rows}
     ours_name = BUILDERS[suite.ours][0]
-    references = [suite.reference] + [k for k in runnable if k not in (suite.ours, suite.reference)]
+    references = [suite.reference] + [
+        k for k in runnable if k != suite.reference and not k.startswith(suite.ours)
+    ]
+    ablations = [k for k in runnable if k != suite.ours and k.startswith(suite.ours)]
     for precision in args.precision:
         ours = by.get((suite.ours, precision))
         for reference_key in references:
             ref = by.get((reference_key, precision))
             if not (ours and ref):
                 continue
+            # Steps of one round ran back to back: their ratio is the least disturbed by drift.
+            paired = sorted(r / o for r, o in zip(ref["step_times"], ours["step_times"], strict=True))
             print(
                 f"{precision}: {ours_name} vs {BUILDERS[reference_key][0]}: MFU ratio "
                 f"{ours['mfu'] / ref['mfu']:.3f}, step-time ratio (reference / ours) "
-                f"{ref['step_s'] / ours['step_s']:.3f}, FLOPs ours / reference "
-                f"{ours['gflop_per_step'] / ref['gflop_per_step']:.3f}"
+                f"{ref['step_s'] / ours['step_s']:.3f} (median of the per-round ratios "
+                f"{paired[len(paired) // 2]:.3f}, of the best steps {ref['step_range'][0] / ours['step_range'][0]:.3f}), "
+                f"FLOPs ours / reference {ours['gflop_per_step'] / ref['gflop_per_step']:.3f}"
+            )
+        for ablation_key in ablations:
+            ablation = by.get((ablation_key, precision))
+            if not (ours and ablation):
+                continue
+            saved = sorted(o - a for o, a in zip(ours["step_times"], ablation["step_times"], strict=True))
+            print(
+                f"{precision}: {BUILDERS[ablation_key][0]}: step {ablation['step_s']:.2f} s, "
+                f"{ours_name} step minus this one {saved[len(saved) // 2]:+.3f} s (median over rounds)"
             )
     if (suite.ours, "bf16") in by and (suite.ours, "fp32") in by:
         speedup = by[(suite.ours, "bf16")]["samples_per_s"] / by[(suite.ours, "fp32")]["samples_per_s"]

@@ -821,3 +821,17 @@ def test_default_config_is_the_papers():
         list(again.vision_config.hidden_sizes) == [256, 512, 1024, 2048]
         and again.text_config.vocab_size == 28996
     )
+
+
+def test_appearance_codes_are_assigned_in_float32_under_bf16_autocast():
+    """Under bf16 autocast the codebook arg-max must be the float32 one (bf16 logits move some codes)."""
+    torch.manual_seed(0)
+    quantizer = KeepFitAppearanceQuantizer(in_channels=32, codebook_size=256, code_dim=16, temperature=1.0)
+    torch.nn.init.normal_(quantizer.codebook)
+    feature_map = torch.randn(4, 32, 6, 6)
+    with torch.no_grad():
+        z = torch.nn.functional.conv2d(feature_map, quantizer.proj.weight, quantizer.proj.bias)
+        expected = (z.permute(0, 2, 3, 1) @ quantizer.codebook.t()).argmax(dim=-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, indices = quantizer(feature_map)
+    assert torch.equal(indices, expected)
