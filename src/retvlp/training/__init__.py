@@ -5,4 +5,11 @@ from .config import ConfigError, PretrainConfig
 from .text_mlm import pretrain_text_mlm
 from .trainer import NonFiniteLossError, PretrainResult, pretrain
 
-__all__ = ["ConfigError", "NonFiniteLossError", "PretrainConfig", "PretrainResult", "pretrain", "pretrain_text_mlm"]
+__all__ = [
+    "ConfigError",
+    "NonFiniteLossError",
+    "PretrainConfig",
+    "PretrainResult",
+    "pretrain",
+    "pretrain_text_mlm",
+]
