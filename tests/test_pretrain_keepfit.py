@@ -181,3 +181,29 @@ def test_an_invalid_model_config_is_a_config_error_naming_the_field(tmp_path, sy
     raw = keepfit_dict(tmp_path, synthetic, model_config={"text_pooling": "max"})
     with pytest.raises(ConfigError, match=r"(?s)model\.config.*text_pooling"):
         pretrain(PretrainConfig.from_dict(raw), show_progress=False)
+
+
+def test_from_vision_text_pretrained_takes_both_towers_and_the_codebook(tmp_path, tokenizer_dir):
+    """The Hub-loading constructor on local directories: ResNet weights, BERT weights from a BertForMaskedLM
+    (MLM output) directory, and the IBQ codebook from a tokenizer directory."""
+    from transformers import BertConfig, BertForMaskedLM, ResNetConfig, ResNetModel
+
+    torch.manual_seed(5)
+    vision = ResNetModel(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"}))
+    vision.save_pretrained(tmp_path / "resnet")
+    mlm = BertForMaskedLM(BertConfig(vocab_size=90, **TINY_BERT))
+    mlm.save_pretrained(tmp_path / "mlm")
+    model = KeepFitModel.from_vision_text_pretrained(
+        str(tmp_path / "resnet"),
+        str(tmp_path / "mlm"),
+        ibq_tokenizer_path=str(tokenizer_dir),
+        projection_dim=16,
+        codebook_size=32,
+        code_dim=8,
+    )
+    for key, value in vision.state_dict().items():
+        assert torch.equal(model.vision_model.state_dict()[key], value), key
+    for key, value in mlm.bert.state_dict().items():
+        assert torch.equal(model.text_model.state_dict()[key], value), key
+    codebook = load_file(tokenizer_dir / "model.safetensors")["quantizer.codebook"]
+    assert torch.equal(model.appearance_quantizer.codebook, codebook)
