@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..ibq import IBQTokenizerConfig, IBQTokenizerModel
 from ..maskedclip import FundusImageProcessor
 from .config import PretrainConfig
-from .data import StepBatches, image_normalization
+from .data import StepBatches
 from .task import PretrainTask, build_model_config
 
 
@@ -72,19 +72,10 @@ class IBQTokenizerTask(PretrainTask):
         return model
 
     def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
-        data = config.data
-        mean, std = image_normalization(processor)
         return ImageStepBatches(
             streams,
             self.batch_sizes(config),
-            rank=rank,
-            world_size=world_size,
-            seed=config.run.seed,
-            image_mean=mean,
-            image_std=std,
-            crop_scale=tuple(data.crop_scale),
-            horizontal_flip=data.horizontal_flip,
-            length=0,
+            **self.common_batch_kwargs(processor, config, rank, world_size),
         )
 
 

@@ -11,7 +11,7 @@ import torch
 from ..keepfit import KeepFitConfig, KeepFitModel, KeepFitProcessor, keepfit_image_processor
 from ..prompts import ExpertKnowledge, class_prompts, prompt_for_labels
 from .config import PretrainConfig
-from .data import StepBatches, image_normalization, label_tensor
+from .data import StepBatches, label_tensor
 from .task import PretrainTask, build_model_config
 
 KEEPFIT_ROUTING = {"categorical": "categorical", "paired": "paired", "unpaired": None}
@@ -148,7 +148,6 @@ class KeepFitTask(PretrainTask):
 
     def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
         data = config.data
-        mean, std = image_normalization(processor.image_processor)
         return KeepFitStepBatches(
             streams,
             self.batch_sizes(config),
@@ -158,14 +157,7 @@ class KeepFitTask(PretrainTask):
             knowledge=load_knowledge(config),
             modality=data.modality,
             label_augmentation=data.label_augmentation,
-            rank=rank,
-            world_size=world_size,
-            seed=config.run.seed,
-            image_mean=mean,
-            image_std=std,
-            crop_scale=tuple(data.crop_scale),
-            horizontal_flip=data.horizontal_flip,
-            length=0,
+            **self.common_batch_kwargs(processor.image_processor, config, rank, world_size),
         )
 
     def after_optimizer_step(self, model: KeepFitModel) -> None:

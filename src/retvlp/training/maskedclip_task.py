@@ -12,7 +12,7 @@ import torch
 from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPModel, MaskedCLIPProcessor
 from ..tokenization import build_wordpiece_tokenizer
 from .config import PretrainConfig
-from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, image_normalization, label_tensor
+from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, label_tensor
 from .task import PretrainTask, build_model_config
 
 
@@ -153,7 +153,6 @@ class MaskedCLIPTask(PretrainTask):
 
     def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
         data = config.data
-        mean, std = image_normalization(processor.image_processor)
         return MaskedCLIPStepBatches(
             streams,
             self.batch_sizes(config),
@@ -162,14 +161,7 @@ class MaskedCLIPTask(PretrainTask):
             num_patches=model.config.vision_config.num_patches,
             max_length=config.model.max_text_length,
             prompt_templates=data.prompt_templates,
-            rank=rank,
-            world_size=world_size,
-            seed=config.run.seed,
-            image_mean=mean,
-            image_std=std,
-            crop_scale=tuple(data.crop_scale),
-            horizontal_flip=data.horizontal_flip,
-            length=0,
+            **self.common_batch_kwargs(processor.image_processor, config, rank, world_size),
         )
 
     def after_optimizer_step(self, model: MaskedCLIPModel) -> None:

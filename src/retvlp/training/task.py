@@ -58,6 +58,24 @@ class PretrainTask:
     def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
         raise NotImplementedError
 
+    @staticmethod
+    def common_batch_kwargs(image_processor, config: PretrainConfig, rank: int, world_size: int) -> dict:
+        """The `StepBatches` arguments every family passes the same way (process, seed, normalisation,
+        augmentation; the length is set by the loop once the step count is known)."""
+        from .data import image_normalization
+
+        mean, std = image_normalization(image_processor)
+        return dict(
+            rank=rank,
+            world_size=world_size,
+            seed=config.run.seed,
+            image_mean=mean,
+            image_std=std,
+            crop_scale=tuple(config.data.crop_scale),
+            horizontal_flip=config.data.horizontal_flip,
+            length=0,
+        )
+
     def parameter_groups(self, model: torch.nn.Module, weight_decay: float) -> list[dict]:
         """No weight decay on biases, norms, position tables, cls/mask tokens and the logit scale (every tensor
         with fewer than 2 dims, plus the token/position parameters); frozen tensors are left out."""
