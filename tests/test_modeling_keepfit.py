@@ -835,3 +835,166 @@ def test_appearance_codes_are_assigned_in_float32_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             _, indices = quantizer(feature_map)
     assert torch.equal(indices, expected)
+
+
+# --------------------------------------------------------------------- image-only models for fine-tuning
+from transformers import AutoModelForImageClassification  # noqa: E402
+
+from retvlp import KeepFitForImageClassification, KeepFitVisionModel  # noqa: E402
+
+
+def _pixels(n=2, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).random((n, 3, IMAGE, IMAGE), dtype=np.float32))
+
+
+def _assert_same_resnet(model, other):
+    reference = model.vision_model.state_dict()  # includes the BatchNorm running statistics
+    state = other.vision_model.state_dict()
+    assert set(state) == set(reference)
+    for name, tensor in reference.items():
+        assert torch.equal(state[name], tensor), name
+
+
+def test_vision_and_classification_models_load_the_image_encoder(saved_checkpoint, caplog):
+    model, _, directory = saved_checkpoint
+    with caplog.at_level("WARNING"):
+        vision = KeepFitVisionModel.from_pretrained(directory)
+        classifier = KeepFitForImageClassification.from_pretrained(directory, num_labels=4)
+    assert "codebook" not in caplog.text  # no IBQ codebook is built, loaded or warned about
+    assert vision.main_input_name == classifier.main_input_name == "pixel_values"
+    assert {n.split(".")[0] for n in vision.state_dict()} == {"vision_model"}
+    assert {n.split(".")[0] for n in classifier.state_dict()} == {"vision_model", "classifier"}
+    assert classifier.classifier.weight.shape == (4, 64) and classifier.config.num_labels == 4
+    pixels = _pixels()
+    with torch.no_grad():
+        pooled, feature_map = model._encode_images(pixels)
+        features = vision.eval()(pixels)
+        hidden = classifier.eval().vision_model(pixel_values=pixels).pooler_output.flatten(1)
+        logits = classifier(pixels).logits
+    for other in (vision, classifier):
+        _assert_same_resnet(model, other)
+    assert torch.equal(features.pooler_output, pooled) and torch.equal(hidden, pooled)
+    assert torch.equal(features.last_hidden_state, feature_map) and feature_map.shape == (2, 64, 2, 2)
+    expected = pooled @ classifier.classifier.weight.t() + classifier.classifier.bias
+    assert torch.allclose(logits, expected, atol=1e-6)
+    as_tuple = vision(pixels, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[1], features.pooler_output)
+    assert len(vision(pixels, output_hidden_states=True).hidden_states) == 5  # stem + 4 stages
+
+
+def test_image_models_ignore_the_ibq_tokenizer_path(saved_checkpoint, tmp_path, caplog):
+    """A checkpoint whose config names an IBQ tokenizer that is not there: the image-only models never read it."""
+    _, _, directory = saved_checkpoint
+    moved = tmp_path / "keepfit"
+    shutil.copytree(directory, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["ibq_tokenizer_path"] = str(tmp_path / "missing-ibq")
+    (moved / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        KeepFitVisionModel.from_pretrained(moved)
+        KeepFitForImageClassification.from_pretrained(moved, num_labels=2)
+        KeepFitForImageClassification(KeepFitConfig.from_pretrained(moved))
+    assert "codebook" not in caplog.text
+    with caplog.at_level("WARNING"):  # the pretraining model, built for real, does warn (control)
+        tiny_model()
+    assert "RANDOM codebook" in caplog.text
+
+
+def test_classification_losses():
+    pixels = _pixels(3)
+    torch.manual_seed(0)
+    single = KeepFitForImageClassification(tiny_config(num_labels=3)).eval()
+    labels = torch.tensor([0, 2, 1])
+    output = single(pixels, labels=labels)
+    assert output.logits.shape == (3, 3)
+    assert output.loss.item() == pytest.approx(F.cross_entropy(output.logits, labels).item(), rel=1e-6)
+
+    multi = KeepFitForImageClassification(
+        tiny_config(num_labels=3, problem_type="multi_label_classification")
+    ).eval()
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    output = multi(pixels, labels=targets)
+    expected = F.binary_cross_entropy_with_logits(output.logits, targets)
+    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+    regression = KeepFitForImageClassification(tiny_config(num_labels=1)).eval()
+    values = torch.tensor([0.5, -1.0, 2.0])
+    output = regression(pixels, labels=values)
+    assert output.loss.item() == pytest.approx(F.mse_loss(output.logits.squeeze(-1), values).item(), rel=1e-6)
+    assert regression(pixels).loss is None
+
+    output.loss.backward()
+    assert regression.classifier.weight.grad is not None
+    no_grad = [n for n, p in regression.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+
+
+def test_classifier_dropout_is_a_validated_config_field():
+    assert KeepFitConfig().classifier_dropout == 0.0
+    classifier = KeepFitForImageClassification(tiny_config(num_labels=2, classifier_dropout=0.25))
+    assert classifier.dropout.p == 0.25
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="classifier_dropout"):
+        tiny_config(classifier_dropout=1.0)
+
+
+def test_auto_model_for_image_classification_round_trip(saved_checkpoint, tmp_path):
+    model, _, directory = saved_checkpoint
+    auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForImageClassification"] == "modeling_keepfit.KeepFitForImageClassification"
+    classifier = AutoModelForImageClassification.from_pretrained(directory, num_labels=3)
+    assert type(classifier) is KeepFitForImageClassification and classifier.config.num_labels == 3
+    _assert_same_resnet(model, classifier)
+    classifier.save_pretrained(tmp_path / "classifier")
+    saved_map = json.loads((tmp_path / "classifier" / "config.json").read_text())["auto_map"]
+    assert saved_map["AutoModelForImageClassification"] == "modeling_keepfit.KeepFitForImageClassification"
+    assert (tmp_path / "classifier" / "modeling_keepfit.py").is_file()
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "classifier")
+    assert type(reloaded) is KeepFitForImageClassification
+    assert set(reloaded.state_dict()) == set(classifier.state_dict())
+    pixels = _pixels()
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(pixels).logits, classifier.eval()(pixels).logits)
+
+
+REMOTE_CLASSIFIER_SCRIPT = textwrap.dedent(
+    """
+    import sys, json, logging
+    sys.modules["retvlp"] = None  # make `import retvlp` fail: only the checkpoint's own code may run
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
+    from transformers import AutoModelForImageClassification
+    pretrained, finetuned = sys.argv[1], sys.argv[2]
+    pixels = torch.from_numpy(np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32))
+    fresh = AutoModelForImageClassification.from_pretrained(pretrained, num_labels=3, trust_remote_code=True)
+    tuned = AutoModelForImageClassification.from_pretrained(finetuned, trust_remote_code=True)
+    with torch.no_grad():
+        features = fresh.eval().vision_model(pixel_values=pixels).pooler_output.flatten(1)
+        logits = tuned.eval()(pixels).logits
+    print(json.dumps({"classes": [type(m).__module__ + "." + type(m).__name__ for m in (fresh, tuned)],
+                      "num_labels": fresh.config.num_labels, "features": features.tolist(),
+                      "logits": logits.tolist(), "codebook_messages": [m for m in messages if "codebook" in m]}))
+    """
+)
+
+
+def test_classifier_loads_as_remote_code_without_retvlp(saved_checkpoint, tmp_path):
+    model, _, directory = saved_checkpoint
+    torch.manual_seed(1)
+    classifier = KeepFitForImageClassification.from_pretrained(directory, num_labels=2)
+    classifier.save_pretrained(tmp_path / "classifier")
+    report = run_without_retvlp(
+        REMOTE_CLASSIFIER_SCRIPT, tmp_path, str(directory), str(tmp_path / "classifier")
+    )
+    for name in report["classes"]:
+        assert "retvlp" not in name and name.endswith("modeling_keepfit.KeepFitForImageClassification")
+    assert report["num_labels"] == 3 and report["codebook_messages"] == []
+    pixels = _pixels()
+    with torch.no_grad():
+        pooled, _ = model._encode_images(pixels)
+        logits = classifier.eval()(pixels).logits
+    assert torch.allclose(torch.tensor(report["features"]), pooled, atol=1e-6)
+    assert torch.allclose(torch.tensor(report["logits"]), logits, atol=1e-6)

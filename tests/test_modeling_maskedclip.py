@@ -248,3 +248,173 @@ def test_bf16_autocast_trains_on_cpu(tiny_config, tiny_batch):
     assert model.vision_model.layers[0].attention.q_proj.weight.grad.dtype == torch.float32
     model.update_momentum_encoder()
     assert model.momentum_vision_model.layers[0].attention.q_proj.weight.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------ drop-path (stochastic depth) for fine-tuning
+from conftest import TINY_VISION, make_tiny_config  # noqa: E402
+from transformers import AutoModelForImageClassification  # noqa: E402
+from transformers.models.vit_mae.modeling_vit_mae import ViTMAELayer  # noqa: E402
+
+from retvlp import MaskedCLIPForImageClassification, MaskedCLIPVisionConfig  # noqa: E402
+from retvlp.maskedclip.modeling_maskedclip import MaskedCLIPLayer  # noqa: E402
+
+
+def _layer_pair(rate, seed=0):
+    """A MaskedCLIPLayer at `rate` and a stock ViTMAELayer holding the same weights."""
+    config = MaskedCLIPVisionConfig(**TINY_VISION)
+    torch.manual_seed(seed)
+    layer = MaskedCLIPLayer(config, drop_path_rate=rate)
+    with torch.no_grad():  # move LayerNorm weights off their (1, 0) init so every weight matters
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    stock = ViTMAELayer(config)
+    stock.load_state_dict(layer.state_dict())  # strict: the same parameter names
+    return layer, stock
+
+
+def test_drop_path_layer_keeps_vitmae_parameter_names():
+    layer, stock = _layer_pair(0.3)
+    assert [n for n, _ in layer.named_parameters()] == [n for n, _ in stock.named_parameters()]
+    assert list(layer.state_dict()) == list(stock.state_dict())
+    plain = MaskedCLIPForImageClassification(MaskedCLIPVisionConfig(**TINY_VISION))
+    stochastic = MaskedCLIPForImageClassification(MaskedCLIPVisionConfig(**TINY_VISION, drop_path_rate=0.2))
+    assert list(plain.state_dict()) == list(stochastic.state_dict())
+
+
+def test_drop_path_rate_zero_and_eval_mode_are_the_stock_layer():
+    hidden = torch.randn(6, 5, 32)
+    zero, stock = _layer_pair(0.0)
+    assert torch.equal(zero.train()(hidden), stock.train()(hidden))
+    half, stock = _layer_pair(0.5)
+    half.eval(), stock.eval()
+    assert torch.equal(half(hidden), stock(hidden))
+    with torch.no_grad():  # and in training mode the rate does change the output
+        assert not torch.allclose(half.train()(hidden), stock(hidden))
+
+
+def test_drop_path_in_training_drops_whole_branches_per_sample():
+    rate, keep = 0.5, 0.5
+    layer, _ = _layer_pair(rate)
+    layer.train()
+    hidden = torch.randn(8, 5, 32)
+    torch.manual_seed(11)
+    output = layer(hidden)
+    # independent computation: the same Bernoulli draws (attention branch first, then MLP), branches by hand
+    torch.manual_seed(11)
+    attention_mask = torch.empty(8, 1, 1).bernoulli_(keep)
+    mlp_mask = torch.empty(8, 1, 1).bernoulli_(keep)
+    attention_branch = layer.attention(layer.layernorm_before(hidden))[0]
+    middle = hidden + attention_branch * attention_mask / keep
+    mlp_branch = layer.mlp(layer.layernorm_after(middle))
+    expected = middle + mlp_branch * mlp_mask / keep
+    assert torch.allclose(output, expected, atol=1e-6)
+    assert 0 < attention_mask.sum() < 8 and 0 < mlp_mask.sum() < 8  # this seed exercises both outcomes
+    both_dropped = (attention_mask.flatten() == 0) & (mlp_mask.flatten() == 0)
+    assert both_dropped.any() and torch.equal(output[both_dropped], hidden[both_dropped])  # identity block
+
+
+def test_drop_path_schedule_is_linear_over_the_blocks():
+    config = MaskedCLIPVisionConfig(**{**TINY_VISION, "num_hidden_layers": 5}, drop_path_rate=0.2)
+    classifier = MaskedCLIPForImageClassification(config)
+    rates = [layer.drop_path_rate for layer in classifier.vision_model.layers]
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+    assert all(type(layer) is MaskedCLIPLayer for layer in classifier.vision_model.layers)
+    # pretraining model: E_I gets the schedule, the bridge stays stock, the momentum encoder stays in eval
+    model = MaskedCLIPModel(make_tiny_config(vision={"drop_path_rate": 0.1})).train()
+    assert [layer.drop_path_rate for layer in model.vision_model.layers] == pytest.approx([0.0, 0.1])
+    assert all(type(layer) is ViTMAELayer for layer in model.bridge.layers)
+    assert not any(m.training for m in model.momentum_vision_model.modules())
+    assert MaskedCLIPVisionConfig().drop_path_rate == 0.0  # off by default (pretraining)
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5])
+def test_drop_path_rate_is_validated(rate):
+    with pytest.raises(Exception, match=r"drop_path_rate must be in \[0, 1\)"):
+        MaskedCLIPVisionConfig(**TINY_VISION, drop_path_rate=rate)
+    with pytest.raises(Exception, match=r"drop_path_rate must be in \[0, 1\)"):
+        make_tiny_config(vision={"drop_path_rate": rate})
+
+
+def test_integer_drop_path_rate_is_accepted():
+    assert MaskedCLIPVisionConfig(**TINY_VISION, drop_path_rate=0).drop_path_rate == 0
+
+
+@pytest.fixture(scope="module")
+def pretrained_directory(tmp_path_factory):
+    torch.manual_seed(0)
+    model = MaskedCLIPModel(make_tiny_config())
+    directory = tmp_path_factory.mktemp("maskedclip-finetune")
+    model.save_pretrained(directory)
+    return model.eval(), directory
+
+
+def test_from_pretrained_sets_the_drop_path_rate_of_the_loaded_vision_config(pretrained_directory):
+    model, directory = pretrained_directory
+    classifier = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=3, drop_path_rate=0.1)
+    assert classifier.config.drop_path_rate == 0.1 and classifier.config.num_labels == 3
+    assert [layer.drop_path_rate for layer in classifier.vision_model.layers] == pytest.approx([0.0, 0.1])
+    for (name, a), (_, b) in zip(
+        model.vision_model.named_parameters(), classifier.vision_model.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    plain = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=3)
+    plain.classifier.load_state_dict(classifier.classifier.state_dict())
+    plain.fc_norm.load_state_dict(classifier.fc_norm.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(classifier.eval()(images).logits, plain.eval()(images).logits)
+    with pytest.raises(ValueError, match="drop_path_rate must be in"):  # set after the config's validation
+        MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=3, drop_path_rate=1.5)
+
+
+def test_mean_pooling_classifier_freezes_the_unused_final_layernorm(pretrained_directory):
+    _, directory = pretrained_directory
+    config = MaskedCLIPVisionConfig(**TINY_VISION, num_labels=3, drop_path_rate=0.1)
+    built = MaskedCLIPForImageClassification(config)
+    loaded = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=3, drop_path_rate=0.1)
+    for classifier in (built, loaded):
+        frozen = {n for n, p in classifier.named_parameters() if not p.requires_grad}
+        # the unused final LayerNorm, and the fixed sin-cos position table (as in ViTMAEEmbeddings)
+        assert frozen == {
+            "vision_model.layernorm.weight",
+            "vision_model.layernorm.bias",
+            "vision_model.embeddings.position_embeddings",
+        }
+        classifier.train()
+        torch.manual_seed(0)
+        classifier(torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+        no_grad = [n for n, p in classifier.named_parameters() if p.requires_grad and p.grad is None]
+        assert no_grad == []
+    assert "vision_model.layernorm.weight" in loaded.state_dict()  # kept: checkpoints unchanged
+    cls_pooling = MaskedCLIPForImageClassification(MaskedCLIPVisionConfig(**TINY_VISION, pooling="cls"))
+    assert cls_pooling.vision_model.layernorm.weight.requires_grad  # the cls head does use it
+
+
+def test_from_pretrained_keeps_what_construction_freezes(pretrained_directory):
+    """transformers' loading makes every parameter trainable again; the momentum encoder and the fixed sin-cos
+    tables must stay frozen in a loaded model, exactly as in a freshly built one."""
+    model, directory = pretrained_directory
+    loaded = MaskedCLIPModel.from_pretrained(directory)
+
+    def frozen(m):
+        return {n for n, p in m.named_parameters() if not p.requires_grad}
+
+    assert frozen(loaded) == frozen(model)
+    assert not any(p.requires_grad for p in loaded._momentum_parameters())
+    assert {"vision_model.embeddings.position_embeddings", "pixel_decoder.decoder_pos_embed"} <= frozen(
+        loaded
+    )
+    assert loaded.vision_model.layers[0].attention.q_proj.weight.requires_grad
+
+
+def test_image_classification_auto_class_needs_the_vision_config(pretrained_directory, tmp_path):
+    _, directory = pretrained_directory
+    classifier = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=2)
+    classifier.save_pretrained(tmp_path / "classifier")
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "classifier")
+    assert type(reloaded) is MaskedCLIPForImageClassification
+    assert not reloaded.vision_model.layernorm.weight.requires_grad
+    # A full MaskedCLIP directory is not resolved by the Auto class (its config is the composite one; the
+    # classifier's is the vision sub-config): load it with MaskedCLIPForImageClassification.from_pretrained.
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):
+        AutoModelForImageClassification.from_pretrained(directory, num_labels=2)

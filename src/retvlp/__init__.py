@@ -6,7 +6,13 @@ checkpoints; each saved checkpoint also carries its own code for `trust_remote_c
 """
 
 from .ibq import IBQTokenizerConfig, IBQTokenizerModel
-from .keepfit import KeepFitConfig, KeepFitModel, KeepFitProcessor
+from .keepfit import (
+    KeepFitConfig,
+    KeepFitForImageClassification,
+    KeepFitModel,
+    KeepFitProcessor,
+    KeepFitVisionModel,
+)
 from .maskedclip import (
     FundusImageProcessor,
     MaskedCLIPConfig,
@@ -27,8 +33,10 @@ __all__ = [
     "IBQTokenizerModel",
     "FundusImageProcessor",
     "KeepFitConfig",
+    "KeepFitForImageClassification",
     "KeepFitModel",
     "KeepFitProcessor",
+    "KeepFitVisionModel",
     "MaskedCLIPConfig",
     "MaskedCLIPForImageClassification",
     "MaskedCLIPModel",

@@ -11,7 +11,7 @@ from transformers import (
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .ibq import IBQTokenizerConfig, IBQTokenizerModel
-from .keepfit import KeepFitConfig, KeepFitModel, KeepFitProcessor
+from .keepfit import KeepFitConfig, KeepFitForImageClassification, KeepFitModel, KeepFitProcessor
 from .maskedclip import (
     FundusImageProcessor,
     MaskedCLIPConfig,
@@ -51,6 +51,7 @@ def register_auto_classes() -> None:
     AutoConfig.register(KeepFitConfig.model_type, KeepFitConfig, exist_ok=True)
     AutoModel.register(KeepFitConfig, KeepFitModel, exist_ok=True)
     AutoModelForZeroShotImageClassification.register(KeepFitConfig, KeepFitModel, exist_ok=True)
+    AutoModelForImageClassification.register(KeepFitConfig, KeepFitForImageClassification, exist_ok=True)
     AutoImageProcessor.register(
         KeepFitConfig,
         image_processor_classes={"torchvision": FundusImageProcessor, "pil": FundusImageProcessor},

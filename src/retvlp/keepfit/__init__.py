@@ -20,25 +20,31 @@ from .convert_flair import convert_flair_state_dict, load_flair_checkpoint  # no
 from .loss_keepfit import image_text_contrastive_loss, knowledge_refinement_loss, total_loss  # noqa: E402
 from .modeling_keepfit import (  # noqa: E402
     KeepFitAppearanceQuantizer,
+    KeepFitForImageClassification,
     KeepFitKnowledgeAttention,
     KeepFitModel,
     KeepFitOutput,
     KeepFitPreTrainedModel,
+    KeepFitVisionModel,
 )
 from .processing_keepfit import KeepFitProcessor, keepfit_image_processor  # noqa: E402
 
 KeepFitConfig.register_for_auto_class()
 KeepFitModel.register_for_auto_class("AutoModel")
+# A fine-tuned classifier saved with save_pretrained carries its code too (loadable with trust_remote_code).
+KeepFitForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 KeepFitProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "KeepFitAppearanceQuantizer",
     "KeepFitConfig",
+    "KeepFitForImageClassification",
     "KeepFitKnowledgeAttention",
     "KeepFitModel",
     "KeepFitOutput",
     "KeepFitPreTrainedModel",
     "KeepFitProcessor",
+    "KeepFitVisionModel",
     "convert_flair_state_dict",
     "image_text_contrastive_loss",
     "keepfit_image_processor",

@@ -94,6 +94,9 @@ class KeepFitConfig(PreTrainedConfig):
         (gathered with gradients). `False` reproduces the reference code's per-GPU losses.
     vision_channels_last (`bool`, defaults to `True`):
         Run the image encoder in channels-last memory format (faster convolutions on CPU and GPU).
+    classifier_dropout (`float`, defaults to 0.0):
+        Dropout on the pooled image features before the linear head of [`KeepFitForImageClassification`]
+        (fine-tuning only; the pretraining model does not use it). Must be in [0, 1).
     """
 
     model_type = "keepfit"
@@ -125,6 +128,7 @@ class KeepFitConfig(PreTrainedConfig):
     knowledge_loss_reduction: str = "mean"
     gather_distributed: bool = True
     vision_channels_last: bool = True
+    classifier_dropout: float | int = 0.0
     initializer_range: float = 0.02
 
     @property
@@ -164,6 +168,8 @@ class KeepFitConfig(PreTrainedConfig):
             fail(f"knowledge_num_heads must be ≥ 1, got {self.knowledge_num_heads}.")
         if not 0.0 <= self.knowledge_attention_dropout < 1.0:
             fail(f"knowledge_attention_dropout must be in [0, 1), got {self.knowledge_attention_dropout}.")
+        if not 0.0 <= self.classifier_dropout < 1.0:
+            fail(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}.")
         if self.codebook_size < 1:
             fail(f"codebook_size must be ≥ 1, got {self.codebook_size}.")
         for name in ("quantizer_temperature", "appearance_temperature"):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_keepfit import KeepFitConfig
@@ -161,6 +161,20 @@ class KeepFitAppearanceQuantizer(nn.Module):
         return quantization.quantized.mean(dim=(1, 2)), quantization.indices
 
 
+def encode_images(
+    vision_model: nn.Module, pixel_values: torch.Tensor, channels_last: bool, **kwargs
+) -> BaseModelOutputWithPooling:
+    """Run the image encoder E_v on `(batch, 3, H, W)` images (in channels-last memory format when asked);
+    returns the backbone's output (`last_hidden_state` `(batch, C, h, w)`, `pooler_output`)."""
+    if pixel_values.dim() != 4:
+        raise ValueError(
+            f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}."
+        )
+    if channels_last:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    return vision_model(pixel_values=pixel_values, **kwargs)
+
+
 class KeepFitPreTrainedModel(PreTrainedModel):
     config: KeepFitConfig
     base_model_prefix = "keepfit"
@@ -191,7 +205,10 @@ class KeepFitModel(KeepFitPreTrainedModel):
     similarities (what the zero-shot pipeline calls). Call `clamp_logit_scale_()` after optimizer steps.
     """
 
-    _remote_auto_map = {"AutoModelForZeroShotImageClassification": "modeling_keepfit.KeepFitModel"}
+    _remote_auto_map = {
+        "AutoModelForZeroShotImageClassification": "modeling_keepfit.KeepFitModel",
+        "AutoModelForImageClassification": "modeling_keepfit.KeepFitForImageClassification",
+    }
 
     def __init__(self, config: KeepFitConfig):
         super().__init__(config)
@@ -311,13 +328,7 @@ class KeepFitModel(KeepFitPreTrainedModel):
 
     def _encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(batch, 3, H, W)` → pooled features `(batch, C)` and the last feature map `(batch, C, h, w)`."""
-        if pixel_values.dim() != 4:
-            raise ValueError(
-                f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}."
-            )
-        if self.config.vision_channels_last:
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        outputs = self.vision_model(pixel_values=pixel_values)
+        outputs = encode_images(self.vision_model, pixel_values, self.config.vision_channels_last)
         return outputs.pooler_output.flatten(1), outputs.last_hidden_state
 
     def _pool_text(
@@ -517,6 +528,80 @@ class KeepFitModel(KeepFitPreTrainedModel):
         )
 
 
+class KeepFitVisionModel(KeepFitPreTrainedModel):
+    """E_v alone, for feature extraction and linear probing. Loads from a KeepFIT checkpoint directory: takes
+    the `vision_model.*` weights and leaves the text tower, projections, knowledge modules and IBQ codebook
+    behind. `last_hidden_state` is the last feature map `(batch, C, h, w)`, `pooler_output` the backbone's pooled
+    features `(batch, C)` (the global average for ResNet) — what `KeepFitModel` projects into the shared space."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # Loading from a full KeepFIT checkpoint: everything but E_v is expected to be left behind.
+    _keys_to_ignore_on_load_unexpected = [r"^(?!vision_model\.)"]
+
+    def __init__(self, config: KeepFitConfig):
+        super().__init__(config)
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        extra = {"output_hidden_states": True} if output_hidden_states else {}
+        outputs = encode_images(self.vision_model, pixel_values, self.config.vision_channels_last, **extra)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=outputs.pooler_output.flatten(1),
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class KeepFitForImageClassification(KeepFitPreTrainedModel):
+    """E_v + a linear head for fine-tuning: pooled last feature map (global average for ResNet) → dropout
+    (`config.classifier_dropout`) → linear. Loads the image encoder of a KeepFIT checkpoint:
+    `KeepFitForImageClassification.from_pretrained(dir, num_labels=5)` (or `AutoModelForImageClassification`).
+    Single-label, multi-label (`config.problem_type = "multi_label_classification"`) and regression
+    (`num_labels=1`) losses follow transformers' image-classification convention."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _keys_to_ignore_on_load_unexpected = [r"^(?!vision_model\.)"]
+
+    def __init__(self, config: KeepFitConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = (
+            nn.Linear(config.image_feature_size, config.num_labels) if config.num_labels else nn.Identity()
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        r"""labels: `(batch,)` class ids (single-label), `(batch, num_labels)` floats (multi-label), or floats
+        for regression when `num_labels == 1`."""
+        extra = {"output_hidden_states": True} if output_hidden_states else {}
+        outputs = encode_images(self.vision_model, pixel_values, self.config.vision_channels_last, **extra)
+        logits = self.classifier(self.dropout(outputs.pooler_output.flatten(1)))
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states if output_hidden_states else None
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
 @dataclass
 class _TextImageBatch:
     """The image and text tensors of one data source, checked for matching sizes."""
@@ -560,8 +645,11 @@ class _TextImageBatch:
 
 __all__ = [
     "KeepFitAppearanceQuantizer",
+    "KeepFitForImageClassification",
     "KeepFitKnowledgeAttention",
     "KeepFitModel",
     "KeepFitOutput",
     "KeepFitPreTrainedModel",
+    "KeepFitVisionModel",
+    "encode_images",
 ]

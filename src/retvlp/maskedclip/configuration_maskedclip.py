@@ -42,6 +42,11 @@ class MaskedCLIPVisionConfig(ViTMAEConfig):
         class token.
     classifier_dropout (`float`, defaults to 0.0):
         Dropout before the classification head of [`MaskedCLIPForImageClassification`].
+    drop_path_rate (`float`, defaults to 0.0):
+        Stochastic depth of the image encoder E_I: the rate of its LAST block. Block i of L drops its attention
+        and MLP branches (per sample, in training mode only) with probability drop_path_rate·i/(L−1), a linear
+        schedule as in MAE / BEiT fine-tuning. 0 (off) during pretraining; typical fine-tuning values are
+        0.1–0.2 (METHODS.md §1 "Downstream"). Must be in [0, 1).
     """
 
     model_type = "maskedclip_vision_model"
@@ -60,6 +65,7 @@ class MaskedCLIPVisionConfig(ViTMAEConfig):
     norm_pix_loss: bool = True
     pooling: str = "mean"
     classifier_dropout: float | int = 0.0
+    drop_path_rate: float | int = 0.0
 
     @classmethod
     def pixel_decoder_defaults(cls) -> dict:
@@ -103,6 +109,8 @@ class MaskedCLIPVisionConfig(ViTMAEConfig):
             )
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f'vision_config.pooling must be "mean" or "cls", got {self.pooling!r}.')
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"vision_config.drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
 
 
 @strict

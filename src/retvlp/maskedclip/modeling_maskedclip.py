@@ -121,6 +121,66 @@ def sincos_position_table(grid_size: int, dim: int, cls_token: bool = True) -> t
     return table.float()
 
 
+def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth on a residual branch: in training, zero the whole branch of each sample with
+    probability `rate` and scale the surviving samples by 1/(1 − rate); otherwise the identity."""
+    if rate == 0.0 or not training:
+        return hidden_states
+    keep = 1.0 - rate
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)
+    mask = hidden_states.new_empty(shape).bernoulli_(keep)
+    # Scale after masking: in bf16 a pre-scaled mask would round 1/keep (a systematic error on every sample).
+    return hidden_states * mask / keep
+
+
+class MaskedCLIPLayer(ViTMAELayer):
+    """A ViT-MAE block with stochastic depth on its attention and MLP branches (MAE / BEiT fine-tuning).
+
+    Same submodules, hence the same parameter names, as [`ViTMAELayer`]: ViT-MAE, RETFound and earlier
+    MaskedCLIP checkpoints load unchanged. With `drop_path_rate == 0` or in eval mode the forward is the stock
+    one; in training each sample's attention branch, then its MLP branch, is dropped with probability
+    `drop_path_rate` (one Bernoulli draw per sample and branch, in that order).
+    """
+
+    def __init__(self, config: MaskedCLIPVisionConfig, drop_path_rate: float = 0.0):
+        super().__init__(config)
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}.")
+        self.drop_path_rate = float(drop_path_rate)
+
+    def extra_repr(self) -> str:
+        return f"drop_path_rate={self.drop_path_rate}"
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
+        if not self.training or self.drop_path_rate == 0.0:
+            return super().forward(hidden_states, attention_mask, **kwargs)
+        # ViTMAELayer.forward with drop_path on each residual branch.
+        residual = hidden_states
+        hidden_states = self.layernorm_before(hidden_states)
+        hidden_states, _ = self.attention(hidden_states, attention_mask, **kwargs)
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = drop_path(hidden_states, self.drop_path_rate, True) + residual
+
+        residual = hidden_states
+        hidden_states = self.layernorm_after(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = drop_path(hidden_states, self.drop_path_rate, True) + residual
+        return hidden_states
+
+
+def drop_path_schedule(rate: float, num_layers: int) -> list[float]:
+    """Per-block stochastic-depth rates rising linearly from 0 (first block) to `rate` (last block)."""
+    if not 0.0 <= rate < 1.0:
+        # The config validates this too, but `from_pretrained(..., drop_path_rate=...)` sets it afterwards.
+        raise ValueError(f"vision_config.drop_path_rate must be in [0, 1), got {rate}.")
+    if num_layers <= 1:
+        return [0.0] * num_layers
+    return [rate * index / (num_layers - 1) for index in range(num_layers)]
+
+
 class MaskedCLIPVisionTransformer(nn.Module):
     """E_I: a ViT whose parameter names are those of transformers' `ViTMAEModel` (so ViT-MAE and converted
     RETFound weights load as they are), with masking done here so that one module serves both the masked
@@ -130,7 +190,8 @@ class MaskedCLIPVisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = ViTMAEEmbeddings(config)
-        self.layers = nn.ModuleList([ViTMAELayer(config) for _ in range(config.num_hidden_layers)])
+        rates = drop_path_schedule(config.drop_path_rate, config.num_hidden_layers)
+        self.layers = nn.ModuleList([MaskedCLIPLayer(config, drop_path_rate=rate) for rate in rates])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
@@ -215,11 +276,28 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["ViTMAELayer", "BertLayer", "ViTMAEEmbeddings"]
+    _no_split_modules = ["MaskedCLIPLayer", "ViTMAELayer", "BertLayer", "ViTMAEEmbeddings"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    def post_init(self):
+        super().post_init()
+        # Parameters frozen by construction: the fixed sin-cos position tables, the momentum encoder, the
+        # classifier's unused final LayerNorm. `from_pretrained` restores these flags after loading.
+        self._frozen_parameter_names = {n for n, p in self.named_parameters() if not p.requires_grad}
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`, keeping the parameters that the model freezes at construction
+        frozen (transformers' loading replaces every loaded or missing parameter with a new, trainable one)."""
+        model = super().from_pretrained(*args, **kwargs)
+        loaded = model[0] if isinstance(model, tuple) else model
+        for name, parameter in loaded.named_parameters():
+            if name in loaded._frozen_parameter_names:
+                parameter.requires_grad_(False)
+        return model
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -349,7 +427,7 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`; the momentum encoder (never saved in a released checkpoint)
-        is rebuilt as a copy of the loaded E_I and B."""
+        is rebuilt as a frozen copy of the loaded E_I and B."""
         model = super().from_pretrained(*args, **kwargs)
         (model[0] if isinstance(model, tuple) else model).reset_momentum_encoder()
         return model
@@ -676,6 +754,11 @@ class MaskedCLIPForImageClassification(MaskedCLIPPreTrainedModel):
             if config.pooling == "mean"
             else nn.Identity()
         )
+        if config.pooling == "mean":
+            # The global-pool head normalises the pooled vector with fc_norm and never calls the encoder's final
+            # LayerNorm: frozen, so that DDP (find_unused_parameters=False) does not fail on parameters that get
+            # no gradient. The weights stay, so checkpoints load and save unchanged.
+            self.vision_model.layernorm.requires_grad_(False)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = (
             nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else nn.Identity()
@@ -706,10 +789,12 @@ class MaskedCLIPForImageClassification(MaskedCLIPPreTrainedModel):
 
 __all__ = [
     "MaskedCLIPForImageClassification",
+    "MaskedCLIPLayer",
     "MaskedCLIPModel",
     "MaskedCLIPOutput",
     "MaskedCLIPPreTrainedModel",
     "MaskedCLIPVisionModel",
+    "drop_path",
     "random_masking",
     "sincos_position_table",
 ]
