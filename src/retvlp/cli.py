@@ -1,6 +1,8 @@
 """The `retvlp` command line.
 
     retvlp validate-data MANIFEST [MANIFEST ...] [options]
+    retvlp push FOLDER --repo-id USER/NAME [--evaluation results.json] [--base-model ID] [--dry-run DIR]
+    retvlp evaluate --model DIR|HUB_ID [--model NAME=DIR ...] --data MANIFEST|demo --task zero-shot,... [options]
 
 Each subcommand is a `_add_<name>_parser(subparsers)` function that registers its options and sets
 `handler`; `main` parses, dispatches and turns usage problems into exit code 2. Exit codes: 0 success, 1 the
@@ -14,6 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -230,12 +233,345 @@ def _add_validate_data_parser(subparsers) -> None:
     parser.set_defaults(handler=_run_validate_data)
 
 
+# ---------------------------------------------------------------------------------------------- evaluate
+DEMO_DATA = "demo"
+
+
+def _csv(text: str, convert=str, what: str = "value") -> tuple:
+    try:
+        values = tuple(convert(item.strip()) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise UsageError(f"cannot read {what} list {text!r}: give values separated by commas") from None
+    if not values:
+        raise UsageError(f"the {what} list is empty")
+    return values
+
+
+def _models(entries: list[str]) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for entry in entries:
+        name, _, source = (
+            entry.partition("=") if "=" in entry and not os.path.exists(entry) else ("", "", entry)
+        )
+        name = name or (Path(source).name if os.path.exists(source) else source.rsplit("/", 1)[-1])
+        if name in ("final", "model") and os.path.exists(source):  # `runs/demo/final` → `demo`
+            name = Path(source).resolve().parent.name
+        if name in models:
+            raise UsageError(f"two models are called {name!r}: name them, e.g. --model {name}-b={source}")
+        models[name] = source
+    return models
+
+
+def _demo_data(cache_dir: str) -> tuple[list[dict], list[dict], str]:
+    """The embedded synthetic demo data set (generated if missing, like the pretraining demo's)."""
+    from .data.synthetic import generate_synthetic_dataset
+
+    dataset = generate_synthetic_dataset(
+        Path(cache_dir) / "synthetic", num_patients=600, image_size=64, seed=0
+    )
+    return (
+        [{"path": str(dataset.paired)}, {"path": str(dataset.categorical)}],
+        [{"path": str(dataset.test)}],
+        "synthetic-demo",
+    )
+
+
+def _data_specs(paths: list[str], args: argparse.Namespace) -> list[dict]:
+    specs = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"data not found: {path}")
+        spec = {
+            "path": path,
+            "label_column": args.label_column,
+            "group_column": args.group_column,
+            "image_column": args.image_column,
+            "label_separator": args.label_separator,
+        }
+        if args.image_root:
+            spec["image_root"] = args.image_root
+        specs.append(spec)
+    return specs
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.finetune import FinetuneSettings
+    from .evaluation.runner import EvaluationSettings, evaluate_models
+
+    tasks = tuple(task for entry in args.task for task in _csv(entry, what="task"))
+    try:
+        finetune = FinetuneSettings(
+            epochs=args.epochs,
+            warmup_epochs=args.warmup_epochs,
+            max_steps=args.max_steps,
+            batch_size=args.finetune_batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            layer_decay=args.layer_decay,
+            drop_path_rate=args.drop_path,
+            lora_rank=args.lora_rank,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            lora_target_modules=args.lora_targets,
+            mixed_precision=args.mixed_precision,
+        )
+        settings = EvaluationSettings(
+            tasks=tasks,
+            fractions=_csv(args.fractions, float, "fraction"),
+            seeds=_csv(args.seeds, int, "seed"),
+            shots=_csv(args.shots, int, "shots"),
+            few_shot_methods=_csv(args.few_shot_methods, what="few-shot method"),
+            test_fraction=args.test_fraction,
+            split_seed=args.split_seed,
+            modality=args.modality,
+            include_descriptions=not args.no_descriptions,
+            probe_C=args.probe_c,
+            batch_size=args.batch_size,
+            finetune=finetune,
+            save_models=args.save_models,
+            cache_dir=args.cache_dir,
+            show_progress=not args.no_progress,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.data == [DEMO_DATA]:
+        if args.test_data:
+            raise UsageError("--data demo brings its own test split; leave out --test-data")
+        data, test_data, name = _demo_data(args.cache_dir)
+    else:
+        data = _data_specs(args.data, args)
+        test_data = _data_specs(args.test_data, args) if args.test_data else None
+        name = args.dataset_name
+    models = _models(args.model)
+    try:
+        results = evaluate_models(
+            models,
+            data,
+            test_data=test_data,
+            class_names=_read_classes(args),
+            multi_label=args.multi_label,
+            settings=settings,
+            random_init=args.random_init,
+            output_dir=args.output_dir if int(os.environ.get("RANK", "0")) == 0 else None,
+            dataset_name=args.dataset_name or name,
+            device=args.device,
+        )
+    except (FileNotFoundError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:
+        if os.environ.get("RETVLP_DEBUG") == "1":
+            raise
+        print(f"retvlp evaluate: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    from .evaluation.report import markdown_table
+
+    print(markdown_table(results))
+    if args.output_dir:
+        print(f"Report: {Path(args.output_dir) / 'results.md'} (plots and results.json next to it)")
+    return EXIT_OK
+
+
+def _add_evaluate_parser(subparsers) -> None:
+    from .evaluation.runner import FEW_SHOT_METHODS, TASKS
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="zero-shot, few-shot, linear-probe and fine-tuning evaluation of trained models",
+        description=(
+            "Evaluate one or more models (retvlp checkpoints, or any dual encoder with get_image_features / "
+            "get_text_features such as transformers' CLIPModel) on labelled data with the protocols of "
+            "METHODS.md §3; writes results.json, results.md and PNG plots to --output-dir. "
+            "Exit code 0: done, 1: the data or a model cannot be evaluated, 2: usage error."
+        ),
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR|HUB_ID",
+        help="model to evaluate (repeat to compare models side by side)",
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="MANIFEST",
+        help="labelled manifest(s) (CSV/TSV/JSONL/ImageFolder), or 'demo' for the embedded "
+        "synthetic data set",
+    )
+    parser.add_argument(
+        "--test-data",
+        nargs="+",
+        metavar="MANIFEST",
+        help="fixed test manifest(s); default: a group-aware stratified --test-fraction of --data",
+    )
+    parser.add_argument(
+        "--task", action="append", required=True, help=f"comma-separated tasks: {', '.join(TASKS)}"
+    )
+    parser.add_argument(
+        "--output-dir", default="outputs/evaluation", help="report folder (default: outputs/evaluation)"
+    )
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="also evaluate the first model's architecture at random weights (baseline)",
+    )
+    parser.add_argument("--dataset-name", help="name of the data set in reports and model cards")
+    data = parser.add_argument_group("data")
+    data.add_argument("--image-root", help="folder relative image paths start from (default: the manifest's)")
+    data.add_argument("--image-column", default="image")
+    data.add_argument("--label-column", default="label")
+    data.add_argument(
+        "--group-column", default="patient_id", help="patient column: splits keep patients whole"
+    )
+    data.add_argument("--label-separator", default="|")
+    classes = data.add_mutually_exclusive_group()
+    classes.add_argument(
+        "--classes", help="class names in order, comma-separated (default: every label found)"
+    )
+    classes.add_argument("--classes-file", help="class names: .json list / {name: index}, or one per line")
+    data.add_argument(
+        "--multi-label",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="multi-label evaluation (default: when some image has several labels)",
+    )
+    data.add_argument("--test-fraction", type=float, default=0.2)
+    data.add_argument("--split-seed", type=int, default=0)
+    data.add_argument(
+        "--cache-dir", default="outputs/cache", help="image + feature cache (default: outputs/cache)"
+    )
+    protocol = parser.add_argument_group("protocols")
+    protocol.add_argument(
+        "--fractions", default="0.01,0.1,1.0", help="label fractions (default: 0.01,0.1,1.0)"
+    )
+    protocol.add_argument(
+        "--seeds", default="0,1,2", help="seeds of the label draws / shots (default: 0,1,2)"
+    )
+    protocol.add_argument("--shots", default="1,5,10", help="few-shot shots per class (default: 1,5,10)")
+    protocol.add_argument("--few-shot-methods", default=",".join(FEW_SHOT_METHODS))
+    protocol.add_argument(
+        "--modality", default="CFP", help="prompt templates of this modality (default: CFP)"
+    )
+    protocol.add_argument(
+        "--no-descriptions",
+        action="store_true",
+        help="zero-shot prompts with the class names only (no expert descriptions)",
+    )
+    protocol.add_argument("--probe-c", type=float, default=0.316, help="linear-probe inverse L2 strength")
+    protocol.add_argument("--batch-size", type=int, default=64, help="feature-extraction batch size")
+    protocol.add_argument("--device", help="feature-extraction device (default: cuda if available, else cpu)")
+    tune = parser.add_argument_group("fine-tuning (finetune, lora)")
+    tune.add_argument("--epochs", type=float, default=50)
+    tune.add_argument("--warmup-epochs", type=float, default=10)
+    tune.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
+    tune.add_argument("--finetune-batch-size", type=int, default=16, help="per process (default: 16)")
+    tune.add_argument("--lr", type=float, default=5e-4)
+    tune.add_argument("--weight-decay", type=float, default=0.05)
+    tune.add_argument("--layer-decay", type=float, default=0.75)
+    tune.add_argument("--drop-path", type=float, default=0.1)
+    tune.add_argument("--lora-rank", type=int, default=8)
+    tune.add_argument("--lora-alpha", type=int, default=16)
+    tune.add_argument("--lora-dropout", type=float, default=0.1)
+    tune.add_argument("--lora-targets", help="regex of the module names LoRA adapts (default: per family)")
+    tune.add_argument(
+        "--save-models",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep each fine-tuned model / LoRA adapter under OUTPUT_DIR/finetuned (default: yes)",
+    )
+    tune.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+# ---------------------------------------------------------------------------------------------- push
+def _evaluated_model(evaluation: str | None, requested: str | None) -> str:
+    """The results row name of the pushed model: --evaluated-model, or the only non-baseline model."""
+    if requested or evaluation is None:
+        return requested or "pretrained"
+    try:
+        rows = json.loads(Path(evaluation).read_text(encoding="utf-8")).get("results", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UsageError(f"cannot read the evaluation results {evaluation}: {exc}") from None
+    names = sorted({row["model"] for row in rows if row.get("model") != "random_init"})
+    if len(names) != 1:
+        raise UsageError(
+            f"{evaluation} holds the models {names}: say which one this is with --evaluated-model"
+        )
+    return names[0]
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import prepare_upload_folder, push_adapter_to_hub, push_to_hub
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UsageError(f"folder not found: {folder}")
+    adapter = (folder / "adapter_config.json").exists()
+    if adapter and not args.base_model:
+        raise UsageError("a LoRA adapter needs --base-model (the Hub id of the model it adapts)")
+    card_kwargs = {
+        "evaluation": args.evaluation,
+        "evaluated_model": _evaluated_model(args.evaluation, args.evaluated_model),
+        "dataset_name": args.dataset_name,
+        "data_provenance": args.data_provenance,
+    }
+    card_kwargs = {key: value for key, value in card_kwargs.items() if value is not None}
+    try:
+        if args.dry_run:
+            staged = prepare_upload_folder(
+                args.dry_run, folder=folder, base_model=args.base_model,
+                card_kwargs={"repo_id": args.repo_id, **card_kwargs},
+            )  # fmt: skip
+            files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+            print(f"Staged {len(files)} files in {staged} (nothing uploaded):")
+            print("\n".join(f"  {name}" for name in files))
+            return EXIT_OK
+        push = push_adapter_to_hub if adapter else push_to_hub
+        kwargs = {"adapter_dir": folder, "base_model": args.base_model} if adapter else {"folder": folder}
+        commit = push(
+            args.repo_id, private=args.private, revision=args.revision, card_kwargs=card_kwargs, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"Pushed {folder} to {args.repo_id} in one commit: {getattr(commit, 'commit_url', commit)}")
+    return EXIT_OK
+
+
+def _add_push_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="upload a checkpoint or LoRA adapter with its model card to the Hub in one commit",
+        description=(
+            "Stage a final/ checkpoint (weights, config, remote code, processor, model card) or a PEFT adapter "
+            "folder and upload it with one HfApi.upload_folder commit. Training-only files (optimizer states, "
+            "checkpoint-* folders, pickles) are left out."
+        ),
+    )
+    parser.add_argument(
+        "folder", help="a save_pretrained folder (e.g. outputs/run/final) or a LoRA adapter folder"
+    )
+    parser.add_argument("--repo-id", required=True, help="USER/NAME on the Hub")
+    parser.add_argument("--evaluation", help="results.json of `retvlp evaluate`, for the card's model-index")
+    parser.add_argument("--evaluated-model", help="this model's name in the results (default: the only one)")
+    parser.add_argument("--dataset-name", help="evaluation data set name for the card")
+    parser.add_argument("--data-provenance", help="one sentence on the training data, for the card")
+    parser.add_argument("--base-model", help="adapters: Hub id of the base model")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", help="branch to push to (created if missing)")
+    parser.add_argument("--dry-run", metavar="DIR", help="only stage the upload folder in DIR and list it")
+    parser.set_defaults(handler=_run_push)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retvlp", description="Retinal vision-language pretraining on your own data."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_validate_data_parser(subparsers)
+    _add_evaluate_parser(subparsers)
+    _add_push_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,237 @@
+"""Frozen image and text features of a dual encoder, extracted once per (model, data set) and cached.
+
+One forward pass per image batch yields both representations the protocols need:
+
+- **probe features** for the linear probe: MaskedCLIP's mean-pooled E_I patch tokens (after its final
+  LayerNorm), KeepFIT's globally pooled last ResNet feature map, a vision-only model's `pooler_output`, and for
+  any other dual encoder (e.g. transformers' `CLIPModel`) its image embedding;
+- **image embeddings** (L2-normalised `get_image_features(...).pooler_output`) for zero-shot and few-shot.
+
+Features are cached in memory and on disk (`<cache_dir>/features/<key>.safetensors`, written atomically), keyed
+by a fingerprint of the model's weights and config, the image store and the rows, so zero-shot, few-shot,
+linear probe and every seed / label fraction reuse one extraction, and a second `retvlp evaluate` of the same
+checkpoint on the same data extracts nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import ImageStore, prefetched_batches
+
+FEATURE_FORMAT_VERSION = 1
+
+
+@dataclass
+class ImageFeatures:
+    """Per-image features, row `i` for record index `indices[i]` of the store.
+
+    Attributes:
+        probe: `(N, F)` float32 frozen-encoder features for the linear probe.
+        embeds: `(N, P)` float32 L2-normalised image embeddings, or None for an image-only model.
+    """
+
+    probe: np.ndarray
+    embeds: np.ndarray | None
+
+
+def _model_type(model) -> str:
+    return str(getattr(getattr(model, "config", None), "model_type", ""))
+
+
+def has_text_tower(model) -> bool:
+    """Whether `model` can embed text (zero-shot and few-shot need it)."""
+    if not hasattr(model, "get_text_features"):
+        return False
+    if _model_type(model) == "maskedclip":
+        return getattr(model, "text_model", None) is not None
+    return True
+
+
+def _pooled(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def encode_images(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(B, 3, H, W)` → probe features `(B, F)` and normalised image embeddings `(B, P)` (or None), from one
+    pass of the image encoder."""
+    kind = _model_type(model)
+    if kind == "maskedclip":
+        tokens = model.vision_model(pixel_values)[0]
+        probe = tokens[:, 1:].mean(dim=1)
+        if model.text_model is None:
+            return probe, None
+        clip_tokens = model.bridge(tokens) if model.bridge is not None else tokens
+        embeds = model.visual_projection(model._pool_clip_tokens(clip_tokens))
+    elif kind == "keepfit" and hasattr(model, "get_text_features"):
+        output = model.get_image_features(pixel_values)
+        probe, embeds = output.last_hidden_state.mean(dim=(2, 3)), output.pooler_output
+    elif hasattr(model, "get_image_features"):
+        embeds = _pooled(model.get_image_features(pixel_values=pixel_values))
+        probe = embeds
+    else:  # an image-only encoder (MaskedCLIPVisionModel, KeepFitVisionModel, ViTModel, ...)
+        output = model(pixel_values=pixel_values)
+        probe = output.pooler_output if output.pooler_output is not None else output.last_hidden_state.mean(1)
+        return probe.flatten(1), None
+    return probe, F.normalize(embeds, dim=-1)
+
+
+def model_fingerprint(model) -> str:
+    """A hash of the model's class, config and every parameter / buffer value (changes when any weight does)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(type(model).__qualname__.encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        if flat.numel():
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+_MEMORY_CACHE: dict[str, ImageFeatures] = {}
+
+
+def _cache_key(model, store: ImageStore, indices: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([FEATURE_FORMAT_VERSION, model_fingerprint(model), store.key]).encode())
+    digest.update(np.ascontiguousarray(store.rows[indices], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _load(path: Path) -> ImageFeatures | None:
+    if not path.exists():
+        return None
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(path))
+    return ImageFeatures(probe=tensors["probe"], embeds=tensors.get("embeds"))
+
+
+def _save(path: Path, features: ImageFeatures) -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"probe": features.probe}
+    if features.embeds is not None:
+        tensors["embeds"] = features.embeds
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, staging)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+@torch.inference_mode()
+def extract_image_features(
+    model,
+    store: ImageStore,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    indices: np.ndarray | None = None,
+    *,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    description: str = "features",
+) -> ImageFeatures:
+    """Features of the records `indices` (default: all) of `store`, extracted batch-wise in eval mode under
+    `torch.inference_mode` on the model's device and dtype, or read back from the cache."""
+    indices = np.arange(len(store.rows)) if indices is None else np.asarray(indices, dtype=np.int64)
+    key = _cache_key(model, store, indices)
+    if key in _MEMORY_CACHE:
+        return _MEMORY_CACHE[key]
+    path = Path(cache_dir) / "features" / f"{key}.safetensors" if cache_dir is not None else None
+    features = _load(path) if path is not None else None
+    if features is None:
+        from tqdm.auto import tqdm
+
+        was_training = model.training
+        model.eval()
+        parameter = next(model.parameters())
+        probes, embeds = [], []
+        progress = tqdm(
+            total=len(indices), desc=description, unit="img", disable=not show_progress, leave=False
+        )
+        for pixel_values in prefetched_batches(store, indices, batch_size, mean, std):
+            pixel_values = pixel_values.to(parameter.device, parameter.dtype, non_blocking=True)
+            probe, embed = encode_images(model, pixel_values)
+            probes.append(probe.float().cpu())
+            if embed is not None:
+                embeds.append(embed.float().cpu())
+            progress.update(len(pixel_values))
+        progress.close()
+        model.train(was_training)
+        features = ImageFeatures(
+            probe=torch.cat(probes).numpy(), embeds=torch.cat(embeds).numpy() if embeds else None
+        )
+        if path is not None:
+            _save(path, features)
+    _MEMORY_CACHE[key] = features
+    return features
+
+
+def clear_feature_cache() -> None:
+    """Forget the in-memory features (the disk cache stays)."""
+    _MEMORY_CACHE.clear()
+
+
+@torch.inference_mode()
+def class_prototypes(
+    model, tokenizer, prompts_per_class: list[list[str]], *, max_length: int = 77, batch_size: int = 64
+) -> np.ndarray:
+    """`(C, P)` zero-shot classifier: for each class the L2-normalised mean of its prompts' normalised text
+    embeddings (METHODS §3)."""
+    if not has_text_tower(model):
+        raise ValueError(
+            f"{type(model).__name__} has no text encoder: zero-shot and few-shot need a dual encoder "
+            "(get_text_features)."
+        )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    flat = [prompt for prompts in prompts_per_class for prompt in prompts]
+    if any(not prompts for prompts in prompts_per_class):
+        raise ValueError("Every class needs at least one prompt.")
+    embeddings = []
+    for start in range(0, len(flat), batch_size):
+        inputs = tokenizer(
+            flat[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(device)
+        embeddings.append(F.normalize(_pooled(model.get_text_features(**inputs)).float(), dim=-1).cpu())
+    model.train(was_training)
+    embeddings = torch.cat(embeddings)
+    prototypes, start = [], 0
+    for prompts in prompts_per_class:
+        prototypes.append(F.normalize(embeddings[start : start + len(prompts)].mean(dim=0), dim=-1))
+        start += len(prompts)
+    return torch.stack(prototypes).numpy()
+
+
+def logit_scale_of(model, maximum: float = 100.0) -> float:
+    """exp(τ) of a CLIP-style model, clamped to `maximum` (100, CLIP's clamp); 100 when it has none."""
+    if hasattr(model, "clamped_logit_scale"):  # MaskedCLIP, KeepFIT: their own clamp (ln 100)
+        return float(model.clamped_logit_scale().detach())
+    scale = getattr(model, "logit_scale", None)
+    if isinstance(scale, torch.Tensor):
+        return float(min(scale.detach().exp().item(), maximum))
+    return maximum

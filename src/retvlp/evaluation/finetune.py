@@ -1,0 +1,360 @@
+"""Fine-tuning the image encoder with a classification head: full fine-tuning or LoRA (PEFT), on Accelerate
+(one process, or `accelerate launch` on many GPUs).
+
+The classifier per family:
+
+- MaskedCLIP → `MaskedCLIPForImageClassification`: E_I, mean-pooled patch tokens → LayerNorm → linear (MAE's
+  global-pool head), drop-path `drop_path_rate` (linear over the blocks), layer-wise lr decay `layer_decay`
+  (block i of L gets lr·decay^(L+1−(i+1)); patch embedding decay^(L+1); head 1);
+- KeepFIT → `KeepFitForImageClassification`: the ResNet, globally pooled last feature map → linear; the layer
+  decay runs over the stem and the four stages;
+- anything else → `AutoModelForImageClassification` (the head re-initialised for the new classes).
+
+Defaults follow METHODS.md §1 "Downstream": AdamW, lr 5e-4 (absolute), batch 16, 50 epochs with 10 warm-up,
+cosine; weight decay 0.05 and no decay on biases, norms, position tables and tokens; drop-path 0.1, layer decay
+0.75. LoRA adapts the ViT's attention projections (q, k, v, o; the ResNet's bottleneck convolutions for KeepFIT)
+with rank 8, α 16, dropout 0.1; the head (and MaskedCLIP's fc_norm) is trained fully (`modules_to_save`).
+Training images get a random crop (side 80–100 %) and a horizontal flip, drawn from (seed, step, process).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import ImageStore, LabelledRecords, to_model_input
+
+FAMILY_LORA_TARGETS = {
+    "maskedclip": r".*vision_model\.layers\.\d+\.attention\.(q_proj|k_proj|v_proj|o_proj)",
+    "keepfit": r".*vision_model\.encoder\.stages\.\d+\.layers\.\d+\.layer\.\d+\.convolution",
+}
+FAMILY_HEAD_MODULES = {"maskedclip": ["classifier", "fc_norm"], "keepfit": ["classifier"]}
+METHODS = ("full", "lora")
+
+
+@dataclass
+class FinetuneSettings:
+    """Hyper-parameters of one fine-tuning run (per-process batch size; `max_steps` overrides `epochs`)."""
+
+    method: str = "full"
+    epochs: float = 50
+    warmup_epochs: float = 10
+    max_steps: int | None = None
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = 0.75
+    drop_path_rate: float = 0.1
+    max_grad_norm: float | None = None
+    augment: bool = True
+    min_crop: float = 0.8
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_target_modules: str | list[str] | None = None
+    mixed_precision: str = "no"
+    init: str = "pretrained"
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"finetune method must be one of {METHODS}, got {self.method!r}.")
+        if self.init not in ("pretrained", "random"):
+            raise ValueError(f'init must be "pretrained" or "random", got {self.init!r}.')
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch_size and eval_batch_size must be at least 1.")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
+        if not 0 < self.min_crop <= 1:
+            raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}.")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}.")
+
+
+@dataclass
+class FinetuneResult:
+    """Test-set `probabilities` `(M, C)` (softmax, or sigmoid for multi-label), the training loss per step,
+    the trained (unwrapped) model and where it was saved (`model/` for full fine-tuning, `adapter/` for LoRA)."""
+
+    probabilities: np.ndarray
+    losses: list[float]
+    model: torch.nn.Module
+    saved_to: Path | None = None
+
+
+def family_of(config) -> str:
+    model_type = getattr(config, "model_type", "")
+    if model_type.startswith("maskedclip"):
+        return "maskedclip"
+    if model_type.startswith("keepfit"):
+        return "keepfit"
+    return model_type
+
+
+def build_classifier(source, class_names: list[str], *, multi_label: bool, settings: FinetuneSettings):
+    """The classification model for `source` (a checkpoint directory or Hub id; a model instance is saved to a
+    temporary directory first) with a fresh head for `class_names`."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    from ..keepfit import KeepFitForImageClassification
+    from ..maskedclip import MaskedCLIPForImageClassification
+
+    if isinstance(source, torch.nn.Module):
+        with tempfile.TemporaryDirectory() as staging:
+            source.save_pretrained(staging)
+            return build_classifier(staging, class_names, multi_label=multi_label, settings=settings)
+    config = AutoConfig.from_pretrained(source)
+    family = family_of(config)
+    kwargs = dict(
+        num_labels=len(class_names),
+        id2label=dict(enumerate(class_names)),
+        label2id={name: i for i, name in enumerate(class_names)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    if family == "maskedclip":
+        cls, kwargs = MaskedCLIPForImageClassification, {**kwargs, "drop_path_rate": settings.drop_path_rate}
+    elif family == "keepfit":
+        cls = KeepFitForImageClassification
+    else:
+        cls, kwargs = AutoModelForImageClassification, {**kwargs, "ignore_mismatched_sizes": True}
+    model = cls.from_pretrained(source, **kwargs)
+    if settings.init == "random":  # the same architecture at seeded random weights: the baseline
+        torch.manual_seed(settings.seed)
+        model = type(model)(model.config)
+    return model
+
+
+def lora_wrap(model, settings: FinetuneSettings):
+    """`model` with LoRA adapters on its attention projections (convolutions for KeepFIT); the head trains fully."""
+    from peft import LoraConfig, get_peft_model
+
+    family = family_of(model.config)
+    targets = settings.lora_target_modules or FAMILY_LORA_TARGETS.get(family)
+    if targets is None:
+        raise ValueError(
+            f"No default LoRA target modules for model_type {model.config.model_type!r}: pass "
+            "lora_target_modules (a regex or a list of module-name suffixes, e.g. ['q_proj', 'v_proj'])."
+        )
+    config = LoraConfig(
+        r=settings.lora_rank,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets,
+        modules_to_save=FAMILY_HEAD_MODULES.get(family, ["classifier"]),
+        task_type=None,
+    )
+    wrapped = get_peft_model(model, config)
+    if not any(n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" in n):
+        raise ValueError(f"LoRA target modules {targets!r} matched no module of {type(model).__name__}.")
+    return wrapped
+
+
+_NUMBERED_BLOCK = re.compile(r"vision_model\.(?:layers|encoder\.stages)\.(\d+)\.")
+
+
+def _depth_of(name: str, num_blocks: int) -> int:
+    """0 for the stem (patch embedding / ResNet embedder), i + 1 for block / stage i, num_blocks + 1 otherwise."""
+    if "vision_model.embeddings." in name or "vision_model.embedder." in name:
+        return 0
+    match = _NUMBERED_BLOCK.search(name)
+    return int(match.group(1)) + 1 if match else num_blocks + 1
+
+
+def _no_weight_decay(name: str, parameter: torch.nn.Parameter) -> bool:
+    return parameter.ndim <= 1 or any(
+        key in name for key in ("position_embeddings", "cls_token", "logit_scale")
+    )
+
+
+def parameter_groups(model, settings: FinetuneSettings) -> list[dict]:
+    """AdamW groups with layer-wise lr decay and no weight decay on biases, norms, position tables, tokens."""
+    config = getattr(model, "config", None)
+    vision = getattr(config, "vision_config", None) or config
+    num_blocks = (
+        len(vision.hidden_sizes)
+        if hasattr(vision, "hidden_sizes")
+        else int(getattr(vision, "num_hidden_layers", 0))
+    )
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        depth = _depth_of(name, num_blocks)
+        decay = not _no_weight_decay(name, parameter)
+        scale = settings.layer_decay ** (num_blocks + 1 - depth)
+        group = groups.setdefault(
+            (depth, decay),
+            {
+                "params": [],
+                "names": [],
+                "lr": settings.lr * scale,
+                "lr_scale": scale,
+                "weight_decay": settings.weight_decay if decay else 0.0,
+            },
+        )
+        group["params"].append(parameter)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def _random_crops(rng: np.random.Generator, count: int, min_side: float) -> tuple[np.ndarray, np.ndarray]:
+    side = rng.uniform(min_side, 1.0, count)
+    centre = rng.uniform(-1.0, 1.0, (count, 2)) * (1.0 - side)[:, None]
+    return np.column_stack([side, centre]).astype(np.float32), rng.random(count) < 0.5
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, indices: np.ndarray):
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> int:
+        return int(self.indices[item])
+
+
+def _collate(store: ImageStore, labelled: LabelledRecords):
+    def collate(indices: list[int]) -> dict[str, torch.Tensor]:
+        indices = np.asarray(indices, dtype=np.int64)
+        return {
+            "pixels": torch.from_numpy(np.array(store.pixels(indices))),  # writable copy of the Arrow rows
+            "labels": torch.from_numpy(labelled.targets[indices]),
+        }
+
+    return collate
+
+
+def finetune(
+    source,
+    labelled: LabelledRecords,
+    store: ImageStore,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    train_indices: np.ndarray,
+    test_indices: np.ndarray,
+    settings: FinetuneSettings | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune `source` on the records `train_indices` and predict `test_indices`.
+
+    Args:
+        source: checkpoint directory, Hub id or model instance (MaskedCLIP, KeepFIT or any image classifier).
+        store / mean / std: the cached pixels of `labelled` at the model's geometry and its normalisation.
+        output_dir: where to save the fine-tuned model (`model/`) or the LoRA adapter (`adapter/`).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from ..training.data import augment_and_normalize
+
+    settings = settings or FinetuneSettings()
+    if len(train_indices) == 0 or len(test_indices) == 0:
+        raise ValueError("Fine-tuning needs non-empty training and test indices.")
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision)
+    set_seed(settings.seed)
+    model = build_classifier(
+        source, labelled.class_names, multi_label=labelled.multi_label, settings=settings
+    )
+    if settings.method == "lora":
+        model = lora_wrap(model, settings)
+    optimizer = torch.optim.AdamW(parameter_groups(model, settings), lr=settings.lr, betas=settings.betas)
+    generator = torch.Generator().manual_seed(settings.seed)
+    collate = _collate(store, labelled)
+    train_loader = torch.utils.data.DataLoader(
+        _Rows(train_indices),
+        batch_size=settings.batch_size,
+        shuffle=True,
+        drop_last=len(train_indices) >= settings.batch_size * accelerator.num_processes,
+        generator=generator,
+        collate_fn=collate,
+    )
+    test_loader = torch.utils.data.DataLoader(
+        _Rows(test_indices), batch_size=settings.eval_batch_size, collate_fn=collate
+    )
+    model, optimizer, train_loader, test_loader = accelerator.prepare(
+        model, optimizer, train_loader, test_loader
+    )
+    steps_per_epoch = max(1, len(train_loader))
+    total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    warmup = (
+        min(total - 1, round(settings.warmup_epochs * steps_per_epoch)) if settings.max_steps is None else 0
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(0, warmup), total)
+
+    losses: list[float] = []
+    progress = tqdm(
+        total=total,
+        desc=f"{settings.method} fine-tuning",
+        disable=not show_progress or not accelerator.is_main_process,
+        leave=False,
+    )
+    model.train()
+    step = 0
+    while step < total:
+        for batch in train_loader:
+            if step >= total:
+                break
+            rng = np.random.default_rng([settings.seed, step, accelerator.process_index])
+            crops, flips = (
+                _random_crops(rng, len(batch["pixels"]), settings.min_crop)
+                if settings.augment
+                else (None, None)
+            )
+            pixel_values = augment_and_normalize(batch["pixels"].cpu().numpy(), crops, flips, mean, std)
+            labels = batch["labels"].float() if labelled.multi_label else batch["labels"]
+            with accelerator.autocast():
+                loss = model(pixel_values=pixel_values.to(accelerator.device), labels=labels).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Fine-tuning loss is {loss.item()} at step {step}: lower the learning rate (now "
+                    f"{settings.lr}) or use mixed_precision='no'."
+                )
+            accelerator.backward(loss)
+            if settings.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            progress.set_postfix(loss=f"{losses[-1]:.4f}")
+            progress.update(1)
+            step += 1
+    progress.close()
+
+    probabilities = predict(model, test_loader, accelerator, mean, std, labelled.multi_label)
+    unwrapped = accelerator.unwrap_model(model)
+    saved_to = None
+    if output_dir is not None:
+        saved_to = Path(output_dir) / ("adapter" if settings.method == "lora" else "model")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(saved_to)
+    return FinetuneResult(probabilities=probabilities, losses=losses, model=unwrapped, saved_to=saved_to)
+
+
+@torch.inference_mode()
+def predict(model, loader, accelerator, mean, std, multi_label: bool) -> np.ndarray:
+    """Class probabilities `(M, C)` over a prepared loader, gathered from every process in order."""
+    model.eval()
+    outputs = []
+    for batch in loader:
+        pixel_values = to_model_input(batch["pixels"].cpu().numpy(), mean, std)
+        with accelerator.autocast():
+            logits = model(pixel_values=pixel_values.to(accelerator.device)).logits.float()
+        probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+        outputs.append(accelerator.gather_for_metrics(probabilities).cpu())
+    return torch.cat(outputs).numpy().astype(np.float64)

@@ -1,0 +1,484 @@
+"""The evaluation harness: one or more models × one labelled data set × the protocols of METHODS §3.
+
+    results = evaluate_models({"maskedclip": "outputs/demo_maskedclip/final"}, "data/test.csv",
+                              tasks=["zero-shot", "linear-probe"], random_init=True)
+
+Flow: read the labelled records once → cache the pixels once per image geometry → fix the test set (a given
+test manifest, or a seeded group-aware stratified split) → per model extract features once (cached) → run each
+task over its seeds / label fractions / shots on those features (fine-tuning trains on the cached pixels) →
+metrics per run → mean ± std rows. `retvlp evaluate` is a thin CLI over `evaluate_models`.
+
+Result rows (`results["results"]`): `{"model", "task", "method", "fraction", "shots", "seeds", "num_train",
+"metrics": {name: {"mean", "std", "values"}}}`; std is the sample standard deviation over seeds (0 for one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import (
+    LabelledRecords,
+    cache_images,
+    drop_bad_images,
+    geometry_of,
+    normalization_of,
+    read_labelled_records,
+    summarize_counts,
+)
+from .features import class_prototypes, extract_image_features, has_text_tower, logit_scale_of
+from .finetune import FinetuneSettings, finetune
+from .linear_probe import DEFAULT_C, linear_probe_probabilities
+from .metrics import classification_metrics
+from .splits import few_shot_indices, group_stratified_split, nested_label_fractions
+from .zero_shot import multi_label_threshold, prompt_ensembles, zero_shot_probabilities
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("zero-shot", "few-shot", "linear-probe", "finetune", "lora")
+FEW_SHOT_METHODS = ("clip-adapter", "tip-adapter", "tip-adapter-f")
+
+
+@dataclass
+class EvaluationSettings:
+    """What to run. Defaults: METHODS §3 (fractions 1/10/100 %, 1/5/10 shots, C = 0.316, α = 1, β = 5)."""
+
+    tasks: tuple[str, ...] = ("zero-shot", "linear-probe")
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    shots: tuple[int, ...] = (1, 5, 10)
+    few_shot_methods: tuple[str, ...] = FEW_SHOT_METHODS
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    modality: str = "CFP"
+    templates: list[str] | None = None
+    include_descriptions: bool = True
+    probe_C: float = DEFAULT_C
+    probe_standardize: bool = True
+    batch_size: int = 64
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    save_models: bool = True  # fine-tuned models / LoRA adapters under <output_dir>/finetuned/
+    cache_dir: str | None = None
+    show_progress: bool = True
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"Unknown task(s) {unknown or self.tasks}: choose from {', '.join(TASKS)}.")
+        bad = [m for m in self.few_shot_methods if m not in FEW_SHOT_METHODS]
+        if bad:
+            raise ValueError(f"Unknown few-shot method(s) {bad}: choose from {', '.join(FEW_SHOT_METHODS)}.")
+        if not self.seeds:
+            raise ValueError("Give at least one seed.")
+        if any(not 0 < f <= 1 for f in self.fractions) or not self.fractions:
+            raise ValueError(f"Label fractions must be in (0, 1], got {self.fractions}.")
+        if any(int(s) < 1 for s in self.shots):
+            raise ValueError(f"Shots must be at least 1, got {self.shots}.")
+
+
+# ---------------------------------------------------------------------------------------------- models
+@dataclass
+class LoadedModel:
+    name: str
+    model: torch.nn.Module
+    image_processor: object
+    tokenizer: object | None
+    max_length: int
+    source: object  # what fine-tuning starts from: a path / Hub id, or the model itself
+
+
+def load_model(name: str, source, device: str | None = None) -> LoadedModel:
+    """A model and its processor from a directory / Hub id, or from `(model, processor)`."""
+    from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
+
+    if isinstance(source, (tuple, list)):
+        model, processor = source
+        origin = model
+    else:
+        origin = str(source)
+        if not Path(origin).exists() and os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in origin:
+            raise ValueError(f"--model {origin}: no such directory (and HF_HUB_OFFLINE=1 rules out the Hub).")
+        model = AutoModel.from_pretrained(origin)
+        try:
+            processor = AutoProcessor.from_pretrained(origin)
+        except (OSError, ValueError, TypeError):
+            processor = AutoImageProcessor.from_pretrained(origin)
+    image_processor = getattr(processor, "image_processor", processor)
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None and has_text_tower(model) and isinstance(origin, str):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(origin)
+        except (OSError, ValueError):
+            tokenizer = None
+    max_length = getattr(processor, "max_length", None) or min(
+        getattr(tokenizer, "model_max_length", 77), 512
+    )
+    text_positions = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+    max_length = int(min(max_length, text_positions or max_length))
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return LoadedModel(name, model, image_processor, tokenizer, max_length, origin)
+
+
+def random_init_copy(loaded: LoadedModel, seed: int) -> LoadedModel:
+    """The same architecture at seeded random weights (the baseline every pretrained number is read against)."""
+    torch.manual_seed(seed)
+    model = type(loaded.model)(loaded.model.config)
+    model.to(next(loaded.model.parameters()).device).eval()
+    return LoadedModel(
+        "random_init", model, loaded.image_processor, loaded.tokenizer, loaded.max_length, model
+    )
+
+
+# ---------------------------------------------------------------------------------------------- results
+def summarize(values: list[dict[str, float]]) -> dict[str, dict]:
+    """Per metric: mean, std (sample std over runs; 0 for one run) and the run values."""
+    out = {}
+    for name in values[0]:
+        runs = np.asarray([v[name] for v in values], dtype=np.float64)
+        out[name] = {
+            "mean": float(np.nanmean(runs)) if not np.isnan(runs).all() else float("nan"),
+            "std": float(np.nanstd(runs, ddof=1)) if np.isfinite(runs).sum() > 1 else 0.0,
+            "values": [float(v) for v in runs],
+        }
+    return out
+
+
+def _row(model, task, metrics_per_seed, seeds, num_train, method=None, fraction=None, shots=None) -> dict:
+    return {
+        "model": model,
+        "task": task,
+        "method": method,
+        "fraction": fraction,
+        "shots": shots,
+        "seeds": list(seeds),
+        "num_train": num_train,
+        "metrics": summarize(metrics_per_seed),
+    }
+
+
+@dataclass
+class _Context:
+    labelled: LabelledRecords
+    pool: np.ndarray
+    test: np.ndarray
+    settings: EvaluationSettings
+    predictions: dict = field(default_factory=dict)  # (model, task, method, fraction, shots) → probabilities
+
+    def score(self, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+        return classification_metrics(
+            self.labelled.targets[self.test],
+            probabilities,
+            multi_label=self.labelled.multi_label,
+            threshold=threshold,
+        )
+
+    def keep(self, key: tuple, probabilities: np.ndarray) -> None:
+        self.predictions.setdefault(key, probabilities)  # the first seed's, for ROC curves
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+def run_zero_shot(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
+    if features.embeds is None or loaded.tokenizer is None:
+        raise ValueError(f"{loaded.name}: zero-shot needs a text encoder and a tokenizer.")
+    s = ctx.settings
+    prompts = prompt_ensembles(
+        ctx.labelled.class_names,
+        modality=s.modality,
+        templates=s.templates,
+        include_descriptions=s.include_descriptions,
+    )
+    prototypes = class_prototypes(loaded.model, loaded.tokenizer, prompts, max_length=loaded.max_length)
+    probabilities = zero_shot_probabilities(
+        features.embeds[ctx.test], prototypes, logit_scale_of(loaded.model)
+    )
+    ctx.keep((loaded.name, "zero-shot", None, None, None), probabilities)
+    threshold = multi_label_threshold(len(ctx.labelled.class_names))
+    return [_row(loaded.name, "zero-shot", [ctx.score(probabilities, threshold)], [0], 0)]
+
+
+def run_linear_probe(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    s, labelled = ctx.settings, ctx.labelled
+    runs: dict[float, list] = {f: [] for f in s.fractions}
+    sizes: dict[float, list] = {f: [] for f in s.fractions}
+    progress = tqdm(
+        total=len(s.seeds) * len(s.fractions),
+        desc=f"{loaded.name} linear probe",
+        disable=not s.show_progress,
+        leave=False,
+    )
+    for seed in s.seeds:
+        subsets = nested_label_fractions(
+            labelled.targets[ctx.pool], labelled.groups[ctx.pool], s.fractions, seed
+        )
+        for fraction in s.fractions:
+            train = ctx.pool[subsets[fraction]]
+            probabilities = linear_probe_probabilities(
+                features.probe[train],
+                labelled.targets[train],
+                features.probe[ctx.test],
+                len(labelled.class_names),
+                multi_label=labelled.multi_label,
+                C=s.probe_C,
+                standardize=s.probe_standardize,
+                seed=seed,
+            )
+            ctx.keep((loaded.name, "linear-probe", None, fraction, None), probabilities)
+            runs[fraction].append(ctx.score(probabilities))
+            sizes[fraction].append(len(train))
+            progress.update(1)
+    progress.close()
+    return [
+        _row(loaded.name, "linear-probe", runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f)
+        for f in s.fractions
+    ]
+
+
+def run_few_shot(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
+    from .few_shot import FEW_SHOT_METHODS as methods
+
+    s, labelled = ctx.settings, ctx.labelled
+    if labelled.multi_label:
+        raise ValueError("Few-shot evaluation needs single-label data (k images per class).")
+    if features.embeds is None or loaded.tokenizer is None:
+        raise ValueError(f"{loaded.name}: few-shot adapters need a text encoder and a tokenizer.")
+    prompts = prompt_ensembles(
+        labelled.class_names,
+        modality=s.modality,
+        templates=s.templates,
+        include_descriptions=s.include_descriptions,
+    )
+    prototypes = class_prototypes(loaded.model, loaded.tokenizer, prompts, max_length=loaded.max_length)
+    rows = []
+    for shots in s.shots:
+        runs: dict[str, list] = {m: [] for m in s.few_shot_methods}
+        for seed in s.seeds:
+            chosen = ctx.pool[
+                few_shot_indices(labelled.targets[ctx.pool], int(shots), seed, labelled.groups[ctx.pool])
+            ]
+            for method in s.few_shot_methods:
+                kwargs = {} if method == "tip-adapter" else {"seed": seed}
+                prediction = methods[method](
+                    features.embeds[chosen],
+                    labelled.targets[chosen],
+                    features.embeds[ctx.test],
+                    prototypes,
+                    **kwargs,
+                )
+                ctx.keep((loaded.name, "few-shot", method, None, shots), prediction.probabilities)
+                runs[method].append(ctx.score(np.asarray(prediction.probabilities, dtype=np.float64)))
+        num_train = int(shots) * len(labelled.class_names)
+        rows += [
+            _row(loaded.name, "few-shot", runs[m], s.seeds, num_train, method=m, shots=int(shots))
+            for m in s.few_shot_methods
+        ]
+    return rows
+
+
+def run_finetune(loaded: LoadedModel, task: str, store, mean, std, ctx: _Context, output_dir) -> list[dict]:
+    from dataclasses import replace
+
+    s, labelled = ctx.settings, ctx.labelled
+    base = replace(s.finetune, method="lora" if task == "lora" else "full")
+    if loaded.name == "random_init":
+        base = replace(base, init="random")
+    rows = []
+    runs: dict[float, list] = {f: [] for f in s.fractions}
+    sizes: dict[float, list] = {f: [] for f in s.fractions}
+    for seed in s.seeds:
+        subsets = nested_label_fractions(
+            labelled.targets[ctx.pool], labelled.groups[ctx.pool], s.fractions, seed
+        )
+        for fraction in s.fractions:
+            train = ctx.pool[subsets[fraction]]
+            settings = replace(base, seed=seed)
+            run_dir = (
+                Path(output_dir) / f"{loaded.name}-{task}-fraction{fraction:g}-seed{seed}"
+                if output_dir
+                else None
+            )
+            result = finetune(
+                loaded.source if loaded.name != "random_init" else loaded.model,
+                labelled,
+                store,
+                mean,
+                std,
+                train,
+                ctx.test,
+                settings,
+                output_dir=run_dir,
+                show_progress=s.show_progress,
+            )
+            ctx.keep((loaded.name, task, None, fraction, None), result.probabilities)
+            runs[fraction].append(ctx.score(result.probabilities))
+            sizes[fraction].append(len(train))
+    rows += [
+        _row(loaded.name, task, runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f) for f in s.fractions
+    ]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _fixed_split(labelled: LabelledRecords, num_pool: int | None, settings: EvaluationSettings):
+    if num_pool is None:
+        return group_stratified_split(
+            labelled.targets, labelled.groups, settings.test_fraction, settings.split_seed
+        )
+    pool, test = np.arange(num_pool), np.arange(num_pool, len(labelled))
+    shared = set(labelled.groups[pool].tolist()) & set(labelled.groups[test].tolist())
+    shared = {g for g in shared if not str(g).startswith("image:")}
+    if shared:
+        raise ValueError(
+            f"{len(shared)} patient(s) have images in both the training data and the test data (e.g. "
+            f"{sorted(map(str, shared))[:5]}): remove them from one side, or leave out --test-data to let the "
+            "harness split by patient."
+        )
+    return pool, test
+
+
+def _concatenate(first: LabelledRecords, second: LabelledRecords) -> LabelledRecords:
+    return LabelledRecords(
+        records=first.records + second.records,
+        class_names=first.class_names,
+        targets=np.concatenate([first.targets, second.targets]),
+        groups=np.concatenate([first.groups, second.groups]),
+        multi_label=first.multi_label,
+        name=first.name,
+        excluded={
+            k: first.excluded.get(k, 0) + second.excluded.get(k, 0)
+            for k in {**first.excluded, **second.excluded}
+        },
+        excluded_examples=(first.excluded_examples + second.excluded_examples)[:50],
+    )
+
+
+def evaluate_models(
+    models: dict,
+    data,
+    *,
+    test_data=None,
+    class_names: list[str] | None = None,
+    multi_label: bool | None = None,
+    settings: EvaluationSettings | None = None,
+    random_init: bool = False,
+    output_dir: str | Path | None = None,
+    dataset_name: str | None = None,
+    device: str | None = None,
+) -> dict:
+    """Run `settings.tasks` for every model on `data` and return the results (and write the report when
+    `output_dir` is given: results.json, results.md, PNG plots, per-run predictions).
+
+    Args:
+        models: `{name: directory | Hub id | (model, processor)}`, e.g. `{"maskedclip": "runs/final",
+            "clip": (clip_model, clip_processor)}`; any dual encoder with `get_image_features` /
+            `get_text_features` works (image-only models: linear probe and fine-tuning).
+        data: manifest path(s) or spec dict(s) of the labelled data (the training pool when `test_data` is
+            given; otherwise a group-aware stratified `test_fraction` of it becomes the fixed test set).
+        random_init: also evaluate the first model's architecture at seeded random weights.
+    """
+    from .report import write_report
+
+    settings = settings or EvaluationSettings()
+    if not models:
+        raise ValueError("Give at least one model to evaluate.")
+    labelled = read_labelled_records(data, class_names, multi_label=multi_label, name=dataset_name)
+    num_pool = None
+    if test_data is not None:
+        test = read_labelled_records(test_data, labelled.class_names, multi_label=labelled.multi_label)
+        num_pool, labelled = len(labelled), _concatenate(labelled, test)
+    loaded = [load_model(name, source, device) for name, source in models.items()]
+    if random_init:
+        loaded.append(random_init_copy(loaded[0], settings.split_seed))
+    geometries = {}
+    for entry in loaded:
+        geometries.setdefault(geometry_of(entry.image_processor), None)
+    stores = {
+        g: cache_images(labelled, g, cache_dir=settings.cache_dir, show_progress=settings.show_progress)
+        for g in geometries
+    }
+    before = len(labelled)
+    labelled, kept_stores = drop_bad_images(labelled, list(stores.values()))
+    stores = dict(zip(stores, kept_stores, strict=True))
+    if num_pool is not None and len(labelled) != before:
+        num_pool -= int(sum(1 for r in labelled.excluded_examples if r["reason"] == "bad_image"))
+    pool, test = _fixed_split(labelled, num_pool, settings)
+    ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings)
+    results = {
+        "dataset": {
+            "name": labelled.name,
+            "classes": labelled.class_names,
+            "multi_label": labelled.multi_label,
+            "num_train": int(len(pool)),
+            "num_test": int(len(test)),
+            "test_split": "given"
+            if test_data is not None
+            else f"group-aware stratified {settings.test_fraction:g}",
+            "split_seed": settings.split_seed,
+            "train_counts": summarize_counts(labelled, ctx.pool),
+            "test_counts": summarize_counts(labelled, ctx.test),
+            "excluded": labelled.excluded,
+            "excluded_examples": labelled.excluded_examples,
+        },
+        "models": {},
+        "settings": _jsonable(asdict(settings)),
+        "results": [],
+    }
+    for entry in loaded:
+        store = stores[geometry_of(entry.image_processor)]
+        mean, std = normalization_of(entry.image_processor)
+        results["models"][entry.name] = {
+            "source": entry.source if isinstance(entry.source, str) else type(entry.source).__name__,
+            "class": type(entry.model).__name__,
+            "model_type": getattr(entry.model.config, "model_type", None),
+        }
+        needs_features = any(t in settings.tasks for t in ("zero-shot", "few-shot", "linear-probe"))
+        features = (
+            extract_image_features(
+                entry.model,
+                store,
+                mean,
+                std,
+                batch_size=settings.batch_size,
+                cache_dir=settings.cache_dir,
+                show_progress=settings.show_progress,
+                description=f"{entry.name} features",
+            )
+            if needs_features
+            else None
+        )
+        for task in settings.tasks:
+            if task in ("zero-shot", "few-shot") and (features.embeds is None or entry.tokenizer is None):
+                logger.warning("%s: skipping %s (no text encoder / tokenizer)", entry.name, task)
+                results["models"][entry.name].setdefault("skipped_tasks", []).append(task)
+                continue
+            if task == "zero-shot":
+                results["results"] += run_zero_shot(entry, features, ctx)
+            elif task == "linear-probe":
+                results["results"] += run_linear_probe(entry, features, ctx)
+            elif task == "few-shot":
+                results["results"] += run_few_shot(entry, features, ctx)
+            else:
+                save = output_dir is not None and settings.save_models
+                finetune_dir = Path(output_dir) / "finetuned" if save else None
+                results["results"] += run_finetune(entry, task, store, mean, std, ctx, finetune_dir)
+    if output_dir is not None:
+        write_report(results, ctx.predictions, labelled.targets[ctx.test], output_dir)
+    results["predictions"] = ctx.predictions
+    results["test_targets"] = labelled.targets[ctx.test]
+    return results
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

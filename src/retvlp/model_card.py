@@ -1,0 +1,960 @@
+"""Model cards for retvlp checkpoints: Hub metadata (including a `model-index` of evaluation results) and a
+Markdown body rendered from the Jinja templates in ``retvlp/model_cards/``.
+
+:func:`render_model_card` reads a checkpoint folder (``config.json``, and when present
+``training_summary.json``, ``eval_results.json``, ``processor_config.json`` and the run's ``run_config.yaml``)
+and returns a :class:`huggingface_hub.ModelCard`; :func:`render_adapter_card` does the same for a PEFT LoRA
+adapter folder. Nothing here touches the network.
+
+Evaluation results are read in the layout of the evaluation suite::
+
+    {"dataset": {"name": ..., "classes": [...], "multi_label": false, "num_train": 900, "num_test": 231},
+     "results": [{"model": "pretrained", "task": "linear-probe", "method": null, "fraction": 0.1,
+                  "shots": null, "seeds": [0, 1, 2],
+                  "metrics": {"roc_auc": {"mean": 0.8, "std": 0.01, "values": [...]}, ...}}, ...]}
+
+(the older per-model summary the pretraining loop writes, ``{"pretrained": {"zero_shot": {"accuracy": ...}}}``,
+is accepted too). Rows of the evaluated model become ``EvalResult`` entries of the card metadata; rows of other
+models (``random_init``, ...) appear only as baselines in the Markdown table.
+
+How the results survive ``model-index``: huggingface_hub groups `EvalResult`s by (task type, dataset type,
+config, split, revision) and keeps the task *name* of the first result of each group only, while every metric
+entry keeps its own ``name``, ``config`` and ``args``. So the task name here depends on the task type alone
+("Zero-shot image classification" / "Image classification"), and the protocol of a row lives with each metric:
+``name`` reads e.g. "ROC-AUC (linear probe, 10% labels)", ``config`` is a compact protocol key
+(``"linear-probe/fraction=0.1"``) and ``args`` holds protocol, method, label fraction, shots, seeds and the
+standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+SUPPORTED_MODEL_TYPES = ("maskedclip", "keepfit")
+
+FAMILY_TITLES = {"maskedclip": "MaskedCLIP", "keepfit": "KeepFIT V2"}
+
+BASE_TAGS = (
+    "retvlp",
+    "medical-imaging",
+    "ophthalmology",
+    "retina",
+    "vision-language",
+    "zero-shot-image-classification",
+)
+
+TASK_ORDER = ("zero-shot", "few-shot", "linear-probe", "finetune", "lora")
+TASK_LABELS = {
+    "zero-shot": "zero-shot",
+    "few-shot": "few-shot",
+    "linear-probe": "linear probe",
+    "finetune": "full fine-tuning",
+    "lora": "LoRA fine-tuning",
+}
+METHOD_LABELS = {
+    "tip-adapter": "Tip-Adapter",
+    "tip-adapter-f": "Tip-Adapter-F",
+    "clip-adapter": "CLIP-Adapter",
+    "linear-probe": "linear probe",
+    "logistic-regression": "logistic regression",
+    "prototypes": "class prototypes",
+}
+METRIC_ORDER = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "quadratic_kappa", "f1_macro")
+METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "roc_auc": "ROC-AUC",
+    "pr_auc": "PR-AUC",
+    "quadratic_kappa": "Quadratic weighted kappa",
+    "f1_macro": "Macro F1",
+}
+ZERO_SHOT_TASK_NAME = "Zero-shot image classification"
+IMAGE_CLASSIFICATION_TASK_NAME = "Image classification"
+
+# Lines of the templates between these markers form the intended-use / limitations section, which the adapter
+# card reuses from its base family's template.
+SECTION_START = "<!-- retvlp:intended-use:start -->"
+SECTION_END = "<!-- retvlp:intended-use:end -->"
+
+_VIT_NAMES = {
+    (192, 12, 3): "ViT-Ti",
+    (384, 12, 6): "ViT-S",
+    (768, 12, 12): "ViT-B",
+    (1024, 24, 16): "ViT-L",
+    (1280, 32, 16): "ViT-H",
+}
+_RESNET_NAMES = {
+    ("basic", (2, 2, 2, 2)): "ResNet-18",
+    ("basic", (3, 4, 6, 3)): "ResNet-34",
+    ("bottleneck", (3, 4, 6, 3)): "ResNet-50",
+    ("bottleneck", (3, 4, 23, 3)): "ResNet-101",
+    ("bottleneck", (3, 8, 36, 3)): "ResNet-152",
+}
+_DEFAULT_CLASSES = ["diabetic retinopathy", "glaucoma", "normal"]
+_PROMPTS = {"maskedclip": "a fundus photograph of {}", "keepfit": "A fundus photograph of {}."}
+_SYNTHETIC_PROVENANCE = (
+    "Synthetic, procedurally generated fundus-like images and captions from retvlp's demo generator "
+    "(`retvlp.data.synthetic`); no real patient data."
+)
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+
+
+def template_path(name: str) -> Path:
+    """Path of a packaged card template (``"maskedclip"`` or ``"keepfit"``)."""
+    return Path(str(resources.files("retvlp.model_cards").joinpath(f"{name}.md")))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def _load_optional(value: Mapping | str | Path | None, default: Path, what: str) -> dict | None:
+    """A dict given as such, read from a path, or from `default` when it exists; `{}` means 'none'."""
+    if value is None:
+        return _read_json(default) if default.is_file() else None
+    if isinstance(value, Mapping):
+        return dict(value) or None
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    return _read_json(path) or None
+
+
+def _read_config(checkpoint_dir: Path) -> dict:
+    path = checkpoint_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint_dir} has no config.json: not a saved retvlp checkpoint")
+    config = _read_json(path)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"cannot render a model card for model_type {model_type!r} (from {path}); "
+            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return config
+
+
+def _read_yaml(path: Path) -> dict | None:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def find_run_config(checkpoint_dir: str | Path) -> dict | None:
+    """The pretraining loop writes `run_config.yaml` in its output directory, the parent of `final/` (and of
+    `checkpoint-*`); other folders are only searched themselves."""
+    checkpoint_dir = Path(checkpoint_dir)
+    candidates = [checkpoint_dir / "run_config.yaml"]
+    name = checkpoint_dir.resolve().name
+    if name == "final" or name.startswith("checkpoint-"):
+        candidates.append(checkpoint_dir.resolve().parent / "run_config.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return _read_yaml(candidate)
+    return None
+
+
+def _default_model_name(checkpoint_dir: Path, repo_id: str | None) -> str:
+    if repo_id:
+        return repo_id.rstrip("/").split("/")[-1]
+    directory = checkpoint_dir.resolve()
+    if directory.name == "final" or directory.name.startswith("checkpoint-"):
+        directory = directory.parent
+    return directory.name or "retvlp-model"
+
+
+# ----------------------------------------------------------------------------------------- architecture
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _vit_name(vision: Mapping) -> str:
+    width = vision.get("hidden_size")
+    depth = vision.get("num_hidden_layers")
+    heads = vision.get("num_attention_heads")
+    patch = vision.get("patch_size")
+    size = vision.get("image_size")
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    known = _VIT_NAMES.get((width, depth, heads))
+    shape = f"width {width}, depth {depth}, {heads} heads, MLP {vision.get('intermediate_size')}"
+    name = f"{known}/{patch}" if known else f"ViT/{patch} ({shape})"
+    if known:
+        name += f" ({shape})"
+    return f"{name}, {size}×{size} px input"
+
+
+def _bert_description(text: Mapping) -> str:
+    width, depth, heads = (
+        text.get("hidden_size"),
+        text.get("num_hidden_layers"),
+        text.get("num_attention_heads"),
+    )
+    size = " (BERT-base size)" if (width, depth, heads) == (768, 12, 12) else ""
+    kind = "BERT" if text.get("model_type", "bert") == "bert" else str(text.get("model_type"))
+    return (
+        f"{kind}{size}: width {width}, {depth} layers, {heads} heads, vocabulary {text.get('vocab_size')}, "
+        f"up to {text.get('max_position_embeddings')} positions"
+    )
+
+
+def _resnet_name(vision: Mapping) -> str:
+    if vision.get("model_type") != "resnet":
+        sizes = vision.get("hidden_sizes") or vision.get("hidden_size")
+        return f"{vision.get('model_type')} backbone (widths {sizes})"
+    layer_type = vision.get("layer_type", "bottleneck")
+    depths = tuple(vision.get("depths") or ())
+    sizes = list(vision.get("hidden_sizes") or ())
+    known = _RESNET_NAMES.get((layer_type, depths))
+    standard = sizes == ([256, 512, 1024, 2048] if layer_type == "bottleneck" else [64, 128, 256, 512])
+    detail = f"{layer_type} blocks, depths {list(depths)}, widths {sizes}"
+    if known and standard:
+        return f"{known} ({detail})"
+    return f"custom ResNet ({detail})"
+
+
+def _maskedclip_architecture(config: Mapping) -> list[tuple[str, str]]:
+    vision = config.get("vision_config") or {}
+    text = config.get("text_config") or {}
+    rows = [("Image encoder E_I", f"{_vit_name(vision)} (MAE-style, encodes visible patches + cls)")]
+    rows.append(
+        (
+            "Pixel decoder D_I",
+            f"width {vision.get('decoder_hidden_size')}, {vision.get('decoder_num_hidden_layers')} blocks, "
+            f"{vision.get('decoder_num_attention_heads')} heads; mask ratio {_fmt(vision.get('mask_ratio'))}, "
+            f"per-patch normalised pixel targets: {'yes' if vision.get('norm_pix_loss', True) else 'no'}",
+        )
+    )
+    bridge = (
+        f"{config.get('bridge_num_hidden_layers')} transformer blocks at the encoder width"
+        if config.get("use_bridge", True)
+        else "disabled (CLIP head directly on E_I)"
+    )
+    rows.append(("Bridge transformer B", bridge))
+    if config.get("use_mfd", True):
+        rows.append(
+            (
+                "Feature decoder D_F",
+                f"width {config.get('feature_decoder_hidden_size')}, "
+                f"{config.get('feature_decoder_num_hidden_layers')} blocks, "
+                f"{config.get('feature_decoder_num_attention_heads')} heads; momentum encoder EMA "
+                f"{_fmt(config.get('momentum'))} (training only, not in the released weights)",
+            )
+        )
+    rows.append(("Text encoder E_T", _bert_description(text)))
+    rows.append(
+        (
+            "Shared embedding space",
+            f"{config.get('projection_dim')}-d, image token: {config.get('clip_image_pooling', 'cls')}, "
+            "learnable logit scale",
+        )
+    )
+    losses = [name for name in ("mim", "clip", "mfd") if config.get(f"use_{name}", True)]
+    rows.append(
+        (
+            "Pretraining objective",
+            "L_mim + λ_clip·L_lg_clip + λ_mfd·L_mfd with "
+            f"λ_clip = {_fmt(config.get('lambda_clip'))}, λ_mfd = {_fmt(config.get('lambda_mfd'))} "
+            f"(terms enabled: {', '.join(losses) or 'none'})",
+        )
+    )
+    return rows
+
+
+def _keepfit_architecture(config: Mapping) -> list[tuple[str, str]]:
+    vision = config.get("vision_config") or {}
+    text = config.get("text_config") or {}
+    layers = config.get("text_pooling_layers")
+    rows = [
+        ("Image encoder E_v", _resnet_name(vision)),
+        (
+            "Text encoder E_t",
+            f"{_bert_description(text)}; pooling {config.get('text_pooling')} (layers {layers})",
+        ),
+        ("Shared embedding space", f"{config.get('projection_dim')}-d, learnable logit scale"),
+        (
+            "Semantic knowledge injection",
+            (
+                f"{config.get('knowledge_num_heads')}-head cross-attention, dropout "
+                f"{_fmt(config.get('knowledge_attention_dropout'))}, softmax over "
+                f"{config.get('semantic_softmax_over')}"
+            )
+            if config.get("use_semantic_injection", True)
+            else "disabled",
+        ),
+        (
+            "Appearance knowledge injection",
+            (
+                f"frozen IBQ codebook K×D = {config.get('codebook_size')}×{config.get('code_dim')}, "
+                f"attention temperature {_fmt(config.get('appearance_temperature'))}"
+            )
+            if config.get("use_appearance_injection", True)
+            else f"disabled (codebook {config.get('codebook_size')}×{config.get('code_dim')} unused)",
+        ),
+        (
+            "Pretraining objective",
+            "L_itc^p + L_itc^m + λ1·L_EK^s + λ2·L_EK^a with "
+            f"λ1 = {_fmt(config.get('lambda_semantic'))}, λ2 = {_fmt(config.get('lambda_appearance'))}",
+        ),
+    ]
+    return rows
+
+
+def _preprocessing(checkpoint_dir: Path) -> str | None:
+    path = checkpoint_dir / "processor_config.json"
+    if not path.is_file():
+        return None
+    processor = _read_json(path)
+    image = processor.get("image_processor") or {}
+    parts = [f"images resized to {image.get('size')} px"]
+    if image.get("pad_to_square"):
+        parts[0] += " (aspect kept, zero-padded to a square)"
+    if image.get("crop_to_fov"):
+        parts.append("cropped to the field of view")
+    parts.append(
+        "mean/std normalised" if image.get("do_normalize", True) else "pixels in [0, 1], no normalisation"
+    )
+    if processor.get("max_length"):
+        parts.append(f"text up to {processor['max_length']} tokens")
+    return ", ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _training_items(summary: Mapping | None, run_config: Mapping | None) -> list[tuple[str, str]]:
+    items: list[tuple[str, str]] = []
+    if summary:
+        known = {
+            "steps": "Optimizer steps",
+            "world_size": "Processes",
+            "skipped_samples": "Skipped samples",
+            "data_warnings": "Data warnings",
+        }
+        for key, label in known.items():
+            if key in summary:
+                items.append((label, _fmt(summary[key])))
+        metrics = summary.get("last_metrics") or {}
+        if "epoch" in metrics:
+            items.append(("Epochs", f"{metrics['epoch']:.2f}"))
+        if summary.get("classes"):
+            classes = summary["classes"]
+            items.append((f"Classes ({len(classes)})", ", ".join(map(str, classes))))
+        unused = summary.get("unused_rows_by_role") or {}
+        if unused:
+            items.append(("Unused rows by role", ", ".join(f"{k}: {v}" for k, v in unused.items())))
+        losses = {k: v for k, v in metrics.items() if k.startswith("loss") and isinstance(v, (int, float))}
+        if losses:
+            items.append(("Final logged losses", ", ".join(f"{k} {v:.4g}" for k, v in losses.items())))
+        handled = set(known) | {"last_metrics", "classes", "unused_rows_by_role"}
+        for key, value in summary.items():
+            if key not in handled and isinstance(value, (str, int, float, bool)):
+                items.append((key.replace("_", " ").capitalize(), _fmt(value)))
+    if run_config:
+        data = run_config.get("data") or {}
+        optim = run_config.get("optim") or {}
+        run = run_config.get("run") or {}
+        if data.get("image_size"):
+            items.append(("Training image size", f"{data['image_size']} px"))
+        batches = [
+            f"{key.removesuffix('_batch_size')} {data[key]}"
+            for key in ("paired_batch_size", "categorical_batch_size", "unpaired_batch_size")
+            if data.get(key)
+        ]
+        if batches:
+            items.append(("Batch per process", ", ".join(batches)))
+        if optim:
+            parts = [f"lr {_fmt(optim.get('lr'))}"] if optim.get("lr") is not None else []
+            if optim.get("weight_decay") is not None:
+                parts.append(f"weight decay {_fmt(optim['weight_decay'])}")
+            if optim.get("schedule"):
+                parts.append(f"{optim['schedule']} schedule")
+            if parts:
+                items.append(("Optimizer (AdamW)", ", ".join(parts)))
+        if run.get("mixed_precision"):
+            items.append(("Mixed precision", str(run["mixed_precision"])))
+    return items
+
+
+def _uses_synthetic(summary: Mapping | None, run_config: Mapping | None) -> bool:
+    for key in ("synthetic_data", "synthetic"):
+        if summary and summary.get(key):
+            return True
+    data = (run_config or {}).get("data") or {}
+    return bool(data.get("synthetic"))
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def _normalise_evaluation(evaluation: Mapping) -> dict:
+    """Bring the older per-model summary of the pretraining loop into the evaluation-suite layout."""
+    if isinstance(evaluation.get("results"), list):
+        return dict(evaluation)
+    results = []
+    for model, protocols in evaluation.items():
+        if not isinstance(protocols, Mapping):
+            continue
+        for protocol, metrics in protocols.items():
+            task = protocol.replace("_", "-")
+            if task not in TASK_LABELS or not isinstance(metrics, Mapping):
+                continue
+            results.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "method": None,
+                    "fraction": None,
+                    "shots": None,
+                    "seeds": None,
+                    "metrics": {name: {"mean": value, "std": None} for name, value in metrics.items()},
+                }
+            )
+    if not results:
+        raise ValueError("evaluation results have neither a 'results' list nor per-model protocol summaries")
+    dataset = {
+        "name": evaluation.get("dataset_name", "held-out-test"),
+        "classes": evaluation.get("classes"),
+        "multi_label": False,
+        "num_train": evaluation.get("num_probe_train"),
+        "num_test": evaluation.get("num_test"),
+    }
+    return {"dataset": dataset, "results": results}
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _protocol_parts(row: Mapping) -> list[str]:
+    task = row.get("task")
+    parts = [TASK_LABELS.get(task, str(task))]
+    method = row.get("method")
+    if method:
+        parts.append(METHOD_LABELS.get(method, str(method)))
+    shots = row.get("shots")
+    if shots is not None:
+        parts.append(f"{shots} shot" if shots == 1 else f"{shots} shots")
+    fraction = _finite(row.get("fraction"))
+    if fraction is not None:
+        parts.append(f"{fraction * 100:g}% labels")
+    return parts
+
+
+def protocol_label(row: Mapping) -> str:
+    """Readable protocol of a result row, e.g. ``"linear probe, 10% labels"``."""
+    return ", ".join(_protocol_parts(row))
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (and anything else number-like) as plain Python numbers, so the YAML stays safe."""
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return int(number) if number.is_integer() else number
+
+
+def protocol_key(row: Mapping) -> str:
+    """Compact protocol identifier of a result row, e.g. ``"few-shot/tip-adapter/shots=16"``."""
+    parts = [str(row.get("task"))]
+    if row.get("method"):
+        parts.append(str(row["method"]))
+    if row.get("shots") is not None:
+        parts.append(f"shots={row['shots']}")
+    if _finite(row.get("fraction")) is not None:
+        parts.append(f"fraction={_finite(row['fraction']):g}")
+    return "/".join(parts)
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric.replace("_", " ").capitalize())
+
+
+def _metric_summary(value: Any) -> tuple[float | None, float | None]:
+    if isinstance(value, Mapping):
+        return _finite(value.get("mean")), _finite(value.get("std"))
+    return _finite(value), None
+
+
+def _row_sort_key(row: Mapping, evaluated_model: str):
+    task = row.get("task")
+    return (
+        TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER),
+        str(row.get("method") or ""),
+        _finite(row.get("shots")) or 0.0,
+        _finite(row.get("fraction")) or 0.0,
+        row.get("model") != evaluated_model,
+        str(row.get("model")),
+    )
+
+
+def build_eval_results(
+    evaluation: Mapping, *, evaluated_model: str = "pretrained", dataset_name: str | None = None
+) -> list[EvalResult]:
+    """One `EvalResult` per (row of `evaluated_model`, finite metric mean), in the order of the rows."""
+    evaluation = _normalise_evaluation(evaluation)
+    dataset = evaluation.get("dataset") or {}
+    dataset_type = str(dataset.get("name") or dataset_name or "custom")
+    shown_name = dataset_name or dataset_type
+    results = []
+    for row in evaluation["results"]:
+        if row.get("model") != evaluated_model:
+            continue
+        zero_shot = row.get("task") == "zero-shot"
+        label = protocol_label(row)
+        seeds = row.get("seeds")
+        for metric, value in (row.get("metrics") or {}).items():
+            mean, std = _metric_summary(value)
+            if mean is None:
+                continue
+            args: dict[str, Any] = {"protocol": row.get("task")}
+            for key, arg in (("method", "method"), ("fraction", "label_fraction"), ("shots", "shots")):
+                if row.get(key) is not None:
+                    args[arg] = _plain(row[key])
+            if row.get("num_train") is not None:
+                args["num_train"] = _plain(row["num_train"])
+            if seeds:
+                args["seeds"] = [_plain(seed) for seed in seeds]
+            if std is not None:
+                args["std"] = std
+            results.append(
+                EvalResult(
+                    task_type="zero-shot-image-classification" if zero_shot else "image-classification",
+                    task_name=ZERO_SHOT_TASK_NAME if zero_shot else IMAGE_CLASSIFICATION_TASK_NAME,
+                    dataset_type=dataset_type,
+                    dataset_name=shown_name,
+                    dataset_split="test",
+                    metric_type=metric,
+                    metric_value=mean,
+                    metric_name=f"{metric_label(metric)} ({label})",
+                    metric_config=protocol_key(row),
+                    metric_args=args,
+                )
+            )
+    return results
+
+
+def _evaluation_context(evaluation: Mapping, evaluated_model: str, dataset_name: str | None) -> dict:
+    evaluation = _normalise_evaluation(evaluation)
+    dataset = evaluation.get("dataset") or {}
+    rows = sorted(evaluation["results"], key=lambda row: _row_sort_key(row, evaluated_model))
+    present = {name for row in rows for name in (row.get("metrics") or {})}
+    metrics = [name for name in METRIC_ORDER if name in present] + sorted(present - set(METRIC_ORDER))
+    table = []
+    for row in rows:
+        cells = []
+        for metric in metrics:
+            mean, std = _metric_summary((row.get("metrics") or {}).get(metric))
+            if mean is None:
+                cells.append("—")
+            elif std is not None and len(row.get("seeds") or ()) > 1:
+                cells.append(f"{mean:.3f} ± {std:.3f}")
+            else:
+                cells.append(f"{mean:.3f}")
+        model = str(row.get("model"))
+        seeds = row.get("seeds")
+        table.append(
+            {
+                "model": f"**{model}** (this model)" if model == evaluated_model else f"{model} (baseline)",
+                "protocol": _capitalise(protocol_label(row)),
+                "seeds": str(len(seeds)) if seeds else "—",
+                "num_train": "—" if row.get("num_train") is None else _fmt(_plain(row["num_train"])),
+                "cells": cells,
+            }
+        )
+    classes = dataset.get("classes") or []
+    return {
+        "dataset_name": dataset_name or dataset.get("name") or "unnamed",
+        "classes": [str(c) for c in classes],
+        "multi_label": bool(dataset.get("multi_label")),
+        "num_train": dataset.get("num_train"),
+        "num_test": dataset.get("num_test"),
+        "metric_labels": [metric_label(m) for m in metrics],
+        "rows": table,
+        "has_baselines": any(row.get("model") != evaluated_model for row in rows),
+        "show_num_train": any(row.get("num_train") is not None for row in rows),
+    }
+
+
+# -------------------------------------------------------------------------------------------------- cards
+
+
+def _citation(family: str) -> str:
+    if family == "maskedclip":
+        return (
+            "@misc{zhu_maskedclip,\n"
+            "  title  = {MaskedCLIP: Bridging the Masked and CLIP Space for Semi-Supervised Medical\n"
+            "            Vision-Language Pre-training},\n"
+            "  author = {Zhu, Lei and Zhou, Jun and Goh, Rick Siow Mong and Liu, Yong},\n"
+            "  note   = {check the paper for the venue, year and page numbers}\n"
+            "}"
+        )
+    return (
+        "@misc{wu_mm_retinal_v2_keepfit_v2,\n"
+        "  title  = {MM-Retinal V2: Transfer an Elite Knowledge Spark into Fundus Vision-Language Pretraining},\n"
+        "  author = {Wu, Ruiqi and Su, Na and Zhang, Chenran and others},\n"
+        "  note   = {placeholder entry: check the paper for the exact reference}\n"
+        "}"
+    )
+
+
+def _common_context(
+    family: str,
+    *,
+    model_name: str,
+    repo_id: str | None,
+    data_provenance: str | None,
+    synthetic: bool,
+    license: str,
+) -> dict:
+    provenance = data_provenance
+    if provenance is None and synthetic:
+        provenance = _SYNTHETIC_PROVENANCE
+    return {
+        "family": family,
+        "family_title": FAMILY_TITLES[family],
+        "model_name": model_name,
+        "repo_id": repo_id,
+        "load_path": repo_id or "path/to/checkpoint",
+        "data_provenance": provenance,
+        "synthetic_data": synthetic,
+        "license": license,
+        "citation": _citation(family),
+    }
+
+
+def render_model_card(
+    checkpoint_dir: str | Path,
+    *,
+    evaluation: Mapping | str | Path | None = None,
+    training_summary: Mapping | str | Path | None = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+    data_provenance: str | None = None,
+    license: str = "apache-2.0",
+    base_model: str | Sequence[str] | None = None,
+    evaluated_model: str = "pretrained",
+    synthetic_data: bool | None = None,
+    template: str | Path | None = None,
+    run_config: Mapping | str | Path | None = None,
+) -> ModelCard:
+    """Render the model card of a saved MaskedCLIP or KeepFIT checkpoint.
+
+    Args:
+        checkpoint_dir: a `save_pretrained` folder; its `config.json` `model_type` picks the template.
+        evaluation: results (dict or JSON path, layout in the module docstring); default
+            `<checkpoint_dir>/eval_results.json` when it exists; `{}` for none.
+        training_summary: dict or JSON path; default `<checkpoint_dir>/training_summary.json` when it exists.
+        repo_id: Hub id used in the usage snippets and as the default model name.
+        model_name: name in `model-index` (default: the repo name, else the run directory's name).
+        dataset_name: readable evaluation dataset name (the dataset block's `name` stays the dataset type).
+        data_provenance: the training data the uploader declares (free text, shown under limitations).
+        license, base_model: card metadata.
+        evaluated_model: the `model` value of the result rows that describe this checkpoint; other rows are
+            baselines, shown only in the Markdown table.
+        synthetic_data: whether the run trained on the synthetic demo data; default: detected from the
+            training summary or the run's `run_config.yaml` next to the checkpoint.
+        template: a custom Jinja template path instead of the packaged one.
+        run_config: the run's settings (dict or YAML path); default: `run_config.yaml` in the checkpoint
+            folder or, for `final/` and `checkpoint-*` folders, in the run directory above it.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    config = _read_config(checkpoint_dir)
+    family = config["model_type"]
+    summary = _load_optional(training_summary, checkpoint_dir / "training_summary.json", "training summary")
+    results = _load_optional(evaluation, checkpoint_dir / "eval_results.json", "evaluation results")
+    if run_config is None:
+        run_config = find_run_config(checkpoint_dir)
+    elif not isinstance(run_config, Mapping):
+        run_config = _read_yaml(Path(run_config))
+    synthetic = _uses_synthetic(summary, run_config) if synthetic_data is None else bool(synthetic_data)
+    name = model_name or _default_model_name(checkpoint_dir, repo_id)
+
+    eval_results = (
+        build_eval_results(results, evaluated_model=evaluated_model, dataset_name=dataset_name)
+        if results
+        else []
+    )
+    evaluation_context = _evaluation_context(results, evaluated_model, dataset_name) if results else None
+
+    classes = (evaluation_context or {}).get("classes") or (summary or {}).get("classes") or _DEFAULT_CLASSES
+    card_data = ModelCardData(
+        language="en",
+        license=license,
+        library_name="transformers",
+        pipeline_tag="zero-shot-image-classification",
+        tags=[BASE_TAGS[0], family, *BASE_TAGS[1:]],
+        base_model=list(base_model) if isinstance(base_model, (list, tuple)) else base_model,
+        metrics=sorted({result.metric_type for result in eval_results}) or None,
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    architecture = (
+        _maskedclip_architecture(config) if family == "maskedclip" else _keepfit_architecture(config)
+    )
+    context = _common_context(
+        family,
+        model_name=name,
+        repo_id=repo_id,
+        data_provenance=data_provenance,
+        synthetic=synthetic,
+        license=license,
+    )
+    context.update(
+        architecture=architecture,
+        preprocessing=_preprocessing(checkpoint_dir),
+        has_processor=(checkpoint_dir / "processor_config.json").is_file(),
+        training_items=_training_items(summary, run_config),
+        has_training_summary=bool(summary),
+        evaluation=evaluation_context,
+        num_eval_results=len(eval_results),
+        example_labels=list(classes)[:3],
+        prompt_template=_PROMPTS[family],
+        base_model=base_model,
+        transformers_version=config.get("transformers_version"),
+    )
+    path = Path(template) if template is not None else template_path(family)
+    return ModelCard.from_template(card_data, template_path=str(path), **context)
+
+
+def _intended_use_section(family: str, context: Mapping) -> str:
+    """The intended-use / limitations section of a family template, rendered on its own."""
+    import jinja2
+
+    text = template_path(family).read_text(encoding="utf-8")
+    start, end = text.find(SECTION_START), text.find(SECTION_END)
+    if start < 0 or end < 0:
+        raise ValueError(f"template {family}.md lacks the {SECTION_START} ... {SECTION_END} markers")
+    return jinja2.Template(text[start + len(SECTION_START) : end]).render(**context).strip()
+
+
+def _adapter_family(adapter_config: Mapping, family: str | None) -> str:
+    if family is not None:
+        if family not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"unknown family {family!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        return family
+    mapping = adapter_config.get("auto_mapping") or {}
+    where = f"{mapping.get('parent_library', '')} {mapping.get('base_model_class', '')}".lower()
+    return "keepfit" if "keepfit" in where else "maskedclip"
+
+
+def _adapter_num_labels(adapter_dir: Path) -> int | None:
+    """Rows of the saved classifier head (a `modules_to_save` copy), if the adapter carries one."""
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            if key.endswith("classifier.weight"):
+                return int(handle.get_slice(key).get_shape()[0])
+    return None
+
+
+_ADAPTER_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}: LoRA adapter for {{ family_title }}
+
+A [PEFT](https://github.com/huggingface/peft) {{ peft_type }} adapter on top of `{{ base_model }}`
+(`{{ base_class }}` from the `retvlp` package), trained for retinal image analysis.
+Only the adapter weights{% if modules_to_save %} and the fully trained modules ({{ modules_to_save | join(", ") }}){% endif %}
+are stored here; the base model is loaded from its own repository.
+
+## Adapter settings
+
+| setting | value |
+|---|---|
+{%- for key, value in settings %}
+| {{ key }} | {{ value }} |
+{%- endfor %}
+
+## How to use
+
+```python
+import retvlp  # registers the retvlp classes with transformers
+from peft import PeftModel
+from retvlp import {{ base_class }}
+
+base = {{ base_class }}.from_pretrained("{{ base_model }}"{% if num_labels %}, num_labels={{ num_labels }}{% endif %})
+model = PeftModel.from_pretrained(base, "{{ load_path }}").eval()
+# model = model.merge_and_unload()  # optional: fold the LoRA update into plain weights
+```
+
+Preprocess images with the base model's processor (`AutoProcessor.from_pretrained("{{ base_model }}")`).
+{% if evaluation %}
+## Evaluation
+
+Test set **{{ evaluation.dataset_name }}**{% if evaluation.num_test %}, {{ evaluation.num_test }} images{% endif %}{% if evaluation.classes %}; classes: {{ evaluation.classes | join(", ") }}{% endif %}.
+
+| model | protocol | seeds |{% if evaluation.show_num_train %} train images |{% endif %}{% for label in evaluation.metric_labels %} {{ label }} |{% endfor %}
+|---|---|---|{% if evaluation.show_num_train %}---|{% endif %}{% for label in evaluation.metric_labels %}---|{% endfor %}
+{%- for row in evaluation.rows %}
+| {{ row.model }} | {{ row.protocol }} | {{ row.seeds }} |{% if evaluation.show_num_train %} {{ row.num_train }} |{% endif %}{% for cell in row.cells %} {{ cell }} |{% endfor %}
+{%- endfor %}
+{% endif %}
+{{ intended_use }}
+
+## Citation
+
+```bibtex
+{{ citation }}
+```
+"""
+
+
+def render_adapter_card(
+    adapter_dir: str | Path,
+    *,
+    base_model: str | None = None,
+    evaluation: Mapping | str | Path | None = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+    data_provenance: str | None = None,
+    license: str = "apache-2.0",
+    evaluated_model: str = "pretrained",
+    synthetic_data: bool | None = None,
+    family: str | None = None,
+) -> ModelCard:
+    """A short card for a PEFT (LoRA) adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
+
+    `base_model` is the Hub id of the base checkpoint (default: the adapter config's
+    `base_model_name_or_path`). The family (for the intended-use section and the citation) comes from
+    `family` or the adapter config's `auto_mapping`. Evaluation results follow :func:`render_model_card`.
+    """
+    adapter_dir = Path(adapter_dir)
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: not a PEFT adapter folder")
+    adapter_config = _read_json(config_path)
+    base_model = base_model or adapter_config.get("base_model_name_or_path")
+    if not base_model:
+        raise ValueError(
+            f"no base model for the adapter in {adapter_dir}: pass base_model= (the base checkpoint's Hub id)"
+        )
+    family = _adapter_family(adapter_config, family)
+    results = _load_optional(evaluation, adapter_dir / "eval_results.json", "evaluation results")
+    eval_results = (
+        build_eval_results(results, evaluated_model=evaluated_model, dataset_name=dataset_name)
+        if results
+        else []
+    )
+    evaluation_context = _evaluation_context(results, evaluated_model, dataset_name) if results else None
+    name = model_name or _default_model_name(adapter_dir, repo_id)
+    mapping = adapter_config.get("auto_mapping") or {}
+    base_class = mapping.get("base_model_class") or (
+        "MaskedCLIPForImageClassification" if family == "maskedclip" else "KeepFitModel"
+    )
+    peft_type = str(adapter_config.get("peft_type", "LORA"))
+    settings_keys = (
+        ("peft_type", "PEFT method"),
+        ("r", "rank r"),
+        ("lora_alpha", "lora_alpha"),
+        ("lora_dropout", "lora_dropout"),
+        ("target_modules", "target modules"),
+        ("modules_to_save", "modules trained in full"),
+        ("bias", "bias"),
+        ("use_dora", "DoRA"),
+        ("use_rslora", "rsLoRA"),
+        ("peft_version", "peft version"),
+    )
+    settings = []
+    for key, label in settings_keys:
+        value = adapter_config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(f"`{item}`" for item in sorted(map(str, value)))
+        elif key == "peft_type":
+            value = "LoRA" if value == "LORA" else value
+        settings.append((label, _fmt(value)))
+    classification = base_class.endswith("ForImageClassification")
+    card_data = ModelCardData(
+        language="en",
+        license=license,
+        library_name="peft",
+        base_model=base_model,
+        base_model_relation="adapter",
+        pipeline_tag="image-classification" if classification else "zero-shot-image-classification",
+        tags=[
+            "retvlp",
+            family,
+            "lora" if peft_type == "LORA" else peft_type.lower(),
+            "peft",
+            f"base_model:adapter:{base_model}",
+            *BASE_TAGS[1:5],
+        ],
+        metrics=sorted({result.metric_type for result in eval_results}) or None,
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    synthetic = bool(synthetic_data)
+    context = _common_context(
+        family,
+        model_name=name,
+        repo_id=repo_id,
+        data_provenance=data_provenance,
+        synthetic=synthetic,
+        license=license,
+    )
+    context.update(
+        load_path=repo_id or "path/to/adapter",
+        base_model=base_model,
+        base_class=base_class,
+        peft_type="LoRA" if peft_type == "LORA" else peft_type,
+        modules_to_save=list(adapter_config.get("modules_to_save") or []),
+        settings=settings,
+        num_labels=_adapter_num_labels(adapter_dir) if classification else None,
+        evaluation=evaluation_context,
+    )
+    context["intended_use"] = _intended_use_section(family, context)
+    return ModelCard.from_template(card_data, template_str=_ADAPTER_TEMPLATE, **context)
+
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "build_eval_results",
+    "find_run_config",
+    "metric_label",
+    "protocol_key",
+    "protocol_label",
+    "render_adapter_card",
+    "render_model_card",
+    "template_path",
+]
