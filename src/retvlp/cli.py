@@ -256,6 +256,8 @@ def _models(entries: list[str]) -> dict[str, str]:
         name = name or (Path(source).name if os.path.exists(source) else source.rsplit("/", 1)[-1])
         if name in ("final", "model") and os.path.exists(source):  # `runs/demo/final` → `demo`
             name = Path(source).resolve().parent.name
+        if name == "random_init":
+            raise UsageError("random_init is the baseline's name (--random-init): call the model differently")
         if name in models:
             raise UsageError(f"two models are called {name!r}: name them, e.g. --model {name}-b={source}")
         models[name] = source
@@ -314,6 +316,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             lora_dropout=args.lora_dropout,
             lora_target_modules=args.lora_targets,
             mixed_precision=args.mixed_precision,
+            augment=args.augment,
         )
         settings = EvaluationSettings(
             tasks=tasks,
@@ -352,7 +355,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             multi_label=args.multi_label,
             settings=settings,
             random_init=args.random_init,
-            output_dir=args.output_dir if int(os.environ.get("RANK", "0")) == 0 else None,
+            output_dir=args.output_dir,
             dataset_name=args.dataset_name or name,
             device=args.device,
         )
@@ -365,10 +368,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     from .evaluation.report import markdown_table
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return EXIT_OK
     print(markdown_table(results))
-    if args.output_dir:
-        print(f"Report: {Path(args.output_dir) / 'results.md'} (plots and results.json next to it)")
-    return EXIT_OK
+    print(f"Report: {Path(args.output_dir) / 'results.md'} (plots and results.json next to it)")
+    skipped = {
+        name: info["skipped_tasks"] for name, info in results["models"].items() if info.get("skipped_tasks")
+    }
+    for name, problems in skipped.items():
+        for problem in problems:
+            print(f"retvlp evaluate: {name}: {problem['task']} not run: {problem['reason']}", file=sys.stderr)
+    return EXIT_FAILED if skipped else EXIT_OK
 
 
 def _add_evaluate_parser(subparsers) -> None:
@@ -479,6 +489,12 @@ def _add_evaluate_parser(subparsers) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="keep each fine-tuned model / LoRA adapter under OUTPUT_DIR/finetuned (default: yes)",
+    )
+    tune.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random crop (80-100%% of the side) + flip of training images (default: yes)",
     )
     tune.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -1,1 +1,18 @@
-"""Evaluation of pretrained dual encoders (zero-shot, linear probe; more protocols build on these)."""
+"""Evaluation of pretrained dual encoders (METHODS.md §3): zero-shot, few-shot, linear probe, full and LoRA
+fine-tuning, label efficiency, reports. `evaluate_models` runs them; `retvlp evaluate` is its CLI.
+
+    data.py          manifests → labelled records (targets, patient groups, exclusions) → cached pixels
+    features.py      one encoder pass → probe features + image embeddings, cached per (weights, data)
+    splits.py        group-aware stratified test split, nested label fractions, few-shot draws
+    zero_shot.py     prompt-ensemble prototypes and probabilities
+    few_shot.py      CLIP-Adapter, Tip-Adapter, Tip-Adapter-F
+    linear_probe.py  class-balanced logistic regression (C = 0.316)
+    finetune.py      full / LoRA fine-tuning on Accelerate (layer decay, drop-path)
+    metrics/         the six metrics as `evaluate` modules shipped in the package
+    runner.py        the harness; report.py: JSON, Markdown, PNG
+"""
+
+from .finetune import FinetuneResult, FinetuneSettings, finetune
+from .runner import TASKS, EvaluationSettings, evaluate_models
+
+__all__ = ["TASKS", "EvaluationSettings", "FinetuneResult", "FinetuneSettings", "evaluate_models", "finetune"]

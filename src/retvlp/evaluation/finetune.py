@@ -158,12 +158,14 @@ def lora_wrap(model, settings: FinetuneSettings):
     return wrapped
 
 
-_NUMBERED_BLOCK = re.compile(r"vision_model\.(?:layers|encoder\.stages)\.(\d+)\.")
+# The first numbered block in a parameter name: MaskedCLIP `vision_model.layers.N.`, ResNet `encoder.stages.N.`,
+# CLIP / ViT / BERT-style `encoder.layers.N.` / `encoder.layer.N.`.
+_NUMBERED_BLOCK = re.compile(r"(?:^|\.)(?:layers|layer|stages)\.(\d+)\.")
 
 
 def _depth_of(name: str, num_blocks: int) -> int:
     """0 for the stem (patch embedding / ResNet embedder), i + 1 for block / stage i, num_blocks + 1 otherwise."""
-    if "vision_model.embeddings." in name or "vision_model.embedder." in name:
+    if ".embeddings." in f".{name}" or ".embedder." in f".{name}":
         return 0
     match = _NUMBERED_BLOCK.search(name)
     return int(match.group(1)) + 1 if match else num_blocks + 1
@@ -290,9 +292,8 @@ def finetune(
     )
     steps_per_epoch = max(1, len(train_loader))
     total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
-    warmup = (
-        min(total - 1, round(settings.warmup_epochs * steps_per_epoch)) if settings.max_steps is None else 0
-    )
+    # Warm-up is the same share of the run with max_steps as with epochs (10 of 50 epochs: 20 %).
+    warmup = min(total - 1, round(total * min(1.0, settings.warmup_epochs / max(settings.epochs, 1e-9))))
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(0, warmup), total)
 
     losses: list[float] = []
@@ -303,6 +304,9 @@ def finetune(
         leave=False,
     )
     model.train()
+    if settings.method == "lora":
+        # LoRA saves adapters + head only: BatchNorm statistics (KeepFIT's ResNet) must stay the base model's.
+        _freeze_batch_norm_statistics(model)
     step = 0
     while step < total:
         for batch in train_loader:
@@ -338,12 +342,18 @@ def finetune(
     probabilities = predict(model, test_loader, accelerator, mean, std, labelled.multi_label)
     unwrapped = accelerator.unwrap_model(model)
     saved_to = None
+    accelerator.wait_for_everyone()  # on every rank, so the collectives of the next run stay in step
     if output_dir is not None:
         saved_to = Path(output_dir) / ("adapter" if settings.method == "lora" else "model")
-        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             unwrapped.save_pretrained(saved_to)
     return FinetuneResult(probabilities=probabilities, losses=losses, model=unwrapped, saved_to=saved_to)
+
+
+def _freeze_batch_norm_statistics(model) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 @torch.inference_mode()

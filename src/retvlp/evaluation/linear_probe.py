@@ -1,7 +1,7 @@
 """Linear probe (METHODS §3): L2-regularised, class-balanced logistic regression (C = 0.316) on frozen image
 features, fitted with scikit-learn. Features are standardised first (mean 0, variance 1 per dimension, from the
 training rows), which keeps lbfgs well conditioned on raw pooled tokens; `standardize=False` fits on the raw
-features. Multi-label data: one such regression per label (one-vs-rest)."""
+features. Multi-label data: one such regression per label."""
 
 from __future__ import annotations
 
@@ -14,19 +14,15 @@ def make_probe(
     *,
     C: float = DEFAULT_C,
     standardize: bool = True,
-    multi_label: bool = False,
     seed: int = 0,
     max_iter: int = 1000,
 ):
     """The unfitted scikit-learn estimator."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     regression = LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter, random_state=seed)
-    if multi_label:
-        regression = OneVsRestClassifier(regression)
     return make_pipeline(StandardScaler(), regression) if standardize else regression
 
 
@@ -46,13 +42,14 @@ def linear_probe_probabilities(
     if len(train_features) != len(train_targets):
         raise ValueError(f"{len(train_features)} training feature rows but {len(train_targets)} targets.")
     if multi_label:
-        present = np.flatnonzero((train_targets.min(axis=0) == 0) & (train_targets.max(axis=0) == 1))
-        probe = make_probe(C=C, standardize=standardize, multi_label=True, seed=seed)
-        probe.fit(train_features, train_targets[:, present].astype(int))
-        out = np.zeros((len(test_features), num_classes))
-        out[:, present] = probe.predict_proba(test_features)
-        constant = np.setdiff1d(np.arange(num_classes), present)
-        out[:, constant] = train_targets[:1, constant]  # a label that never varies is predicted as it is
+        out = np.empty((len(test_features), num_classes))
+        for label in range(num_classes):
+            column = train_targets[:, label].astype(int)
+            if column.min() == column.max():  # a label that never varies in training is predicted as it is
+                out[:, label] = column[0]
+                continue
+            probe = make_probe(C=C, standardize=standardize, seed=seed)
+            out[:, label] = probe.fit(train_features, column).predict_proba(test_features)[:, 1]
         return out
     classes = np.unique(train_targets)
     if len(classes) < 2:

@@ -1,115 +1,49 @@
 """The evaluation run at the end of pretraining: zero-shot and linear-probe accuracy on a held-out split,
 for the trained model and for the same architecture at its initial (random) weights.
 
-Features are extracted once per (model, split) under `torch.inference_mode`, batch by batch from the same
-cached uint8 store training uses (no augmentation). The linear probe is scikit-learn's multinomial logistic
-regression (L2, C = 0.316 as in METHODS.md §3, class-balanced) on standardised, mean-pooled patch tokens of
-E_I, fitted on the probe-train split and scored on the test split; zero-shot scores each test image against
-class prototypes (the mean text embedding of the class's prompts).
+A small front end to the evaluation suite's parts (`retvlp.evaluation.features`, `.linear_probe`, `.metrics`):
+features are extracted once per (model, split) from the same cached uint8 store training uses; the linear
+probe (class-balanced logistic regression, C = 0.316, METHODS.md §3) is fitted on the probe-train split and
+scored on the test split; zero-shot takes each test image's nearest class prototype. `retvlp evaluate` runs the
+full protocols (AUCs, few-shot, label fractions, fine-tuning) on a trained checkpoint.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
-from ..data.cache import read_pixels
+from .data import ImageStore, normalization_of, read_labelled_records
+from .features import class_prototypes, extract_image_features
+from .linear_probe import linear_probe_probabilities
+from .metrics import classification_metrics
 
-logger = logging.getLogger(__name__)
+ACCURACIES = ("accuracy", "balanced_accuracy")
 
 
 def _labelled_split(specs, class_names, config, show_progress):
-    from ..training.data import augment_and_normalize, cache_records, read_training_manifests
+    """The single-label records of `specs` and their cached pixels at the run's geometry and checks."""
+    from ..training.data import cache_records
 
-    manifests = read_training_manifests(specs)
-    every = [r for m in manifests for r in m.records]
-    records = [r for r in every if len(r.labels) == 1 and r.labels[0] in class_names]
-    if not records:
-        raise ValueError(f"No records with one known class label in evaluation split {specs}.")
-    cache = cache_records(records, config.data, show_progress)
-    ok = np.flatnonzero(np.asarray(cache.dataset["ok"]))
-    labels = np.asarray([class_names.index(records[i].labels[0]) for i in ok])
-    excluded = {
-        "unparseable_rows": sum(len(m.problems) for m in manifests),
-        "not_single_known_label": len(every) - len(records),
-        "bad_images": len(records) - len(ok),
+    labelled = read_labelled_records(specs, class_names, multi_label=False)
+    cached = cache_records(labelled.records, config.data, show_progress)
+    ok = np.asarray(cached.dataset["ok"], dtype=bool)
+    store = ImageStore(cached=cached, rows=np.flatnonzero(ok), ok=ok[ok], geometry=None)
+    excluded = labelled.excluded
+    counts = {
+        "unparseable_rows": excluded.get("unparseable_rows", 0),
+        "not_single_known_label": sum(
+            excluded.get(k, 0) for k in ("unlabelled", "unknown_label", "several_labels")
+        ),
+        "bad_images": int((~ok).sum()),
     }
-    if any(excluded.values()):
-        logger.warning("Evaluation split %s: left out %s (single-label evaluation)", specs, excluded)
-
-    def batches(mean, std, batch_size=64):
-        mean, std = torch.tensor(mean).expand(3).float(), torch.tensor(std).expand(3).float()
-        for start in range(0, len(ok), batch_size):
-            pixels = read_pixels(cache.dataset, ok[start : start + batch_size])
-            yield augment_and_normalize(pixels, None, None, mean, std)
-
-    return batches, labels, excluded
-
-
-def _probe_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Frozen image-encoder features for the linear probe: MaskedCLIP's mean-pooled E_I patch tokens, or the
-    pooled last feature map of a convolutional encoder (KeepFIT's ResNet)."""
-    if getattr(model.config, "model_type", None) == "keepfit":
-        return model.get_image_features(pixel_values).last_hidden_state.mean(dim=(2, 3))
-    return model.vision_model(pixel_values)[0][:, 1:].mean(dim=1)
-
-
-@torch.inference_mode()
-def image_representations(model, batches) -> tuple[np.ndarray, np.ndarray | None]:
-    """(frozen encoder features for the probe, normalised CLIP image embeddings or None) for every image."""
-    model.eval()
-    pooled, embedded = [], []
-    has_clip = getattr(model.config, "use_clip", True)
-    for pixel_values in batches:
-        pooled.append(_probe_features(model, pixel_values).float())
-        if has_clip:
-            embedded.append(
-                torch.nn.functional.normalize(model.get_image_features(pixel_values).pooler_output, dim=-1)
-            )
-    clip = torch.cat(embedded).numpy() if embedded else None
-    return torch.cat(pooled).numpy(), clip
-
-
-@torch.inference_mode()
-def class_prototypes(model, tokenizer, class_names, prompts_for, max_length) -> np.ndarray:
-    """`(num_classes, dim)` normalised mean embeddings of each class's prompts (`prompts_for(name)`)."""
-    prototypes = []
-    for name in class_names:
-        prompts = prompts_for(name)
-        inputs = tokenizer(prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        embeds = torch.nn.functional.normalize(model.get_text_features(**inputs).pooler_output, dim=-1)
-        prototypes.append(torch.nn.functional.normalize(embeds.mean(dim=0), dim=-1))
-    return torch.stack(prototypes).numpy()
-
-
-def linear_probe_accuracy(train_x, train_y, test_x, test_y, seed: int = 0) -> dict[str, float]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(
-        StandardScaler(),
-        LogisticRegression(C=0.316, max_iter=2000, class_weight="balanced", random_state=seed),
-    )
-    probe.fit(train_x, train_y)
-    predicted = probe.predict(test_x)
-    return {
-        "accuracy": float(accuracy_score(test_y, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(test_y, predicted)),
-    }
+    return store, labelled.targets[ok], counts
 
 
 def zero_shot_accuracy(image_embeds, prototypes, labels) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
-    predicted = (image_embeds @ prototypes.T).argmax(axis=1)
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-    }
+    """Accuracy and balanced accuracy of the nearest prototype (cosine) for each image."""
+    scores = image_embeds @ prototypes.T
+    return classification_metrics(labels, np.eye(len(prototypes))[scores.argmax(axis=1)], names=ACCURACIES)
 
 
 def evaluate_pretrained(
@@ -119,21 +53,20 @@ def evaluate_pretrained(
 
     `prompts_for(class_name)` gives a class's zero-shot prompts (default: `data.prompt_templates` filled with
     the name)."""
-    from ..training.data import image_normalization
-
-    mean, std = image_normalization(processor.image_processor)
     if prompts_for is None:
 
         def prompts_for(name):
             return [template.format(name) for template in config.data.prompt_templates]
 
-    train_batches, train_y, train_excluded = _labelled_split(
+    mean, std = normalization_of(processor.image_processor)
+    train_store, train_y, train_excluded = _labelled_split(
         specs["probe_train"], class_names, config, show_progress
     )
-    test_batches, test_y, test_excluded = _labelled_split(specs["test"], class_names, config, show_progress)
+    test_store, test_y, test_excluded = _labelled_split(specs["test"], class_names, config, show_progress)
 
     torch.manual_seed(config.run.seed)
-    initial = type(model)(model.config)
+    parameter = next(model.parameters())
+    initial = type(model)(model.config).to(parameter.device, parameter.dtype)
     results = {
         "classes": list(class_names),
         "num_probe_train": int(len(train_y)),
@@ -142,20 +75,20 @@ def evaluate_pretrained(
     }
     results["chance_accuracy"] = float(np.bincount(test_y, minlength=len(class_names)).max() / len(test_y))
     for name, candidate in (("pretrained", model), ("random_init", initial)):
-        train_pooled, _ = image_representations(candidate, train_batches(mean, std))
-        test_pooled, test_clip = image_representations(candidate, test_batches(mean, std))
-        entry = {
-            "linear_probe": linear_probe_accuracy(train_pooled, train_y, test_pooled, test_y, config.run.seed)
-        }
-        if test_clip is not None:
+        train = extract_image_features(candidate, train_store, mean, std, show_progress=show_progress)
+        test = extract_image_features(candidate, test_store, mean, std, show_progress=show_progress)
+        probabilities = linear_probe_probabilities(
+            train.probe, train_y, test.probe, len(class_names), seed=config.run.seed
+        )
+        entry = {"linear_probe": classification_metrics(test_y, probabilities, names=ACCURACIES)}
+        if test.embeds is not None:
             prototypes = class_prototypes(
                 candidate,
                 processor.tokenizer,
-                class_names,
-                prompts_for,
-                processor.max_length,
+                [prompts_for(c) for c in class_names],
+                max_length=processor.max_length,
             )
-            entry["zero_shot"] = zero_shot_accuracy(test_clip, prototypes, test_y)
+            entry["zero_shot"] = zero_shot_accuracy(test.embeds, prototypes, test_y)
         results[name] = entry
     return results
 

@@ -62,6 +62,9 @@ def markdown_table(results: dict) -> str:
             + " | ".join(cells)
             + " |"
         )
+    for name, info in (results.get("models") or {}).items():
+        for problem in info.get("skipped_tasks") or []:
+            lines += ["", f"Not run for {name}: {problem['task']} ({problem['reason']})."]
     excluded = data.get("excluded") or {}
     if excluded:
         lines += [

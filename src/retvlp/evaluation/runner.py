@@ -334,10 +334,9 @@ def _fixed_split(labelled: LabelledRecords, num_pool: int | None, settings: Eval
         )
     pool, test = np.arange(num_pool), np.arange(num_pool, len(labelled))
     shared = set(labelled.groups[pool].tolist()) & set(labelled.groups[test].tolist())
-    shared = {g for g in shared if not str(g).startswith("image:")}
     if shared:
         raise ValueError(
-            f"{len(shared)} patient(s) have images in both the training data and the test data (e.g. "
+            f"{len(shared)} patient(s) or image file(s) are in both the training data and the test data (e.g. "
             f"{sorted(map(str, shared))[:5]}): remove them from one side, or leave out --test-data to let the "
             "harness split by patient."
         )
@@ -389,26 +388,30 @@ def evaluate_models(
     settings = settings or EvaluationSettings()
     if not models:
         raise ValueError("Give at least one model to evaluate.")
+    if "random_init" in models:
+        raise ValueError(
+            '"random_init" is the name of the random-weights baseline: call the model differently.'
+        )
     labelled = read_labelled_records(data, class_names, multi_label=multi_label, name=dataset_name)
     num_pool = None
     if test_data is not None:
         test = read_labelled_records(test_data, labelled.class_names, multi_label=labelled.multi_label)
         num_pool, labelled = len(labelled), _concatenate(labelled, test)
+    if device is None and torch.cuda.is_available():  # under `accelerate launch`: this process's GPU
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     loaded = [load_model(name, source, device) for name, source in models.items()]
     if random_init:
         loaded.append(random_init_copy(loaded[0], settings.split_seed))
-    geometries = {}
-    for entry in loaded:
-        geometries.setdefault(geometry_of(entry.image_processor), None)
+    geometries = dict.fromkeys(geometry_of(entry.image_processor) for entry in loaded)
     stores = {
         g: cache_images(labelled, g, cache_dir=settings.cache_dir, show_progress=settings.show_progress)
         for g in geometries
     }
-    before = len(labelled)
+    if num_pool is not None:  # bad images leave the pool and the given test set alike
+        usable = np.logical_and.reduce([store.ok for store in stores.values()])
+        num_pool = int(usable[:num_pool].sum())
     labelled, kept_stores = drop_bad_images(labelled, list(stores.values()))
     stores = dict(zip(stores, kept_stores, strict=True))
-    if num_pool is not None and len(labelled) != before:
-        num_pool -= int(sum(1 for r in labelled.excluded_examples if r["reason"] == "bad_image"))
     pool, test = _fixed_split(labelled, num_pool, settings)
     ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings)
     results = {
@@ -457,19 +460,32 @@ def evaluate_models(
         for task in settings.tasks:
             if task in ("zero-shot", "few-shot") and (features.embeds is None or entry.tokenizer is None):
                 logger.warning("%s: skipping %s (no text encoder / tokenizer)", entry.name, task)
-                results["models"][entry.name].setdefault("skipped_tasks", []).append(task)
+                results["models"][entry.name].setdefault("skipped_tasks", []).append(
+                    {"task": task, "reason": "no text encoder / tokenizer"}
+                )
                 continue
-            if task == "zero-shot":
-                results["results"] += run_zero_shot(entry, features, ctx)
-            elif task == "linear-probe":
-                results["results"] += run_linear_probe(entry, features, ctx)
-            elif task == "few-shot":
-                results["results"] += run_few_shot(entry, features, ctx)
-            else:
-                save = output_dir is not None and settings.save_models
-                finetune_dir = Path(output_dir) / "finetuned" if save else None
-                results["results"] += run_finetune(entry, task, store, mean, std, ctx, finetune_dir)
-    if output_dir is not None:
+            try:
+                if task == "zero-shot":
+                    rows = run_zero_shot(entry, features, ctx)
+                elif task == "linear-probe":
+                    rows = run_linear_probe(entry, features, ctx)
+                elif task == "few-shot":
+                    rows = run_few_shot(entry, features, ctx)
+                else:
+                    save = output_dir is not None and settings.save_models
+                    finetune_dir = Path(output_dir) / "finetuned" if save else None
+                    rows = run_finetune(entry, task, store, mean, std, ctx, finetune_dir)
+            except ValueError as exc:  # e.g. few-shot on multi-label data: report it, keep the other results
+                logger.error("%s: %s failed: %s", entry.name, task, exc)
+                results["models"][entry.name].setdefault("skipped_tasks", []).append(
+                    {"task": task, "reason": str(exc)}
+                )
+                continue
+            results["results"] += rows
+    if not results["results"]:
+        problems = {name: info.get("skipped_tasks") for name, info in results["models"].items()}
+        raise ValueError(f"No task could be run: {problems}")
+    if output_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         write_report(results, ctx.predictions, labelled.targets[ctx.test], output_dir)
     results["predictions"] = ctx.predictions
     results["test_targets"] = labelled.targets[ctx.test]

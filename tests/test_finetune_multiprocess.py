@@ -1,0 +1,73 @@
+"""`accelerate launch` with 2 CPU processes × b images fine-tunes exactly like 1 process × 2b images."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_config
+
+from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
+from retvlp.cli import main
+from retvlp.maskedclip import FundusImageProcessor
+from retvlp.tokenization import tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _arguments(checkpoint, synthetic, tmp_path, name, batch_size):
+    return [
+        "evaluate", "--model", f"tiny={checkpoint}", "--data", str(synthetic.paired), str(synthetic.categorical),
+        "--test-data", str(synthetic.test), "--task", "finetune", "--fractions", "1.0", "--seeds", "0",
+        "--max-steps", "3", "--finetune-batch-size", str(batch_size), "--no-augment", "--drop-path", "0",
+        "--lr", "1e-3", "--output-dir", str(tmp_path / name), "--cache-dir", str(tmp_path / "cache"),
+        "--no-progress", "--no-save-models",
+    ]  # fmt: skip
+
+
+def test_two_processes_match_one_process_with_the_global_batch(tmp_path, synthetic):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "final"
+    MaskedCLIPModel(make_tiny_config()).save_pretrained(checkpoint)
+    MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer(), max_length=16).save_pretrained(
+        checkpoint
+    )
+    assert main(_arguments(checkpoint, synthetic, tmp_path, "single", 8)) == 0
+
+    environment = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), "-m", "retvlp.cli",
+        *_arguments(checkpoint, synthetic, tmp_path, "double", 4),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
+    if done.returncode != 0:
+        pytest.fail(f"2-process run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+    def probabilities(name):
+        (path,) = (tmp_path / name / "predictions").glob("*finetune*.npz")
+        return np.load(path)["probabilities"]
+
+    single, double = probabilities("single"), probabilities("double")
+    assert single.shape == double.shape and single.shape[0] == len(synthetic.test.read_text().splitlines())
+    np.testing.assert_allclose(double, single, rtol=1e-4, atol=1e-5)
+    results = json.loads((tmp_path / "double" / "results.json").read_text())
+    assert results["results"][0]["task"] == "finetune"
