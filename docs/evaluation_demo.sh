@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The documented evaluation of the demo MaskedCLIP (docs/evaluation.md): run after the README's main command
-# (which leaves outputs/demo_maskedclip/final). Offline, ~10 min on 2 CPU cores. Writes docs/evaluation_demo/.
+# (which leaves outputs/demo_maskedclip/final). Offline, ~1–2 min on 2 CPU cores. Writes docs/evaluation_demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
