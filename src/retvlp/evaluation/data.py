@@ -200,7 +200,6 @@ class ImageStore:
     cached: CachedImages
     rows: np.ndarray
     ok: np.ndarray
-    geometry: ImageGeometry
 
     @property
     def key(self) -> str:
@@ -211,7 +210,7 @@ class ImageStore:
         return read_pixels(self.cached.dataset, self.rows[np.asarray(indices, dtype=np.int64)])
 
     def narrowed(self, keep: np.ndarray) -> ImageStore:
-        return ImageStore(cached=self.cached, rows=self.rows[keep], ok=self.ok[keep], geometry=self.geometry)
+        return ImageStore(cached=self.cached, rows=self.rows[keep], ok=self.ok[keep])
 
 
 def cache_images(
@@ -227,7 +226,7 @@ def cache_images(
         labelled.records, geometry, cache_dir, num_proc=num_proc, show_progress=show_progress
     )
     ok = np.asarray(cached.dataset["ok"], dtype=bool)
-    return ImageStore(cached=cached, rows=np.arange(len(ok)), ok=ok, geometry=geometry)
+    return ImageStore(cached=cached, rows=np.arange(len(ok)), ok=ok)
 
 
 def drop_bad_images(

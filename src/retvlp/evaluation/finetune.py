@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,6 @@ class FinetuneSettings:
     mixed_precision: str = "no"
     init: str = "pretrained"
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.method not in METHODS:

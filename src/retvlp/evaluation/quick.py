@@ -28,7 +28,7 @@ def _labelled_split(specs, class_names, config, show_progress):
     labelled = read_labelled_records(specs, class_names, multi_label=False)
     cached = cache_records(labelled.records, config.data, show_progress)
     ok = np.asarray(cached.dataset["ok"], dtype=bool)
-    store = ImageStore(cached=cached, rows=np.flatnonzero(ok), ok=ok[ok], geometry=None)
+    store = ImageStore(cached=cached, rows=np.flatnonzero(ok), ok=ok[ok])
     excluded = labelled.excluded
     counts = {
         "unparseable_rows": excluded.get("unparseable_rows", 0),

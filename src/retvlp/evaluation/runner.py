@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .data import (
+    MAX_LISTED_EXCLUSIONS,
     LabelledRecords,
     cache_images,
     drop_bad_images,
@@ -355,7 +356,7 @@ def _concatenate(first: LabelledRecords, second: LabelledRecords) -> LabelledRec
             k: first.excluded.get(k, 0) + second.excluded.get(k, 0)
             for k in {**first.excluded, **second.excluded}
         },
-        excluded_examples=(first.excluded_examples + second.excluded_examples)[:50],
+        excluded_examples=(first.excluded_examples + second.excluded_examples)[:MAX_LISTED_EXCLUSIONS],
     )
 
 
