@@ -207,6 +207,7 @@ def test_image_only_batches_train_mim_and_mfd(tiny_config, tiny_batch):
         (dict(vision={"image_size": 36}), "divisible by patch_size"),
         (dict(lambda_clip=-1.0), "lambda_clip"),
         (dict(clip_image_pooling="max"), "clip_image_pooling"),
+        (dict(text_pooling="max"), "text_pooling"),
         (dict(logit_scale_init_value=5.0), "exceeds logit_scale_max"),
         (dict(feature_decoder_num_attention_heads=3), "feature_decoder_hidden_size"),
     ],
@@ -418,3 +419,36 @@ def test_image_classification_auto_class_needs_the_vision_config(pretrained_dire
     # classifier's is the vision sub-config): load it with MaskedCLIPForImageClassification.from_pretrained.
     with pytest.raises(ValueError, match="Unrecognized configuration class"):
         AutoModelForImageClassification.from_pretrained(directory, num_labels=2)
+
+
+def test_text_mean_pooling_is_the_padding_masked_token_mean(tiny_config):
+    model = _model(tiny_config, text_pooling="mean").eval()
+    ids = torch.tensor([[2, 17, 33, 45, 3, 0, 0], [2, 21, 8, 9, 11, 12, 3]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        pooled = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+        hidden = model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        by_hand = torch.stack([hidden[0, :5].mean(0), hidden[1].mean(0)]) @ model.text_projection.weight.t()
+        alone = model.get_text_features(input_ids=ids[:1, :5], attention_mask=mask[:1, :5]).pooler_output
+    torch.testing.assert_close(pooled, by_hand, rtol=1e-5, atol=1e-6)
+    # The embedding of a text does not depend on how much padding its batch adds.
+    torch.testing.assert_close(pooled[:1], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_cls_pooling_of_a_fresh_text_tower_is_constant_and_mean_pooling_is_not(tiny_config):
+    """The collapse diagnosed in docs/real_data.md: at init a from-scratch BERT's [CLS] state hardly depends on
+    the text, the padding-masked mean does."""
+    # Templated prompts: 16 texts sharing 10 of their 12 tokens ("a fundus photograph of {class}").
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 400, (1, 12), generator=generator).repeat(16, 1)
+    ids[:, 6:8] = torch.randint(5, 400, (16, 2), generator=generator)
+
+    def mean_pairwise_cosine(model):
+        with torch.no_grad():
+            e = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
+        return float((e @ e.t())[~torch.eye(16, dtype=torch.bool)].mean())
+
+    cls = mean_pairwise_cosine(_model(tiny_config, text_pooling="cls").eval())
+    mean = mean_pairwise_cosine(_model(tiny_config, text_pooling="mean").eval())
+    assert cls > 0.9999  # measured 0.999999: every text gets the same embedding
+    assert 1 - mean > 10 * (1 - cls)  # the mean keeps the texts apart (measured 0.986)

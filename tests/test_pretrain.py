@@ -157,6 +157,13 @@ def test_config_errors_name_the_key(tmp_path, synthetic):
         config.apply_overrides(["optim.max_step=3"])
     config.apply_overrides(["optim.max_steps=9"])
     assert config.optim.max_steps == 9
+    config.apply_overrides(["model.config.text_pooling=mean", "model.config.vision_config.patch_size=8"])
+    assert config.model.config["text_pooling"] == "mean"
+    assert config.model.config["vision_config"]["patch_size"] == 8
+    config.apply_overrides(["optim.lr=3e-4"])  # YAML 1.1 would read a dot-less exponent as a string
+    assert config.optim.lr == 3e-4
+    with pytest.raises(ConfigError, match="holds no mapping"):
+        config.apply_overrides(["model.config.text_pooling.x=1"])
 
 
 def test_trains_from_a_hugging_face_dataset_on_disk(tmp_path, synthetic):

@@ -56,7 +56,13 @@ def main(argv=None) -> int:
 
     from retvlp.data.validation import DataValidationError
     from retvlp.evaluation.quick import format_results_table
-    from retvlp.training import ConfigError, NonFiniteLossError, PretrainConfig, pretrain
+    from retvlp.training import (
+        ConfigError,
+        ContrastiveCollapseError,
+        NonFiniteLossError,
+        PretrainConfig,
+        pretrain,
+    )
 
     try:
         config = PretrainConfig.from_yaml(args.config)
@@ -69,7 +75,14 @@ def main(argv=None) -> int:
             overrides.append(f"data.on_bad_sample={args.on_bad_sample}")
         config.apply_overrides(overrides)
         result = pretrain(config, resume=args.resume, show_progress=not args.no_progress)
-    except (ConfigError, DataValidationError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
+    except (
+        ConfigError,
+        ContrastiveCollapseError,
+        DataValidationError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        ValueError,
+    ) as error:
         # Input problems (config, data, paths, shapes) end with their message, not a traceback; set
         # RETVLP_DEBUG=1 to see where one came from.
         if os.environ.get("RETVLP_DEBUG"):

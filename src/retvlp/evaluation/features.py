@@ -161,14 +161,18 @@ def extract_image_features(
     cache_dir: str | os.PathLike | None = None,
     show_progress: bool = True,
     description: str = "features",
+    cache: bool = True,
 ) -> ImageFeatures:
     """Features of the records `indices` (default: all) of `store`, extracted batch-wise in eval mode under
-    `torch.inference_mode` on the model's device and dtype, or read back from the cache."""
+    `torch.inference_mode` on the model's device and dtype, or read back from the cache.
+
+    `cache=False` neither reads nor writes any cache (nor hashes the weights): for weights about to change,
+    e.g. the evaluations during pretraining, whose entries would only pile up in memory."""
     indices = np.arange(len(store.rows)) if indices is None else np.asarray(indices, dtype=np.int64)
-    key = _cache_key(model, store, indices, mean, std)
-    if key in _MEMORY_CACHE:
+    key = _cache_key(model, store, indices, mean, std) if cache else None
+    if key is not None and key in _MEMORY_CACHE:
         return _MEMORY_CACHE[key]
-    path = Path(cache_dir) / "features" / f"{key}.safetensors" if cache_dir is not None else None
+    path = Path(cache_dir) / "features" / f"{key}.safetensors" if cache_dir is not None and cache else None
     features = _load(path) if path is not None else None
     if features is None:
         from tqdm.auto import tqdm
@@ -194,7 +198,8 @@ def extract_image_features(
         )
         if path is not None:
             _save(path, features)
-    _MEMORY_CACHE[key] = features
+    if key is not None:
+        _MEMORY_CACHE[key] = features
     return features
 
 

@@ -131,6 +131,12 @@ class MaskedCLIPConfig(PreTrainedConfig):
     clip_image_pooling (`str`, defaults to `"cls"`):
         Which token of z = B(E_I(x)) feeds the CLIP image projection: `"cls"` (our decision, METHODS.md §1)
         or `"mean"` over patch tokens (the paper's prose mentions "mean image features").
+    text_pooling (`str`, defaults to `"cls"`):
+        Which text state feeds the text projection: `"cls"` (BERT's [CLS], the paper's text embedding and the
+        right choice for a pretrained text tower) or `"mean"`, the padding-masked mean of the last layer's
+        tokens. A BERT initialised from scratch gives the same [CLS] state to every text (mean pairwise cosine
+        1.0000 at init: the [CLS] input and position embedding dominate while attention is uniform), a
+        stationary point of the contrastive loss; the mean sees every token (docs/real_data.md).
     logit_scale_init_value (`float`, defaults to ln(1/0.07) = 2.6592):
         Initial value of the learnable log temperature τ.
     logit_scale_max (`float`, defaults to ln(100) = 4.6052):
@@ -163,6 +169,7 @@ class MaskedCLIPConfig(PreTrainedConfig):
     feature_decoder_intermediate_size: int = 1536
     projection_dim: int = 512
     clip_image_pooling: str = "cls"
+    text_pooling: str = "cls"
     logit_scale_init_value: float | int = math.log(1 / 0.07)
     logit_scale_max: float | int = math.log(100.0)
     lambda_clip: float | int = 0.01
@@ -193,6 +200,8 @@ class MaskedCLIPConfig(PreTrainedConfig):
             )
         if self.clip_image_pooling not in ("cls", "mean"):
             raise ValueError(f'clip_image_pooling must be "cls" or "mean", got {self.clip_image_pooling!r}.')
+        if self.text_pooling not in ("cls", "mean"):
+            raise ValueError(f'text_pooling must be "cls" or "mean", got {self.text_pooling!r}.')
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"MaskedCLIPConfig.momentum is an EMA decay in [0, 1], got {self.momentum}.")
         for name in ("lambda_clip", "lambda_mfd"):

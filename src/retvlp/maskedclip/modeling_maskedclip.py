@@ -526,10 +526,12 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Text embedding: `pooler_output` is the projected [CLS] state `(batch, projection_dim)`."""
+        """Text embedding: `pooler_output` is the projected [CLS] state (or, with `text_pooling="mean"`, the
+        padding-masked token mean) `(batch, projection_dim)`."""
         self._require_clip("get_text_features")
         if input_ids is None or input_ids.numel() == 0:
             raise ValueError("get_text_features needs a non-empty input_ids batch.")
+        padding_mask = attention_mask
         if attention_mask is not None and bool(attention_mask.all()):
             # No padding in this batch: an explicit mask would only force SDPA off its unmasked kernel.
             attention_mask = None
@@ -540,8 +542,16 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
             position_ids=position_ids,
         )
         hidden = outputs.last_hidden_state
+        if self.config.text_pooling == "mean":
+            if padding_mask is None:
+                pooled = hidden.mean(dim=1)
+            else:
+                weights = padding_mask.to(hidden.dtype).unsqueeze(-1)
+                pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        else:
+            pooled = hidden[:, 0]
         return BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=self.text_projection(hidden[:, 0])
+            last_hidden_state=hidden, pooler_output=self.text_projection(pooled)
         )
 
     def clamped_logit_scale(self) -> torch.Tensor:

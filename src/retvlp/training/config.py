@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,29 @@ FAMILY_BATCH_KEYS = {
     "text-mlm": ("text_batch_size",),
 }
 MIXED_PRECISION = ("no", "bf16", "fp16")
+COLLAPSE_GUARD_ACTIONS = ("warn", "stop", "off")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `3e-4` (no dot) as a string; users write learning rates that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -122,6 +146,21 @@ class RunSection:
     evaluate: bool = True  # zero-shot + linear probe on `evaluation` data after training
     evaluation: dict[str, Any] = field(default_factory=dict)  # {test: manifest spec, probe_train: ...}
     num_threads: int | None = None  # torch intra-op threads per process
+    # Collapse guard (training/collapse.py): at every log step the spread of the gathered image and text
+    # embeddings is logged; when the embeddings of one side stay collapsed (mean pairwise cosine above
+    # `collapse_cosine`, or the contrastive term within `collapse_loss_margin` of ln(global batch)) for
+    # `collapse_window` consecutive log steps, "warn" warns once, "stop" ends the run, "off" only logs.
+    collapse_guard: str = "warn"
+    collapse_window: int = 5  # log steps
+    collapse_cosine: float = 0.99
+    collapse_loss_margin: float = 0.01  # nats
+    collapse_grace_steps: int = 0  # optimizer steps before the guard may fire (0: one window)
+    # Evaluation during pretraining (training/periodic_eval.py): every `eval_every` optimizer steps, zero-shot
+    # and a linear probe on held-out data: `run.evaluation` manifests when given, else a patient-disjoint
+    # share (`eval_holdout_fraction`) of the run's own labelled rows, left out of training.
+    eval_every: int | None = None
+    eval_holdout_fraction: float = 0.1
+    eval_max_images: int = 2000  # per split, drawn once (seeded) so every evaluation sees the same images
 
 
 @dataclass
@@ -168,7 +207,7 @@ class PretrainConfig:
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist (pass --config path/to/run.yaml).")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = load_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from error
         return cls.from_dict(raw, source=str(path))
@@ -179,7 +218,9 @@ class PretrainConfig:
         return out
 
     def apply_overrides(self, overrides: list[str]) -> None:
-        """Apply `section.key=value` strings (values parsed as YAML), e.g. `optim.max_steps=10`."""
+        """Apply `section.key=value` strings (values parsed as YAML), e.g. `optim.max_steps=10`; a mapping key
+        takes a dotted path into it, e.g. `model.config.text_pooling=mean` or
+        `model.config.vision_config.hidden_size=256`."""
         for item in overrides:
             key, sep, value = item.partition("=")
             section_name, dot, name = key.partition(".")
@@ -190,9 +231,24 @@ class PretrainConfig:
             section = getattr(self, section_name, None)
             if section is None or section_name == "source" or not dataclasses.is_dataclass(section):
                 raise ConfigError(f"Override {item!r}: unknown section {section_name!r}.")
+            name, *path = name.split(".")
             if name not in {f.name for f in dataclasses.fields(section)}:
                 raise ConfigError(f"Override {item!r}: section '{section_name}' has no key {name!r}.")
-            setattr(section, name, yaml.safe_load(value))
+            parsed = load_yaml(value)
+            if not path:
+                setattr(section, name, parsed)
+                continue
+            target = getattr(section, name)
+            if target is None:
+                target = {}
+                setattr(section, name, target)
+            for part in path[:-1]:
+                target = target.setdefault(part, {}) if isinstance(target, dict) else None
+            if not isinstance(target, dict):
+                raise ConfigError(
+                    f"Override {item!r}: {section_name}.{name} holds no mapping at {'.'.join(path[:-1])!r}."
+                )
+            target[path[-1]] = parsed
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -266,6 +322,17 @@ class PretrainConfig:
             fail(f"run.mixed_precision={r.mixed_precision!r}; choose one of {list(MIXED_PRECISION)}.")
         if r.save_every <= 0 or r.log_every <= 0 or r.keep_checkpoints < 1:
             fail("run.save_every, run.log_every and run.keep_checkpoints must be >= 1.")
+        if r.collapse_guard not in COLLAPSE_GUARD_ACTIONS:
+            fail(f"run.collapse_guard={r.collapse_guard!r}; choose one of {list(COLLAPSE_GUARD_ACTIONS)}.")
+        if r.collapse_window < 1 or not 0.0 < r.collapse_cosine <= 1.0 or r.collapse_loss_margin < 0:
+            fail(
+                "run.collapse_window must be >= 1, run.collapse_cosine in (0, 1] and "
+                "run.collapse_loss_margin >= 0."
+            )
+        if r.eval_every is not None and r.eval_every < 1:
+            fail(f"run.eval_every must be >= 1 optimizer steps (or null: off), got {r.eval_every}.")
+        if not 0.0 < r.eval_holdout_fraction < 1.0 or r.eval_max_images < 1:
+            fail("run.eval_holdout_fraction must be in (0, 1) and run.eval_max_images >= 1.")
 
 
 __all__ = ["ConfigError", "DataSection", "ModelSection", "OptimSection", "PretrainConfig", "RunSection"]

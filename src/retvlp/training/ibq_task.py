@@ -33,6 +33,7 @@ class IBQTokenizerTask(PretrainTask):
     routing = {"paired": "images", "categorical": "images", "unpaired": "images"}
     required_streams = ("images",)
     uses_text = False
+    has_image_encoder = False  # a tokenizer: no pooled features to probe
 
     def batch_sizes(self, config):
         return {"images": config.data.image_batch_size}

@@ -83,6 +83,15 @@ class KeepFitStepBatches(StepBatches):
 class KeepFitTask(PretrainTask):
     family = "keepfit"
     loss_terms = ("loss", "loss_itc_categorical", "loss_itc_elite", "loss_semantic", "loss_appearance")
+    contrastive_fields = (
+        ("loss_itc_categorical", "image_embeds", "text_embeds", "labels"),
+        ("loss_itc_elite", "elite_image_embeds", "elite_text_embeds", None),
+    )
+    collapse_knobs = (
+        "smaller model.config.lambda_semantic / lambda_appearance (the knowledge MSE can pull every prompt "
+        "embedding to one vector); a lower optim.lr or a longer optim.warmup_steps; an MLM-pretrained text "
+        "tower (model.text_pretrained) (docs/real_data.md)."
+    )
     routing = KEEPFIT_ROUTING
     required_streams = ("categorical", "paired")
 
@@ -176,6 +185,13 @@ class KeepFitTask(PretrainTask):
             show_progress=show_progress,
             prompts_for=lambda name: class_prompts(name, modality=config.data.modality, knowledge=knowledge),
         )
+
+    def zero_shot_prompts(self, config, class_names):
+        """The expert-knowledge prompt ensembles, as the end-of-run check uses."""
+        knowledge = load_knowledge(config)
+        return [
+            class_prompts(name, modality=config.data.modality, knowledge=knowledge) for name in class_names
+        ]
 
 
 __all__ = ["KEEPFIT_ROUTING", "KeepFitStepBatches", "KeepFitTask", "load_knowledge"]

@@ -136,6 +136,12 @@ class MaskedCLIPTask(PretrainTask):
     loss_terms = ("loss", "loss_mim", "loss_clip", "loss_mfd")
     routing = MASKEDCLIP_ROUTING
     required_streams = ("paired",)
+    contrastive_fields = (("loss_clip", "image_embeds", "text_embeds", "labels"),)
+    collapse_knobs = (
+        "a lower optim.lr or a longer optim.warmup_steps; model.config.text_pooling: mean for a text tower "
+        "trained from scratch; model.config.lambda_clip; data.crop_to_fov: true for photographs with a black "
+        "border (docs/real_data.md)."
+    )
 
     def batch_sizes(self, config):
         return {"paired": config.data.paired_batch_size, "unpaired": config.data.unpaired_batch_size}

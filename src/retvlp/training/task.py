@@ -34,6 +34,11 @@ class PretrainTask:
     routing: dict[str, str | None] = {}
     required_streams: tuple[str, ...] = ()
     uses_text: bool = True
+    # The contrastive terms the collapse guard watches: (loss field, image-embedding field, text-embedding
+    # field, batch key of the labels that make label-guided positives or None for plain CLIP targets).
+    contrastive_fields: tuple[tuple[str, str, str, str | None], ...] = ()
+    # What the collapse guard's warning suggests turning, family by family.
+    collapse_knobs: str = ""
 
     def batch_sizes(self, config: PretrainConfig) -> dict[str, int]:
         raise NotImplementedError
@@ -102,6 +107,28 @@ class PretrainTask:
             if getattr(outputs, name, None) is not None
         }
 
+    def contrastive_terms(self, outputs, batch: dict, accelerator) -> list:
+        """The step's contrastive terms with their embeddings and labels gathered over every process (no
+        gradient), for the collapse guard; empty when the family has none or the step computed none."""
+        from ..maskedclip.contrastive import label_positive_mask
+        from .collapse import ContrastiveTerm, label_guided_floor
+
+        terms = []
+        for loss_name, image_name, text_name, label_key in self.contrastive_fields:
+            loss = getattr(outputs, loss_name, None)
+            image, text = getattr(outputs, image_name, None), getattr(outputs, text_name, None)
+            if loss is None or image is None or text is None:
+                continue
+            image, text = accelerator.gather(image.detach()), accelerator.gather(text.detach())
+            labels = batch.get(label_key) if label_key else None
+            if labels is not None:
+                labels = accelerator.gather(labels.to(image.device))
+            n = image.shape[0]
+            positives = label_positive_mask(labels, labels, n, n, device=image.device)
+            value = accelerator.reduce(loss.detach().float(), "mean").item()
+            terms.append(ContrastiveTerm(loss_name, value, image, text, label_guided_floor(positives)))
+        return terms
+
     def log_values(self, model: torch.nn.Module) -> dict[str, float]:
         """Extra per-log-step values (e.g. the contrastive temperature)."""
         scale = getattr(model, "logit_scale", None)
@@ -110,6 +137,16 @@ class PretrainTask:
     def evaluate(self, model, processor, specs, config, class_names, show_progress=True) -> dict | None:
         """The end-of-run check on `specs["test"]`; None when the family has none."""
         return None
+
+    # Whether `evaluation.features.encode_images` can embed the family's images (the periodic linear probe).
+    has_image_encoder: bool = True
+
+    def zero_shot_prompts(self, config: PretrainConfig, class_names: list[str]) -> list[list[str]] | None:
+        """Per class (`C` lists), the prompts whose mean text embedding is its zero-shot prototype in the
+        evaluations during pretraining (`training/periodic_eval.py`); None for a family without text."""
+        if not self.uses_text:
+            return None
+        return [[template.format(name) for template in config.data.prompt_templates] for name in class_names]
 
 
 __all__ = ["PretrainTask"]

@@ -23,8 +23,10 @@ import torch
 
 from ..data.synthetic import generate_synthetic_dataset
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
+from .collapse import CollapseGuard, ContrastiveCollapseError
 from .config import PretrainConfig
 from .data import StepBatches, discover_classes, prepare_streams, read_training_manifests
+from .periodic_eval import PeriodicEvaluator, hold_out_eval_rows
 from .task import PretrainTask
 
 logger = logging.getLogger(__name__)
@@ -187,6 +189,10 @@ def pretrain(
         is_main_process=main,
         show_progress=show_progress and main,
     )
+    # run.eval_every without a test set: a patient-disjoint share of the labelled rows leaves training.
+    streams, held_out = hold_out_eval_rows(
+        streams, manifests, class_names, config, evaluation_specs, task, is_main_process=main
+    )
 
     # ---------------------------------------------------------------- model
     corpus = task.text_corpus(streams, class_names, config)
@@ -252,6 +258,29 @@ def pretrain(
         disable=not (show_progress and main),
     )
 
+    guard = CollapseGuard(
+        action=run.collapse_guard,
+        window=run.collapse_window,
+        cosine_threshold=run.collapse_cosine,
+        loss_margin=run.collapse_loss_margin,
+        grace_steps=run.collapse_grace_steps,
+        knobs=task.collapse_knobs,
+    )
+    if checkpoint is not None:
+        guard.load_state_dict(state.get("collapse_guard", {}))
+    contrastive = []
+    periodic_eval = PeriodicEvaluator(
+        config,
+        task,
+        processor,
+        class_names,
+        evaluation_specs,
+        held_out,
+        accelerator,
+        log,
+        progress,
+        total_steps,
+    )
     model.train()
     last_metrics: dict[str, float] = {}
     sums: dict[str, torch.Tensor] = {}
@@ -267,6 +296,9 @@ def pretrain(
             with accelerator.no_sync(model) if not sync else nullcontext():
                 outputs = model(**batch, return_loss=True)
                 terms = task.outputs_to_terms(outputs)
+                if sync and ((step + 1) % run.log_every == 0 or step + 1 == total_steps):
+                    # The guard looks at the last micro-batch of each log step (gathered: collective).
+                    contrastive = task.contrastive_terms(outputs, batch, accelerator)
                 _stop_if_nonfinite(accelerator, terms["loss"], step, terms, output_dir)
                 accelerator.backward(terms["loss"] / accumulation)
             for name, value in terms.items():
@@ -298,6 +330,11 @@ def pretrain(
             }
             if grad_norm is not None:
                 entry["grad_norm"] = round(float(grad_norm), 6)
+            try:
+                entry.update(guard.update(step, contrastive))
+            except ContrastiveCollapseError as error:
+                log.write({**entry, **error.figures})  # the figures that stopped the run stay in the log
+                raise
             log.write(entry)
             if trackers:
                 accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
@@ -314,9 +351,11 @@ def pretrain(
                 "scheduler": scheduler.state_dict(),
                 "world_size": world,
                 "skipped_samples": len(report.bad_records),
+                "collapse_guard": guard.state_dict(),
                 "config": config.to_dict(),
             }
             save_checkpoint(accelerator, output_dir, step, state, keep=run.keep_checkpoints)
+        periodic_eval.maybe_run(step, unwrapped)
         if stop_after is not None and step >= stop_after:
             break
     progress.close()
