@@ -21,14 +21,20 @@ from .metrics import classification_metrics
 ACCURACIES = ("accuracy", "balanced_accuracy")
 
 
-def _labelled_split(specs, class_names, config, show_progress):
-    """The single-label records of `specs` and their cached pixels at the run's geometry and checks."""
+def cached_labelled_records(specs, class_names, config, show_progress):
+    """The single-label records of `specs`, their cached pixels at the run's geometry and checks, and the
+    per-record `ok` mask: `(labelled, store over the ok records, ok)`."""
     from ..training.data import cache_records
 
     labelled = read_labelled_records(specs, class_names, multi_label=False)
     cached = cache_records(labelled.records, config.data, show_progress)
     ok = np.asarray(cached.dataset["ok"], dtype=bool)
-    store = ImageStore(cached=cached, rows=np.flatnonzero(ok), ok=ok[ok])
+    return labelled, ImageStore(cached=cached, rows=np.flatnonzero(ok), ok=ok[ok]), ok
+
+
+def _labelled_split(specs, class_names, config, show_progress):
+    """The single-label records of `specs` and their cached pixels at the run's geometry and checks."""
+    labelled, store, ok = cached_labelled_records(specs, class_names, config, show_progress)
     excluded = labelled.excluded
     counts = {
         "unparseable_rows": excluded.get("unparseable_rows", 0),

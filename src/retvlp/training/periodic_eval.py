@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluation.data import ImageStore, normalization_of, read_labelled_records
+from ..evaluation.data import ImageStore, normalization_of
 from ..evaluation.features import class_prototypes, extract_image_features, has_text_tower, logit_scale_of
 from ..evaluation.linear_probe import linear_probe_probabilities
 from ..evaluation.metrics import classification_metrics
+from ..evaluation.quick import cached_labelled_records
 from ..evaluation.splits import group_stratified_split
 from ..evaluation.zero_shot import zero_shot_probabilities
 from .data import Stream
@@ -210,12 +211,7 @@ def hold_out_eval_rows(
 
 
 def _labelled_split(specs, class_names, config, show_progress) -> EvalSplit:
-    from .data import cache_records
-
-    labelled = read_labelled_records(specs, class_names, multi_label=False)
-    cached = cache_records(labelled.records, config.data, show_progress)
-    ok = np.asarray(cached.dataset["ok"], dtype=bool)
-    store = ImageStore(cached=cached, rows=np.flatnonzero(ok), ok=ok[ok])
+    labelled, store, ok = cached_labelled_records(specs, class_names, config, show_progress)
     return EvalSplit(store, labelled.targets[ok], np.asarray([str(g) for g in labelled.groups[ok]], object))
 
 
