@@ -368,8 +368,10 @@ def test_synthetic_run_detected_from_run_config(maskedclip, tmp_path):
     assert "| Training image size | 64 px |" in text and "| Batch per process | paired 8 |" in text
     assert "Training details: not provided" in text  # no training_summary.json, run settings still shown
     assert "No evaluation results were provided" in text
-    # staged for upload (processor saved on top), the card still finds the run's settings
-    (final / "model.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
+    # staged for upload (processor saved on top), the card still finds the run's settings; the code its
+    # auto_map names comes along (staging refuses a checkpoint that would not load with trust_remote_code)
+    for name in ["model.safetensors", *(p.name for p in directory.glob("*.py"))]:
+        (final / name).write_bytes((directory / name).read_bytes())
     staged = prepare_upload_folder(tmp_path / "stage", folder=final, processor=_processor())
     text = (staged / "README.md").read_text()
     assert "Synthetic demo data" in text and "saved without a processor" not in text

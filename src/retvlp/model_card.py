@@ -320,11 +320,19 @@ def _keepfit_architecture(config: Mapping) -> list[tuple[str, str]]:
 
 
 def _preprocessing(checkpoint_dir: Path) -> str | None:
+    """The saved processor's preprocessing in words: a processor (`processor_config.json`, released checkpoints)
+    or an image processor alone (`preprocessor_config.json`, classifiers and adapters)."""
     path = checkpoint_dir / "processor_config.json"
-    if not path.is_file():
+    if path.is_file():
+        processor = _read_json(path)
+        image = processor.get("image_processor") or {}
+    elif (checkpoint_dir / "preprocessor_config.json").is_file():
+        processor = {}
+        image = _read_json(checkpoint_dir / "preprocessor_config.json")
+    else:
         return None
-    processor = _read_json(path)
-    image = processor.get("image_processor") or {}
+    if image.get("size") is None:
+        return None
     parts = [f"images resized to {image.get('size')} px"]
     if image.get("pad_to_square"):
         parts[0] += " (aspect kept, zero-padded to a square)"
@@ -761,11 +769,347 @@ def _intended_use_section(family: str, context: Mapping) -> str:
     return jinja2.Template(text[start + len(SECTION_START) : end]).render(**context).strip()
 
 
-def _adapter_family(adapter_config: Mapping, family: str | None) -> str:
+# ------------------------------------------------------------------------------- fine-tuned classifiers, adapters
+
+FINETUNE_TASKS = ("finetune", "lora")
+_ARTIFACT_DIR_NAMES = ("model", "adapter", "base", "final")
+
+
+def is_hub_id(value: Any) -> bool:
+    """Whether `value` reads as a Hub repository id (``"name"`` or ``"owner/name"``) and not as a local path."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(value, str) or not value or Path(value).is_absolute() or value.startswith((".", "~")):
+        return False
+    if Path(value).exists():
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _family_of(model_type: str | None) -> str | None:
+    for family in SUPPORTED_MODEL_TYPES:
+        if str(model_type or "").startswith(family):
+            return family
+    return None
+
+
+def _class_names(config: Mapping) -> list[str]:
+    id2label = config.get("id2label") or {}
+    return [str(label) for _, label in sorted(id2label.items(), key=lambda item: int(item[0]))]
+
+
+def _artifact_name(folder: Path, repo_id: str | None) -> str:
+    """The repo name, else the run directory's name for `<run>/model`, `<run>/adapter` and `<run>/base`."""
+    if repo_id:
+        return repo_id.rstrip("/").split("/")[-1]
+    directory = folder.resolve()
+    if directory.name in _ARTIFACT_DIR_NAMES and directory.parent.name:
+        return (
+            f"{directory.parent.name}-{directory.name}" if directory.name == "base" else directory.parent.name
+        )
+    return directory.name or "retvlp-classifier"
+
+
+def _seed_row(row: Mapping, seed: Any) -> Mapping:
+    """`row` restricted to `seed` when it has per-seed values for every metric; otherwise unchanged."""
+    seeds = list(row.get("seeds") or [])
+    if seed is None or seed not in seeds or len(seeds) == 1:
+        return row
+    index = seeds.index(seed)
+    metrics = {}
+    for name, value in (row.get("metrics") or {}).items():
+        values = value.get("values") if isinstance(value, Mapping) else None
+        if not values or len(values) != len(seeds):
+            return row  # no per-seed values: the protocol summary is all there is
+        metrics[name] = {"mean": values[index], "std": None, "values": [values[index]]}
+    return {**row, "seeds": [seed], "metrics": metrics}
+
+
+def _artifact_evaluation(
+    evaluation: Mapping, *, task: str, fraction: Any, seed: Any, evaluated_model: str
+) -> dict | None:
+    """The rows of `evaluation` about one fine-tuned artifact: its own row (task, label fraction, and seed when the
+    row has per-seed values) and the other models' rows of the same protocol as baselines. Rows of the same model
+    under other protocols describe other models (the base checkpoint, the full fine-tuning of an adapter's
+    base, ...) and are dropped. None when the artifact has no row."""
+    evaluation = _normalise_evaluation(evaluation)
+    fraction = _finite(fraction)
+    kept = []
+    for row in evaluation["results"]:
+        if row.get("task") != task:
+            continue
+        row_fraction = _finite(row.get("fraction"))
+        if fraction is not None and row_fraction is not None and not math.isclose(row_fraction, fraction):
+            continue
+        kept.append(_seed_row(row, seed) if row.get("model") == evaluated_model else row)
+    if not any(row.get("model") == evaluated_model for row in kept):
+        return None
+    return {**evaluation, "results": kept}
+
+
+def _finetune_items(summary: Mapping | None) -> list[tuple[str, str]]:
+    if not summary:
+        return []
+    settings = summary.get("settings") or {}
+    lora = summary.get("task") == "lora"
+    items: list[tuple[str, str]] = []
+    if summary.get("role") == "lora-base":
+        items.append(
+            ("Role", "the base model of a LoRA adapter (head untrained; the adapter brings its own)")
+        )
+    else:
+        items.append(("Method", "LoRA fine-tuning" if lora else "full fine-tuning"))
+    if summary.get("base_model"):
+        items.append(("Base model", f"`{summary['base_model']}`"))
+    if summary.get("init") == "random":
+        items.append(("Initialisation", "seeded random weights (the baseline of the evaluation)"))
+    if summary.get("dataset"):
+        items.append(("Training data", str(summary["dataset"])))
+    if _finite(summary.get("fraction")) is not None:
+        items.append(("Label fraction", f"{_finite(summary['fraction']) * 100:g}%"))
+    for key, label in (("num_train", "Training images"), ("seed", "Seed"), ("steps", "Optimizer steps")):
+        if summary.get(key) is not None:
+            items.append((label, _fmt(summary[key])))
+    keys = [
+        ("lr", "Learning rate (AdamW, cosine)"),
+        ("batch_size", "Batch per process"),
+        ("weight_decay", "Weight decay"),
+        ("layer_decay", "Layer-wise lr decay"),
+    ]
+    keys += (
+        [("lora_rank", "LoRA rank"), ("lora_alpha", "LoRA alpha"), ("lora_dropout", "LoRA dropout")]
+        if lora
+        else [("drop_path_rate", "Drop path")]
+    )
+    keys += [("mixed_precision", "Mixed precision")]
+    for key, label in keys:
+        if settings.get(key) is not None:
+            items.append((label, _fmt(settings[key])))
+    return items
+
+
+def _finetuned_intended_use(family: str | None, context: Mapping) -> str:
+    """The family template's limitations, after an intended-use section that fits a task-specific classifier."""
+    import jinja2
+
+    intended = jinja2.Template(_CLASSIFIER_INTENDED_USE).render(**context).strip()
+    if family is None:
+        return intended
+    section = _intended_use_section(family, context)
+    start = section.find("## Limitations and biases")
+    return f"{intended}\n\n{section[start:]}" if start >= 0 else intended
+
+
+_CLASSIFIER_INTENDED_USE = """
+## Intended use
+
+Research on retinal image classification into the classes listed above, as a fine-tuned result of the `retvlp`
+evaluation protocols, validated by the user on their own data before any further use.
+
+## Out-of-scope use
+
+- Diagnosis, screening, triage, grading or treatment decisions for real patients, with or without a
+  clinician in the loop.
+- Classes other than the ones it was trained on, non-retinal images, and devices, sites or populations where
+  it has not been validated.
+"""
+
+_EVALUATION_SECTION = """{% if evaluation %}
+## Evaluation
+
+Test set **{{ evaluation.dataset_name }}**{% if evaluation.num_test %}, {{ evaluation.num_test }} images{% endif %}{% if evaluation.classes %}; classes: {{ evaluation.classes | join(", ") }}{% endif %}.
+The row of this model is its own run{% if seed is not none %} (seed {{ seed }}){% endif %}; other rows are baselines
+of the same protocol.
+
+| model | protocol | seeds |{% if evaluation.show_num_train %} train images |{% endif %}{% for label in evaluation.metric_labels %} {{ label }} |{% endfor %}
+|---|---|---|{% if evaluation.show_num_train %}---|{% endif %}{% for label in evaluation.metric_labels %}---|{% endfor %}
+{%- for row in evaluation.rows %}
+| {{ row.model }} | {{ row.protocol }} | {{ row.seeds }} |{% if evaluation.show_num_train %} {{ row.num_train }} |{% endif %}{% for cell in row.cells %} {{ cell }} |{% endfor %}
+{%- endfor %}
+{% endif %}"""
+
+_TRAINING_SECTION = """{% if training_items %}
+## Training
+
+| setting | value |
+|---|---|
+{%- for key, value in training_items %}
+| {{ key }} | {{ value }} |
+{%- endfor %}
+{% endif %}"""
+
+_CLASSIFIER_TEMPLATE = (
+    """---
+{{ card_data }}
+---
+
+# {{ model_name }}: {{ family_title }} image classifier
+
+`{{ model_class }}`{% if family %} from the `retvlp` package{% endif %}{% if base_model %}, {{ "trained from seeded random weights with the architecture of" if random_init else "fine-tuned from" }} `{{ base_model }}`{% endif %}.
+It {{ "tags a retinal image with any of" if multi_label else "sorts a retinal image into one of" }} {{ classes | length }} classes{% if multi_label %} (multi-label: one sigmoid per class){% endif %}:
+
+| id | label |
+|---|---|
+{%- for label in classes %}
+| {{ loop.index0 }} | {{ label }} |
+{%- endfor %}
+
+## How to use
+
+```python
+import retvlp  # registers the retvlp classes with transformers
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="{{ load_path }}")
+classifier("fundus.jpg")  # [{"label": "{{ classes[0] }}", "score": ...}, ...]
+```
+{% if remote_code %}
+Without the `retvlp` package, the code saved with the model runs instead:
+
+```python
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained("{{ load_path }}", trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained("{{ load_path }}", trust_remote_code=True)
+logits = model(**processor(images)).logits  # columns in the order of the table above
+```
+{% endif %}
+{%- if preprocessing %}
+Preprocessing (saved image processor): {{ preprocessing }}.
+{% endif %}"""
+    + _TRAINING_SECTION
+    + _EVALUATION_SECTION
+    + """
+{{ intended_use }}
+{% if citation %}
+## Citation
+
+```bibtex
+{{ citation }}
+```
+{% endif %}"""
+)
+
+
+def _read_folder(folder: Path) -> tuple[dict, dict | None]:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a saved classifier")
+    return _read_json(config_path), _load_optional(None, folder / "training_summary.json", "training summary")
+
+
+def _finetuned_evaluation(
+    folder: Path,
+    evaluation: Mapping | str | Path | None,
+    summary: Mapping | None,
+    *,
+    task: str,
+    evaluated_model: str,
+    dataset_name: str | None,
+) -> tuple[list[EvalResult], dict | None]:
+    if (summary or {}).get("role") == "lora-base":
+        return [], None  # an untrained head: no results are about it
+    results = _load_optional(evaluation, folder / "eval_results.json", "evaluation results")
+    if results:
+        results = _artifact_evaluation(
+            results,
+            task=task,
+            fraction=(summary or {}).get("fraction"),
+            seed=(summary or {}).get("seed"),
+            evaluated_model=evaluated_model,
+        )
+    if not results:
+        return [], None
+    eval_results = build_eval_results(results, evaluated_model=evaluated_model, dataset_name=dataset_name)
+    return eval_results, _evaluation_context(results, evaluated_model, dataset_name)
+
+
+def render_classifier_card(
+    folder: str | Path,
+    *,
+    evaluation: Mapping | str | Path | None = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+    data_provenance: str | None = None,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+    evaluated_model: str | None = None,
+    synthetic_data: bool | None = None,
+) -> ModelCard:
+    """The card of a fine-tuned image classifier folder (`save_pretrained` + image processor).
+
+    Reads `config.json` (class names, family), `training_summary.json` (how it was trained, which result row it
+    is) and `eval_results.json` (its own test results), or `evaluation` (the results of `retvlp evaluate`: only
+    this artifact's row, at its seed when the row has per-seed values, and the other models' rows of the same
+    protocol and label fraction, as baselines). `base_model` overrides the
+    summary's (e.g. the Hub id of a local base); only a Hub id goes into the metadata. `evaluated_model`
+    defaults to the summary's result-row name, else ``"pretrained"``.
+    """
+    folder = Path(folder)
+    config, summary = _read_folder(folder)
+    summary = summary or {}
+    family = _family_of(config.get("model_type"))
+    evaluated_model = evaluated_model or summary.get("model") or "pretrained"
+    base_model = base_model or summary.get("base_model")
+    eval_results, evaluation_context = _finetuned_evaluation(
+        folder,
+        evaluation,
+        summary,
+        task="finetune",
+        evaluated_model=evaluated_model,
+        dataset_name=dataset_name,
+    )
+    name = model_name or _artifact_name(folder, repo_id)
+    hub_base = base_model if is_hub_id(base_model) else None
+    card_data = ModelCardData(
+        language="en",
+        license=license,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=[BASE_TAGS[0], *([family] if family else []), "image-classification", *BASE_TAGS[1:4]],
+        base_model=hub_base,
+        base_model_relation="finetune" if hub_base else None,
+        metrics=sorted({result.metric_type for result in eval_results}) or None,
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    synthetic = bool(synthetic_data if synthetic_data is not None else _uses_synthetic(summary, None))
+    context = {
+        "family": family,
+        "family_title": FAMILY_TITLES.get(family, str(config.get("model_type"))),
+        "model_name": name,
+        "model_class": (config.get("architectures") or ["AutoModelForImageClassification"])[0],
+        "load_path": repo_id or "path/to/classifier",
+        "base_model": base_model,
+        "random_init": summary.get("init") == "random",
+        "classes": _class_names(config) or ["(no class names saved)"],
+        "multi_label": config.get("problem_type") == "multi_label_classification",
+        "remote_code": "AutoModelForImageClassification" in (config.get("auto_map") or {}),
+        "preprocessing": _preprocessing(folder),
+        "training_items": _finetune_items(summary),
+        "evaluation": evaluation_context,
+        "seed": summary.get("seed") if evaluation_context else None,
+        "data_provenance": data_provenance or (_SYNTHETIC_PROVENANCE if synthetic else None),
+        "synthetic_data": synthetic,
+        "citation": _citation(family) if family else None,
+    }
+    context["intended_use"] = _finetuned_intended_use(family, context)
+    return ModelCard.from_template(card_data, template_str=_CLASSIFIER_TEMPLATE, **context)
+
+
+def _adapter_family(adapter_config: Mapping, config: Mapping | None, family: str | None) -> str:
     if family is not None:
         if family not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"unknown family {family!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
         return family
+    if config and _family_of(config.get("model_type")):
+        return _family_of(config.get("model_type"))
     mapping = adapter_config.get("auto_mapping") or {}
     where = f"{mapping.get('parent_library', '')} {mapping.get('base_model_class', '')}".lower()
     return "keepfit" if "keepfit" in where else "maskedclip"
@@ -785,7 +1129,8 @@ def _adapter_num_labels(adapter_dir: Path) -> int | None:
     return None
 
 
-_ADAPTER_TEMPLATE = """---
+_ADAPTER_TEMPLATE = (
+    """---
 {{ card_data }}
 ---
 
@@ -795,6 +1140,10 @@ A [PEFT](https://github.com/huggingface/peft) {{ peft_type }} adapter on top of 
 (`{{ base_class }}` from the `retvlp` package), trained for retinal image analysis.
 Only the adapter weights{% if modules_to_save %} and the fully trained modules ({{ modules_to_save | join(", ") }}){% endif %}
 are stored here; the base model is loaded from its own repository.
+{%- if classes %}
+The classifier config saved with the adapter (`config.json`) carries the head size and the class names
+({{ classes | join(", ") }}), which the base checkpoint does not have.
+{%- endif %}
 
 ## Adapter settings
 
@@ -805,7 +1154,35 @@ are stored here; the base model is loaded from its own repository.
 {%- endfor %}
 
 ## How to use
+{% if classes %}
+```python
+import retvlp  # registers the retvlp classes with transformers
+from peft import PeftModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
+config = AutoConfig.from_pretrained("{{ load_path }}")  # the classifier: head size and class names
+base = AutoModelForImageClassification.from_pretrained("{{ base_model }}", config=config)
+model = PeftModel.from_pretrained(base, "{{ load_path }}").eval()
+processor = AutoImageProcessor.from_pretrained("{{ load_path }}")
+logits = model(**processor(images)).logits  # model.config.id2label names the columns
+# model = model.merge_and_unload()  # optional: a plain {{ base_class }} with the same outputs
+```
+
+`peft.AutoPeftModel` imports the class named in `adapter_config.json` only from allow-listed packages, and
+builds the base without the class names; give it both:
+
+```python
+from peft import AutoPeftModel
+
+model = AutoPeftModel.from_pretrained(
+    "{{ load_path }}", import_allowlist=["retvlp"], id2label=config.id2label, label2id=config.label2id
+)
+```
+
+Without the `retvlp` package, pass `trust_remote_code=True` to `AutoConfig`, `AutoModelForImageClassification`
+and `AutoImageProcessor` above: the config and processor code come with the adapter, the model code with the
+base checkpoint.
+{% else %}
 ```python
 import retvlp  # registers the retvlp classes with transformers
 from peft import PeftModel
@@ -817,17 +1194,10 @@ model = PeftModel.from_pretrained(base, "{{ load_path }}").eval()
 ```
 
 Preprocess images with the base model's processor (`AutoProcessor.from_pretrained("{{ base_model }}")`).
-{% if evaluation %}
-## Evaluation
-
-Test set **{{ evaluation.dataset_name }}**{% if evaluation.num_test %}, {{ evaluation.num_test }} images{% endif %}{% if evaluation.classes %}; classes: {{ evaluation.classes | join(", ") }}{% endif %}.
-
-| model | protocol | seeds |{% if evaluation.show_num_train %} train images |{% endif %}{% for label in evaluation.metric_labels %} {{ label }} |{% endfor %}
-|---|---|---|{% if evaluation.show_num_train %}---|{% endif %}{% for label in evaluation.metric_labels %}---|{% endfor %}
-{%- for row in evaluation.rows %}
-| {{ row.model }} | {{ row.protocol }} | {{ row.seeds }} |{% if evaluation.show_num_train %} {{ row.num_train }} |{% endif %}{% for cell in row.cells %} {{ cell }} |{% endfor %}
-{%- endfor %}
-{% endif %}
+{% endif %}"""
+    + _TRAINING_SECTION
+    + _EVALUATION_SECTION
+    + """
 {{ intended_use }}
 
 ## Citation
@@ -836,6 +1206,7 @@ Test set **{{ evaluation.dataset_name }}**{% if evaluation.num_test %}, {{ evalu
 {{ citation }}
 ```
 """
+)
 
 
 def render_adapter_card(
@@ -848,15 +1219,17 @@ def render_adapter_card(
     dataset_name: str | None = None,
     data_provenance: str | None = None,
     license: str = "apache-2.0",
-    evaluated_model: str = "pretrained",
+    evaluated_model: str | None = None,
     synthetic_data: bool | None = None,
     family: str | None = None,
 ) -> ModelCard:
-    """A short card for a PEFT (LoRA) adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
+    """A card for a PEFT (LoRA) adapter folder (`adapter_config.json` + `adapter_model.safetensors`, and for
+    adapters saved by retvlp the classifier's `config.json`, image processor and `training_summary.json`).
 
     `base_model` is the Hub id of the base checkpoint (default: the adapter config's
-    `base_model_name_or_path`). The family (for the intended-use section and the citation) comes from
-    `family` or the adapter config's `auto_mapping`. Evaluation results follow :func:`render_model_card`.
+    `base_model_name_or_path`; only a Hub id goes into the metadata). The family (intended use, citation) comes
+    from `family`, the saved config's `model_type` or the adapter config's `auto_mapping`. The evaluation is the
+    adapter's own (see :func:`render_classifier_card`): its LoRA row, never the other protocols' rows.
     """
     adapter_dir = Path(adapter_dir)
     config_path = adapter_dir / "adapter_config.json"
@@ -868,18 +1241,23 @@ def render_adapter_card(
         raise ValueError(
             f"no base model for the adapter in {adapter_dir}: pass base_model= (the base checkpoint's Hub id)"
         )
-    family = _adapter_family(adapter_config, family)
-    results = _load_optional(evaluation, adapter_dir / "eval_results.json", "evaluation results")
-    eval_results = (
-        build_eval_results(results, evaluated_model=evaluated_model, dataset_name=dataset_name)
-        if results
-        else []
+    config = _read_json(adapter_dir / "config.json") if (adapter_dir / "config.json").is_file() else None
+    summary = _load_optional(None, adapter_dir / "training_summary.json", "training summary") or {}
+    family = _adapter_family(adapter_config, config, family)
+    evaluated_model = evaluated_model or summary.get("model") or "pretrained"
+    eval_results, evaluation_context = _finetuned_evaluation(
+        adapter_dir,
+        evaluation,
+        summary,
+        task="lora",
+        evaluated_model=evaluated_model,
+        dataset_name=dataset_name,
     )
-    evaluation_context = _evaluation_context(results, evaluated_model, dataset_name) if results else None
-    name = model_name or _default_model_name(adapter_dir, repo_id)
+    name = model_name or _artifact_name(adapter_dir, repo_id)
     mapping = adapter_config.get("auto_mapping") or {}
-    base_class = mapping.get("base_model_class") or (
-        "MaskedCLIPForImageClassification" if family == "maskedclip" else "KeepFitModel"
+    base_class = (
+        mapping.get("base_model_class")
+        or ((config or {}).get("architectures") or ["MaskedCLIPForImageClassification"])[0]
     )
     peft_type = str(adapter_config.get("peft_type", "LORA"))
     settings_keys = (
@@ -905,26 +1283,27 @@ def render_adapter_card(
             value = "LoRA" if value == "LORA" else value
         settings.append((label, _fmt(value)))
     classification = base_class.endswith("ForImageClassification")
+    hub_base = base_model if is_hub_id(base_model) else None
     card_data = ModelCardData(
         language="en",
         license=license,
         library_name="peft",
-        base_model=base_model,
-        base_model_relation="adapter",
+        base_model=hub_base,
+        base_model_relation="adapter" if hub_base else None,
         pipeline_tag="image-classification" if classification else "zero-shot-image-classification",
         tags=[
             "retvlp",
             family,
             "lora" if peft_type == "LORA" else peft_type.lower(),
             "peft",
-            f"base_model:adapter:{base_model}",
+            *([f"base_model:adapter:{hub_base}"] if hub_base else []),
             *BASE_TAGS[1:5],
         ],
         metrics=sorted({result.metric_type for result in eval_results}) or None,
         model_name=name if eval_results else None,
         eval_results=eval_results or None,
     )
-    synthetic = bool(synthetic_data)
+    synthetic = bool(synthetic_data if synthetic_data is not None else _uses_synthetic(summary, None))
     context = _common_context(
         family,
         model_name=name,
@@ -940,21 +1319,37 @@ def render_adapter_card(
         peft_type="LoRA" if peft_type == "LORA" else peft_type,
         modules_to_save=list(adapter_config.get("modules_to_save") or []),
         settings=settings,
+        classes=_class_names(config) if config else [],
         num_labels=_adapter_num_labels(adapter_dir) if classification else None,
+        training_items=[item for item in _finetune_items(summary) if item[0] != "Base model"],
         evaluation=evaluation_context,
+        seed=summary.get("seed") if evaluation_context else None,
     )
-    context["intended_use"] = _intended_use_section(family, context)
+    context["intended_use"] = (
+        _finetuned_intended_use(family, context) if classification else _intended_use_section(family, context)
+    )
     return ModelCard.from_template(card_data, template_str=_ADAPTER_TEMPLATE, **context)
+
+
+def render_finetuned_card(folder: str | Path, **kwargs) -> ModelCard:
+    """The card of a fine-tuned artifact: :func:`render_adapter_card` for a PEFT adapter folder,
+    :func:`render_classifier_card` for a classifier folder."""
+    if (Path(folder) / "adapter_config.json").is_file():
+        return render_adapter_card(folder, **kwargs)
+    return render_classifier_card(folder, **kwargs)
 
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "build_eval_results",
     "find_run_config",
+    "is_hub_id",
     "metric_label",
     "protocol_key",
     "protocol_label",
     "render_adapter_card",
+    "render_classifier_card",
+    "render_finetuned_card",
     "render_model_card",
     "template_path",
 ]

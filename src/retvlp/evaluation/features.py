@@ -53,9 +53,12 @@ def has_text_tower(model) -> bool:
     """Whether `model` can embed text (zero-shot and few-shot need it)."""
     if not hasattr(model, "get_text_features"):
         return False
-    if _model_type(model) == "maskedclip":
-        return getattr(model, "text_model", None) is not None
-    return True
+    return bool(getattr(model, "has_text_tower", True))
+
+
+def _is_retvlp_dual_encoder(model) -> bool:
+    # MaskedCLIPModel / KeepFitModel: one forward gives the probe feature and the embedding (public API).
+    return _model_type(model) in ("maskedclip", "keepfit") and hasattr(model, "get_image_features")
 
 
 def _pooled(output) -> torch.Tensor:
@@ -65,18 +68,10 @@ def _pooled(output) -> torch.Tensor:
 def encode_images(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(B, 3, H, W)` → probe features `(B, F)` and normalised image embeddings `(B, P)` (or None), from one
     pass of the image encoder."""
-    kind = _model_type(model)
-    if kind == "maskedclip":
-        tokens = model.vision_model(pixel_values)[0]
-        probe = tokens[:, 1:].mean(dim=1)
-        if model.text_model is None:
-            return probe, None
-        clip_tokens = model.bridge(tokens) if model.bridge is not None else tokens
-        embeds = model.visual_projection(model._pool_clip_tokens(clip_tokens))
-    elif kind == "keepfit" and hasattr(model, "get_text_features"):
-        output = model.get_image_features(pixel_values)
-        probe, embeds = output.last_hidden_state.mean(dim=(2, 3)), output.pooler_output
-    elif hasattr(model, "get_image_features"):
+    if _is_retvlp_dual_encoder(model):
+        output = model(pixel_values=pixel_values, return_dict=True)
+        return output.vision_model_output.pooler_output.flatten(1), output.image_embeds
+    if hasattr(model, "get_image_features"):
         embeds = _pooled(model.get_image_features(pixel_values=pixel_values))
         probe = embeds
     else:  # an image-only encoder (MaskedCLIPVisionModel, KeepFitVisionModel, ViTModel, ...)

@@ -15,14 +15,24 @@ cosine; weight decay 0.05 and no decay on biases, norms, position tables and tok
 0.75. LoRA adapts the ViT's attention projections (q, k, v, o; the ResNet's bottleneck convolutions for KeepFIT)
 with rank 8, α 16, dropout 0.1; the head (and MaskedCLIP's fc_norm) is trained fully (`modules_to_save`).
 Training images get a random crop (side 80–100 %) and a horizontal flip, drawn from (seed, step, process).
+
+Saved artifacts (:func:`save_finetuned`) are portable: a classifier folder (`model/`) and an adapter folder
+(`adapter/`) both hold the classifier's `config.json` (real class names in `id2label` / `label2id`, `auto_map`
+and exactly the code files the classes import, for `trust_remote_code`), the image processor
+(`preprocessor_config.json`), `training_summary.json` (what produced it), `eval_results.json` once the evaluation
+harness has scored it, and a model card (README.md). An adapter additionally holds the PEFT files, with
+`base_model_name_or_path` a Hub id or an absolute path; when the LoRA base exists only in memory (random init, a
+model instance), that base is saved next to the adapter (`base/`) and the adapter points at it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +46,14 @@ FAMILY_LORA_TARGETS = {
 }
 FAMILY_HEAD_MODULES = {"maskedclip": ["classifier", "fc_norm"], "keepfit": ["classifier"]}
 METHODS = ("full", "lora")
+
+TRAINING_SUMMARY_NAME = "training_summary.json"
+EVAL_RESULTS_NAME = "eval_results.json"
+# Keys an image processor inherits from the processor it was loaded with (e.g. an `AutoProcessor` entry naming
+# processing_maskedclip.py): saved alone, they would point `auto_map` at files that are not in the folder.
+_INHERITED_PROCESSOR_KEYS = ("auto_map", "processor_class", "image_processor_type")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,6 +129,9 @@ def build_classifier(source, class_names: list[str], *, multi_label: bool, setti
         with tempfile.TemporaryDirectory() as staging:
             source.save_pretrained(staging)
             return build_classifier(staging, class_names, multi_label=multi_label, settings=settings)
+    # `name_or_path` becomes the adapter's `base_model_name_or_path`: a relative path would only resolve from the
+    # directory the evaluation ran in.
+    source = persistent_source(source)
     config = AutoConfig.from_pretrained(source)
     family = family_of(config)
     kwargs = dict(
@@ -130,6 +151,15 @@ def build_classifier(source, class_names: list[str], *, multi_label: bool, setti
         torch.manual_seed(settings.seed)
         model = type(model)(model.config)
     return model
+
+
+def persistent_source(source) -> str | None:
+    """`source` as something a saved artifact can name: an existing directory as an absolute path, a Hub id
+    unchanged; None for a model instance (it exists only in memory)."""
+    if isinstance(source, torch.nn.Module):
+        return None
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(source)
 
 
 def lora_wrap(model, settings: FinetuneSettings):
@@ -246,6 +276,8 @@ def finetune(
     settings: FinetuneSettings | None = None,
     *,
     output_dir: str | Path | None = None,
+    image_processor=None,
+    run_info: dict | None = None,
     show_progress: bool = True,
 ) -> FinetuneResult:
     """Fine-tune `source` on the records `train_indices` and predict `test_indices`.
@@ -253,7 +285,11 @@ def finetune(
     Args:
         source: checkpoint directory, Hub id or model instance (MaskedCLIP, KeepFIT or any image classifier).
         store / mean / std: the cached pixels of `labelled` at the model's geometry and its normalisation.
-        output_dir: where to save the fine-tuned model (`model/`) or the LoRA adapter (`adapter/`).
+        output_dir: where to save the fine-tuned model (`model/`) or the LoRA adapter (`adapter/`), with
+            :func:`save_finetuned`.
+        image_processor: saved with the model (default: the one of `source`, when it is a path or Hub id).
+        run_info: what the saved `training_summary.json` cannot know from here, e.g. `{"model": "pretrained",
+            "fraction": 0.1}` (the result-row name and label fraction of the run).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -270,7 +306,25 @@ def finetune(
     model = build_classifier(
         source, labelled.class_names, multi_label=labelled.multi_label, settings=settings
     )
+    # What a saved adapter names as its base: the checkpoint, unless the weights LoRA starts from exist only here.
+    checkpoint = persistent_source(source)
+    base_model = checkpoint if settings.init == "pretrained" else None
+    if output_dir is not None and image_processor is None and checkpoint is not None:
+        image_processor = _image_processor_of(checkpoint)
     if settings.method == "lora":
+        if base_model is None and output_dir is not None:
+            base_dir = Path(output_dir) / "base"
+            if accelerator.is_main_process:
+                save_finetuned(
+                    model,
+                    base_dir,
+                    image_processor=image_processor,
+                    summary={
+                        **_summary(settings, labelled, train_indices, run_info, None, 0),
+                        "role": "lora-base",
+                    },
+                )
+            base_model = str(base_dir.resolve())
         model = lora_wrap(model, settings)
     optimizer = torch.optim.AdamW(parameter_groups(model, settings), lr=settings.lr, betas=settings.betas)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -345,8 +399,123 @@ def finetune(
     if output_dir is not None:
         saved_to = Path(output_dir) / ("adapter" if settings.method == "lora" else "model")
         if accelerator.is_main_process:
-            unwrapped.save_pretrained(saved_to)
+            save_finetuned(
+                unwrapped,
+                saved_to,
+                image_processor=image_processor,
+                base_model=base_model,
+                summary=_summary(settings, labelled, train_indices, run_info, base_model, total),
+            )
     return FinetuneResult(probabilities=probabilities, losses=losses, model=unwrapped, saved_to=saved_to)
+
+
+def _summary(settings, labelled, train_indices, run_info, base_model, steps) -> dict:
+    """`training_summary.json` of a fine-tuned artifact: enough to tell which result row it is and to redo it."""
+    return {
+        "task": "lora" if settings.method == "lora" else "finetune",
+        "base_model": base_model,
+        "init": settings.init,
+        "seed": settings.seed,
+        "num_train": len(train_indices),
+        "steps": steps,
+        "classes": list(labelled.class_names),
+        "multi_label": bool(labelled.multi_label),
+        "dataset": labelled.name,
+        **(run_info or {}),
+        "settings": asdict(settings),
+    }
+
+
+def _image_processor_of(source):
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        logger.warning(
+            "no image processor found for %s (%s): the fine-tuned model is saved without one", source, error
+        )
+        return None
+
+
+def portable_image_processor(image_processor):
+    """A copy of `image_processor` without what it inherited from the processor it was loaded with.
+
+    An image processor read out of a `processor_config.json` keeps that file's `auto_map` (an `AutoProcessor` entry
+    naming processing_*.py) and `processor_class`; saved on its own, those would send `trust_remote_code` loaders
+    to a file the folder does not have. Rebuilt from its settings, the class's own registration writes a clean
+    `auto_map` and copies exactly its module.
+    """
+    settings = {k: v for k, v in image_processor.to_dict().items() if k not in _INHERITED_PROCESSOR_KEYS}
+    return type(image_processor).from_dict(settings)
+
+
+def _is_peft_model(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def save_finetuned(
+    model,
+    directory: str | Path,
+    *,
+    image_processor=None,
+    base_model: str | None = None,
+    summary: dict | None = None,
+) -> Path:
+    """Save a fine-tuned classifier or a LoRA adapter (a `PeftModel`) as a portable folder; return the folder.
+
+    Both get the classifier's `config.json` (class names, `auto_map`) and code, the image processor (see
+    :func:`portable_image_processor`), `summary` as training_summary.json and a model card. An adapter gets its
+    PEFT files next to them, with `base_model_name_or_path` set to `base_model` (required: a Hub id or an absolute
+    path; the classifier config saved with it carries the class names that the base checkpoint lacks).
+    """
+    from ..hub import portability_problems
+    from ..model_card import render_finetuned_card
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if _is_peft_model(model):
+        if not base_model:
+            raise ValueError("saving a LoRA adapter needs base_model= (a Hub id or an absolute path)")
+        # The classifier's config and code without weights: `AutoConfig.from_pretrained(adapter)` then gives the
+        # base model the head size and class names the adapter's `modules_to_save` expect.
+        model.get_base_model().save_pretrained(directory, state_dict={})
+        for adapter_config in model.peft_config.values():
+            adapter_config.base_model_name_or_path = base_model
+        model.save_pretrained(directory)
+    else:
+        model.save_pretrained(directory)
+    if image_processor is not None:
+        portable_image_processor(image_processor).save_pretrained(directory)
+    if summary is not None:
+        _write_json(directory / TRAINING_SUMMARY_NAME, summary)
+    (directory / "README.md").write_text(str(render_finetuned_card(directory)), encoding="utf-8")
+    problems = portability_problems(directory)
+    if problems:
+        logger.warning("%s will not load everywhere: %s", directory, "; ".join(problems))
+    return directory
+
+
+def record_evaluation(directory: str | Path, evaluation: dict) -> None:
+    """Store a saved artifact's own test results (`eval_results.json`, evaluation-suite layout) and re-render its
+    model card so that the card and its `model-index` report them."""
+    from ..model_card import render_finetuned_card
+
+    directory = Path(directory)
+    _write_json(directory / EVAL_RESULTS_NAME, evaluation)
+    (directory / "README.md").write_text(str(render_finetuned_card(directory)), encoding="utf-8")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(
+        json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n", encoding="utf-8"
+    )
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):  # metric values and counts computed with numpy
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _freeze_batch_norm_statistics(model) -> None:

@@ -33,7 +33,7 @@ from .data import (
     summarize_counts,
 )
 from .features import class_prototypes, extract_image_features, has_text_tower, logit_scale_of
-from .finetune import FinetuneSettings, finetune
+from .finetune import FinetuneSettings, finetune, record_evaluation
 from .linear_probe import DEFAULT_C, linear_probe_probabilities
 from .metrics import classification_metrics
 from .splits import few_shot_indices, group_stratified_split, nested_label_fractions
@@ -316,15 +316,35 @@ def run_finetune(loaded: LoadedModel, task: str, store, mean, std, ctx: _Context
                 ctx.test,
                 settings,
                 output_dir=run_dir,
+                image_processor=loaded.image_processor,
+                run_info={"model": loaded.name, "fraction": fraction},
                 show_progress=s.show_progress,
             )
             ctx.keep((loaded.name, task, None, fraction, None), result.probabilities)
-            runs[fraction].append(ctx.score(result.probabilities))
+            metrics = ctx.score(result.probabilities)
+            runs[fraction].append(metrics)
             sizes[fraction].append(len(train))
+            if result.saved_to is not None and int(os.environ.get("RANK", "0")) == 0:
+                # The artifact's card reports this run (its seed), not the mean over seeds of the whole protocol;
+                # one run has no spread (std None, not 0).
+                row = _row(loaded.name, task, [metrics], [seed], len(train), fraction=fraction)
+                row["metrics"] = {name: {**value, "std": None} for name, value in row["metrics"].items()}
+                record_evaluation(result.saved_to, {"dataset": _dataset_block(ctx), "results": [row]})
     rows += [
         _row(loaded.name, task, runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f) for f in s.fractions
     ]
     return rows
+
+
+def _dataset_block(ctx: _Context) -> dict:
+    labelled = ctx.labelled
+    return {
+        "name": labelled.name,
+        "classes": list(labelled.class_names),
+        "multi_label": bool(labelled.multi_label),
+        "num_train": int(len(ctx.pool)),
+        "num_test": int(len(ctx.test)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- driver

@@ -28,11 +28,11 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_ibq import IBQTokenizerConfig
 from .quantization_ibq import (
     IBQQuantization,
-    code_histogram,
     entropy_loss,
     ibq_losses,
     ibq_quantize,
@@ -316,13 +316,13 @@ class IBQTokenizerModel(IBQTokenizerPreTrainedModel):
         return self.decode(codes.permute(0, 3, 1, 2))
 
     # ------------------------------------------------------------------ forward
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         return_loss: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> IBQTokenizerOutput | tuple:
+    ) -> IBQTokenizerOutput:
         r"""Reconstruct `pixel_values` `(batch, in_channels, height, width)` through the codebook.
 
         return_loss (`bool`, *optional*): compute the losses; defaults to `self.training`.
@@ -334,7 +334,9 @@ class IBQTokenizerModel(IBQTokenizerPreTrainedModel):
         reconstruction = self.decode(quantization.quantized.permute(0, 3, 1, 2))
 
         with torch.no_grad():
-            counts = code_histogram(quantization.indices, config.codebook_size)
+            # Arg-max indices lie in [0, K) by construction: no range check (a data-dependent branch, which
+            # would stop torch.export / torch.compile(fullgraph=True)).
+            counts = torch.bincount(quantization.indices.reshape(-1), minlength=config.codebook_size)
             usage, perplexity = usage_from_histogram(counts), perplexity_from_histogram(counts)
 
         loss = reconstruction_loss = quantization_loss = entropy = None
@@ -352,7 +354,7 @@ class IBQTokenizerModel(IBQTokenizerPreTrainedModel):
                 entropy = entropy_loss(quantization.logits, temperature=config.entropy_temperature)
                 loss = loss + config.entropy_loss_weight * entropy
 
-        output = IBQTokenizerOutput(
+        return IBQTokenizerOutput(
             loss=loss,
             reconstruction_loss=reconstruction_loss,
             quantization_loss=quantization_loss,
@@ -362,7 +364,6 @@ class IBQTokenizerModel(IBQTokenizerPreTrainedModel):
             codebook_usage=usage,
             perplexity=perplexity,
         )
-        return output if return_dict is not False else output.to_tuple()
 
 
 __all__ = [

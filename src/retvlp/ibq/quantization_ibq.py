@@ -182,11 +182,10 @@ def usage_from_histogram(counts: torch.Tensor) -> torch.Tensor:
 def perplexity_from_histogram(counts: torch.Tensor) -> torch.Tensor:
     """exp(entropy of the code frequencies): the effective number of codes in use (1 … K)."""
     total = counts.sum()
-    if total == 0:
-        return torch.tensor(0.0, device=counts.device)
-    freqs = counts.double() / total
+    # Branch-free (0 for an empty histogram), so that the tokenizer's forward stays export / compile friendly.
+    freqs = counts.double() / total.clamp_min(1)
     entropy = -(freqs * torch.log(freqs.clamp_min(1e-300))).sum()
-    return entropy.exp().float()
+    return torch.where(total > 0, entropy.exp(), torch.zeros_like(entropy)).float()
 
 
 def codebook_usage(indices: torch.Tensor, num_codes: int) -> torch.Tensor:

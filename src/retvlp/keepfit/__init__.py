@@ -21,6 +21,8 @@ from .loss_keepfit import image_text_contrastive_loss, knowledge_refinement_loss
 from .modeling_keepfit import (  # noqa: E402
     KeepFitAppearanceQuantizer,
     KeepFitForImageClassification,
+    KeepFitForPreTraining,
+    KeepFitForPreTrainingOutput,
     KeepFitKnowledgeAttention,
     KeepFitModel,
     KeepFitOutput,
@@ -31,6 +33,7 @@ from .processing_keepfit import KeepFitProcessor, keepfit_image_processor  # noq
 
 KeepFitConfig.register_for_auto_class()
 KeepFitModel.register_for_auto_class("AutoModel")
+KeepFitForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 # A fine-tuned classifier saved with save_pretrained carries its code too (loadable with trust_remote_code).
 KeepFitForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 KeepFitProcessor.register_for_auto_class("AutoProcessor")
@@ -39,6 +42,8 @@ __all__ = [
     "KeepFitAppearanceQuantizer",
     "KeepFitConfig",
     "KeepFitForImageClassification",
+    "KeepFitForPreTraining",
+    "KeepFitForPreTrainingOutput",
     "KeepFitKnowledgeAttention",
     "KeepFitModel",
     "KeepFitOutput",

@@ -1,16 +1,27 @@
 """KeepFIT V2: CLIP-style pretraining that injects knowledge from a small elite image–caption set into
 categorical public data (METHODS.md §2; equation numbers of the KeepFIT V2 paper).
 
-Module map (paper notation → attribute of [`KeepFitModel`]):
+Two models, as transformers keeps them (`CLIPModel` vs a `...ForPreTraining` class):
 
-    E_v   image encoder                 vision_model            transformers ResNet-50 (any AutoModel backbone)
-    E_t   text encoder                  text_model              transformers BertModel
-    P_v, P_t  projections               visual_projection, text_projection   normalise → linear → normalise
-    τ     logit scale                   logit_scale             → L_itc^p, L_itc^m (Eqs. 2–4)
-          semantic knowledge extraction semantic_attention      cross-attention V_p → (V_m, T_m) = EK_s (Eqs. 5–10)
-          appearance tokenisation       appearance_quantizer    1×1 conv + IBQ on the FROZEN codebook (Eqs. 11–15)
-          appearance knowledge          appearance_attention    cross-attention Q_p → (Q_m, T_m) = EK_a (Eqs. 16–19)
-                                                                → L_EK^s, L_EK^a (Eqs. 20–21), total Eq. 22
+- [`KeepFitModel`], the released dual encoder:
+
+      E_v   image encoder       vision_model            transformers ResNet-50 (any AutoModel backbone)
+      E_t   text encoder        text_model              transformers BertModel
+      P_v, P_t  projections     visual_projection, text_projection   normalise → linear → normalise
+      τ     logit scale         logit_scale             → L_itc (Eqs. 2–4), only with return_loss=True
+
+- [`KeepFitForPreTraining`], what the trainer trains: the released model under `keepfit`, plus
+
+      semantic knowledge extraction semantic_attention      cross-attention V_p → (V_m, T_m) = EK_s (Eqs. 5–10)
+      appearance tokenisation       appearance_quantizer    1×1 conv + IBQ on the FROZEN codebook (Eqs. 11–15)
+      appearance knowledge          appearance_attention    cross-attention Q_p → (Q_m, T_m) = EK_a (Eqs. 16–19)
+                                                            → L_EK^s, L_EK^a (Eqs. 20–21), total Eq. 22
+
+  The codebook comes from a trained IBQ tokenizer through `load_codebook` (the pretraining side loads it;
+  building a model never reads files).
+
+`base_model_prefix = "keepfit"` lets each class load the other's checkpoint; pre-split checkpoints (every
+module at the top level) load into both.
 
 The losses live in `loss_keepfit.py` (and the shared contrastive loss in `contrastive.py`). This file is copied
 next to saved checkpoints for ``trust_remote_code`` loading, so it only imports torch, transformers, and
@@ -19,7 +30,9 @@ its sibling files.
 
 import logging
 import math
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +41,7 @@ from transformers import AutoConfig, AutoModel, BertModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_keepfit import KeepFitConfig
 from .contrastive import distributed_world, gather_with_grad
@@ -38,17 +52,63 @@ logger = logging.getLogger(__name__)
 
 # Name of the codebook tensor in an IBQ tokenizer checkpoint (`IBQTokenizerModel.quantizer.codebook`).
 IBQ_CODEBOOK_KEY = "quantizer.codebook"
+# Top-level modules of the released model (at the top of pre-split checkpoints; under `keepfit.` in
+# KeepFitForPreTraining).
+RELEASED_PREFIXES = ("vision_model.", "text_model.", "visual_projection.", "text_projection.")
+PRETRAINING_ONLY_PREFIXES = ("semantic_attention.", "appearance_quantizer.", "appearance_attention.")
+
+
+def legacy_key_mapping(prefix: str = "keepfit") -> dict[str, str]:
+    """`from_pretrained(key_mapping=...)` entries that read a pre-split checkpoint into the pretraining model."""
+    released = "|".join(p.rstrip(".") for p in RELEASED_PREFIXES)
+    # transformers' renaming substitutes one group only: the module prefixes and the bare parameter apart.
+    return {rf"^({released})\.": rf"{prefix}.\1.", r"^logit_scale$": f"{prefix}.logit_scale"}
+
+
+def upgrade_legacy_state_dict(state_dict: dict, prefix: str = "keepfit") -> dict:
+    """A pre-split state dict in the pretraining model's layout (unchanged when already in it)."""
+    if any(key.startswith(prefix + ".") for key in state_dict):
+        return state_dict
+    return {
+        (f"{prefix}.{key}" if key.startswith(RELEASED_PREFIXES) or key == "logit_scale" else key): value
+        for key, value in state_dict.items()
+    }
 
 
 @dataclass
 class KeepFitOutput(ModelOutput):
-    r"""Output of [`KeepFitModel`].
+    r"""Output of [`KeepFitModel`] (transformers' `CLIPOutput` fields).
 
-    loss (`()`): Eq. 22 over the terms computed (only when the loss is computed).
+    loss (`()`): the image-text contrastive loss (label-guided with `labels`); only with `return_loss=True`.
+    logits_per_image (`(image_batch, text_batch)`), logits_per_text: scaled similarities.
+    text_embeds, image_embeds (`(batch, projection_dim)`): L2-normalised T and V.
+    text_model_output: E_t's output (`pooler_output`: the pooled, unprojected text, see `text_pooling`).
+    vision_model_output: E_v's output; `pooler_output` `(image_batch, C)` is the pooled last feature map (global
+        average for ResNet), the frozen-encoder feature linear probes read; `last_hidden_state` the map.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(
+            v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys())
+        )
+
+
+@dataclass
+class KeepFitForPreTrainingOutput(ModelOutput):
+    r"""Output of [`KeepFitForPreTraining`].
+
+    loss (`()`): Eq. 22 over the terms computed.
     loss_itc_categorical, loss_itc_elite (`()`): L_itc^p and L_itc^m, unweighted.
     loss_semantic, loss_appearance (`()`): L_EK^s and L_EK^a, unweighted (λ1, λ2 are applied in `loss`).
-    logits_per_image (`(batch, text_batch)`), logits_per_text: scaled similarities of the public (or, at
-        inference, the given) images and texts.
+    logits_per_image (`(batch, text_batch)`), logits_per_text: scaled similarities of the public samples.
     image_embeds, text_embeds (`(batch, projection_dim)`): L2-normalised V_p and T_p.
     elite_image_embeds, elite_text_embeds (`(elite_batch, projection_dim)`): V_m and T_m.
     semantic_knowledge, appearance_knowledge (`(batch, projection_dim)`): EK_s and EK_a.
@@ -180,11 +240,34 @@ class KeepFitPreTrainedModel(PreTrainedModel):
     base_model_prefix = "keepfit"
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
+    # Activation checkpointing covers the BERT tower only: transformers' ResNet has none, and recomputing
+    # a BatchNorm network in training mode would update its running statistics twice per step.
     supports_gradient_checkpointing = True
     _no_split_modules = ["BertLayer", "ResNetStage"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    # The Auto classes a saved checkpoint of the dual-encoder config resolves with trust_remote_code (each
+    # class writes its own `_auto_class` entry; these complete the set, so either checkpoint kind loads with
+    # AutoModel and AutoModelForPreTraining).
+    _remote_auto_map = {
+        "AutoModel": "modeling_keepfit.KeepFitModel",
+        "AutoModelForPreTraining": "modeling_keepfit.KeepFitForPreTraining",
+        "AutoModelForZeroShotImageClassification": "modeling_keepfit.KeepFitModel",
+        "AutoModelForImageClassification": "modeling_keepfit.KeepFitForImageClassification",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if getattr(self, "_auto_class", None) is not None and self._remote_auto_map:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[bool, bool]:
+        hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        return bool(hidden), bool(attentions)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -197,18 +280,17 @@ class KeepFitPreTrainedModel(PreTrainedModel):
 
 
 class KeepFitModel(KeepFitPreTrainedModel):
-    """KeepFIT V2 pretraining model; also a CLIP-style dual encoder for zero-shot use.
+    """The released KeepFIT V2 model: a CLIP-style dual encoder (E_v, E_t, projections, logit scale) for
+    zero-shot classification, retrieval and feature extraction.
 
-    In training mode (or with `return_loss=True`) a forward takes a batch of the categorical public data p
-    (`pixel_values`, prompt `input_ids`, category `labels`) and a batch of elite pairs m (`elite_*`) and
-    computes every term of Eq. 22. In eval mode it embeds the given images and texts and returns their
-    similarities (what the zero-shot pipeline calls). Call `clamp_logit_scale_()` after optimizer steps.
+    `forward` embeds the given images and/or texts and returns their similarities; with `return_loss=True`
+    also the (label-guided, with `labels`) image-text contrastive loss. The linear-probe feature is
+    `vision_model_output.pooler_output`. Pretrain with [`KeepFitForPreTraining`].
     """
 
-    _remote_auto_map = {
-        "AutoModelForZeroShotImageClassification": "modeling_keepfit.KeepFitModel",
-        "AutoModelForImageClassification": "modeling_keepfit.KeepFitForImageClassification",
-    }
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(semantic_attention|appearance_quantizer|appearance_attention)\."
+    ]
 
     def __init__(self, config: KeepFitConfig):
         super().__init__(config)
@@ -217,6 +299,188 @@ class KeepFitModel(KeepFitPreTrainedModel):
         self.visual_projection = nn.Linear(config.image_feature_size, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    has_text_tower = True
+
+    # ------------------------------------------------------------------ encoders
+    @staticmethod
+    def project(features: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
+        """P: L2-normalise → linear; the caller normalises the result (METHODS §2)."""
+        return projection(F.normalize(features, dim=-1))
+
+    def _vision_outputs(self, pixel_values, output_hidden_states: bool) -> BaseModelOutputWithPooling:
+        """E_v's output: `last_hidden_state` the last feature map `(batch, C, h, w)`, `pooler_output` the pooled
+        features `(batch, C)`."""
+        extra = {"output_hidden_states": True} if output_hidden_states else {}
+        outputs = encode_images(self.vision_model, pixel_values, self.config.vision_channels_last, **extra)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=outputs.pooler_output.flatten(1),
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+        )
+
+    def _text_outputs(
+        self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions
+    ) -> BaseModelOutputWithPooling:
+        """E_t's output with `pooler_output` = one unprojected vector per text (see `config.text_pooling`)."""
+        if input_ids is None or input_ids.numel() == 0:
+            raise ValueError(
+                "The text encoder needs a non-empty input_ids batch (tokenised captions or prompts)."
+            )
+        pooling = self.config.text_pooling
+        # The mask goes to BERT as given: its mask preparation already drops an all-ones mask for SDPA's
+        # unmasked kernel (without a host sync when compiled or exported).
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states or pooling != "cls",
+            output_attentions=output_attentions,
+        )
+        last = outputs.last_hidden_state
+        if pooling == "cls":
+            pooled = last[:, 0]
+        else:
+            layers = torch.stack([outputs.hidden_states[i] for i in self.config.text_pooling_layers])
+            if pooling == "reference" or attention_mask is None:
+                pooled = layers.mean(dim=2).mean(dim=0)
+            else:
+                weights = attention_mask.to(layers.dtype)[None, :, :, None]  # (1, batch, seq, 1)
+                pooled = ((layers * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1.0)).mean(dim=0)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last,
+            pooler_output=pooled,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """`pooler_output`: the projected, not yet normalised image embedding `(batch, projection_dim)`;
+        `last_hidden_state`: the encoder's last feature map `(batch, C, h, w)`."""
+        hidden, _ = self._output_flags(output_hidden_states, False)
+        output = self._vision_outputs(pixel_values, hidden)
+        output.pooler_output = self.project(output.pooler_output, self.visual_projection)
+        return output
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """`pooler_output`: the projected, not yet normalised text embedding `(batch, projection_dim)`."""
+        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
+        output = self._text_outputs(
+            input_ids, attention_mask, token_type_ids, position_ids, hidden, attentions
+        )
+        output.pooler_output = self.project(output.pooler_output, self.text_projection)
+        return output
+
+    def clamped_logit_scale(self) -> torch.Tensor:
+        """exp(τ) with τ clamped to [0, `config.logit_scale_max`]."""
+        return self.logit_scale.clamp(0.0, self.config.logit_scale_max).exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Keep τ inside [0, ln 100] after an optimizer step (outside it the clamp's gradient is zero)."""
+        self.logit_scale.clamp_(0.0, self.config.logit_scale_max)
+
+    # ------------------------------------------------------------------ forward
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> KeepFitOutput:
+        r"""
+        input_ids, attention_mask, token_type_ids (`(text_batch, seq_len)`): tokenised texts.
+        pixel_values (`(image_batch, 3, H, W)`): images.
+        labels (`(batch,)` category ids, −1 for none, or `(batch, num_classes)` multi-hot): with
+            `return_loss=True`, samples of one category are positives of each other.
+        return_loss (`bool`, default False): compute the contrastive loss (one text per image).
+        """
+        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
+        image_embeds = text_embeds = vision_output = text_output = None
+        if pixel_values is not None:
+            vision_output = self._vision_outputs(pixel_values, hidden)
+            image_embeds = F.normalize(
+                self.project(vision_output.pooler_output, self.visual_projection), dim=-1
+            )
+        if input_ids is not None:
+            text_output = self._text_outputs(
+                input_ids, attention_mask, token_type_ids, position_ids, hidden, attentions
+            )
+            text_embeds = F.normalize(self.project(text_output.pooler_output, self.text_projection), dim=-1)
+        loss = logits_per_image = logits_per_text = None
+        if image_embeds is not None and text_embeds is not None:
+            scale = self.clamped_logit_scale()
+            if return_loss:
+                if image_embeds.shape[0] != text_embeds.shape[0]:
+                    raise ValueError(
+                        f"return_loss needs one text per image: got {image_embeds.shape[0]} images "
+                        f"(pixel_values) and {text_embeds.shape[0]} texts (input_ids)."
+                    )
+                loss, logits_per_image, logits_per_text = image_text_contrastive_loss(
+                    image_embeds,
+                    text_embeds,
+                    scale,
+                    labels=None if labels is None else labels.to(image_embeds.device),
+                    gather_distributed=False,
+                )
+            else:
+                logits_per_image = scale * image_embeds @ text_embeds.t()
+                logits_per_text = logits_per_image.t()
+        elif return_loss:
+            raise ValueError("return_loss needs both pixel_values and input_ids.")
+        return KeepFitOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_output,
+            vision_model_output=vision_output,
+        )
+
+
+class KeepFitForPreTraining(KeepFitPreTrainedModel):
+    """KeepFIT V2 pretraining (Eq. 22): the released [`KeepFitModel`] (`keepfit`) plus the semantic and
+    appearance knowledge attentions and the appearance quantiser with its frozen IBQ codebook.
+
+    A forward takes a batch of the categorical public data p (`pixel_values`, prompt `input_ids`, category
+    `labels`) and a batch of elite pairs m (`elite_*`) and computes every term of Eq. 22. Load the trained IBQ
+    codebook with [`load_codebook`] before training; call `clamp_logit_scale_()` after optimizer steps.
+    """
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: KeepFitConfig):
+        super().__init__(config)
+        self.keepfit = KeepFitModel(config)
         attention_kwargs = dict(
             num_heads=config.knowledge_num_heads,
             dropout=config.knowledge_attention_dropout,
@@ -244,17 +508,26 @@ class KeepFitModel(KeepFitPreTrainedModel):
         else:
             self.appearance_quantizer = self.appearance_attention = None
         self.post_init()
-        built_for_real = self.logit_scale.device.type != "meta"  # from_pretrained builds on meta, then loads
-        if self.appearance_quantizer is not None and built_for_real:
-            if config.ibq_tokenizer_path:
-                self.load_codebook(config.ibq_tokenizer_path)
-            else:
-                logger.warning(
-                    "KeepFitModel: appearance knowledge injection uses a RANDOM codebook; set "
-                    "config.ibq_tokenizer_path to a trained IBQ tokenizer (or call load_codebook)."
-                )
+        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys_hook)
 
-    # ------------------------------------------------------------------ construction helpers
+    @property
+    def released_model(self) -> KeepFitModel:
+        """The model a pretraining run publishes (shares its parameters with this one)."""
+        return self.keepfit
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.keepfit.get_input_embeddings()
+
+    def clamp_logit_scale_(self) -> None:
+        self.keepfit.clamp_logit_scale_()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`, reading pre-split checkpoints too."""
+        if "key_mapping" not in kwargs and _is_legacy_checkpoint(args[0] if args else None, kwargs):
+            kwargs["key_mapping"] = legacy_key_mapping(cls.base_model_prefix)
+        return super().from_pretrained(*args, **kwargs)
+
     @torch.no_grad()
     def load_codebook(self, tokenizer_path: str, **hub_kwargs) -> torch.Tensor:
         """Copy the codebook C `(K, D)` of a trained IBQ tokenizer (a directory or Hub id holding
@@ -285,6 +558,7 @@ class KeepFitModel(KeepFitPreTrainedModel):
                 f"expects {tuple(target.shape)}: set codebook_size / code_dim to the tokenizer's."
             )
         target.copy_(codebook.to(target.dtype))
+        self.config.ibq_tokenizer_path = str(tokenizer_path)
         return target
 
     @classmethod
@@ -294,166 +568,61 @@ class KeepFitModel(KeepFitPreTrainedModel):
         text_model_name_or_path: str,
         ibq_tokenizer_path: str | None = None,
         **config_kwargs,
-    ) -> "KeepFitModel":
-        """Build KeepFIT around pretrained towers: E_v from an image backbone checkpoint (e.g.
+    ) -> "KeepFitForPreTraining":
+        """Build KeepFIT for pretraining around pretrained towers: E_v from an image backbone checkpoint (e.g.
         `microsoft/resnet-50`, ImageNet weights), E_t from a BERT checkpoint — `emilyalsentzer/Bio_ClinicalBERT`,
         or the directory written by the MLM text pretraining (`--model text-mlm`; its `BertForMaskedLM` weights
         load into E_t). Using the plain BERT instead of the MLM output is the "no textual pretraining" ablation.
+        `ibq_tokenizer_path` (a trained IBQ tokenizer) supplies the appearance codebook.
         """
         vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
         text_config = AutoConfig.from_pretrained(text_model_name_or_path)
         config = KeepFitConfig(
-            vision_config=vision_config.to_dict(),
-            text_config=text_config.to_dict(),
-            ibq_tokenizer_path=ibq_tokenizer_path,
-            **config_kwargs,
+            vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), **config_kwargs
         )
         model = cls(config)
         vision = AutoModel.from_pretrained(vision_model_name_or_path)
-        model.vision_model.load_state_dict(vision.state_dict())
+        model.keepfit.vision_model.load_state_dict(vision.state_dict())
         text = BertModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False)
-        model.text_model.load_state_dict(text.state_dict())
+        model.keepfit.text_model.load_state_dict(text.state_dict())
+        if ibq_tokenizer_path:
+            model.load_codebook(ibq_tokenizer_path)
+        elif model.appearance_quantizer is not None:
+            logger.warning(
+                "KeepFitForPreTraining: appearance knowledge injection uses a RANDOM codebook; pass "
+                "ibq_tokenizer_path (a trained IBQ tokenizer) or call load_codebook."
+            )
         return model
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if getattr(self, "_auto_class", None) is not None:
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    # ------------------------------------------------------------------ encoders
-    @staticmethod
-    def _project(features: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
-        """P: L2-normalise → linear; the caller normalises the result (METHODS §2)."""
-        return projection(F.normalize(features, dim=-1))
-
-    def _encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(batch, 3, H, W)` → pooled features `(batch, C)` and the last feature map `(batch, C, h, w)`."""
-        outputs = encode_images(self.vision_model, pixel_values, self.config.vision_channels_last)
-        return outputs.pooler_output.flatten(1), outputs.last_hidden_state
-
-    def _pool_text(
-        self, input_ids, attention_mask, token_type_ids, position_ids
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One vector per text (see `config.text_pooling`) and the last hidden state `(batch, seq, hidden)`."""
-        if input_ids is None or input_ids.numel() == 0:
-            raise ValueError(
-                "The text encoder needs a non-empty input_ids batch (tokenised captions or prompts)."
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        pooling = self.config.text_pooling
-        outputs = self.text_model(
-            input_ids=input_ids,
-            # No padding in this batch: an explicit mask would only keep SDPA off its unmasked kernel.
-            attention_mask=None if bool(attention_mask.all()) else attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            output_hidden_states=pooling != "cls",
-        )
-        last = outputs.last_hidden_state
-        if pooling == "cls":
-            return last[:, 0], last
-        layers = torch.stack([outputs.hidden_states[i] for i in self.config.text_pooling_layers])
-        if pooling == "reference":
-            return layers.mean(dim=2).mean(dim=0), last
-        weights = attention_mask.to(layers.dtype)[None, :, :, None]  # (1, batch, seq, 1)
-        per_layer = (layers * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1.0)
-        return per_layer.mean(dim=0), last
-
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """`pooler_output`: the projected, not yet normalised image embedding `(batch, projection_dim)`;
-        `last_hidden_state`: the encoder's last feature map `(batch, C, h, w)`."""
-        pooled, feature_map = self._encode_images(pixel_values)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=feature_map, pooler_output=self._project(pooled, self.visual_projection)
-        )
-
-    def get_text_features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """`pooler_output`: the projected, not yet normalised text embedding `(batch, projection_dim)`."""
-        pooled, last = self._pool_text(input_ids, attention_mask, token_type_ids, position_ids)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=last, pooler_output=self._project(pooled, self.text_projection)
-        )
-
-    def clamped_logit_scale(self) -> torch.Tensor:
-        """exp(τ) with τ clamped to [0, `config.logit_scale_max`]."""
-        return self.logit_scale.clamp(0.0, self.config.logit_scale_max).exp()
-
-    @torch.no_grad()
-    def clamp_logit_scale_(self) -> None:
-        """Keep τ inside [0, ln 100] after an optimizer step (outside it the clamp's gradient is zero)."""
-        self.logit_scale.clamp_(0.0, self.config.logit_scale_max)
-
     # ------------------------------------------------------------------ forward
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         elite_pixel_values: torch.FloatTensor | None = None,
         elite_input_ids: torch.LongTensor | None = None,
         elite_attention_mask: torch.Tensor | None = None,
         elite_token_type_ids: torch.Tensor | None = None,
-        return_loss: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> KeepFitOutput | tuple:
+    ) -> KeepFitForPreTrainingOutput:
         r"""
-        input_ids, attention_mask, token_type_ids (`(batch, seq_len)`): the public samples' prompts (or, at
-            inference, any texts).
-        pixel_values (`(batch, 3, H, W)`): the public images (or, at inference, any images).
+        pixel_values (`(batch, 3, H, W)`), input_ids / attention_mask / token_type_ids (`(batch, seq_len)`): the
+            public images and their category prompts.
         labels (`(batch,)` category ids, −1 for none, or `(batch, num_classes)` multi-hot): categories of the
             public samples; samples of one category are positives of each other in L_itc^p. Without labels
             L_itc^p is plain CLIP.
         elite_pixel_values (`(elite_batch, 3, H, W)`), elite_input_ids / elite_attention_mask /
             elite_token_type_ids (`(elite_batch, seq_len)`): the elite image-caption pairs.
-        return_loss (`bool`): compute the pretraining losses; defaults to `self.training`.
         """
-        if return_loss is None:
-            return_loss = self.training
+        config, released = self.config, self.keepfit
         public = _TextImageBatch("public", pixel_values, input_ids, attention_mask, token_type_ids)
         elite = _TextImageBatch(
             "elite", elite_pixel_values, elite_input_ids, elite_attention_mask, elite_token_type_ids
         )
-        if return_loss:
-            output = self._pretraining_forward(public, elite, labels)
-        else:
-            output = self._embedding_forward(public, position_ids)
-        return output if return_dict is not False else output.to_tuple()
-
-    def _embedding_forward(self, public: "_TextImageBatch", position_ids) -> KeepFitOutput:
-        image_embeds = text_embeds = logits_per_image = logits_per_text = None
-        if public.pixel_values is not None:
-            image_embeds = F.normalize(self.get_image_features(public.pixel_values).pooler_output, dim=-1)
-        if public.input_ids is not None:
-            text_embeds = F.normalize(
-                self.get_text_features(
-                    public.input_ids, public.attention_mask, public.token_type_ids, position_ids
-                ).pooler_output,
-                dim=-1,
-            )
-        if image_embeds is not None and text_embeds is not None:
-            logits_per_image = self.clamped_logit_scale() * image_embeds @ text_embeds.t()
-            logits_per_text = logits_per_image.t()
-        return KeepFitOutput(
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-        )
-
-    def _pretraining_forward(self, public, elite, labels) -> KeepFitOutput:
-        config = self.config
         public.check(required=True)
         injection = config.use_semantic_injection or config.use_appearance_injection
         elite.check(required=injection, why="knowledge injection reads the elite set")
@@ -463,17 +632,20 @@ class KeepFitModel(KeepFitPreTrainedModel):
 
         # One pass of E_v over p and m together (BatchNorm statistics over both sources).
         images = torch.cat([public.pixel_values, elite.pixel_values]) if has_elite else public.pixel_values
-        pooled, feature_maps = self._encode_images(images)
-        image_embeds_all = F.normalize(self._project(pooled, self.visual_projection), dim=-1)
+        vision_output = released._vision_outputs(images, False)
+        feature_maps = vision_output.last_hidden_state
+        image_embeds_all = F.normalize(
+            released.project(vision_output.pooler_output, released.visual_projection), dim=-1
+        )
         image_embeds, elite_image_embeds = image_embeds_all[: public.size], image_embeds_all[public.size :]
-        text_embeds = F.normalize(self.get_text_features(**public.text_inputs()).pooler_output, dim=-1)
+        text_embeds = F.normalize(released.get_text_features(**public.text_inputs()).pooler_output, dim=-1)
         elite_text_embeds = None
         if has_elite:
             elite_text_embeds = F.normalize(
-                self.get_text_features(**elite.text_inputs()).pooler_output, dim=-1
+                released.get_text_features(**elite.text_inputs()).pooler_output, dim=-1
             )
 
-        scale, gather = self.clamped_logit_scale(), config.gather_distributed
+        scale, gather = released.clamped_logit_scale(), config.gather_distributed
         terms: dict[str, torch.Tensor] = {}
         if labels is not None:
             labels = labels.to(image_embeds.device)
@@ -508,7 +680,7 @@ class KeepFitModel(KeepFitPreTrainedModel):
                 appearance, text_embeds, config.knowledge_loss_reduction
             )
 
-        return KeepFitOutput(
+        return KeepFitForPreTrainingOutput(
             loss=total_loss(terms, config.lambda_semantic, config.lambda_appearance),
             loss_itc_categorical=terms["itc_categorical"],
             loss_itc_elite=terms.get("itc_elite"),
@@ -528,11 +700,37 @@ class KeepFitModel(KeepFitPreTrainedModel):
         )
 
 
+def _upgrade_legacy_keys_hook(module, state_dict, prefix, *args) -> None:
+    """`load_state_dict` pre-hook: rename a pre-split state dict's released-model keys in place."""
+    if prefix or any(key.startswith("keepfit.") for key in state_dict):
+        return
+    upgraded = upgrade_legacy_state_dict(dict(state_dict))
+    state_dict.clear()
+    state_dict.update(upgraded)
+
+
+def _is_legacy_checkpoint(source, kwargs) -> bool:
+    """Whether `source` (a local directory) holds a pre-split checkpoint: knowledge modules at the top level
+    next to `vision_model.*`, and no `keepfit.` prefix."""
+    if kwargs.get("state_dict") is not None:
+        keys = list(kwargs["state_dict"])
+    elif isinstance(source, (str, os.PathLike)) and os.path.isfile(os.path.join(source, "model.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(os.path.join(source, "model.safetensors"), framework="pt") as handle:
+            keys = list(handle.keys())
+    else:
+        return False
+    has_prefix = any(key.startswith("keepfit.") for key in keys)
+    return not has_prefix and any(key.startswith(PRETRAINING_ONLY_PREFIXES) for key in keys)
+
+
 class KeepFitVisionModel(KeepFitPreTrainedModel):
     """E_v alone, for feature extraction and linear probing. Loads from a KeepFIT checkpoint directory: takes
     the `vision_model.*` weights and leaves the text tower, projections, knowledge modules and IBQ codebook
     behind. `last_hidden_state` is the last feature map `(batch, C, h, w)`, `pooler_output` the backbone's pooled
-    features `(batch, C)` (the global average for ResNet) — what `KeepFitModel` projects into the shared space."""
+    features `(batch, C)` (the global average for ResNet) — what `KeepFitModel` projects into the shared space
+    (and its `vision_model_output.pooler_output`)."""
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -544,21 +742,23 @@ class KeepFitVisionModel(KeepFitPreTrainedModel):
         self.vision_model = AutoModel.from_config(config.vision_config)
         self.post_init()
 
+    supports_gradient_checkpointing = False  # a ResNet: see KeepFitPreTrainedModel
+
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> BaseModelOutputWithPooling:
+        output_hidden_states, _ = self._output_flags(output_hidden_states, False)
         extra = {"output_hidden_states": True} if output_hidden_states else {}
         outputs = encode_images(self.vision_model, pixel_values, self.config.vision_channels_last, **extra)
-        output = BaseModelOutputWithPooling(
+        return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=outputs.pooler_output.flatten(1),
             hidden_states=outputs.hidden_states if output_hidden_states else None,
         )
-        return output if return_dict is not False else output.to_tuple()
 
 
 class KeepFitForImageClassification(KeepFitPreTrainedModel):
@@ -582,24 +782,26 @@ class KeepFitForImageClassification(KeepFitPreTrainedModel):
         )
         self.post_init()
 
+    supports_gradient_checkpointing = False  # a ResNet: see KeepFitPreTrainedModel
+
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> ImageClassifierOutput | tuple:
+    ) -> ImageClassifierOutput:
         r"""labels: `(batch,)` class ids (single-label), `(batch, num_labels)` floats (multi-label), or floats
         for regression when `num_labels == 1`."""
+        output_hidden_states, _ = self._output_flags(output_hidden_states, False)
         extra = {"output_hidden_states": True} if output_hidden_states else {}
         outputs = encode_images(self.vision_model, pixel_values, self.config.vision_channels_last, **extra)
         logits = self.classifier(self.dropout(outputs.pooler_output.flatten(1)))
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        output = ImageClassifierOutput(
+        return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states if output_hidden_states else None
         )
-        return output if return_dict is not False else output.to_tuple()
 
 
 @dataclass
@@ -646,10 +848,14 @@ class _TextImageBatch:
 __all__ = [
     "KeepFitAppearanceQuantizer",
     "KeepFitForImageClassification",
+    "KeepFitForPreTraining",
+    "KeepFitForPreTrainingOutput",
     "KeepFitKnowledgeAttention",
     "KeepFitModel",
     "KeepFitOutput",
     "KeepFitPreTrainedModel",
     "KeepFitVisionModel",
     "encode_images",
+    "legacy_key_mapping",
+    "upgrade_legacy_state_dict",
 ]

@@ -4,6 +4,8 @@ from .configuration_maskedclip import MaskedCLIPConfig, MaskedCLIPVisionConfig
 from .image_processing_fundus import FundusImageProcessor
 from .modeling_maskedclip import (
     MaskedCLIPForImageClassification,
+    MaskedCLIPForPreTraining,
+    MaskedCLIPForPreTrainingOutput,
     MaskedCLIPModel,
     MaskedCLIPOutput,
     MaskedCLIPPreTrainedModel,
@@ -16,6 +18,8 @@ __all__ = [
     "MaskedCLIPProcessor",
     "MaskedCLIPConfig",
     "MaskedCLIPForImageClassification",
+    "MaskedCLIPForPreTraining",
+    "MaskedCLIPForPreTrainingOutput",
     "MaskedCLIPModel",
     "MaskedCLIPOutput",
     "MaskedCLIPPreTrainedModel",

@@ -1,31 +1,41 @@
 """MaskedCLIP: masked image modelling + label-guided CLIP bridged by a transformer (METHODS.md §1).
 
-Module map (paper notation → attribute of [`MaskedCLIPModel`]):
+Two models, as transformers keeps them (`ViTMAEModel` / `ViTMAEForPreTraining`, `CLIPModel`):
 
-    E_I  image encoder       vision_model            ViT in transformers' ViT-MAE layout, own masking
-    D_I  pixel decoder       pixel_decoder           transformers' ViTMAEDecoder              → L_mim (Eq. 1)
-    B    bridge transformer  bridge                  ViT-MAE blocks at the encoder width
-    E_T  text encoder        text_model              transformers' BertModel
-         projections         visual_projection, text_projection, logit_scale     → L_lg_clip (Eqs. 2–4)
-    D_F  feature decoder     feature_decoder         ViTMAEDecoder predicting bridge features → L_mfd (Eq. 5)
-    M̂    momentum encoder    momentum_vision_model, momentum_bridge  (EMA of E_I and B, no gradients)
+- [`MaskedCLIPModel`], the released dual encoder: E_I `vision_model`, the bridge B `bridge`, E_T
+  `text_model`, `visual_projection`, `text_projection`, `logit_scale`. CLIP semantics: embeddings and
+  similarities, the label-guided contrastive loss (Eqs. 2–4) only with `return_loss=True`.
+- [`MaskedCLIPForPreTraining`], what the trainer trains: the released model under `maskedclip`, plus
 
-The losses themselves live in `loss_maskedclip.py`. This file is copied next to saved checkpoints for
+      D_I  pixel decoder       pixel_decoder           transformers' ViTMAEDecoder              → L_mim (Eq. 1)
+      D_F  feature decoder     feature_decoder         ViTMAEDecoder predicting bridge features → L_mfd (Eq. 5)
+      M̂    momentum encoder    momentum_vision_model, momentum_bridge  (EMA of E_I and B, no gradients)
+
+  and its forward returns every term of Eq. 6.
+
+`base_model_prefix = "maskedclip"` lets each class load the other's checkpoint (the parts a class lacks are
+initialised and reported, or left behind). Checkpoints of the single-class layout used before the split
+(`vision_model.*`, `pixel_decoder.*`, ... at the top level) load into both.
+
+The losses live in `loss_maskedclip.py`. This file is copied next to saved checkpoints for
 ``trust_remote_code`` loading, so it only imports torch, transformers and its sibling files.
 """
 
 import copy
+import importlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertModel, PreTrainedModel
+from transformers import BertModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.vit_mae.modeling_vit_mae import ViTMAEDecoder, ViTMAEEmbeddings, ViTMAELayer
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_maskedclip import MaskedCLIPConfig, MaskedCLIPVisionConfig
 from .loss_maskedclip import (
@@ -36,34 +46,100 @@ from .loss_maskedclip import (
 )
 
 MOMENTUM_PREFIXES = ("momentum_vision_model.", "momentum_bridge.")
+# Top-level modules of the released model. In the pre-split single-class layout they sat at the top of
+# every checkpoint; MaskedCLIPForPreTraining holds them under `maskedclip.`.
+RELEASED_PREFIXES = ("vision_model.", "bridge.", "text_model.", "visual_projection.", "text_projection.")
+PRETRAINING_ONLY_PREFIXES = ("pixel_decoder.", "feature_decoder.") + MOMENTUM_PREFIXES
+
+
+def legacy_key_mapping(prefix: str = "maskedclip") -> dict[str, str]:
+    """`from_pretrained(key_mapping=...)` entries that read a pre-split checkpoint into the pretraining model:
+    released parts move under `prefix.`, pretraining-only parts stay where they are."""
+    released = "|".join(p.rstrip(".") for p in RELEASED_PREFIXES)
+    # transformers' renaming substitutes one group only: the module prefixes and the bare parameter apart.
+    return {rf"^({released})\.": rf"{prefix}.\1.", r"^logit_scale$": f"{prefix}.logit_scale"}
+
+
+def upgrade_legacy_state_dict(state_dict: dict, prefix: str = "maskedclip") -> dict:
+    """A pre-split state dict (released parts at the top level) in the pretraining model's layout; a state
+    dict already in that layout is returned unchanged."""
+    if any(key.startswith(prefix + ".") for key in state_dict):
+        return state_dict
+    return {
+        (f"{prefix}.{key}" if key.startswith(RELEASED_PREFIXES) or key == "logit_scale" else key): value
+        for key, value in state_dict.items()
+    }
 
 
 @dataclass
 class MaskedCLIPOutput(ModelOutput):
-    r"""Output of [`MaskedCLIPModel`].
+    r"""Output of [`MaskedCLIPModel`] (transformers' `CLIPOutput` fields).
 
-    loss (`torch.FloatTensor` of shape `()`): L_mim + λ_clip·L_lg_clip + λ_mfd·L_mfd (Eq. 6), with the
-        switched-off terms left out; only when the loss is computed.
-    loss_mim, loss_clip, loss_mfd (`torch.FloatTensor` of shape `()`): the unweighted terms.
-    logits_per_image (`(paired_batch, text_batch)`): scaled image-text similarities (in training under
-        torch.distributed: local images against the global batch of texts).
-    logits_per_text (`(text_batch, paired_batch)`): the transpose view, texts against images.
-    image_embeds (`(paired_batch, projection_dim)`), text_embeds (`(text_batch, projection_dim)`):
-        L2-normalised embeddings in the shared space.
-    pixel_predictions (`(all_images, num_patches, patch_size**2 * channels)`): pixel-decoder output.
+    loss (`()`): the label-guided contrastive loss L_lg_clip (plain CLIP without labels); only with
+        `return_loss=True`.
+    logits_per_image (`(image_batch, text_batch)`), logits_per_text (`(text_batch, image_batch)`): scaled
+        image-text similarities.
+    text_embeds (`(text_batch, projection_dim)`), image_embeds (`(image_batch, projection_dim)`): L2-normalised
+        embeddings in the shared space.
+    text_model_output: E_T's [`BaseModelOutputWithPooling`] (`pooler_output`: the pooled, unprojected text).
+    vision_model_output: E_I's [`BaseModelOutputWithPooling`]; its `pooler_output` `(image_batch, hidden)` is the
+        frozen-encoder image feature (mean of the patch tokens after E_I's LayerNorm, or the cls token with
+        `vision_config.pooling="cls"`) that linear probes read.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(
+            v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys())
+        )
+
+
+@dataclass
+class MaskedCLIPForPreTrainingOutput(ModelOutput):
+    r"""Output of [`MaskedCLIPForPreTraining`].
+
+    loss (`()`): L_mim + λ_clip·L_lg_clip + λ_mfd·L_mfd (Eq. 6) over the terms that are switched on and have
+        data (L_lg_clip needs pairs).
+    loss_mim, loss_clip, loss_mfd (`()`): the unweighted terms.
+    pixel_predictions (`(all_images, num_patches, patch_size**2 * channels)`): D_I's output (paired images
+        first, then unpaired).
     mask (`(all_images, num_patches)`): 1 for masked patches, 0 for visible ones.
+    logits_per_image (`(paired_batch, text_batch)`): scaled similarities (under torch.distributed: local images
+        against the global batch of texts); logits_per_text the transpose view.
+    image_embeds, text_embeds (`(paired_batch, projection_dim)`): L2-normalised embeddings of the pairs.
     """
 
     loss: torch.FloatTensor | None = None
     loss_mim: torch.FloatTensor | None = None
     loss_clip: torch.FloatTensor | None = None
     loss_mfd: torch.FloatTensor | None = None
+    pixel_predictions: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
     logits_per_image: torch.FloatTensor | None = None
     logits_per_text: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
-    pixel_predictions: torch.FloatTensor | None = None
+
+
+@dataclass
+class MaskedCLIPEncoderOutput(ModelOutput):
+    """What [`MaskedCLIPVisionTransformer`] returns: tokens `(batch, 1 + kept_patches, hidden)` (cls first),
+    `mask` / `ids_restore` `(batch, num_patches)` (None without masking), and with the flags the input of every
+    block plus the last block's output (`hidden_states`, before the final LayerNorm) and the per-block
+    attention weights `(batch, heads, tokens, tokens)` (None under SDPA / flash kernels)."""
+
+    last_hidden_state: torch.FloatTensor | None = None
     mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def random_masking(
@@ -134,11 +210,12 @@ def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch
 
 
 class MaskedCLIPLayer(ViTMAELayer):
-    """A ViT-MAE block with stochastic depth on its attention and MLP branches (MAE / BEiT fine-tuning).
+    """A ViT-MAE block with stochastic depth on its attention and MLP branches (MAE / BEiT fine-tuning) that
+    also hands back its attention weights.
 
     Same submodules, hence the same parameter names, as [`ViTMAELayer`]: ViT-MAE, RETFound and earlier
-    MaskedCLIP checkpoints load unchanged. With `drop_path_rate == 0` or in eval mode the forward is the stock
-    one; in training each sample's attention branch, then its MLP branch, is dropped with probability
+    MaskedCLIP checkpoints load unchanged. With `drop_path_rate == 0` or in eval mode the computation is the
+    stock one; in training each sample's attention branch, then its MLP branch, is dropped with probability
     `drop_path_rate` (one Bernoulli draw per sample and branch, in that order).
     """
 
@@ -153,22 +230,42 @@ class MaskedCLIPLayer(ViTMAELayer):
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> torch.Tensor:
-        if not self.training or self.drop_path_rate == 0.0:
-            return super().forward(hidden_states, attention_mask, **kwargs)
-        # ViTMAELayer.forward with drop_path on each residual branch.
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(batch, tokens, hidden)` → the block's output and its attention weights `(batch, heads, tokens,
+        tokens)` (None when the attention kernel does not form them, e.g. SDPA)."""
+        rate = self.drop_path_rate if self.training else 0.0
         residual = hidden_states
-        hidden_states = self.layernorm_before(hidden_states)
-        hidden_states, _ = self.attention(hidden_states, attention_mask, **kwargs)
-        hidden_states = self.dropout(hidden_states)
-        hidden_states = drop_path(hidden_states, self.drop_path_rate, True) + residual
+        hidden_states, attention_weights = self.attention(
+            self.layernorm_before(hidden_states), attention_mask, **kwargs
+        )
+        hidden_states = drop_path(self.dropout(hidden_states), rate, self.training) + residual
 
         residual = hidden_states
-        hidden_states = self.layernorm_after(hidden_states)
-        hidden_states = self.mlp(hidden_states)
-        hidden_states = self.dropout(hidden_states)
-        hidden_states = drop_path(hidden_states, self.drop_path_rate, True) + residual
-        return hidden_states
+        hidden_states = self.mlp(self.layernorm_after(hidden_states))
+        hidden_states = drop_path(self.dropout(hidden_states), rate, self.training) + residual
+        return hidden_states, attention_weights
+
+
+def run_blocks(
+    layers: nn.ModuleList,
+    hidden_states: torch.Tensor,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+) -> BaseModelOutput:
+    """Run `MaskedCLIPLayer` blocks; collect the input of every block plus the last output, and the weights."""
+    all_hidden = [hidden_states] if output_hidden_states else None
+    all_attentions = [] if output_attentions else None
+    for layer in layers:
+        hidden_states, weights = layer(hidden_states)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        if output_attentions:
+            all_attentions.append(weights)
+    return BaseModelOutput(
+        last_hidden_state=hidden_states,
+        hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        attentions=tuple(all_attentions) if output_attentions else None,
+    )
 
 
 def drop_path_schedule(rate: float, num_layers: int) -> list[float]:
@@ -202,12 +299,10 @@ class MaskedCLIPVisionTransformer(nn.Module):
         interpolate_pos_encoding: bool = False,
         apply_layernorm: bool = True,
         output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
-        """Encode `(batch, channels, height, width)` images.
-
-        Returns `(tokens, mask, ids_restore, hidden_states)`: tokens `(batch, 1 + kept_patches, hidden)`
-        (cls first); mask / ids_restore are None when `mask_ratio == 0` (no shuffling at all).
-        """
+        output_attentions: bool = False,
+    ) -> MaskedCLIPEncoderOutput:
+        """Encode `(batch, channels, height, width)` images; `mask_ratio > 0` keeps a random subset of patches
+        (MAE masking, `noise` `(batch, num_patches)` fixes it)."""
         if pixel_values.dim() != 4:
             raise ValueError(
                 f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}."
@@ -230,14 +325,15 @@ class MaskedCLIPVisionTransformer(nn.Module):
             patch_tokens, mask, ids_restore = random_masking(patch_tokens, mask_ratio, noise)
         cls_token = (embeddings.cls_token + positions[:, :1]).to(patch_tokens.dtype)
         hidden = torch.cat([cls_token.expand(patch_tokens.shape[0], -1, -1), patch_tokens], dim=1)
-        all_hidden = [hidden] if output_hidden_states else None
-        for layer in self.layers:
-            hidden = layer(hidden)
-            if output_hidden_states:
-                all_hidden.append(hidden)
-        if apply_layernorm:
-            hidden = self.layernorm(hidden)
-        return hidden, mask, ids_restore, tuple(all_hidden) if output_hidden_states else None
+        blocks = run_blocks(self.layers, hidden, output_hidden_states, output_attentions)
+        hidden = blocks.last_hidden_state
+        return MaskedCLIPEncoderOutput(
+            last_hidden_state=self.layernorm(hidden) if apply_layernorm else hidden,
+            mask=mask,
+            ids_restore=ids_restore,
+            hidden_states=blocks.hidden_states,
+            attentions=blocks.attentions,
+        )
 
 
 class MaskedCLIPBridge(nn.Module):
@@ -245,14 +341,12 @@ class MaskedCLIPBridge(nn.Module):
 
     def __init__(self, vision_config: MaskedCLIPVisionConfig, num_layers: int):
         super().__init__()
-        self.layers = nn.ModuleList([ViTMAELayer(vision_config) for _ in range(num_layers)])
+        self.layers = nn.ModuleList([MaskedCLIPLayer(vision_config) for _ in range(num_layers)])
         self.layernorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(batch, tokens, hidden)` → `(batch, tokens, hidden)`, ending with the bridge's LayerNorm."""
-        for layer in self.layers:
-            hidden_states = layer(hidden_states)
-        return self.layernorm(hidden_states)
+        return self.layernorm(run_blocks(self.layers, hidden_states).last_hidden_state)
 
 
 class MaskedCLIPFeatureDecoder(ViTMAEDecoder):
@@ -270,6 +364,11 @@ class MaskedCLIPFeatureDecoder(ViTMAEDecoder):
         self.decoder_pred = nn.Linear(config.feature_decoder_hidden_size, vision_config.hidden_size)
 
 
+def pool_image_tokens(tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+    """`(batch, 1 + patches, hidden)` → `(batch, hidden)`: the cls token (`"cls"`) or the mean of the patches."""
+    return tokens[:, 0] if pooling == "cls" else tokens[:, 1:].mean(dim=1)
+
+
 class MaskedCLIPPreTrainedModel(PreTrainedModel):
     config: MaskedCLIPConfig
     base_model_prefix = "maskedclip"
@@ -281,6 +380,7 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True
 
     def post_init(self):
         super().post_init()
@@ -298,6 +398,36 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
             if name in loaded._frozen_parameter_names:
                 parameter.requires_grad_(False)
         return model
+
+    def set_attn_implementation(self, attn_implementation):
+        super().set_attn_implementation(attn_implementation)
+        if not isinstance(attn_implementation, str):
+            return  # per-sub-config choices: transformers has set each sub-config already
+        # The ViT towers and the MAE decoders are plain modules reading the implementation from the sub-config
+        # (or the decoder's private copy of it) they were built with: switch those too.
+        for module in self.modules():
+            config = getattr(module, "config", None)
+            if not isinstance(module, PreTrainedModel) and hasattr(config, "_attn_implementation_internal"):
+                config._attn_implementation_internal = self.config._attn_implementation
+
+    # The Auto classes a saved checkpoint of the dual-encoder config resolves with trust_remote_code (each
+    # class writes its own `_auto_class` entry; these complete the set, so either checkpoint kind loads with
+    # AutoModel and AutoModelForPreTraining).
+    _remote_auto_map = {
+        "AutoModel": "modeling_maskedclip.MaskedCLIPModel",
+        "AutoModelForPreTraining": "modeling_maskedclip.MaskedCLIPForPreTraining",
+        "AutoModelForZeroShotImageClassification": "modeling_maskedclip.MaskedCLIPModel",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if getattr(self, "_auto_class", None) is not None and self._remote_auto_map:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[bool, bool]:
+        hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        return bool(hidden), bool(attentions)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -322,19 +452,19 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
 
 
 class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
-    """MaskedCLIP pretraining model; also a CLIP-style dual encoder for zero-shot use.
+    """The released MaskedCLIP model: a CLIP-style dual encoder (E_I + bridge B + projection, E_T + projection,
+    logit scale) for zero-shot classification, retrieval and feature extraction.
 
-    A forward in training mode (or with `return_loss=True`) runs the whole method: one masked pass of E_I
-    over paired + unpaired images feeding D_I (L_mim) and D_F (L_mfd, against the momentum encoder on the
-    full images), and one full pass of the paired images through E_I and B for L_lg_clip. In eval mode it
-    only embeds images and texts and returns their similarities (what zero-shot pipelines call).
-
-    Call [`update_momentum_encoder`] after every optimizer step.
+    `forward` embeds the given images and/or texts and returns their similarities; with `return_loss=True`
+    (and, optionally, categorical `labels`) also the label-guided contrastive loss L_lg_clip. The image feature
+    for linear probes is `vision_model_output.pooler_output`. With `use_clip=False` (the MAE-only ablation) the
+    model is E_I alone. Pretrain with [`MaskedCLIPForPreTraining`].
     """
 
-    _keys_to_ignore_on_load_missing = [r"^momentum_vision_model\.", r"^momentum_bridge\."]
-    # Task auto classes that resolve to this class when a checkpoint is loaded with trust_remote_code.
-    _remote_auto_map = {"AutoModelForZeroShotImageClassification": "modeling_maskedclip.MaskedCLIPModel"}
+    # A pretraining checkpoint also holds the decoders and the momentum encoder: left behind on purpose.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(pixel_decoder|feature_decoder|momentum_vision_model|momentum_bridge)\."
+    ]
 
     def __init__(self, config: MaskedCLIPConfig):
         super().__init__(config)
@@ -344,13 +474,9 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
             # modules reading it from this sub-config, which would otherwise fall back to eager attention.
             vision_config._attn_implementation_internal = config._attn_implementation
         self.vision_model = MaskedCLIPVisionTransformer(vision_config)
-        self.pixel_decoder = (
-            ViTMAEDecoder(vision_config, vision_config.num_patches) if config.use_mim else None
-        )
         self.bridge = (
             MaskedCLIPBridge(vision_config, config.bridge_num_hidden_layers) if config.use_bridge else None
         )
-        self.feature_decoder = MaskedCLIPFeatureDecoder(config) if config.use_mfd else None
         if config.use_clip:
             self.text_model = BertModel(text_config, add_pooling_layer=False)
             self.visual_projection = nn.Linear(vision_config.hidden_size, config.projection_dim, bias=False)
@@ -358,7 +484,220 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         else:
             self.text_model = self.visual_projection = self.text_projection = None
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embeddings
+
+    @property
+    def has_text_tower(self) -> bool:
+        """Whether this model embeds text (False for the MAE-only ablation, `use_clip=False`)."""
+        return self.text_model is not None
+
+    def _require_clip(self, what: str):
+        if self.text_model is None:
+            raise ValueError(f"{what} needs the CLIP branch, but this model was built with use_clip=False.")
+
+    # ------------------------------------------------------------------ towers
+    def _vision_outputs(
+        self, pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """E_I's output (pooled: the probe feature) and the CLIP-space tokens z = B(E_I(x))."""
+        encoded = self.vision_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        tokens = encoded.last_hidden_state
+        vision_output = BaseModelOutputWithPooling(
+            last_hidden_state=tokens,
+            pooler_output=pool_image_tokens(tokens, self.config.vision_config.pooling),
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+        return vision_output, self.bridge(tokens) if self.bridge is not None else tokens
+
+    def _text_outputs(
+        self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions
+    ) -> BaseModelOutputWithPooling:
+        """E_T's output with `pooler_output` = the pooled, unprojected text (see `config.text_pooling`)."""
+        if input_ids is None or input_ids.numel() == 0:
+            raise ValueError("The text encoder needs a non-empty input_ids batch (tokenised texts).")
+        # The mask goes to BERT as given: its mask preparation already drops an all-ones mask for SDPA's
+        # unmasked kernel (without a host sync when compiled or exported). Collators that know a batch has no
+        # padding can leave attention_mask out.
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        hidden = outputs.last_hidden_state
+        if self.config.text_pooling == "mean":
+            if attention_mask is None:
+                pooled = hidden.mean(dim=1)
+            else:
+                weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+                pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        else:
+            pooled = hidden[:, 0]
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden,
+            pooler_output=pooled,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """`pooler_output`: the projected, not yet normalised image embedding `(batch, projection_dim)`;
+        `last_hidden_state`: z = B(E_I(x)) `(batch, 1 + num_patches, hidden)`; `hidden_states` / `attentions`
+        those of E_I."""
+        self._require_clip("get_image_features")
+        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
+        vision_output, tokens = self._vision_outputs(
+            pixel_values, interpolate_pos_encoding, hidden, attentions
+        )
+        projected = self.visual_projection(pool_image_tokens(tokens, self.config.clip_image_pooling))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tokens,
+            pooler_output=projected,
+            hidden_states=vision_output.hidden_states,
+            attentions=vision_output.attentions,
+        )
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """`pooler_output`: the projected, not yet normalised text embedding `(batch, projection_dim)` of the
+        [CLS] state (or, with `text_pooling="mean"`, of the padding-masked token mean)."""
+        self._require_clip("get_text_features")
+        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
+        output = self._text_outputs(
+            input_ids, attention_mask, token_type_ids, position_ids, hidden, attentions
+        )
+        output.pooler_output = self.text_projection(output.pooler_output)
+        return output
+
+    def clamped_logit_scale(self) -> torch.Tensor:
+        """exp(τ) with τ clamped to ≤ `config.logit_scale_max` (ln 100)."""
+        return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+
+    # ------------------------------------------------------------------ forward
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> MaskedCLIPOutput:
+        r"""
+        input_ids, attention_mask, token_type_ids, position_ids (`(text_batch, seq_len)`): tokenised texts.
+        pixel_values (`(image_batch, 3, H, W)`): images.
+        labels (`(batch,)` int, −1 for none, or `(batch, num_classes)` multi-hot with a row of −1 for none):
+            categories of image-text pairs; with `return_loss=True` pairs of one category are positives of each
+            other (L_lg_clip). Without labels the loss is plain CLIP.
+        return_loss (`bool`, default False): compute the contrastive loss (needs as many texts as images).
+        """
+        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
+        image_embeds = text_embeds = vision_output = text_output = None
+        if pixel_values is not None:
+            vision_output, tokens = self._vision_outputs(
+                pixel_values, interpolate_pos_encoding, hidden, attentions
+            )
+            if self.text_model is not None:
+                image_embeds = F.normalize(
+                    self.visual_projection(pool_image_tokens(tokens, self.config.clip_image_pooling)), dim=-1
+                )
+        if input_ids is not None:
+            self._require_clip("Embedding texts")
+            text_output = self._text_outputs(
+                input_ids, attention_mask, token_type_ids, position_ids, hidden, attentions
+            )
+            text_embeds = F.normalize(self.text_projection(text_output.pooler_output), dim=-1)
+
+        loss = logits_per_image = logits_per_text = None
+        if image_embeds is not None and text_embeds is not None:
+            logit_scale = self.clamped_logit_scale()
+            if return_loss:
+                if image_embeds.shape[0] != text_embeds.shape[0]:
+                    raise ValueError(
+                        f"return_loss needs one text per image: got {image_embeds.shape[0]} images "
+                        f"(pixel_values) and {text_embeds.shape[0]} texts (input_ids)."
+                    )
+                loss, logits_per_image, logits_per_text = label_guided_contrastive_loss(
+                    image_embeds,
+                    text_embeds,
+                    logit_scale,
+                    labels=None if labels is None else labels.to(image_embeds.device),
+                    gather_distributed=False,
+                )
+            else:
+                logits_per_image = logit_scale * image_embeds @ text_embeds.t()
+                logits_per_text = logits_per_image.t()
+        elif return_loss:
+            raise ValueError("return_loss needs both pixel_values and input_ids.")
+        return MaskedCLIPOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_output,
+            vision_model_output=vision_output,
+        )
+
+
+class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
+    """MaskedCLIP pretraining (Eq. 6): the released [`MaskedCLIPModel`] (`maskedclip`) plus the pixel decoder
+    D_I, the feature decoder D_F and the momentum encoder M̂.
+
+    One forward runs the whole method: one masked pass of E_I over paired + unpaired images feeding D_I
+    (L_mim) and D_F (L_mfd, against M̂ on the full images), and one full pass of the paired images through E_I
+    and B for L_lg_clip. Call [`update_momentum_encoder`] after every optimizer step. `save_pretrained` keeps
+    everything (the momentum encoder included, so pretraining continues where it stopped); `released_model`
+    is what a run publishes.
+    """
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    # A released checkpoint (or one saved before the momentum encoder was kept) has no M̂: `from_pretrained`
+    # reports it missing and rebuilds it as a copy of E_I and B.
+
+    def __init__(self, config: MaskedCLIPConfig):
+        super().__init__(config)
+        self.maskedclip = MaskedCLIPModel(config)
+        vision_config = config.vision_config
+        self.pixel_decoder = (
+            ViTMAEDecoder(vision_config, vision_config.num_patches) if config.use_mim else None
+        )
+        self.feature_decoder = MaskedCLIPFeatureDecoder(config) if config.use_mfd else None
         if config.use_mfd:
             self.momentum_vision_model = MaskedCLIPVisionTransformer(vision_config)
             self.momentum_bridge = (
@@ -370,19 +709,39 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
                 parameter.requires_grad_(False)
         else:
             self.momentum_vision_model = self.momentum_bridge = None
-
         self.post_init()
-        # Released checkpoints carry no momentum encoder: it is training state, rebuilt from E_I and B.
-        self._keys_to_ignore_on_save = {k for k in self.state_dict() if k.startswith(MOMENTUM_PREFIXES)}
         self.reset_momentum_encoder()
+        # Training checkpoints written before the split (accelerate's load_state reads a plain state dict).
+        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys_hook)
+
+    @property
+    def released_model(self) -> MaskedCLIPModel:
+        """The model a pretraining run publishes (shares its parameters with this one)."""
+        return self.maskedclip
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.maskedclip.get_input_embeddings()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; reads pre-split checkpoints too, and rebuilds the momentum
+        encoder as a copy of the loaded E_I and B when the checkpoint has none."""
+        want_info = kwargs.pop("output_loading_info", False)
+        if "key_mapping" not in kwargs and _is_legacy_checkpoint(args[0] if args else None, kwargs):
+            kwargs["key_mapping"] = legacy_key_mapping(cls.base_model_prefix)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if any(key.startswith(MOMENTUM_PREFIXES) for key in info["missing_keys"]):
+            model.reset_momentum_encoder()
+        return (model, info) if want_info else model
 
     # ------------------------------------------------------------------ momentum encoder M̂ = EMA(B ∘ E_I)
     def _online_and_momentum_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        online = self.maskedclip
         pairs = list(
-            zip(self.vision_model.parameters(), self.momentum_vision_model.parameters(), strict=True)
+            zip(online.vision_model.parameters(), self.momentum_vision_model.parameters(), strict=True)
         )
-        if self.bridge is not None:
-            pairs += list(zip(self.bridge.parameters(), self.momentum_bridge.parameters(), strict=True))
+        if online.bridge is not None:
+            pairs += list(zip(online.bridge.parameters(), self.momentum_bridge.parameters(), strict=True))
         return pairs
 
     def _momentum_parameters(self):
@@ -419,19 +778,6 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
                 module.eval()
         return self
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if getattr(self, "_auto_class", None) is not None:
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """As `PreTrainedModel.from_pretrained`; the momentum encoder (never saved in a released checkpoint)
-        is rebuilt as a frozen copy of the loaded E_I and B."""
-        model = super().from_pretrained(*args, **kwargs)
-        (model[0] if isinstance(model, tuple) else model).reset_momentum_encoder()
-        return model
-
     @classmethod
     def from_vision_text_pretrained(
         cls,
@@ -439,8 +785,9 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         text_model_name_or_path: str,
         vision_config_overrides: dict | None = None,
         **config_kwargs,
-    ) -> "MaskedCLIPModel":
-        """Build MaskedCLIP around pretrained towers, like transformers' dual-encoder constructors.
+    ) -> "MaskedCLIPForPreTraining":
+        """Build MaskedCLIP for pretraining around pretrained towers, like transformers' dual-encoder
+        constructors.
 
         E_I takes the encoder weights of a ViT-MAE checkpoint (e.g. `facebook/vit-mae-large`, a local
         directory, or a converted RETFound directory); E_T takes a BERT checkpoint (e.g.
@@ -448,7 +795,7 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         `vision_config_overrides` asks for the checkpoint's own decoder sizes, in which case the MAE decoder
         weights are loaded too. Everything else is freshly initialised; the momentum encoder starts as a copy.
 
-        Example: `MaskedCLIPModel.from_vision_text_pretrained("facebook/vit-mae-large",
+        Example: `MaskedCLIPForPreTraining.from_vision_text_pretrained("facebook/vit-mae-large",
         "emilyalsentzer/Bio_ClinicalBERT")`.
         """
         from transformers import AutoConfig, ViTMAEForPreTraining
@@ -470,7 +817,7 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         model = cls(config)
 
         mae = ViTMAEForPreTraining.from_pretrained(vision_model_name_or_path)
-        report = model.vision_model.load_state_dict(mae.vit.state_dict(), strict=False)
+        report = model.maskedclip.vision_model.load_state_dict(mae.vit.state_dict(), strict=False)
         if report.missing_keys or report.unexpected_keys:
             raise ValueError(
                 f"{vision_model_name_or_path} does not fit the image encoder: missing {report.missing_keys}, "
@@ -481,160 +828,60 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
             own_state = model.pixel_decoder.state_dict()
             if all(own_state[k].shape == v.shape for k, v in mae_decoder_state.items() if k in own_state):
                 model.pixel_decoder.load_state_dict(mae_decoder_state)
-        if model.text_model is not None:
+        if model.maskedclip.text_model is not None:
             bert = BertModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False)
-            model.text_model.load_state_dict(bert.state_dict())
+            model.maskedclip.text_model.load_state_dict(bert.state_dict())
         model.reset_momentum_encoder()
         return model
 
     def load_retfound_weights(self, checkpoint_path: str, **convert_kwargs) -> dict:
         """Load RETFound's MAE ViT weights (`.pth`, timm names, read with `weights_only=True`) into E_I and
-        restart the momentum encoder from them. Returns the converter's report (unused decoder/head keys)."""
-        from .convert_retfound import load_retfound_into
-
-        info = load_retfound_into(self.vision_model, checkpoint_path, **convert_kwargs)
+        restart the momentum encoder from them. Returns the converter's report (unused decoder/head keys).
+        Needs the retvlp package (the converter is not part of a checkpoint's code)."""
+        # Imported by name, not with a `from .` statement: transformers' scan of relative imports would
+        # otherwise copy the converter into every saved checkpoint.
+        convert_retfound = importlib.import_module(f"{__package__}.convert_retfound")
+        info = convert_retfound.load_retfound_into(
+            self.maskedclip.vision_model, checkpoint_path, **convert_kwargs
+        )
         self.reset_momentum_encoder()
         return info
 
-    # ------------------------------------------------------------------ embeddings
-    def _clip_space_tokens(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
-        tokens = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)[0]
-        return self.bridge(tokens) if self.bridge is not None else tokens
-
-    def _pool_clip_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens[:, 0] if self.config.clip_image_pooling == "cls" else tokens[:, 1:].mean(dim=1)
-
-    def _require_clip(self, what: str):
-        if self.text_model is None:
-            raise ValueError(f"{what} needs the CLIP branch, but this model was built with use_clip=False.")
-
-    def get_image_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        """Full-image embedding: `pooler_output` is the projected (not yet normalised) `(batch, projection_dim)`
-        embedding of z = B(E_I(x)); `last_hidden_state` is z, `(batch, 1 + num_patches, hidden)`."""
-        self._require_clip("get_image_features")
-        tokens = self._clip_space_tokens(pixel_values, interpolate_pos_encoding)
-        projected = self.visual_projection(self._pool_clip_tokens(tokens))
-        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=projected)
-
-    def get_text_features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Text embedding: `pooler_output` is the projected [CLS] state (or, with `text_pooling="mean"`, the
-        padding-masked token mean) `(batch, projection_dim)`."""
-        self._require_clip("get_text_features")
-        if input_ids is None or input_ids.numel() == 0:
-            raise ValueError("get_text_features needs a non-empty input_ids batch.")
-        padding_mask = attention_mask
-        if attention_mask is not None and bool(attention_mask.all()):
-            # No padding in this batch: an explicit mask would only force SDPA off its unmasked kernel.
-            attention_mask = None
-        outputs = self.text_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-        )
-        hidden = outputs.last_hidden_state
-        if self.config.text_pooling == "mean":
-            if padding_mask is None:
-                pooled = hidden.mean(dim=1)
-            else:
-                weights = padding_mask.to(hidden.dtype).unsqueeze(-1)
-                pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-        else:
-            pooled = hidden[:, 0]
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=self.text_projection(pooled)
-        )
-
-    def clamped_logit_scale(self) -> torch.Tensor:
-        """exp(τ) with τ clamped to ≤ `config.logit_scale_max` (ln 100)."""
-        return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
-
     # ------------------------------------------------------------------ forward
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         unpaired_pixel_values: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
-        return_loss: bool | None = None,
         noise: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> MaskedCLIPOutput | tuple:
+    ) -> MaskedCLIPForPreTrainingOutput:
         r"""
+        pixel_values (`(paired_batch, 3, H, W)`): images of the image-text pairs.
         input_ids, attention_mask, token_type_ids (`(paired_batch, seq_len)`): tokenised texts of the pairs.
-        pixel_values (`(paired_batch, 3, H, W)`): images of the pairs (or, at inference, any images).
         unpaired_pixel_values (`(unpaired_batch, 3, H, W)`): image-only samples; they enter L_mim and L_mfd,
             never the contrastive loss.
         labels (`(paired_batch,)` int, −1 for none, or `(paired_batch, num_classes)` multi-hot with a row of −1
             for none): optional categorical labels of the pairs; pairs with equal labels are positives in
             L_lg_clip.
-        return_loss (`bool`): compute the pretraining losses. Defaults to `self.training`.
         noise (`(paired_batch + unpaired_batch, num_patches)`): masking noise, for reproducible masks.
         """
-        if return_loss is None:
-            return_loss = self.training
-        if pixel_values is not None and input_ids is not None and return_loss:
-            if pixel_values.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"Paired batch mismatch: {pixel_values.shape[0]} images (pixel_values) but "
-                    f"{input_ids.shape[0]} texts (input_ids). Put image-only samples in unpaired_pixel_values."
-                )
-        text_inputs = None
-        if input_ids is not None:
-            text_inputs = dict(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                position_ids=position_ids,
-            )
-        if return_loss:
-            if interpolate_pos_encoding:
-                raise ValueError(
-                    "Pretraining runs at the configured image_size; interpolate_pos_encoding is for inference."
-                )
-            output = self._pretraining_forward(
-                pixel_values, unpaired_pixel_values, text_inputs, labels, noise
-            )
-        else:
-            output = self._embedding_forward(pixel_values, text_inputs, interpolate_pos_encoding)
-        return output if return_dict is not False else output.to_tuple()
-
-    def _embedding_forward(self, pixel_values, text_inputs, interpolate_pos_encoding) -> MaskedCLIPOutput:
-        image_embeds = text_embeds = logits_per_image = logits_per_text = None
-        if pixel_values is not None:
-            image_embeds = F.normalize(
-                self.get_image_features(pixel_values, interpolate_pos_encoding).pooler_output, dim=-1
-            )
-        if text_inputs is not None:
-            text_embeds = F.normalize(self.get_text_features(**text_inputs).pooler_output, dim=-1)
-        if image_embeds is not None and text_embeds is not None:
-            logits_per_image = self.clamped_logit_scale() * image_embeds @ text_embeds.t()
-            logits_per_text = logits_per_image.t()
-        return MaskedCLIPOutput(
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-        )
-
-    def _pretraining_forward(
-        self, pixel_values, unpaired_pixel_values, text_inputs, labels, noise
-    ) -> MaskedCLIPOutput:
         config = self.config
+        released = self.maskedclip
+        if pixel_values is not None and input_ids is not None and pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"Paired batch mismatch: {pixel_values.shape[0]} images (pixel_values) but "
+                f"{input_ids.shape[0]} texts (input_ids). Put image-only samples in unpaired_pixel_values."
+            )
+        if kwargs.get("interpolate_pos_encoding"):
+            raise ValueError(
+                "Pretraining runs at the configured image_size; interpolate_pos_encoding is for inference."
+            )
         images = [x for x in (pixel_values, unpaired_pixel_values) if x is not None and x.shape[0] > 0]
         if not images:
             raise ValueError(
@@ -645,14 +892,15 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         terms: dict[str, torch.Tensor] = {}
         pixel_predictions = mask = None
         if config.use_mim or config.use_mfd:
-            latent, mask, ids_restore, _ = self.vision_model(
+            encoded = released.vision_model(
                 all_pixels, mask_ratio=config.vision_config.mask_ratio, noise=noise
             )
+            latent, mask, ids_restore = encoded.last_hidden_state, encoded.mask, encoded.ids_restore
             if config.use_mim:
                 pixel_predictions = self.pixel_decoder(latent, ids_restore).logits
                 terms["mim"] = masked_image_modeling_loss(
                     pixel_predictions,
-                    patchify(all_pixels, self.vision_model.embeddings.patch_embeddings.patch_size[0]),
+                    patchify(all_pixels, released.vision_model.embeddings.patch_embeddings.patch_size[0]),
                     mask,
                     norm_pix_loss=config.vision_config.norm_pix_loss,
                 )
@@ -665,56 +913,89 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         image_embeds = text_embeds = logits_per_image = logits_per_text = None
         has_pairs = pixel_values is not None and pixel_values.shape[0] > 0
         if config.use_clip and has_pairs:
-            if text_inputs is None:
+            if input_ids is None:
                 raise ValueError(
                     "pixel_values are the paired images and need their texts (input_ids); pass image-only "
                     "samples as unpaired_pixel_values."
                 )
-            image_embeds = F.normalize(self.get_image_features(pixel_values).pooler_output, dim=-1)
-            text_embeds = F.normalize(self.get_text_features(**text_inputs).pooler_output, dim=-1)
-            if labels is not None:
-                labels = labels.to(image_embeds.device)
+            image_embeds = F.normalize(released.get_image_features(pixel_values).pooler_output, dim=-1)
+            text_embeds = F.normalize(
+                released.get_text_features(
+                    input_ids, attention_mask, token_type_ids, position_ids
+                ).pooler_output,
+                dim=-1,
+            )
             terms["clip"], logits_per_image, logits_per_text = label_guided_contrastive_loss(
                 image_embeds,
                 text_embeds,
-                self.clamped_logit_scale(),
-                labels=labels,
+                released.clamped_logit_scale(),
+                labels=None if labels is None else labels.to(image_embeds.device),
                 gather_distributed=config.gather_distributed,
             )
 
         weights = {"mim": 1.0, "clip": config.lambda_clip, "mfd": config.lambda_mfd}
         loss = sum(weights[name] * value for name, value in terms.items()) if terms else None
-        return MaskedCLIPOutput(
+        return MaskedCLIPForPreTrainingOutput(
             loss=loss,
             loss_mim=terms.get("mim"),
             loss_clip=terms.get("clip"),
             loss_mfd=terms.get("mfd"),
+            pixel_predictions=pixel_predictions,
+            mask=mask,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
             image_embeds=image_embeds,
             text_embeds=text_embeds,
-            pixel_predictions=pixel_predictions,
-            mask=mask,
         )
 
     @torch.no_grad()
     def _momentum_targets(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """M̂(x): momentum E_I (+ B) on the whole image, patch tokens after the last LayerNorm, `(B, N, D)`."""
-        tokens = self.momentum_vision_model(pixel_values)[0]
+        tokens = self.momentum_vision_model(pixel_values).last_hidden_state
         if self.momentum_bridge is not None:
             tokens = self.momentum_bridge(tokens)
         return tokens[:, 1:]
 
 
+def _upgrade_legacy_keys_hook(module, state_dict, prefix, *args) -> None:
+    """`load_state_dict` pre-hook: rename a pre-split state dict's released-model keys in place."""
+    if prefix or any(key.startswith("maskedclip.") for key in state_dict):
+        return
+    upgraded = upgrade_legacy_state_dict(dict(state_dict))
+    state_dict.clear()
+    state_dict.update(upgraded)
+
+
+def _is_legacy_checkpoint(source, kwargs) -> bool:
+    """Whether `source` (a local directory) holds a pre-split checkpoint: a MaskedCLIP state with decoders or
+    momentum weights at the top level next to `vision_model.*`, and no `maskedclip.` prefix."""
+    import os
+
+    if kwargs.get("state_dict") is not None:
+        keys = list(kwargs["state_dict"])
+    elif isinstance(source, (str, os.PathLike)) and os.path.isfile(os.path.join(source, "model.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(os.path.join(source, "model.safetensors"), framework="pt") as handle:
+            keys = list(handle.keys())
+    else:
+        return False
+    has_prefix = any(key.startswith("maskedclip.") for key in keys)
+    has_top_level_extras = any(key.startswith(PRETRAINING_ONLY_PREFIXES) for key in keys)
+    return not has_prefix and has_top_level_extras
+
+
 class MaskedCLIPVisionModel(MaskedCLIPPreTrainedModel):
     """E_I alone, for feature extraction. Loads from a MaskedCLIP checkpoint directory (takes the
     `vision_config` and the `vision_model.*` weights). `pooler_output` follows `config.pooling`: mean of the
-    patch tokens (default) or the cls token, both after the encoder's final LayerNorm."""
+    patch tokens (default) or the cls token, both after the encoder's final LayerNorm — the same feature as
+    `MaskedCLIPModel`'s `vision_model_output.pooler_output`."""
 
     config: MaskedCLIPVisionConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     # Loading from a full MaskedCLIP checkpoint: everything but E_I is expected to be left behind.
+    _remote_auto_map = {}  # a vision-config checkpoint: only its own class's entry
     _keys_to_ignore_on_load_unexpected = [r"^(?!vision_model\.)"]
 
     def __init__(self, config: MaskedCLIPVisionConfig):
@@ -725,34 +1006,41 @@ class MaskedCLIPVisionModel(MaskedCLIPPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.vision_model.embeddings.patch_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
-        tokens, _, _, hidden_states = self.vision_model(
+    ) -> BaseModelOutputWithPooling:
+        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
+        encoded = self.vision_model(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=bool(output_hidden_states),
+            output_hidden_states=hidden,
+            output_attentions=attentions,
         )
-        pooled = tokens[:, 0] if self.config.pooling == "cls" else tokens[:, 1:].mean(dim=1)
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=tokens, pooler_output=pooled, hidden_states=hidden_states
+        tokens = encoded.last_hidden_state
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tokens,
+            pooler_output=pool_image_tokens(tokens, self.config.pooling),
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
-        return output if return_dict is not False else output.to_tuple()
 
 
 class MaskedCLIPForImageClassification(MaskedCLIPPreTrainedModel):
     """E_I + a classification head for fine-tuning (MAE practice): mean of the patch tokens → LayerNorm →
     dropout → linear, or with `pooling="cls"` the final-LayerNorm cls token → dropout → linear. Loads from a
-    MaskedCLIP checkpoint directory: `MaskedCLIPForImageClassification.from_pretrained(dir, num_labels=5)`."""
+    MaskedCLIP checkpoint directory: `MaskedCLIPForImageClassification.from_pretrained(dir, num_labels=5)`, or
+    `AutoModelForImageClassification.from_pretrained(dir, num_labels=5)` after `import retvlp`."""
 
     config: MaskedCLIPVisionConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    _remote_auto_map = {}  # a vision-config checkpoint: only its own class's entry
     _keys_to_ignore_on_load_unexpected = [r"^(?!vision_model\.)"]
 
     def __init__(self, config: MaskedCLIPVisionConfig):
@@ -775,36 +1063,66 @@ class MaskedCLIPForImageClassification(MaskedCLIPPreTrainedModel):
         )
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; also takes a full `MaskedCLIPConfig` as `config=` (what
+        `AutoModelForImageClassification` passes for a MaskedCLIP checkpoint) and uses its vision part, with the
+        label fields set on it."""
+        config = kwargs.get("config")
+        if isinstance(config, PreTrainedConfig) and hasattr(config, "vision_config"):
+            vision_config = copy.deepcopy(config.vision_config)
+            for field in ("id2label", "label2id", "problem_type"):
+                if getattr(config, field, None) is not None:
+                    setattr(vision_config, field, getattr(config, field))
+            kwargs["config"] = vision_config
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embeddings
+
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
-    ) -> ImageClassifierOutput | tuple:
+    ) -> ImageClassifierOutput:
         r"""labels: `(batch,)` class ids (single-label), `(batch, num_labels)` floats (multi-label), or floats
         for regression when `num_labels == 1`."""
+        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
         use_cls = self.config.pooling == "cls"
         # MAE's global-pool head skips the encoder's final norm and normalises the pooled vector instead.
-        tokens = self.vision_model(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, apply_layernorm=use_cls
-        )[0]
+        encoded = self.vision_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            apply_layernorm=use_cls,
+            output_hidden_states=hidden,
+            output_attentions=attentions,
+        )
+        tokens = encoded.last_hidden_state
         pooled = tokens[:, 0] if use_cls else self.fc_norm(tokens[:, 1:].mean(dim=1))
         logits = self.classifier(self.dropout(pooled))
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        output = ImageClassifierOutput(loss=loss, logits=logits)
-        return output if return_dict is not False else output.to_tuple()
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
 
 
 __all__ = [
     "MaskedCLIPForImageClassification",
+    "MaskedCLIPForPreTraining",
+    "MaskedCLIPForPreTrainingOutput",
     "MaskedCLIPLayer",
     "MaskedCLIPModel",
     "MaskedCLIPOutput",
     "MaskedCLIPPreTrainedModel",
     "MaskedCLIPVisionModel",
     "drop_path",
+    "legacy_key_mapping",
     "random_masking",
     "sincos_position_table",
+    "upgrade_legacy_state_dict",
 ]

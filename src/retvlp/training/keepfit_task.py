@@ -5,14 +5,18 @@ Bio_ClinicalBERT or the MLM text-pretraining output), and the frozen IBQ codeboo
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
-from ..keepfit import KeepFitConfig, KeepFitModel, KeepFitProcessor, keepfit_image_processor
+from ..keepfit import KeepFitConfig, KeepFitForPreTraining, KeepFitProcessor, keepfit_image_processor
 from ..prompts import ExpertKnowledge, class_prompts, prompt_for_labels
 from .config import PretrainConfig
 from .data import StepBatches, label_tensor
 from .task import PretrainTask, build_model_config
+
+logger = logging.getLogger(__name__)
 
 KEEPFIT_ROUTING = {"categorical": "categorical", "paired": "paired", "unpaired": None}
 
@@ -114,7 +118,7 @@ class KeepFitTask(PretrainTask):
         )
         return KeepFitProcessor(image_processor, tokenizer, max_length=config.model.max_text_length)
 
-    def build_model(self, config: PretrainConfig, tokenizer) -> KeepFitModel:
+    def build_model(self, config: PretrainConfig, tokenizer) -> KeepFitForPreTraining:
         """From `model.pretrained` (a KeepFIT checkpoint), or from `model.config` (KeepFitConfig kwargs, e.g.
         `ibq_tokenizer_path`) where `model.vision_pretrained` / `model.text_pretrained`, when set, supply a tower
         with its weights: an image backbone (e.g. microsoft/resnet-50, ImageNet) and a BERT (e.g.
@@ -124,8 +128,12 @@ class KeepFitTask(PretrainTask):
 
         m = config.model
         overrides = dict(m.config_overrides)
+        codebook_missing = True
         if m.pretrained is not None:
-            model = KeepFitModel.from_pretrained(m.pretrained, **overrides)
+            model, info = KeepFitForPreTraining.from_pretrained(
+                m.pretrained, output_loading_info=True, **overrides
+            )
+            codebook_missing = "appearance_quantizer.codebook" in info["missing_keys"]
         else:
             kwargs = {**(m.config or {}), **overrides}
             if m.vision_pretrained is not None:
@@ -137,14 +145,24 @@ class KeepFitTask(PretrainTask):
                 text.setdefault("model_type", "bert")
                 text["vocab_size"] = len(tokenizer)
                 kwargs["text_config"] = text
-            model = KeepFitModel(build_model_config(KeepFitConfig, kwargs, config))
+            model = KeepFitForPreTraining(build_model_config(KeepFitConfig, kwargs, config))
             if m.vision_pretrained is not None:
-                model.vision_model.load_state_dict(
+                model.released_model.vision_model.load_state_dict(
                     AutoModel.from_pretrained(m.vision_pretrained).state_dict()
                 )
             if m.text_pretrained is not None:
                 text_model = BertModel.from_pretrained(m.text_pretrained, add_pooling_layer=False)
-                model.text_model.load_state_dict(text_model.state_dict())
+                model.released_model.text_model.load_state_dict(text_model.state_dict())
+        if model.appearance_quantizer is not None and codebook_missing:
+            # The pretraining side loads the frozen codebook (a model's construction never reads files).
+            if model.config.ibq_tokenizer_path:
+                model.load_codebook(model.config.ibq_tokenizer_path)
+            else:
+                logger.warning(
+                    "%s: appearance knowledge injection uses a RANDOM codebook; set "
+                    "model.config.ibq_tokenizer_path to a trained IBQ tokenizer (--model ibq-tokenizer).",
+                    config.source,
+                )
         vocab = model.config.text_config.vocab_size
         if len(tokenizer) > vocab:
             raise ValueError(
@@ -169,7 +187,7 @@ class KeepFitTask(PretrainTask):
             **self.common_batch_kwargs(processor.image_processor, config, rank, world_size),
         )
 
-    def after_optimizer_step(self, model: KeepFitModel) -> None:
+    def after_optimizer_step(self, model: KeepFitForPreTraining) -> None:
         model.clamp_logit_scale_()
 
     def evaluate(self, model, processor, specs, config, class_names, show_progress=True):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPModel, MaskedCLIPProcessor
+from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPForPreTraining, MaskedCLIPProcessor
 from ..tokenization import build_wordpiece_tokenizer
 from .config import PretrainConfig
 from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, label_tensor
@@ -47,14 +47,14 @@ def build_processor(config: PretrainConfig, tokenizer) -> MaskedCLIPProcessor:
     return MaskedCLIPProcessor(image_processor, tokenizer, max_length=config.model.max_text_length)
 
 
-def build_model(config: PretrainConfig, tokenizer) -> MaskedCLIPModel:
-    """Initialise MaskedCLIP from `model.config`, `model.pretrained` or pretrained towers (see ModelSection)."""
+def build_model(config: PretrainConfig, tokenizer) -> MaskedCLIPForPreTraining:
+    """Initialise the MaskedCLIP pretraining model from `model.config`, `model.pretrained` or pretrained towers (see ModelSection)."""
     m = config.model
     overrides = dict(m.config_overrides)
     if m.pretrained is not None:
-        model = MaskedCLIPModel.from_pretrained(m.pretrained, **overrides)
+        model = MaskedCLIPForPreTraining.from_pretrained(m.pretrained, **overrides)
     elif m.vision_pretrained is not None:
-        model = MaskedCLIPModel.from_vision_text_pretrained(
+        model = MaskedCLIPForPreTraining.from_vision_text_pretrained(
             m.vision_pretrained, m.text_pretrained, **overrides
         )
     else:
@@ -70,7 +70,7 @@ def build_model(config: PretrainConfig, tokenizer) -> MaskedCLIPModel:
         text = dict(kwargs.pop("text_config", {}) or {})
         text.setdefault("model_type", "bert")
         text["vocab_size"] = len(tokenizer)
-        model = MaskedCLIPModel(
+        model = MaskedCLIPForPreTraining(
             build_model_config(
                 MaskedCLIPConfig, dict(vision_config=vision, text_config=text, **kwargs), config
             )
@@ -170,12 +170,12 @@ class MaskedCLIPTask(PretrainTask):
             **self.common_batch_kwargs(processor.image_processor, config, rank, world_size),
         )
 
-    def after_optimizer_step(self, model: MaskedCLIPModel) -> None:
+    def after_optimizer_step(self, model: MaskedCLIPForPreTraining) -> None:
         """M̂ ← EMA(E_I, B) once per optimizer step, and keep τ inside [0, ln 100] so it cannot drift where its
         gradient (zero beyond the clamp) would never bring it back."""
         model.update_momentum_encoder()
         with torch.no_grad():
-            model.logit_scale.clamp_(0.0, model.config.logit_scale_max)
+            model.released_model.logit_scale.clamp_(0.0, model.config.logit_scale_max)
 
     def evaluate(self, model, processor, specs, config, class_names, show_progress=True):
         from ..evaluation.quick import evaluate_pretrained

@@ -26,6 +26,12 @@ def build_model_config(config_class, kwargs: dict, config: PretrainConfig):
         ) from error
 
 
+def released_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model a pretraining run publishes: `model.released_model` for the `...ForPreTraining` classes,
+    the model itself otherwise (the IBQ tokenizer, the MLM text encoder)."""
+    return getattr(model, "released_model", model)
+
+
 class PretrainTask:
     family: str = ""
     # Output fields logged (and summed across micro-steps); the first one is the loss that is optimised.
@@ -131,7 +137,7 @@ class PretrainTask:
 
     def log_values(self, model: torch.nn.Module) -> dict[str, float]:
         """Extra per-log-step values (e.g. the contrastive temperature)."""
-        scale = getattr(model, "logit_scale", None)
+        scale = getattr(released_model(model), "logit_scale", None)
         return {"logit_scale": round(scale.exp().item(), 4)} if scale is not None else {}
 
     def evaluate(self, model, processor, specs, config, class_names, show_progress=True) -> dict | None:

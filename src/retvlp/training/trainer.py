@@ -27,7 +27,7 @@ from .collapse import CollapseGuard, ContrastiveCollapseError
 from .config import PretrainConfig
 from .data import StepBatches, discover_classes, prepare_streams, read_training_manifests
 from .periodic_eval import PeriodicEvaluator, hold_out_eval_rows
-from .task import PretrainTask
+from .task import PretrainTask, released_model
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +220,7 @@ def pretrain(
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    released = released_model(unwrapped)
 
     # ---------------------------------------------------------------- resume
     start_step = 0
@@ -355,7 +356,7 @@ def pretrain(
                 "config": config.to_dict(),
             }
             save_checkpoint(accelerator, output_dir, step, state, keep=run.keep_checkpoints)
-        periodic_eval.maybe_run(step, unwrapped)
+        periodic_eval.maybe_run(step, released)
         if stop_after is not None and step >= stop_after:
             break
     progress.close()
@@ -366,7 +367,8 @@ def pretrain(
         accelerator.wait_for_everyone()
         full_state = accelerator.get_state_dict(model)  # collective: gathers FSDP / DeepSpeed shards
         if main:
-            unwrapped.save_pretrained(final_dir, state_dict=full_state)
+            # final/ holds the released model (+ processor); the training checkpoints keep everything.
+            released.save_pretrained(final_dir, state_dict=released_state_dict(unwrapped, full_state))
             if processor is not None:
                 processor.save_pretrained(final_dir)
             summary = {
@@ -381,13 +383,21 @@ def pretrain(
             (final_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
         if run.evaluate and main and evaluation_specs.get("test"):
             evaluation = task.evaluate(
-                unwrapped, processor, evaluation_specs, config, class_names, show_progress=show_progress
+                released, processor, evaluation_specs, config, class_names, show_progress=show_progress
             )
             if evaluation is not None:
                 (final_dir / "eval_results.json").write_text(json.dumps(evaluation, indent=2))
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return PretrainResult(output_dir, final_dir, step, last_metrics, evaluation)
+
+
+def released_state_dict(model: torch.nn.Module, state_dict: dict) -> dict:
+    """The released model's part of a pretraining model's (gathered) state dict, with its own key names."""
+    if released_model(model) is model:
+        return state_dict
+    prefix = model.base_model_prefix + "."
+    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
 def configure_threads(num_threads: int | None) -> None:
