@@ -322,3 +322,15 @@ def test_checkpoints_carry_exactly_the_code_they_import(family, kind, tmp_path):
     model.save_pretrained(tmp_path)
     saved = {path.name for path in tmp_path.iterdir()}
     assert saved == CODE_FILES[family] | {"config.json", "model.safetensors"}
+
+
+def test_resume_refuses_a_pre_split_training_checkpoint(tmp_path):
+    from retvlp.training.checkpointing import check_model_layout
+
+    pretraining, _, _, _ = _build("maskedclip")
+    flat = {k.removeprefix("maskedclip."): v.contiguous() for k, v in pretraining.state_dict().items()}
+    save_file(flat, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="before the released / pretraining model split"):
+        check_model_layout(pretraining, tmp_path)
+    save_file({k: v.contiguous() for k, v in pretraining.state_dict().items()}, tmp_path / "model.safetensors")
+    check_model_layout(pretraining, tmp_path)  # today's layout resumes

@@ -210,6 +210,7 @@ class IBQTokenizerPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
+    _can_compile_fullgraph = True
     _no_split_modules = ["IBQResidualBlock"]
 
     @torch.no_grad()

@@ -1,4 +1,8 @@
-"""Convert FLAIR / KeepFIT V1 checkpoints into a [`KeepFitModel`].
+"""Convert FLAIR / KeepFIT V1 checkpoints into KeepFIT models.
+
+A FLAIR checkpoint (a dual encoder) becomes the released [`KeepFitModel`]; a KeepFIT V1 checkpoint, which also
+holds the semantic knowledge attention (a pretraining module), becomes a [`KeepFitForPreTraining`] whose
+`released_model` is that dual encoder.
 
 FLAIR (Silva-Rodríguez et al.) and KeepFIT V1 (the MM-Retinal reference code) release their pretrained models as
 ``.pth`` files holding the ``state_dict()`` of one ``torch.nn.Module`` (sometimes nested under ``"model"`` /
@@ -12,14 +16,14 @@ FLAIR (Silva-Rodríguez et al.) and KeepFIT V1 (the MM-Retinal reference code) r
     logit_scale                                       ()
     attention.W_{q,k,v,o}.weight                      KeepFIT V1's semantic cross-attention (no biases)
 
-and map onto ``KeepFitModel`` as::
+and map onto ``KeepFitModel``'s names (``keepfit.`` prefixed inside ``KeepFitForPreTraining``) as::
 
     vision_model.embedder.embedder.{convolution,normalization}.*        (conv1, bn1)
     vision_model.encoder.stages.S.layers.L.layer.J.{convolution,normalization}.*   (layer{S+1}.L.conv/bn{J+1})
     vision_model.encoder.stages.S.layers.L.shortcut.{convolution,normalization}.*  (layer{S+1}.L.downsample.{0,1})
     text_model.*                                                        (text_model.model.*, pooler dropped)
     visual_projection.weight, text_projection.weight, logit_scale
-    semantic_attention.{q,k,v,o}_proj.weight                            (attention.W_{q,k,v,o}.weight)
+    semantic_attention.{q,k,v,o}_proj.weight   KeepFitForPreTraining only  (attention.W_{q,k,v,o}.weight)
 
 transformers' ``ResNetModel`` and torchvision's ResNet compute the same function: 7×7/2 stem, 3×3/2 max pool, the
 stride of a bottleneck on its 3×3 convolution ("v1.5"), a 1×1 strided projection shortcut wherever the shape
@@ -53,7 +57,7 @@ from typing import Any
 import torch
 
 from .configuration_keepfit import SOFTMAX_OVER, TEXT_POOLING, KeepFitConfig
-from .modeling_keepfit import KeepFitModel
+from .modeling_keepfit import KeepFitForPreTraining, KeepFitModel, upgrade_legacy_state_dict
 
 __all__ = [
     "ConversionReport",
@@ -71,7 +75,7 @@ TEXT_SRC = "text_model.model."
 TEXT_PROJ_SRC = "text_model.projection_head_text.projection.weight"
 LOGIT_SCALE_SRC = "logit_scale"
 ATTENTION_SRC = "attention."
-# Target prefixes (KeepFitModel attribute names).
+# Target prefixes (KeepFitModel attribute names; under `keepfit.` in KeepFitForPreTraining).
 VISION_DST = "vision_model."
 TEXT_DST = "text_model."
 
@@ -108,8 +112,8 @@ _KNOWN_UNUSED = (
     (TEXT_SRC + "pooler.", "BERT pooler: unused by the FLAIR text pooling; KeepFitModel's BERT has none"),
     (TEXT_SRC + "embeddings.position_ids", "non-persistent buffer, rebuilt by BertModel"),
     (TEXT_SRC + "embeddings.token_type_ids", "non-persistent buffer, rebuilt by BertModel"),
-    ("atte_TD2KD.", "KeepFIT V1 feature-fusion ablation (training only), not part of KeepFitModel"),
-    ("atte_KD2TD.", "KeepFIT V1 feature-fusion ablation (training only), not part of KeepFitModel"),
+    ("atte_TD2KD.", "KeepFIT V1 feature-fusion ablation (training only), not part of the KeepFIT V2 models"),
+    ("atte_KD2TD.", "KeepFIT V1 feature-fusion ablation (training only), not part of the KeepFIT V2 models"),
 )
 UNKNOWN = "unknown key: not converted"
 
@@ -270,7 +274,8 @@ def _bert_plan(text: Mapping[str, torch.Tensor]) -> list[str]:
 def convert_flair_state_dict(
     state_dict: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
-    """Rename a FLAIR / KeepFIT V1 state dict to `KeepFitModel` keys (no shape checks against a model).
+    """Rename a FLAIR / KeepFIT V1 state dict to `KeepFitModel` keys, plus `semantic_attention.*` (a
+    `KeepFitForPreTraining` module) for KeepFIT V1's attention. No shape checks against a model.
 
     ``{"model": sd}`` / ``{"state_dict": sd}`` wrappers and ``module.`` prefixes are accepted. Returns the
     converted tensors and a [`ConversionReport`]: checkpoint keys not converted (``fc.*``, ``pooler.*``,
@@ -453,7 +458,7 @@ def infer_flair_config_kwargs(state_dict: Mapping[str, torch.Tensor], **config_k
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading into a KeepFitModel
+# Loading into a KeepFitModel / KeepFitForPreTraining
 # --------------------------------------------------------------------------------------------------
 def _hints(missing: list[str], unexpected: list[str], config: KeepFitConfig) -> list[str]:
     hints = []
@@ -477,8 +482,12 @@ def load_flair_checkpoint(
     path: str | os.PathLike | Mapping[str, torch.Tensor],
     config: KeepFitConfig | None = None,
     **config_kwargs: Any,
-) -> tuple[KeepFitModel, ConversionReport]:
-    """Build a [`KeepFitModel`] holding the weights of a FLAIR / KeepFIT V1 checkpoint.
+) -> tuple[KeepFitModel | KeepFitForPreTraining, ConversionReport]:
+    """Build a KeepFIT model holding the weights of a FLAIR / KeepFIT V1 checkpoint.
+
+    The model is the released dual encoder [`KeepFitModel`] when the config has no knowledge module (FLAIR:
+    the inferred default without ``attention.*`` weights), and [`KeepFitForPreTraining`] when it has one
+    (KeepFIT V1's semantic attention; ``.released_model`` is the dual encoder).
 
     Args:
         path: the ``.pth`` file (read with ``torch.load(weights_only=True)``), or an already loaded state dict.
@@ -502,8 +511,11 @@ def load_flair_checkpoint(
         config = KeepFitConfig(**kwargs)
     report.config_kwargs = config.to_diff_dict()
 
-    model = KeepFitModel(config)
-    target = model.state_dict()
+    pretraining = config.use_semantic_injection or config.use_appearance_injection
+    model = KeepFitForPreTraining(config) if pretraining else KeepFitModel(config)
+    # Compared in the converter's names: the released model's at the top level (no `keepfit.` prefix).
+    prefix = KeepFitForPreTraining.base_model_prefix + "."
+    target = {k.removeprefix(prefix): v for k, v in model.state_dict().items()}
     missing = [k for k in target if k not in converted]
     unexpected = [k for k in converted if k not in target]
     mismatched = [
@@ -513,7 +525,7 @@ def load_flair_checkpoint(
         if k in target and converted[k].shape != target[k].shape
     ]
     if missing or unexpected or mismatched:
-        lines = ["cannot load the FLAIR / KeepFIT V1 checkpoint into KeepFitModel:"]
+        lines = [f"cannot load the FLAIR / KeepFIT V1 checkpoint into {type(model).__name__}:"]
         if missing:
             shown = [
                 f"{k} (checkpoint key {report.missing_keys[k]!r})" if k in report.missing_keys else k
@@ -529,7 +541,7 @@ def load_flair_checkpoint(
             lines.append(f"  shape mismatches ({len(mismatched)}): " + "; ".join(mismatched))
         lines += [f"  hint: {hint}" for hint in _hints(missing, unexpected, config)]
         raise ValueError("\n".join(lines))
-    model.load_state_dict(converted, strict=True)
+    model.load_state_dict(upgrade_legacy_state_dict(converted) if pretraining else converted, strict=True)
     model.eval()
     return model, report
 
@@ -540,7 +552,8 @@ def load_flair_checkpoint(
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m retvlp.keepfit.convert_flair",
-        description="Convert a FLAIR / KeepFIT V1 checkpoint (.pth state dict) into a KeepFitModel directory.",
+        description="Convert a FLAIR / KeepFIT V1 checkpoint (.pth state dict) into a KeepFitModel directory "
+        "(a KeepFitForPreTraining one, which AutoModel reads as KeepFitModel, when it has KeepFIT V1's attention).",
     )
     parser.add_argument("checkpoint", help="FLAIR / KeepFIT V1 .pth file (a plain state dict)")
     parser.add_argument("output_dir", help="directory for save_pretrained")

@@ -115,6 +115,8 @@ class KeepFitForPreTrainingOutput(ModelOutput):
     semantic_attention, appearance_attention (`(batch, heads, global_elite_batch)`): attention weights.
     appearance_indices (`(batch + elite_batch, h, w)`): codebook index of every feature-map position (public
         images first).
+    hidden_states: with `output_hidden_states`, E_v's feature maps of the public images (from the joint public +
+        elite pass).
     """
 
     loss: torch.FloatTensor | None = None
@@ -133,9 +135,15 @@ class KeepFitForPreTrainingOutput(ModelOutput):
     semantic_attention: torch.FloatTensor | None = None
     appearance_attention: torch.FloatTensor | None = None
     appearance_indices: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class KeepFitKnowledgeAttention(nn.Module):
+# `torch.nn.Module`, not `nn.Module`: transformers decides whether a model file supports
+# `set_attn_implementation` by looking for `class *Attention*(nn.Module)` layers that do not dispatch through
+# ALL_ATTENTION_FUNCTIONS. This cross-attention over sets of vectors is not a sequence attention: it has one
+# fixed computation (softmax over keys or heads, weights returned) under every implementation, and must not
+# block switching the towers' attention.
+class KeepFitKnowledgeAttention(torch.nn.Module):
     r"""Multi-head cross-attention that reads elite texts through image matching (Eqs. 5–10 and 16–19):
 
         Q^h = query·W_Q^h,  K^h = key·W_K^h,  V^h = value·W_V^h
@@ -196,6 +204,13 @@ class KeepFitKnowledgeAttention(nn.Module):
         return knowledge, weights.transpose(0, 1)
 
 
+def stand_in_codebook(codebook_size: int, code_dim: int) -> torch.Tensor:
+    """The codebook until a trained one is loaded (`load_codebook`): codes of about unit norm, the same on every
+    build (a fixed seed, independent of the global RNG)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(codebook_size, code_dim, generator=generator) * code_dim**-0.5
+
+
 class KeepFitAppearanceQuantizer(nn.Module):
     """The image encoder's last feature map → 1×1 conv to the code dimension → IBQ quantisation against the
     frozen codebook C (Eqs. 11–15; straight-through: value C[argmax], gradient to the conv through the soft
@@ -208,7 +223,7 @@ class KeepFitAppearanceQuantizer(nn.Module):
     def __init__(self, in_channels: int, codebook_size: int, code_dim: int, temperature: float):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, code_dim, kernel_size=1)
-        self.register_buffer("codebook", torch.empty(codebook_size, code_dim))
+        self.register_buffer("codebook", stand_in_codebook(codebook_size, code_dim))
         self.temperature = temperature
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,9 +231,11 @@ class KeepFitAppearanceQuantizer(nn.Module):
         features = self.proj(feature_map).permute(0, 2, 3, 1).float()
         # The code assignment stays in float32 under bf16 autocast: bf16 logits change the arg-max code of a
         # few percent of positions (measured 2.4 % on random features; benchmarks/train_step_benchmark.py).
+        dtype = feature_map.dtype
         with torch.autocast(device_type=features.device.type, enabled=False):
             quantization = ibq_quantize(features, self.codebook.float(), self.temperature)
-        return quantization.quantized.mean(dim=(1, 2)), quantization.indices
+        # Back to the model's dtype (fp16 / bf16 weights) for the attention that reads the descriptor.
+        return quantization.quantized.mean(dim=(1, 2)).to(dtype), quantization.indices
 
 
 def encode_images(
@@ -233,6 +250,17 @@ def encode_images(
     if channels_last:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     return vision_model(pixel_values=pixel_values, **kwargs)
+
+
+def select_hidden_states(hidden_states, requested):
+    """`output_hidden_states` as transformers v5 reads it: True keeps every entry, a list of indices keeps
+    those (negative ones count from the end) and leaves None in the other places, False keeps none."""
+    if hidden_states is None or not requested:
+        return None
+    if not isinstance(requested, (list, tuple)):
+        return tuple(hidden_states)
+    kept = {index % len(hidden_states) for index in requested}
+    return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
 
 
 class KeepFitPreTrainedModel(PreTrainedModel):
@@ -264,17 +292,18 @@ class KeepFitPreTrainedModel(PreTrainedModel):
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[bool, bool]:
+    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[Any, bool]:
+        """The flags from the arguments, else from the config. `output_hidden_states` may also be a list of
+        layer indices (transformers v5's way of asking for some layers): BERT receives it as given."""
         hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        return bool(hidden), bool(attentions)
+        return hidden, bool(attentions)
 
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, KeepFitAppearanceQuantizer):
-            # A stand-in until a trained codebook is loaded (`load_codebook`): codes of about unit norm.
-            init.normal_(module.codebook, mean=0.0, std=module.codebook.shape[1] ** -0.5)
+            init.copy_(module.codebook, stand_in_codebook(*module.codebook.shape))
         elif isinstance(module, KeepFitModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
@@ -323,7 +352,7 @@ class KeepFitModel(KeepFitPreTrainedModel):
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=outputs.pooler_output.flatten(1),
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            hidden_states=select_hidden_states(outputs.hidden_states, output_hidden_states),
         )
 
     def _text_outputs(
@@ -335,6 +364,7 @@ class KeepFitModel(KeepFitPreTrainedModel):
                 "The text encoder needs a non-empty input_ids batch (tokenised captions or prompts)."
             )
         pooling = self.config.text_pooling
+        layer_pooling = pooling != "cls"  # needs every layer, whatever the caller asked for
         # The mask goes to BERT as given: its mask preparation already drops an all-ones mask for SDPA's
         # unmasked kernel (without a host sync when compiled or exported).
         outputs = self.text_model(
@@ -342,7 +372,7 @@ class KeepFitModel(KeepFitPreTrainedModel):
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
-            output_hidden_states=output_hidden_states or pooling != "cls",
+            output_hidden_states=True if layer_pooling else output_hidden_states,
             output_attentions=output_attentions,
         )
         last = outputs.last_hidden_state
@@ -355,10 +385,13 @@ class KeepFitModel(KeepFitPreTrainedModel):
             else:
                 weights = attention_mask.to(layers.dtype)[None, :, :, None]  # (1, batch, seq, 1)
                 pooled = ((layers * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1.0)).mean(dim=0)
+        hidden_states = outputs.hidden_states
+        if layer_pooling:  # BERT returned every layer for the pooling: keep what was asked for
+            hidden_states = select_hidden_states(hidden_states, output_hidden_states)
         return BaseModelOutputWithPooling(
             last_hidden_state=last,
             pooler_output=pooled,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            hidden_states=hidden_states,
             attentions=outputs.attentions,
         )
 
@@ -607,6 +640,7 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
         elite_input_ids: torch.LongTensor | None = None,
         elite_attention_mask: torch.Tensor | None = None,
         elite_token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> KeepFitForPreTrainingOutput:
         r"""
@@ -632,7 +666,7 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
 
         # One pass of E_v over p and m together (BatchNorm statistics over both sources).
         images = torch.cat([public.pixel_values, elite.pixel_values]) if has_elite else public.pixel_values
-        vision_output = released._vision_outputs(images, False)
+        vision_output = released._vision_outputs(images, self._output_flags(output_hidden_states, False)[0])
         feature_maps = vision_output.last_hidden_state
         image_embeds_all = F.normalize(
             released.project(vision_output.pooler_output, released.visual_projection), dim=-1
@@ -697,6 +731,12 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
             semantic_attention=semantic_weights,
             appearance_attention=appearance_weights,
             appearance_indices=indices,
+            # rows of the public images only, so that row i belongs to sample i as in every other output
+            hidden_states=None
+            if vision_output.hidden_states is None
+            else tuple(
+                None if state is None else state[: public.size] for state in vision_output.hidden_states
+            ),
         )
 
 
@@ -757,7 +797,7 @@ class KeepFitVisionModel(KeepFitPreTrainedModel):
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=outputs.pooler_output.flatten(1),
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            hidden_states=select_hidden_states(outputs.hidden_states, output_hidden_states),
         )
 
 
@@ -800,7 +840,9 @@ class KeepFitForImageClassification(KeepFitPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output.flatten(1)))
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states if output_hidden_states else None
+            loss=loss,
+            logits=logits,
+            hidden_states=select_hidden_states(outputs.hidden_states, output_hidden_states),
         )
 
 

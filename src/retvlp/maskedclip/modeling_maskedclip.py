@@ -114,6 +114,7 @@ class MaskedCLIPForPreTrainingOutput(ModelOutput):
     logits_per_image (`(paired_batch, text_batch)`): scaled similarities (under torch.distributed: local images
         against the global batch of texts); logits_per_text the transpose view.
     image_embeds, text_embeds (`(paired_batch, projection_dim)`): L2-normalised embeddings of the pairs.
+    hidden_states, attentions: those of E_I's masked pass (as `ViTMAEForPreTraining`), with the output flags.
     """
 
     loss: torch.FloatTensor | None = None
@@ -126,6 +127,8 @@ class MaskedCLIPForPreTrainingOutput(ModelOutput):
     logits_per_text: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -246,13 +249,27 @@ class MaskedCLIPLayer(ViTMAELayer):
         return hidden_states, attention_weights
 
 
+def select_hidden_states(hidden_states, requested):
+    """`output_hidden_states` as transformers v5 reads it: True keeps every entry, a list of indices keeps
+    those (negative ones count from the end) and leaves None in the other places, False keeps none."""
+    if hidden_states is None or not requested:
+        return None
+    if not isinstance(requested, (list, tuple)):
+        return tuple(hidden_states)
+    kept = {index % len(hidden_states) for index in requested}
+    return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
+
+
 def run_blocks(
     layers: nn.ModuleList,
     hidden_states: torch.Tensor,
-    output_hidden_states: bool = False,
+    output_hidden_states: bool | list[int] = False,
     output_attentions: bool = False,
 ) -> BaseModelOutput:
-    """Run `MaskedCLIPLayer` blocks; collect the input of every block plus the last output, and the weights."""
+    """Run `MaskedCLIPLayer` blocks; collect the input of every block plus the last output (or, for a list of
+    indices, those entries of that sequence), and the attention weights."""
+    requested = output_hidden_states
+    output_hidden_states = bool(output_hidden_states)
     all_hidden = [hidden_states] if output_hidden_states else None
     all_attentions = [] if output_attentions else None
     for layer in layers:
@@ -263,7 +280,7 @@ def run_blocks(
             all_attentions.append(weights)
     return BaseModelOutput(
         last_hidden_state=hidden_states,
-        hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        hidden_states=select_hidden_states(all_hidden, requested),
         attentions=tuple(all_attentions) if output_attentions else None,
     )
 
@@ -283,6 +300,9 @@ class MaskedCLIPVisionTransformer(nn.Module):
     RETFound weights load as they are), with masking done here so that one module serves both the masked
     pass (visible patches only) and the full-image pass."""
 
+    # Its attention layers are transformers' ViT-MAE ones, dispatched through the sub-config's implementation.
+    _supports_sdpa = True
+
     def __init__(self, config: MaskedCLIPVisionConfig):
         super().__init__()
         self.config = config
@@ -298,7 +318,7 @@ class MaskedCLIPVisionTransformer(nn.Module):
         noise: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         apply_layernorm: bool = True,
-        output_hidden_states: bool = False,
+        output_hidden_states: bool | list[int] = False,
         output_attentions: bool = False,
     ) -> MaskedCLIPEncoderOutput:
         """Encode `(batch, channels, height, width)` images; `mask_ratio > 0` keeps a random subset of patches
@@ -424,10 +444,12 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[bool, bool]:
+    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[Any, bool]:
+        """The flags from the arguments, else from the config. `output_hidden_states` may also be a list of
+        layer indices (transformers v5's way of asking for some layers): it is passed on as given."""
         hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        return bool(hidden), bool(attentions)
+        return hidden, bool(attentions)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -487,7 +509,15 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.embeddings.patch_embeddings
+        """The text tower's word embeddings (`input_ids` is the main input); the patch embedding for the
+        image-only ablation (`use_clip=False`)."""
+        if self.text_model is None:
+            return self.vision_model.embeddings.patch_embeddings
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self._require_clip("set_input_embeddings")
+        self.text_model.set_input_embeddings(value)
 
     @property
     def has_text_tower(self) -> bool:
@@ -722,6 +752,9 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.maskedclip.get_input_embeddings()
 
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.maskedclip.set_input_embeddings(value)
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`; reads pre-split checkpoints too, and rebuilds the momentum
@@ -859,6 +892,8 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         unpaired_pixel_values: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MaskedCLIPForPreTrainingOutput:
         r"""
@@ -946,6 +981,8 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
             logits_per_text=logits_per_text,
             image_embeds=image_embeds,
             text_embeds=text_embeds,
+            hidden_states=encoded.hidden_states if encoded is not None else None,
+            attentions=encoded.attentions if encoded is not None else None,
         )
 
     @torch.no_grad()

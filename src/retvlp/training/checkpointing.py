@@ -97,11 +97,41 @@ def save_checkpoint(
     return final
 
 
+def check_model_layout(model, path: str | os.PathLike) -> None:
+    """Refuse a training checkpoint written with the single-class model layout of retvlp before the
+    released-model / pretraining-model split: its weights would map (the pretraining classes read them), but
+    its optimizer state is ordered by the old parameter order and would be applied to the wrong tensors."""
+    prefix = getattr(model, "base_model_prefix", "")
+    weights = Path(path) / "model.safetensors"
+    if not prefix or getattr(model, "released_model", model) is model or not weights.is_file():
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        keys = list(handle.keys())
+    if keys and not any(key.startswith(prefix + ".") for key in keys):
+        raise ValueError(
+            f"{path} was written before the released / pretraining model split (no '{prefix}.' keys in "
+            f"{weights.name}): its optimizer state cannot be matched to this model's parameters, so the run "
+            f"cannot resume exactly. Finish it with the retvlp version that wrote it, or start a new run from its "
+            f"weights: model.pretrained: <that run's final/ directory> (pre-split checkpoints load)."
+        )
+
+
 def load_checkpoint(accelerator, path: str | os.PathLike) -> dict[str, Any]:
     """Restore model, optimizer and RNG states saved by `save_checkpoint`; return the trainer state."""
     path = Path(path)
+    for model in accelerator._models:
+        check_model_layout(accelerator.unwrap_model(model), path)
     accelerator.load_state(str(path))
     return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
 
 
-__all__ = ["checkpoint_steps", "latest_checkpoint", "load_checkpoint", "resolve_resume", "save_checkpoint"]
+__all__ = [
+    "check_model_layout",
+    "checkpoint_steps",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "resolve_resume",
+    "save_checkpoint",
+]
