@@ -5,8 +5,13 @@ bottleneck widths of 4+ channels, as width-2 bottlenecks crash torch's channels-
 2-layer BERT of width 32 with a 99-token vocabulary, 7-token texts, batch 3, a 16 × 8 appearance codebook.
 """
 
-import retvlp
-from retvlp import KeepFitConfig, KeepFitForImageClassification, KeepFitModel, KeepFitVisionModel
+from retvlp import (
+    KeepFitConfig,
+    KeepFitForImageClassification,
+    KeepFitForPreTraining,
+    KeepFitModel,
+    KeepFitVisionModel,
+)
 
 from .harness import ModelSpec, build_test_cases
 from .upstream import require_upstream
@@ -155,22 +160,21 @@ SPECS = [
     ),
 ]
 
-if hasattr(retvlp, "KeepFitForPreTraining"):  # being split out of KeepFitModel
-    SPECS.append(
-        ModelSpec(
-            model_class=retvlp.KeepFitForPreTraining,
-            get_config=tiny_config,
-            get_inputs=pretraining_batch,
-            tester=COMPOSITE_TESTER,
-            attributes={
-                "additional_model_inputs": (
-                    ["input_ids", "elite_pixel_values", "elite_input_ids"],
-                    "the public prompts and the elite pairs",
-                )
-            },
-            switched_off=COMPOSITE_SWITCHED_OFF,
-            auto_names=("MODEL_FOR_PRETRAINING_MAPPING_NAMES",),
-        )
+SPECS.append(
+    ModelSpec(
+        model_class=KeepFitForPreTraining,
+        get_config=tiny_config,
+        get_inputs=pretraining_batch,
+        tester=COMPOSITE_TESTER,
+        attributes={
+            "additional_model_inputs": (
+                ["input_ids", "elite_pixel_values", "elite_input_ids"],
+                "the public prompts and the elite pairs",
+            )
+        },
+        switched_off=COMPOSITE_SWITCHED_OFF,
+        auto_names=("MODEL_FOR_PRETRAINING_MAPPING_NAMES",),
     )
+)
 
 globals().update(build_test_cases(SPECS, upstream, __name__))

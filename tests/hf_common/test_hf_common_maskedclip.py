@@ -6,10 +6,10 @@ with a 99-token vocabulary, 7-token texts, batch 3.
 
 import torch
 
-import retvlp
 from retvlp import (
     MaskedCLIPConfig,
     MaskedCLIPForImageClassification,
+    MaskedCLIPForPreTraining,
     MaskedCLIPModel,
     MaskedCLIPVisionConfig,
     MaskedCLIPVisionModel,
@@ -166,17 +166,19 @@ SPECS = [
     ),
 ]
 
-if hasattr(retvlp, "MaskedCLIPForPreTraining"):  # being split out of MaskedCLIPModel
-    SPECS.append(
-        ModelSpec(
-            model_class=retvlp.MaskedCLIPForPreTraining,
-            get_config=tiny_config,
-            get_inputs=pretraining_batch,
-            tester=COMPOSITE_TESTER,
-            attributes={"additional_model_inputs": (["input_ids"], "the texts of the pairs")},
-            switched_off=COMPOSITE_SWITCHED_OFF,
-            auto_names=("MODEL_FOR_PRETRAINING_MAPPING_NAMES",),
-        )
+SPECS.append(
+    ModelSpec(
+        model_class=MaskedCLIPForPreTraining,
+        get_config=tiny_config,
+        get_inputs=pretraining_batch,
+        # hidden states / attentions are those of E_I's masked pass, cls + the visible patches at mask ratio
+        # 0.75 (as transformers' ViTMAEForPreTraining tester)
+        tester={**COMPOSITE_TESTER, "seq_length": 1 + int(NUM_PATCHES * (1 - 0.75))},
+        attributes={
+            "additional_model_inputs": (["input_ids"], "the texts of the pairs"),
+        },
+        auto_names=("MODEL_FOR_PRETRAINING_MAPPING_NAMES",),
     )
+)
 
 globals().update(build_test_cases(SPECS, upstream, __name__))

@@ -924,11 +924,16 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
             )
         all_pixels = torch.cat(images, dim=0) if len(images) > 1 else images[0]
 
+        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
         terms: dict[str, torch.Tensor] = {}
-        pixel_predictions = mask = None
+        pixel_predictions = mask = encoded = None
         if config.use_mim or config.use_mfd:
             encoded = released.vision_model(
-                all_pixels, mask_ratio=config.vision_config.mask_ratio, noise=noise
+                all_pixels,
+                mask_ratio=config.vision_config.mask_ratio,
+                noise=noise,
+                output_hidden_states=hidden,
+                output_attentions=attentions,
             )
             latent, mask, ids_restore = encoded.last_hidden_state, encoded.mask, encoded.ids_restore
             if config.use_mim:

@@ -299,11 +299,16 @@ class StepBatches(torch.utils.data.Dataset):
 
     def _tokenize(self, tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return {
+        tokens = {
             key: value
             for key, value in batch.items()
             if key in ("input_ids", "attention_mask", "token_type_ids")
         }
+        if "attention_mask" in tokens and bool(tokens["attention_mask"].all()):
+            # No padding in this batch: decided here, on the host, so that the model's forward needs no
+            # device-to-host check to give SDPA its unmasked kernel.
+            del tokens["attention_mask"]
+        return tokens
 
     def __getitem__(self, micro_step: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
