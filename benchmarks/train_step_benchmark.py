@@ -2,11 +2,11 @@
 
 Two suites (`--model`):
 
-* `maskedclip` (default): MaskedCLIP against transformers' ViTMAEForPreTraining. Both models get a ViT-S/16
+* `maskedclip` (default): MaskedCLIP (`MaskedCLIPForPreTraining`) against transformers' ViTMAEForPreTraining. Both models get a ViT-S/16
   encoder at 224 px and the same pixel decoder (width 384, 6 heads, depth 8). MaskedCLIP sees 16 paired +
   16 unpaired images per step (and a BERT-base text tower on 16 captions of 77 tokens); the reference sees
   the same 32 images.
-* `keepfit`: KeepFIT V2 (`KeepFitModel`, default config: ResNet-50 + Bio_ClinicalBERT-sized BERT-base, random
+* `keepfit`: KeepFIT V2 (`KeepFitForPreTraining`, default config: ResNet-50 + Bio_ClinicalBERT-sized BERT-base, random
   init, semantic and appearance knowledge injection over a 16384 x 256 codebook, every loss of Eq. 22) on b
   categorical images at 512 px with 16-token prompts and their labels + b elite images with 256-token
   captions (b = 2 by default). The reference is transformers' `ResNetModel` (ResNet-50) on the same 2b images
@@ -37,7 +37,6 @@ speed affects all alike; the matmul peak is re-measured after every round and th
 import argparse
 import contextlib
 import gc
-import logging
 import subprocess
 import sys
 import time
@@ -48,7 +47,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertModel, ResNetModel, ViTMAEConfig, ViTMAEForPreTraining
 
-from retvlp import KeepFitConfig, KeepFitModel, MaskedCLIPConfig, MaskedCLIPModel
+from retvlp import KeepFitConfig, KeepFitForPreTraining, MaskedCLIPConfig, MaskedCLIPForPreTraining
 from retvlp.runtime import malloc_is_tuned, reexec_with_tuned_malloc
 
 VIT_S16 = dict(
@@ -176,12 +175,12 @@ def _memory_probe(model_key: str, precision: str, batch_size: int, image_size: i
 
 
 # ---------------------------------------------------------------------------------------------- models
-def build_maskedclip(device: str) -> MaskedCLIPModel:
+def build_maskedclip(device: str) -> MaskedCLIPForPreTraining:
     config = MaskedCLIPConfig(
         vision_config={**VIT_S16, **PIXEL_DECODER},
         text_config=dict(model_type="bert", vocab_size=BERT_VOCAB),  # Bio_ClinicalBERT size (BERT-base)
     )
-    return MaskedCLIPModel(config).to(device).train()
+    return MaskedCLIPForPreTraining(config).to(device).train()
 
 
 def build_reference(device: str) -> ViTMAEForPreTraining:
@@ -189,18 +188,11 @@ def build_reference(device: str) -> ViTMAEForPreTraining:
     return ViTMAEForPreTraining(config).to(device).train()
 
 
-def build_keepfit(device: str, **config_changes) -> KeepFitModel:
-    """The paper's KeepFIT V2: the default config (ResNet-50, Bio_ClinicalBERT sizes, both knowledge branches,
-    K = 16384 codebook, channels-last vision), random weights and a random codebook; `config_changes` make
-    the ablations."""
-    keepfit_logger = logging.getLogger("retvlp.keepfit.modeling_keepfit")
-    level = keepfit_logger.level
-    keepfit_logger.setLevel(logging.ERROR)  # the "random codebook" warning is expected here
-    try:
-        model = KeepFitModel(KeepFitConfig(**config_changes))
-    finally:
-        keepfit_logger.setLevel(level)
-    return model.to(device).train()
+def build_keepfit(device: str, **config_changes) -> KeepFitForPreTraining:
+    """The paper's KeepFIT V2 pretraining model: the default config (ResNet-50, Bio_ClinicalBERT sizes, both
+    knowledge branches, K = 16384 codebook, channels-last vision), random weights and the stand-in codebook
+    (no `load_codebook`: a trained one costs the same); `config_changes` make the ablations."""
+    return KeepFitForPreTraining(KeepFitConfig(**config_changes)).to(device).train()
 
 
 class ResNetBertReference(nn.Module):
@@ -229,7 +221,7 @@ def build_resnet_bert(device: str, channels_last: bool) -> ResNetBertReference:
 
 BUILDERS = {
     "reference": ("ViTMAEForPreTraining (reference)", build_reference),
-    "maskedclip": ("MaskedCLIPModel", build_maskedclip),
+    "maskedclip": ("MaskedCLIPForPreTraining", build_maskedclip),
     "resnet-bert": (
         "ResNet-50 + BERT (reference, NCHW)",
         lambda device: build_resnet_bert(device, channels_last=False),
@@ -238,17 +230,17 @@ BUILDERS = {
         "ResNet-50 + BERT (reference, channels_last)",
         lambda device: build_resnet_bert(device, channels_last=True),
     ),
-    "keepfit": ("KeepFitModel", build_keepfit),
+    "keepfit": ("KeepFitForPreTraining", build_keepfit),
     "keepfit-no-appearance": (
-        "KeepFitModel (no appearance branch)",
+        "KeepFitForPreTraining (no appearance branch)",
         lambda device: build_keepfit(device, use_appearance_injection=False),
     ),
     "keepfit-cls": (
-        "KeepFitModel ([CLS] text pooling)",
+        "KeepFitForPreTraining ([CLS] text pooling)",
         lambda device: build_keepfit(device, text_pooling="cls"),
     ),
     "keepfit-backbones": (
-        "KeepFitModel (no knowledge branches, [CLS])",
+        "KeepFitForPreTraining (no knowledge branches, [CLS])",
         lambda device: build_keepfit(
             device, use_appearance_injection=False, use_semantic_injection=False, text_pooling="cls"
         ),
@@ -304,9 +296,9 @@ def make_step(model_key: str, model, batch_size: int, image_size: int, device: s
         else contextlib.nullcontext()
     )
     after_step = None
-    if isinstance(model, MaskedCLIPModel):
+    if isinstance(model, MaskedCLIPForPreTraining):
         after_step = model.update_momentum_encoder
-    elif isinstance(model, KeepFitModel):
+    elif isinstance(model, KeepFitForPreTraining):
         after_step = model.clamp_logit_scale_
 
     def step():

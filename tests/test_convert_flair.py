@@ -1,4 +1,4 @@
-"""Tests for the FLAIR / KeepFIT V1 → KeepFitModel converter.
+"""Tests for the FLAIR / KeepFIT V1 converter (→ KeepFitModel, or KeepFitForPreTraining with V1's attention).
 
 The checkpoint is built here with FLAIR's names for a small torchvision-layout bottleneck ResNet (stem 16, planes
 [4, 8, 8, 16] × 4, depths [1, 2, 1, 1]: identity and projection shortcuts, strided stages) and a tiny BERT. The
@@ -14,11 +14,12 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertModel
+from safetensors import safe_open
+from transformers import AutoModel, BertConfig, BertModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from retvlp import KeepFitModel  # noqa: E402
+from retvlp import KeepFitForPreTraining, KeepFitModel  # noqa: E402
 from retvlp.keepfit.convert_flair import (  # noqa: E402
     UNKNOWN,
     convert_flair_state_dict,
@@ -118,6 +119,7 @@ def flair():
 
 @pytest.fixture(scope="module")
 def converted(flair):
+    """The KeepFIT V1 checkpoint (with its semantic attention) as a KeepFitForPreTraining."""
     model, report = load_flair_checkpoint(flair[0], **HEADS_OVERRIDE)
     return model, report
 
@@ -184,7 +186,7 @@ def _assert_same_weights(model_a, model_b):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_vision_tower_reproduces_torchvision_resnet(flair, converted, channels_last):
     sd, vision, _ = flair
-    model, _ = converted
+    model = converted[0].released_model
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     expected_map, expected_pooled = torchvision_resnet(vision, pixels)
     assert expected_map.shape == (2, OUTS[-1], 2, 2)
@@ -213,7 +215,7 @@ def test_vision_tower_reproduces_torchvision_resnet(flair, converted, channels_l
 # --------------------------------------------------------------------------------------------------
 def test_text_tower_matches_bert_and_flair_pooling(flair, converted):
     sd, _, text = flair
-    model, _ = converted
+    model = converted[0].released_model
     bert = _reference_bert(text)
     g = torch.Generator().manual_seed(4)
     input_ids = torch.randint(1, TEXT["vocab_size"], (3, 9), generator=g)
@@ -237,11 +239,15 @@ def test_text_tower_matches_bert_and_flair_pooling(flair, converted):
 def test_projections_logit_scale_and_attention(flair, converted):
     sd, _, _ = flair
     model, _ = converted
+    assert type(model) is KeepFitForPreTraining
+    released = model.released_model
     assert torch.equal(
-        model.visual_projection.weight, sd["vision_model.projection_head_vision.projection.weight"]
+        released.visual_projection.weight, sd["vision_model.projection_head_vision.projection.weight"]
     )
-    assert torch.equal(model.text_projection.weight, sd["text_model.projection_head_text.projection.weight"])
-    assert torch.equal(model.logit_scale, sd["logit_scale"])
+    assert torch.equal(
+        released.text_projection.weight, sd["text_model.projection_head_text.projection.weight"]
+    )
+    assert torch.equal(released.logit_scale, sd["logit_scale"])
     attention = model.semantic_attention
     for x in "qkvo":
         assert torch.equal(getattr(attention, f"{x}_proj").weight, sd[f"attention.W_{x}.weight"])
@@ -269,8 +275,9 @@ def test_inferred_config(converted):
     assert config.text_pooling == "reference"
     assert config.semantic_softmax_over == "heads"
     assert config.use_semantic_injection and not config.use_appearance_injection
-    assert model.appearance_quantizer is None
-    assert not model.training
+    assert type(model) is KeepFitForPreTraining
+    assert model.semantic_attention is not None and model.appearance_quantizer is None
+    assert not model.training and not model.released_model.training
     assert report.config_kwargs["text_pooling"] == "reference"
 
 
@@ -349,11 +356,15 @@ def test_load_from_file(flair, converted, tmp_path, layout):
     assert "text_model.model.pooler.dense.weight" in report.unused_keys
 
 
-def test_checkpoint_without_attention_has_no_semantic_branch(flair):
+def test_checkpoint_without_attention_has_no_semantic_branch(flair, converted):
+    """A FLAIR checkpoint (no attention.* weights) is a released dual encoder: a KeepFitModel."""
     sd = {k: v for k, v in flair[0].items() if not k.startswith("attention.")}
     model, report = load_flair_checkpoint(sd, **HEADS_OVERRIDE)
     assert not report.has_semantic_attention
-    assert not model.config.use_semantic_injection and model.semantic_attention is None
+    assert type(model) is KeepFitModel and not model.training
+    assert not model.config.use_semantic_injection and not model.config.use_appearance_injection
+    assert not any(name.startswith("semantic_attention.") for name in model.state_dict())
+    _assert_same_weights(model, converted[0].released_model)  # the V1 checkpoint's dual encoder
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,8 +397,17 @@ def test_appearance_branch_requested_explicitly_is_refused(flair):
     from retvlp import KeepFitConfig
 
     config = KeepFitConfig(**{**kwargs, "use_appearance_injection": True, "codebook_size": 8, "code_dim": 4})
-    with pytest.raises(ValueError, match="use_appearance_injection=False"):
+    with pytest.raises(ValueError, match="use_appearance_injection=False") as info:
         load_flair_checkpoint(flair[0], config=config)
+    assert "into KeepFitForPreTraining" in str(info.value)
+    assert "appearance_quantizer.codebook" in str(info.value)
+
+
+def test_semantic_branch_requested_without_attention_weights_is_refused(flair):
+    sd = {k: v for k, v in flair[0].items() if not k.startswith("attention.")}
+    with pytest.raises(ValueError, match="use_semantic_injection=False") as info:
+        load_flair_checkpoint(sd, use_semantic_injection=True, **HEADS_OVERRIDE)
+    assert "semantic_attention.q_proj.weight" in str(info.value)
 
 
 def test_pickled_object_is_refused(flair, tmp_path):
@@ -415,9 +435,23 @@ def test_cli_writes_a_loadable_directory(flair, converted, tmp_path, capsys):
     assert "vision_model.model.fc.weight" in printed and "text_model.model.pooler.dense.weight" in printed
     assert (out / "conversion_report.json").is_file()
 
-    loaded = KeepFitModel.from_pretrained(out)
+    # a KeepFIT V1 checkpoint: the pretraining model's directory, semantic attention kept; AutoModel and
+    # KeepFitModel read its dual encoder
+    loaded = KeepFitForPreTraining.from_pretrained(out)
     _assert_same_weights(loaded, converted[0])
     assert loaded.config.text_pooling == "reference" and loaded.config.semantic_softmax_over == "heads"
+    released = KeepFitModel.from_pretrained(out)
+    _assert_same_weights(released, converted[0].released_model)
+    assert type(AutoModel.from_pretrained(out)) is KeepFitModel
+
+    # a FLAIR checkpoint (no attention): a released KeepFitModel directory, its keys without prefix
+    flair_path = tmp_path / "flair-no-attention.pth"
+    torch.save({k: v for k, v in flair[0].items() if not k.startswith("attention.")}, flair_path)
+    assert main([str(flair_path), str(tmp_path / "flair"), "--text-num-attention-heads", "2"]) == 0
+    with safe_open(str(tmp_path / "flair" / "model.safetensors"), framework="pt") as handle:
+        keys = set(handle.keys())
+    assert keys == set(converted[0].released_model.state_dict())
+    _assert_same_weights(KeepFitModel.from_pretrained(tmp_path / "flair"), converted[0].released_model)
 
     assert (
         main([str(path), str(tmp_path / "mean"), "--text-num-attention-heads", "2", "--text-pooling", "cls"])

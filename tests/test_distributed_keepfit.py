@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from retvlp import KeepFitConfig, KeepFitModel
+from retvlp import KeepFitConfig, KeepFitForPreTraining
 
 HALF = 3
 
@@ -48,11 +48,11 @@ def _config(gather: bool = True) -> KeepFitConfig:
     )
 
 
-def _model(gather: bool = True) -> KeepFitModel:
+def _model(gather: bool = True) -> KeepFitForPreTraining:
     torch.manual_seed(0)
-    model = KeepFitModel(_config(gather))
+    model = KeepFitForPreTraining(_config(gather))
     model.train()
-    model.vision_model.eval()  # BatchNorm on running statistics (see the module docstring)
+    model.released_model.vision_model.eval()  # BatchNorm on running statistics (see the module docstring)
     return model
 
 
@@ -81,7 +81,7 @@ def _worker(rank, port, results):
     try:
         torch.set_num_threads(1)
         model = nn.parallel.DistributedDataParallel(_model())
-        outputs = model(**_slice(_batch(), rank), return_loss=True)
+        outputs = model(**_slice(_batch(), rank))
         outputs.loss.backward()
         terms = torch.stack([getattr(outputs, name).detach() for name in TERMS])
         dist.all_reduce(terms)
@@ -102,7 +102,7 @@ def test_two_processes_match_one_process_on_the_global_batch():
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)
     model = _model()
-    outputs = model(**_batch(), return_loss=True)
+    outputs = model(**_batch())
     outputs.loss.backward()
     expected_terms = torch.stack([getattr(outputs, name).detach() for name in TERMS])
     expected = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
@@ -112,15 +112,17 @@ def test_two_processes_match_one_process_on_the_global_batch():
         torch.testing.assert_close(terms, expected_terms, rtol=1e-5, atol=1e-6)
         assert grads.keys() == expected.keys()
         for name, want in expected.items():
-            torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=1e-6, msg=name)
+            # float32 summation-order noise scales with the tensor's gradients (λ_a = 1e4 makes some large)
+            atol = 1e-6 * max(1.0, want.abs().max().item())
+            torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=atol, msg=name)
 
 
 def test_per_process_knowledge_differs_from_the_global_one():
     """The test above can fail: attending over each half of the elite batch is a different loss."""
     model = _model()
     batch = _batch()
-    full = model(**batch, return_loss=True)
-    halves = [model(**_slice(batch, rank), return_loss=True) for rank in (0, 1)]
+    full = model(**batch)
+    halves = [model(**_slice(batch, rank)) for rank in (0, 1)]
     for name in ("loss_semantic", "loss_appearance", "loss_itc_categorical"):
         per_process = (getattr(halves[0], name) + getattr(halves[1], name)) / 2
         assert abs(per_process.item() - getattr(full, name).item()) > 1e-6, name

@@ -114,7 +114,7 @@ def test_one_pass_gives_the_models_own_embedding_and_probe_features(tiny_checkpo
     with torch.no_grad():
         probe, embeds = encode_images(model, pixels)
         expected_embeds = F.normalize(model.get_image_features(pixels).pooler_output, dim=-1)
-        expected_probe = model.vision_model(pixels)[0][:, 1:].mean(dim=1)
+        expected_probe = model.vision_model(pixels).last_hidden_state[:, 1:].mean(dim=1)
     torch.testing.assert_close(embeds, expected_embeds)
     torch.testing.assert_close(probe, expected_probe)
 
@@ -353,12 +353,12 @@ def test_cli_evaluate_missing_data_is_a_usage_error(tiny_checkpoint, tmp_path, c
 # ----------------------------------------------------------------------------------------------- KeepFIT, multi-label
 @pytest.fixture(scope="module")
 def keepfit_checkpoint(tmp_path_factory):
-    from test_modeling_keepfit import tiny_model
+    from test_modeling_keepfit import tiny_released
 
     from retvlp import KeepFitProcessor
     from retvlp.keepfit import keepfit_image_processor
 
-    model = tiny_model(use_appearance_injection=False).eval()
+    model = tiny_released(use_appearance_injection=False).eval()
     directory = tmp_path_factory.mktemp("tiny_keepfit") / "final"
     model.save_pretrained(directory)
     KeepFitProcessor(keepfit_image_processor(size=32), tiny_tokenizer(), max_length=16).save_pretrained(

@@ -14,6 +14,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForPreTraining,
     AutoProcessor,
     BertConfig,
     BertModel,
@@ -25,6 +26,7 @@ from transformers import (
 from retvlp import (
     FundusImageProcessor,
     MaskedCLIPForImageClassification,
+    MaskedCLIPForPreTraining,
     MaskedCLIPModel,
     MaskedCLIPProcessor,
     MaskedCLIPVisionModel,
@@ -33,10 +35,10 @@ from retvlp.tokenization import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def saved_checkpoint(tmp_path_factory):
-    """A trained-for-one-step tiny MaskedCLIP + processor saved like a release."""
+def pretrained(tmp_path_factory):
+    """A trained-for-one-step tiny MaskedCLIP pretraining model and its full (pretraining) checkpoint."""
     torch.manual_seed(0)
-    model = MaskedCLIPModel(make_tiny_config()).train()
+    model = MaskedCLIPForPreTraining(make_tiny_config()).train()
     batch = dict(
         pixel_values=torch.randn(2, 3, 32, 32),
         input_ids=torch.randint(5, 300, (2, 6)),
@@ -48,6 +50,15 @@ def saved_checkpoint(tmp_path_factory):
             if p.grad is not None:
                 p.sub_(0.1 * p.grad)
     model.update_momentum_encoder(momentum=0.5)  # momentum now differs from the online weights
+    directory = tmp_path_factory.mktemp("maskedclip-pretraining")
+    model.save_pretrained(directory)
+    return model.eval(), directory
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(pretrained, tmp_path_factory):
+    """The released model of `pretrained` + processor saved like a release."""
+    model = pretrained[0].released_model
     directory = tmp_path_factory.mktemp("maskedclip")
     model.save_pretrained(directory)
     processor = MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer(), max_length=16)
@@ -60,14 +71,27 @@ def _inputs(processor):
     return processor(text=["optic disc cupping", "normal fundus", "hard exudates"], images=images)
 
 
-def test_release_is_safetensors_without_momentum_encoder(saved_checkpoint):
+def test_release_is_safetensors_without_momentum_encoder(saved_checkpoint, pretrained):
     model, _, directory = saved_checkpoint
     files = set(os.listdir(directory))
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pth")) for f in files)
     weights = load_file(directory / "model.safetensors")
-    assert not any(k.startswith("momentum_") for k in weights)
-    expected = {k for k in model.state_dict() if not k.startswith("momentum_")}
-    assert set(weights) == expected
+    assert not any(k.startswith(("momentum_", "pixel_decoder.", "feature_decoder.")) for k in weights)
+    assert set(weights) == set(model.state_dict())
+    assert {k.split(".")[0] for k in weights} == {
+        "vision_model",
+        "bridge",
+        "text_model",
+        "visual_projection",
+        "text_projection",
+        "logit_scale",
+    }
+    # the pretraining model's own checkpoint keeps everything, the momentum encoder included
+    pretraining, full_directory = pretrained
+    full = load_file(full_directory / "model.safetensors")
+    assert set(full) == set(pretraining.state_dict())
+    assert any(k.startswith("momentum_vision_model.") for k in full)
+    assert any(k.startswith("momentum_bridge.") for k in full)
     # the code travels with the weights
     assert {
         "configuration_maskedclip.py",
@@ -79,26 +103,50 @@ def test_release_is_safetensors_without_momentum_encoder(saved_checkpoint):
     auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModel"] == "modeling_maskedclip.MaskedCLIPModel"
     assert auto_map["AutoModelForZeroShotImageClassification"] == "modeling_maskedclip.MaskedCLIPModel"
+    assert auto_map["AutoModelForPreTraining"] == "modeling_maskedclip.MaskedCLIPForPreTraining"
 
 
-def test_round_trip_gives_identical_weights_and_outputs(saved_checkpoint):
+def test_round_trip_gives_identical_weights_and_outputs(saved_checkpoint, pretrained):
     model, processor, directory = saved_checkpoint
-    loaded = AutoModel.from_pretrained(directory).eval()
-    assert type(loaded) is MaskedCLIPModel
-    for (name, a), (_, b) in zip(model.named_parameters(), loaded.named_parameters(), strict=True):
-        if not name.startswith("momentum_"):
-            assert torch.equal(a, b), name
-    # the momentum encoder is rebuilt as a copy of the loaded E_I and B
-    for online, momentum in loaded._online_and_momentum_pairs():
-        assert torch.equal(online, momentum)
     inputs = _inputs(processor)
-    with torch.no_grad():
-        assert torch.equal(model(**inputs).logits_per_image, loaded(**inputs).logits_per_image)
+    pretraining, full_directory = pretrained
+    # the released model, from the release and from the pretraining checkpoint
+    for source in (directory, full_directory):
+        loaded = AutoModel.from_pretrained(source).eval()
+        assert type(loaded) is MaskedCLIPModel
+        for (name, a), (_, b) in zip(model.named_parameters(), loaded.named_parameters(), strict=True):
+            assert torch.equal(a, b), name
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).logits_per_image, loaded(**inputs).logits_per_image)
+    # pretraining continues from the release: the momentum encoder is rebuilt as a copy of the loaded E_I and B
+    resumed = AutoModelForPreTraining.from_pretrained(directory)
+    assert type(resumed) is MaskedCLIPForPreTraining
+    for (name, a), (_, b) in zip(
+        model.named_parameters(), resumed.maskedclip.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    for online, momentum in resumed._online_and_momentum_pairs():
+        assert torch.equal(online, momentum)
+    # ... and from its own checkpoint exactly where it stopped, momentum encoder included
+    restored = AutoModelForPreTraining.from_pretrained(full_directory)
+    assert type(restored) is MaskedCLIPForPreTraining
+    for (name, a), (_, b) in zip(pretraining.named_parameters(), restored.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert any(
+        not torch.equal(online, momentum) for online, momentum in restored._online_and_momentum_pairs()
+    )
 
 
-def test_release_loads_without_building_the_momentum_encoder(saved_checkpoint):
+def test_release_loads_without_building_the_momentum_encoder(saved_checkpoint, pretrained):
     _, _, directory = saved_checkpoint
-    light = MaskedCLIPModel.from_pretrained(directory, use_mfd=False)
+    _, full_directory = pretrained
+    # the released model has no decoders and no momentum encoder, whichever checkpoint it reads
+    for source in (directory, full_directory):
+        released, info = MaskedCLIPModel.from_pretrained(source, output_loading_info=True)
+        names = {n.split(".")[0] for n in released.state_dict()}
+        assert not names & {"pixel_decoder", "feature_decoder", "momentum_vision_model", "momentum_bridge"}
+        assert not info["missing_keys"]
+    light = MaskedCLIPForPreTraining.from_pretrained(directory, use_mfd=False)
     assert light.momentum_vision_model is None and light.feature_decoder is None
 
 
@@ -111,15 +159,17 @@ def test_auto_processor_and_image_processor_round_trip(saved_checkpoint):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_vision_and_classification_models_load_from_the_checkpoint(saved_checkpoint):
+def test_vision_and_classification_models_load_from_the_checkpoint(saved_checkpoint, pretrained):
     model, _, directory = saved_checkpoint
-    vision = MaskedCLIPVisionModel.from_pretrained(directory)
-    classifier = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=3)
-    for other in (vision, classifier):
-        for (name, a), (_, b) in zip(
-            model.vision_model.named_parameters(), other.vision_model.named_parameters(), strict=True
-        ):
-            assert torch.equal(a, b), name
+    # from the release and from the pretraining checkpoint (E_I under `maskedclip.`)
+    for source in (pretrained[1], directory):
+        vision = MaskedCLIPVisionModel.from_pretrained(source)
+        classifier = MaskedCLIPForImageClassification.from_pretrained(source, num_labels=3)
+        for other in (vision, classifier):
+            for (name, a), (_, b) in zip(
+                model.vision_model.named_parameters(), other.vision_model.named_parameters(), strict=True
+            ):
+                assert torch.equal(a, b), name
     images = torch.randn(2, 3, 32, 32)
     out = classifier(images, labels=torch.tensor([0, 2]))
     assert out.logits.shape == (2, 3) and out.loss > 0
@@ -212,27 +262,30 @@ def test_builds_from_pretrained_vit_mae_and_bert_directories(tmp_path):
     )
     bert.save_pretrained(tmp_path / "bert")
 
-    model = MaskedCLIPModel.from_vision_text_pretrained(
+    model = MaskedCLIPForPreTraining.from_vision_text_pretrained(
         str(tmp_path / "mae"),
         str(tmp_path / "bert"),
         vision_config_overrides={k: v for k, v in TINY_VISION.items() if k.startswith("decoder_")},
         **TINY_HEADS,
     )
+    assert type(model) is MaskedCLIPForPreTraining
     assert model.config.vision_config.hidden_size == 32 and model.config.text_config.vocab_size == 300
     for name, tensor in mae.vit.state_dict().items():
-        assert torch.equal(model.vision_model.state_dict()[name], tensor), name
+        assert torch.equal(model.maskedclip.vision_model.state_dict()[name], tensor), name
         assert torch.equal(model.momentum_vision_model.state_dict()[name], tensor), name
     for name, tensor in mae.decoder.state_dict().items():
         assert torch.equal(model.pixel_decoder.state_dict()[name], tensor), name
     for name, tensor in bert.state_dict().items():
-        assert torch.equal(model.text_model.state_dict()[name], tensor), name
+        assert torch.equal(model.maskedclip.text_model.state_dict()[name], tensor), name
     # with the paper's default pixel-decoder size, the MAE decoder (other size) is not loaded
-    default = MaskedCLIPModel.from_vision_text_pretrained(str(tmp_path / "mae"), str(tmp_path / "bert"))
+    default = MaskedCLIPForPreTraining.from_vision_text_pretrained(
+        str(tmp_path / "mae"), str(tmp_path / "bert")
+    )
     assert default.config.vision_config.decoder_hidden_size == 384
 
 
 def test_retfound_weights_load_into_the_image_encoder(tmp_path):
-    model = MaskedCLIPModel(make_tiny_config(vision={"hidden_size": 32, "num_attention_heads": 4}))
+    model = MaskedCLIPForPreTraining(make_tiny_config(vision={"hidden_size": 32, "num_attention_heads": 4}))
     dim, depth, patches = 32, 2, 16
     generator = torch.Generator().manual_seed(0)
 
@@ -268,8 +321,9 @@ def test_retfound_weights_load_into_the_image_encoder(tmp_path):
     torch.save({"model": state}, tmp_path / "RETFound_cfp_weights.pth")
     info = model.load_retfound_weights(str(tmp_path / "RETFound_cfp_weights.pth"), num_attention_heads=4)
     assert "decoder_embed.weight" in info["unused_keys"]
-    assert torch.equal(model.vision_model.embeddings.position_embeddings, state["pos_embed"])
+    encoder = model.maskedclip.vision_model
+    assert torch.equal(encoder.embeddings.position_embeddings, state["pos_embed"])
     assert torch.equal(
-        model.vision_model.layers[1].attention.v_proj.weight, state["blocks.1.attn.qkv.weight"][2 * dim :]
+        encoder.layers[1].attention.v_proj.weight, state["blocks.1.attn.qkv.weight"][2 * dim :]
     )
     assert torch.equal(model.momentum_vision_model.layers[1].mlp.fc2.bias, state["blocks.1.mlp.fc2.bias"])

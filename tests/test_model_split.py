@@ -332,5 +332,40 @@ def test_resume_refuses_a_pre_split_training_checkpoint(tmp_path):
     save_file(flat, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="before the released / pretraining model split"):
         check_model_layout(pretraining, tmp_path)
-    save_file({k: v.contiguous() for k, v in pretraining.state_dict().items()}, tmp_path / "model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in pretraining.state_dict().items()}, tmp_path / "model.safetensors"
+    )
     check_model_layout(pretraining, tmp_path)  # today's layout resumes
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_keepfit_resnet_activation_checkpointing_keeps_gradients_and_batch_norm_statistics(use_reentrant):
+    """Checkpointed ResNet stages: the same loss, gradients and running BatchNorm statistics as without."""
+    from retvlp import KeepFitForImageClassification
+
+    config = keepfit_config(num_labels=3)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(4, 3, 64, 64, generator=generator)
+    labels = torch.tensor([0, 1, 2, 1])
+
+    def one_step(checkpointing: bool):
+        torch.manual_seed(0)
+        model = KeepFitForImageClassification(config).train()
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
+            assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        pixel_values = pixels.clone().requires_grad_(use_reentrant)  # reentrant needs an input with grad
+        loss = model(pixel_values=pixel_values, labels=labels).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        return loss.detach(), grads, buffers
+
+    loss, grads, buffers = one_step(False)
+    loss_ckpt, grads_ckpt, buffers_ckpt = one_step(True)
+    torch.testing.assert_close(loss_ckpt, loss)
+    assert grads.keys() == grads_ckpt.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    for name in buffers:  # running_mean / running_var / num_batches_tracked moved once, as without
+        torch.testing.assert_close(buffers_ckpt[name], buffers[name], msg=name)

@@ -20,6 +20,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
 from transformers import (
     AutoModel,
+    AutoModelForPreTraining,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     pipeline,
@@ -29,6 +30,7 @@ from retvlp import IBQTokenizerConfig, IBQTokenizerModel
 from retvlp.keepfit import (
     KeepFitAppearanceQuantizer,
     KeepFitConfig,
+    KeepFitForPreTraining,
     KeepFitKnowledgeAttention,
     KeepFitModel,
     KeepFitProcessor,
@@ -62,7 +64,13 @@ def tiny_config(text=None, **overrides) -> KeepFitConfig:
     )
 
 
-def tiny_model(seed=0, text=None, **overrides) -> KeepFitModel:
+def tiny_model(seed=0, text=None, **overrides) -> KeepFitForPreTraining:
+    """The pretraining model (the released one is `.keepfit`)."""
+    torch.manual_seed(seed)
+    return KeepFitForPreTraining(tiny_config(text=text, **overrides))
+
+
+def tiny_released(seed=0, text=None, **overrides) -> KeepFitModel:
     torch.manual_seed(seed)
     return KeepFitModel(tiny_config(text=text, **overrides))
 
@@ -300,7 +308,7 @@ def three_layer_models():
     """Three text-pooling variants sharing one set of weights (3 layers: layers 1, 2, −1 all differ)."""
     models = {}
     for mode in ("layers_mean", "reference", "cls"):
-        models[mode] = tiny_model(text={"num_hidden_layers": 3}, text_pooling=mode).eval()
+        models[mode] = tiny_released(text={"num_hidden_layers": 3}, text_pooling=mode).eval()
         if mode != "layers_mean":
             models[mode].load_state_dict(models["layers_mean"].state_dict())
     return models
@@ -319,7 +327,7 @@ def test_layers_mean_pooling_is_a_masked_mean_and_padding_invariant(three_layer_
 
 
 def test_text_pooling_layers_are_configurable():
-    model = tiny_model(text={"num_hidden_layers": 3}, text_pooling_layers=[0, -2]).eval()
+    model = tiny_released(text={"num_hidden_layers": 3}, text_pooling_layers=[0, -2]).eval()
     _, batch, mask = _text_pair()
     with torch.no_grad():
         features = model.get_text_features(batch, attention_mask=mask).pooler_output
@@ -356,7 +364,7 @@ def test_cls_pooling_is_the_last_layers_first_token(three_layer_models):
 
 # ------------------------------------------------------------------------------- projections, logit scale
 def test_embeddings_are_normalised_projections_of_normalised_features():
-    model = tiny_model().eval()
+    model = tiny_released().eval()
     batch = pretraining_batch()
     with torch.no_grad():
         output = model(
@@ -381,10 +389,30 @@ def test_embeddings_are_normalised_projections_of_normalised_features():
     )
     assert torch.equal(output.logits_per_text, output.logits_per_image.t())
     assert output.loss is None
+    assert torch.equal(output.vision_model_output.pooler_output, pooled)  # the linear-probe feature
+
+
+def test_released_forward_gives_the_contrastive_loss_on_request():
+    """KeepFitModel(return_loss=True): L_itc, label-guided with labels (the pretraining model's L_itc^p)."""
+    model = tiny_released().eval()
+    batch = pretraining_batch()
+    inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
+    with torch.no_grad():
+        output = model(**inputs, labels=batch["labels"], return_loss=True)
+        plain = model(**inputs, return_loss=True)
+    categorical = torch.tensor([[1 / 2, 0, 1 / 2], [0, 1, 0], [1 / 2, 0, 1 / 2]])  # labels [0, 1, 0]
+    scale = torch.tensor(1 / 0.07)
+    expected = soft_target_clip(output.image_embeds, output.text_embeds, scale, categorical)
+    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    expected_plain = soft_target_clip(plain.image_embeds, plain.text_embeds, scale, torch.eye(3))
+    assert plain.loss.item() == pytest.approx(expected_plain.item(), rel=1e-5)
+    assert torch.allclose(
+        output.logits_per_image, scale * output.image_embeds @ output.text_embeds.t(), atol=1e-4
+    )
 
 
 def test_logit_scale_clamp():
-    model = tiny_model()
+    model = tiny_released()
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07), rel=1e-6)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
@@ -397,6 +425,12 @@ def test_logit_scale_clamp():
     assert model.clamped_logit_scale().item() == pytest.approx(1.0)
     model.clamp_logit_scale_()
     assert model.logit_scale.item() == 0.0
+    # the pretraining model's clamp (the trainer's after_optimizer_step) acts on the released logit scale
+    pretraining = tiny_model()
+    with torch.no_grad():
+        pretraining.keepfit.logit_scale.fill_(10.0)
+    pretraining.clamp_logit_scale_()
+    assert pretraining.keepfit.logit_scale.item() == pytest.approx(math.log(100.0), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------- pretraining forward
@@ -444,9 +478,9 @@ def test_training_forward_computes_every_term_of_eq_22():
         "semantic_attention.q_proj.weight",
         "appearance_attention.k_proj.weight",
         "appearance_quantizer.proj.weight",
-        "visual_projection.weight",
-        "text_projection.weight",
-        "logit_scale",
+        "keepfit.visual_projection.weight",
+        "keepfit.text_projection.weight",
+        "keepfit.logit_scale",
     ):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
@@ -481,6 +515,13 @@ def test_ablation_switches(semantic, appearance):
     assert (model.appearance_quantizer is not None) == appearance
     assert (model.appearance_attention is not None) == appearance
     assert any(n.startswith("appearance_") for n in names) == appearance
+    assert {n.split(".")[0] for n in model.keepfit.state_dict()} == {
+        "vision_model",
+        "text_model",
+        "visual_projection",
+        "text_projection",
+        "logit_scale",
+    }  # the released model is the same whatever the switches
 
     output = model(**pretraining_batch())
     assert output.loss_itc_elite is not None
@@ -532,17 +573,32 @@ def test_codebook_is_loaded_from_an_ibq_tokenizer(ibq_directory, tmp_path):
     codebook, directory = ibq_directory
     copy = tmp_path / "ibq-copy"
     shutil.copytree(directory, copy)
+    # building a model never reads files, even when the config names a tokenizer: load_codebook does
     model = tiny_model(ibq_tokenizer_path=str(copy))
+    assert not torch.equal(model.appearance_quantizer.codebook, codebook)
+    returned = model.load_codebook(model.config.ibq_tokenizer_path)
     assert torch.equal(model.appearance_quantizer.codebook, codebook)
-    # ... and saved with the KeepFIT checkpoint: it loads after the tokenizer directory is gone
+    assert returned is model.appearance_quantizer.codebook
+    assert model.config.ibq_tokenizer_path == str(copy)
+    # ... and saved with the KeepFIT pretraining checkpoint: it loads after the tokenizer directory is gone
     model.save_pretrained(tmp_path / "keepfit")
     shutil.rmtree(copy)
-    loaded = KeepFitModel.from_pretrained(tmp_path / "keepfit")
+    loaded = KeepFitForPreTraining.from_pretrained(tmp_path / "keepfit")
     assert torch.equal(loaded.appearance_quantizer.codebook, codebook)
+    # the released checkpoint has no codebook (nor any other knowledge module)
+    model.released_model.save_pretrained(tmp_path / "released")
+    assert {n.split(".")[0] for n in KeepFitModel.from_pretrained(tmp_path / "released").state_dict()} == {
+        "vision_model",
+        "text_model",
+        "visual_projection",
+        "text_projection",
+        "logit_scale",
+    }
 
     other = tiny_model(seed=5)
     assert not torch.equal(other.appearance_quantizer.codebook, codebook)
     returned = other.load_codebook(str(directory))
+    assert other.config.ibq_tokenizer_path == str(directory)
     assert (
         torch.equal(other.appearance_quantizer.codebook, codebook)
         and returned is other.appearance_quantizer.codebook
@@ -555,13 +611,13 @@ def test_codebook_is_loaded_from_an_ibq_tokenizer(ibq_directory, tmp_path):
 def test_codebook_shape_mismatch_names_both_shapes(ibq_directory, overrides, shape):
     _, directory = ibq_directory
     with pytest.raises(ValueError) as error:
-        tiny_model(ibq_tokenizer_path=str(directory), **overrides)
+        tiny_model(**overrides).load_codebook(str(directory))
     assert "(64, 8)" in str(error.value) and shape in str(error.value)
 
 
 def test_codebook_errors(tmp_path, ibq_directory):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        tiny_model(ibq_tokenizer_path=str(tmp_path / "missing"))
+        tiny_model().load_codebook(str(tmp_path / "missing"))
     not_a_tokenizer = tmp_path / "keepfit"
     tiny_model().save_pretrained(not_a_tokenizer)
     with pytest.raises(ValueError, match="not an IBQ tokenizer"):
@@ -580,14 +636,25 @@ def _images():
 
 
 @pytest.fixture(scope="module")
-def saved_checkpoint(tmp_path_factory):
-    """A tiny KeepFIT trained for one step (BatchNorm statistics moved) + its processor, saved like a release."""
+def pretrained(tmp_path_factory):
+    """A tiny KeepFIT pretraining model trained for one step (BatchNorm statistics moved) and its full
+    (pretraining) checkpoint."""
     tokenizer = tiny_tokenizer()
     model = tiny_model(text={"vocab_size": len(tokenizer)}).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model(**pretraining_batch()).loss.backward()
     optimizer.step()
     model.clamp_logit_scale_()
+    directory = tmp_path_factory.mktemp("keepfit-pretraining")
+    model.save_pretrained(directory)
+    return model.eval(), directory
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(pretrained, tmp_path_factory):
+    """The released model of `pretrained` + its processor, saved like a release."""
+    model = pretrained[0].released_model
+    tokenizer = tiny_tokenizer()
     directory = tmp_path_factory.mktemp("keepfit")
     model.save_pretrained(directory)
     processor = KeepFitProcessor(keepfit_image_processor(size=IMAGE), tokenizer)
@@ -619,6 +686,7 @@ def test_checkpoint_carries_its_code(saved_checkpoint):
     auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModel"] == "modeling_keepfit.KeepFitModel"
     assert auto_map["AutoModelForZeroShotImageClassification"] == "modeling_keepfit.KeepFitModel"
+    assert auto_map["AutoModelForPreTraining"] == "modeling_keepfit.KeepFitForPreTraining"
 
 
 def test_save_load_round_trip(saved_checkpoint):
@@ -639,6 +707,59 @@ def test_save_load_round_trip(saved_checkpoint):
         assert torch.equal(output.image_embeds, expected.image_embeds)
     zero_shot = AutoModelForZeroShotImageClassification.from_pretrained(directory)
     assert type(zero_shot) is KeepFitModel
+
+
+def test_released_checkpoint_has_no_knowledge_modules(saved_checkpoint):
+    _, _, directory = saved_checkpoint
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "model.safetensors"), framework="pt") as handle:
+        keys = set(handle.keys())
+    assert {key.split(".")[0] for key in keys} == {
+        "vision_model",
+        "text_model",
+        "visual_projection",
+        "text_projection",
+        "logit_scale",
+    }
+
+
+def test_pretraining_checkpoint_round_trip(pretrained, saved_checkpoint):
+    """The full checkpoint keeps everything (knowledge modules, codebook); AutoModel reads the released model
+    out of it and AutoModelForPreTraining the pretraining model out of either kind."""
+    model, directory = pretrained
+    _, processor, released_directory = saved_checkpoint
+    reference = model.state_dict()
+    assert "appearance_quantizer.codebook" in reference
+    for loaded in (
+        KeepFitForPreTraining.from_pretrained(directory),
+        AutoModelForPreTraining.from_pretrained(directory),
+    ):
+        assert type(loaded) is KeepFitForPreTraining
+        state = loaded.state_dict()
+        assert set(state) == set(reference)
+        for name, tensor in reference.items():
+            assert torch.equal(state[name], tensor), name
+    released = AutoModel.from_pretrained(directory)
+    assert type(released) is KeepFitModel
+    assert set(released.state_dict()) == set(model.keepfit.state_dict())
+    for name, tensor in model.keepfit.state_dict().items():
+        assert torch.equal(released.state_dict()[name], tensor), name
+    inputs = processor(text=TEXTS, images=_images())
+    with torch.no_grad():
+        assert torch.equal(
+            released.eval()(**inputs).logits_per_image, model.keepfit(**inputs).logits_per_image
+        )
+    # a released checkpoint continues pretraining: the released weights load, the knowledge modules start fresh
+    resumed, info = KeepFitForPreTraining.from_pretrained(released_directory, output_loading_info=True)
+    assert type(AutoModelForPreTraining.from_pretrained(released_directory)) is KeepFitForPreTraining
+    assert {key.split(".")[0] for key in info["missing_keys"]} == {
+        "semantic_attention",
+        "appearance_quantizer",
+        "appearance_attention",
+    }
+    for name, tensor in model.keepfit.state_dict().items():
+        assert torch.equal(resumed.keepfit.state_dict()[name], tensor), name
 
 
 def test_processor_round_trip(saved_checkpoint):
@@ -766,10 +887,15 @@ def test_bad_forward_inputs_raise_clear_errors():
         model(pixel_values=batch["pixel_values"])
     with pytest.raises(ValueError, match="needs both elite_pixel_values and elite_input_ids"):
         model(**{**batch, "elite_input_ids": None})
+    released = model.keepfit.eval()
     with pytest.raises(ValueError, match=r"pixel_values must be \(batch, channels, height, width\)"):
-        model.eval()(pixel_values=torch.rand(3, IMAGE, IMAGE))
+        released(pixel_values=torch.rand(3, IMAGE, IMAGE))
     with pytest.raises(ValueError, match="non-empty input_ids"):
-        model.eval()(input_ids=torch.zeros(0, 5, dtype=torch.long))
+        released(input_ids=torch.zeros(0, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="one text per image"):
+        released(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"][:2], return_loss=True)
+    with pytest.raises(ValueError, match="return_loss needs both pixel_values and input_ids"):
+        released(pixel_values=batch["pixel_values"], return_loss=True)
 
 
 @pytest.mark.parametrize(
@@ -867,7 +993,8 @@ def test_vision_and_classification_models_load_the_image_encoder(saved_checkpoin
     assert classifier.classifier.weight.shape == (4, 64) and classifier.config.num_labels == 4
     pixels = _pixels()
     with torch.no_grad():
-        pooled, feature_map = model._encode_images(pixels)
+        encoded = model(pixel_values=pixels).vision_model_output
+        pooled, feature_map = encoded.pooler_output, encoded.last_hidden_state
         features = vision.eval()(pixels)
         hidden = classifier.eval().vision_model(pixel_values=pixels).pooler_output.flatten(1)
         logits = classifier(pixels).logits
@@ -894,10 +1021,14 @@ def test_image_models_ignore_the_ibq_tokenizer_path(saved_checkpoint, tmp_path, 
         KeepFitVisionModel.from_pretrained(moved)
         KeepFitForImageClassification.from_pretrained(moved, num_labels=2)
         KeepFitForImageClassification(KeepFitConfig.from_pretrained(moved))
+        # nor do the dual encoder and the pretraining model: building or loading a model never reads files
+        KeepFitModel.from_pretrained(moved)
+        pretraining = KeepFitForPreTraining.from_pretrained(moved)
+        KeepFitForPreTraining(KeepFitConfig.from_pretrained(moved))
     assert "codebook" not in caplog.text
-    with caplog.at_level("WARNING"):  # the pretraining model, built for real, does warn (control)
-        tiny_model()
-    assert "RANDOM codebook" in caplog.text
+    # control: the path is really missing, the pretraining side's load_codebook fails on it
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        pretraining.load_codebook(pretraining.config.ibq_tokenizer_path)
 
 
 def test_classification_losses():
@@ -994,7 +1125,7 @@ def test_classifier_loads_as_remote_code_without_retvlp(saved_checkpoint, tmp_pa
     assert report["num_labels"] == 3 and report["codebook_messages"] == []
     pixels = _pixels()
     with torch.no_grad():
-        pooled, _ = model._encode_images(pixels)
+        pooled = model(pixel_values=pixels).vision_model_output.pooler_output
         logits = classifier.eval()(pixels).logits
     assert torch.allclose(torch.tensor(report["features"]), pooled, atol=1e-6)
     assert torch.allclose(torch.tensor(report["logits"]), logits, atol=1e-6)

@@ -1,4 +1,5 @@
-"""MaskedCLIPModel: wiring of the losses, momentum encoder, ablation switches, attention/precision options."""
+"""MaskedCLIPForPreTraining (wiring of the losses, momentum encoder, ablation switches, attention/precision
+options) and the released MaskedCLIPModel (embeddings, similarities, the contrastive loss on request)."""
 
 import math
 
@@ -6,11 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retvlp import MaskedCLIPModel
-from retvlp.maskedclip.loss_maskedclip import masked_image_modeling_loss, patchify
+from retvlp import MaskedCLIPForPreTraining, MaskedCLIPModel
+from retvlp.maskedclip.loss_maskedclip import (
+    label_guided_contrastive_loss,
+    masked_image_modeling_loss,
+    patchify,
+)
 
 
 def _model(make, seed=0, **kwargs):
+    """The pretraining model (the released one is `.maskedclip`)."""
+    torch.manual_seed(seed)
+    return MaskedCLIPForPreTraining(make(**kwargs))
+
+
+def _released(make, seed=0, **kwargs):
     torch.manual_seed(seed)
     return MaskedCLIPModel(make(**kwargs))
 
@@ -21,11 +32,12 @@ def _noise(batch, seed=3):
 
 def test_fresh_model_has_sincos_positions_and_an_exact_momentum_copy(tiny_config):
     model = _model(tiny_config)
+    assert model.released_model is model.maskedclip
     assert (
-        model.vision_model.embeddings.position_embeddings.abs().sum() > 0
+        model.maskedclip.vision_model.embeddings.position_embeddings.abs().sum() > 0
     )  # stock ViT-MAE init leaves zeros
     assert model.pixel_decoder.decoder_pos_embed.abs().sum() > 0
-    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07), rel=1e-6)
+    assert model.maskedclip.logit_scale.item() == pytest.approx(math.log(1 / 0.07), rel=1e-6)
     for online, momentum in model._online_and_momentum_pairs():
         assert torch.equal(online, momentum)
     assert not any(p.requires_grad for p in model._momentum_parameters())
@@ -62,7 +74,9 @@ def test_contrastive_loss_uses_the_whole_image_and_the_labels(tiny_config, tiny_
     model = _model(tiny_config).train()
     with torch.no_grad():
         out = model(**tiny_batch, noise=_noise(7))
-        full = F.normalize(model.get_image_features(tiny_batch["pixel_values"]).pooler_output, dim=-1)
+        full = F.normalize(
+            model.maskedclip.get_image_features(tiny_batch["pixel_values"]).pooler_output, dim=-1
+        )
     assert torch.allclose(out.image_embeds, full, atol=1e-6)  # not the masked pass
     unlabeled = model(**{k: v for k, v in tiny_batch.items() if k != "labels"}, noise=_noise(7))
     assert abs(out.loss_clip.item() - unlabeled.loss_clip.item()) > 1e-4
@@ -73,7 +87,7 @@ def test_mfd_target_comes_from_the_momentum_encoder_without_gradient(tiny_config
     out = model(**tiny_batch, noise=_noise(7))
     out.loss.backward()
     assert all(p.grad is None for p in model._momentum_parameters())
-    assert model.vision_model.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
+    assert model.maskedclip.vision_model.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
     assert model.feature_decoder.decoder_pred.weight.grad.abs().sum() > 0
     with torch.no_grad():
         for p in model.momentum_bridge.parameters():
@@ -85,14 +99,15 @@ def test_mfd_target_comes_from_the_momentum_encoder_without_gradient(tiny_config
 
 def test_momentum_encoder_stays_in_eval_mode(tiny_config):
     model = _model(tiny_config).train()
-    assert model.vision_model.training and not model.momentum_vision_model.training
+    assert model.maskedclip.vision_model.training and not model.momentum_vision_model.training
     assert not model.momentum_bridge.training
 
 
 def test_ema_update_matches_the_formula(tiny_config):
     model = _model(tiny_config)
     with torch.no_grad():
-        for p in list(model.vision_model.parameters()) + list(model.bridge.parameters()):
+        online = model.maskedclip
+        for p in list(online.vision_model.parameters()) + list(online.bridge.parameters()):
             p.add_(torch.randn_like(p))
     before = [(o.detach().clone(), m.detach().clone()) for o, m in model._online_and_momentum_pairs()]
     model.update_momentum_encoder(momentum=0.9)
@@ -108,7 +123,8 @@ def test_ema_update_matches_the_formula(tiny_config):
 
 
 def _parameter_prefixes(model):
-    return {name.split(".")[0] for name, _ in model.named_parameters()}
+    """Top-level modules, the released model's counted as top level (`maskedclip.bridge` → `bridge`)."""
+    return {name.removeprefix("maskedclip.").split(".")[0] for name, _ in model.named_parameters()}
 
 
 @pytest.mark.parametrize(
@@ -125,6 +141,8 @@ def test_each_ablation_switch_changes_exactly_what_it_names(
 ):
     full, ablated = _model(tiny_config), _model(tiny_config, **{switch: False})
     assert _parameter_prefixes(full) - _parameter_prefixes(ablated) == removed
+    released = removed - {"pixel_decoder", "feature_decoder", "momentum_vision_model", "momentum_bridge"}
+    assert _parameter_prefixes(full.maskedclip) - _parameter_prefixes(ablated.maskedclip) == released
     out = ablated.train()(**tiny_batch, noise=_noise(7))
     terms = {"loss_mim", "loss_clip", "loss_mfd"}
     for term in terms - {absent_term}:
@@ -138,28 +156,31 @@ def test_each_ablation_switch_changes_exactly_what_it_names(
 
 
 def test_without_bridge_the_clip_head_sits_on_the_encoder(tiny_config):
-    model = _model(tiny_config, use_bridge=False).eval()
+    model = _released(tiny_config, use_bridge=False).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        direct = model.visual_projection(model.vision_model(images)[0][:, 0])
+        direct = model.visual_projection(model.vision_model(images).last_hidden_state[:, 0])
         assert torch.allclose(model.get_image_features(images).pooler_output, direct, atol=1e-6)
 
 
 def test_without_bridge_the_momentum_target_is_the_encoder(tiny_config):
     model = _model(tiny_config, use_bridge=False)
     images = torch.randn(2, 3, 32, 32)
-    assert torch.allclose(model._momentum_targets(images), model.vision_model(images)[0][:, 1:], atol=1e-6)
+    online = model.maskedclip.vision_model(images).last_hidden_state
+    assert torch.allclose(model._momentum_targets(images), online[:, 1:], atol=1e-6)
 
 
 def test_logit_scale_is_clamped_at_ln_100(tiny_config):
-    model = _model(tiny_config)
+    model = _released(tiny_config)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
     assert model.clamped_logit_scale().item() == pytest.approx(100.0, rel=1e-6)
 
 
-def test_eval_forward_embeds_and_scores_without_losses(tiny_config, tiny_batch):
-    model = _model(tiny_config).eval()
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_released_forward_embeds_and_scores_without_losses(tiny_config, tiny_batch, mode):
+    """The released model's forward embeds and scores in either mode; no loss unless asked for."""
+    model = _released(tiny_config).train(mode == "train")
     with torch.no_grad():
         out = model(input_ids=tiny_batch["input_ids"][:3], pixel_values=tiny_batch["pixel_values"])
     assert out.loss is None and out.logits_per_image.shape == (4, 3)
@@ -170,6 +191,25 @@ def test_eval_forward_embeds_and_scores_without_losses(tiny_config, tiny_batch):
         input_ids=tiny_batch["input_ids"][:3], pixel_values=tiny_batch["pixel_values"], return_dict=False
     )
     assert isinstance(as_tuple, tuple)
+
+
+def test_released_forward_gives_the_label_guided_loss_on_request(tiny_config, tiny_batch):
+    model = _released(tiny_config).eval()
+    inputs = dict(input_ids=tiny_batch["input_ids"], pixel_values=tiny_batch["pixel_values"])
+    with torch.no_grad():
+        out = model(**inputs, labels=tiny_batch["labels"], return_loss=True)
+        expected, _, _ = label_guided_contrastive_loss(
+            out.image_embeds, out.text_embeds, model.clamped_logit_scale(), labels=tiny_batch["labels"]
+        )
+        plain = model(**inputs, return_loss=True)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert abs(out.loss.item() - plain.loss.item()) > 1e-4  # the labels make positives of pairs 0 and 2
+    with pytest.raises(ValueError, match="one text per image"):
+        model(
+            input_ids=tiny_batch["input_ids"][:3], pixel_values=tiny_batch["pixel_values"], return_loss=True
+        )
+    with pytest.raises(ValueError, match="needs both pixel_values and input_ids"):
+        model(pixel_values=tiny_batch["pixel_values"], return_loss=True)
 
 
 def test_bad_inputs_raise_clear_errors(tiny_config, tiny_batch):
@@ -184,9 +224,11 @@ def test_bad_inputs_raise_clear_errors(tiny_config, tiny_batch):
         model(pixel_values=torch.randn(2, 3, 48, 48), input_ids=tiny_batch["input_ids"][:2])
     with pytest.raises(ValueError, match="labels has 3 entries"):
         model(**dict(tiny_batch, labels=torch.tensor([0, 1, 2])))
+    with pytest.raises(ValueError, match="interpolate_pos_encoding is for inference"):
+        model(**tiny_batch, interpolate_pos_encoding=True)
     with pytest.raises(ValueError, match="channel dimension"):
-        model.eval()(pixel_values=torch.randn(1, 1, 32, 32))
-    clip_less = _model(tiny_config, use_clip=False)
+        model.maskedclip.eval()(pixel_values=torch.randn(1, 1, 32, 32))
+    clip_less = _released(tiny_config, use_clip=False)
     with pytest.raises(ValueError, match="use_clip=False"):
         clip_less.get_text_features(tiny_batch["input_ids"])
 
@@ -224,14 +266,14 @@ def test_sdpa_and_eager_attention_agree(tiny_config, tiny_batch):
     assert eager.config.vision_config._attn_implementation == "eager"
     inputs = dict(input_ids=tiny_batch["input_ids"], pixel_values=tiny_batch["pixel_values"])
     with torch.no_grad():
-        a, b = sdpa.eval()(**inputs), eager.eval()(**inputs)
+        a, b = sdpa.maskedclip.eval()(**inputs), eager.maskedclip.eval()(**inputs)
     assert torch.allclose(a.logits_per_image, b.logits_per_image, atol=1e-5)
 
 
 def test_activation_checkpointing_gives_the_same_gradients(tiny_config, tiny_batch):
     plain, checkpointed = _model(tiny_config).train(), _model(tiny_config).train()
     checkpointed.activation_checkpointing_enable()
-    assert checkpointed.vision_model.layers[0].gradient_checkpointing
+    assert checkpointed.maskedclip.vision_model.layers[0].gradient_checkpointing
     for model in (plain, checkpointed):
         model(**tiny_batch, noise=_noise(7)).loss.backward()
     for (name, p), (_, q) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
@@ -246,7 +288,7 @@ def test_bf16_autocast_trains_on_cpu(tiny_config, tiny_batch):
     assert out.image_embeds.dtype == torch.bfloat16 or out.logits_per_image.dtype == torch.bfloat16
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    assert model.vision_model.layers[0].attention.q_proj.weight.grad.dtype == torch.float32
+    assert model.maskedclip.vision_model.layers[0].attention.q_proj.weight.grad.dtype == torch.float32
     model.update_momentum_encoder()
     assert model.momentum_vision_model.layers[0].attention.q_proj.weight.dtype == torch.float32
 
@@ -285,12 +327,12 @@ def test_drop_path_layer_keeps_vitmae_parameter_names():
 def test_drop_path_rate_zero_and_eval_mode_are_the_stock_layer():
     hidden = torch.randn(6, 5, 32)
     zero, stock = _layer_pair(0.0)
-    assert torch.equal(zero.train()(hidden), stock.train()(hidden))
+    assert torch.equal(zero.train()(hidden)[0], stock.train()(hidden))
     half, stock = _layer_pair(0.5)
     half.eval(), stock.eval()
-    assert torch.equal(half(hidden), stock(hidden))
+    assert torch.equal(half(hidden)[0], stock(hidden))
     with torch.no_grad():  # and in training mode the rate does change the output
-        assert not torch.allclose(half.train()(hidden), stock(hidden))
+        assert not torch.allclose(half.train()(hidden)[0], stock(hidden))
 
 
 def test_drop_path_in_training_drops_whole_branches_per_sample():
@@ -299,7 +341,7 @@ def test_drop_path_in_training_drops_whole_branches_per_sample():
     layer.train()
     hidden = torch.randn(8, 5, 32)
     torch.manual_seed(11)
-    output = layer(hidden)
+    output, _ = layer(hidden)
     # independent computation: the same Bernoulli draws (attention branch first, then MLP), branches by hand
     torch.manual_seed(11)
     attention_mask = torch.empty(8, 1, 1).bernoulli_(keep)
@@ -320,11 +362,17 @@ def test_drop_path_schedule_is_linear_over_the_blocks():
     rates = [layer.drop_path_rate for layer in classifier.vision_model.layers]
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
     assert all(type(layer) is MaskedCLIPLayer for layer in classifier.vision_model.layers)
-    # pretraining model: E_I gets the schedule, the bridge stays stock, the momentum encoder stays in eval
-    model = MaskedCLIPModel(make_tiny_config(vision={"drop_path_rate": 0.1})).train()
-    assert [layer.drop_path_rate for layer in model.vision_model.layers] == pytest.approx([0.0, 0.1])
-    assert all(type(layer) is ViTMAELayer for layer in model.bridge.layers)
+    # pretraining model: E_I gets the schedule, the bridge has none, the momentum encoder stays in eval
+    model = MaskedCLIPForPreTraining(make_tiny_config(vision={"drop_path_rate": 0.1})).train()
+    online = model.maskedclip
+    assert [layer.drop_path_rate for layer in online.vision_model.layers] == pytest.approx([0.0, 0.1])
+    assert all(
+        type(layer) is MaskedCLIPLayer and layer.drop_path_rate == 0.0
+        for bridge in (online.bridge, model.momentum_bridge)
+        for layer in bridge.layers
+    )
     assert not any(m.training for m in model.momentum_vision_model.modules())
+    assert not any(m.training for m in model.momentum_bridge.modules())
     assert MaskedCLIPVisionConfig().drop_path_rate == 0.0  # off by default (pretraining)
 
 
@@ -342,20 +390,25 @@ def test_integer_drop_path_rate_is_accepted():
 
 @pytest.fixture(scope="module")
 def pretrained_directory(tmp_path_factory):
+    """A pretraining model, its released checkpoint (what fine-tuning starts from) and its full checkpoint."""
     torch.manual_seed(0)
-    model = MaskedCLIPModel(make_tiny_config())
+    model = MaskedCLIPForPreTraining(make_tiny_config())
     directory = tmp_path_factory.mktemp("maskedclip-finetune")
-    model.save_pretrained(directory)
-    return model.eval(), directory
+    model.released_model.save_pretrained(directory)
+    full = tmp_path_factory.mktemp("maskedclip-pretraining")
+    model.save_pretrained(full)
+    return model.eval(), directory, full
 
 
 def test_from_pretrained_sets_the_drop_path_rate_of_the_loaded_vision_config(pretrained_directory):
-    model, directory = pretrained_directory
+    model, directory, _ = pretrained_directory
     classifier = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=3, drop_path_rate=0.1)
     assert classifier.config.drop_path_rate == 0.1 and classifier.config.num_labels == 3
     assert [layer.drop_path_rate for layer in classifier.vision_model.layers] == pytest.approx([0.0, 0.1])
     for (name, a), (_, b) in zip(
-        model.vision_model.named_parameters(), classifier.vision_model.named_parameters(), strict=True
+        model.maskedclip.vision_model.named_parameters(),
+        classifier.vision_model.named_parameters(),
+        strict=True,
     ):
         assert torch.equal(a, b), name
     plain = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=3)
@@ -369,7 +422,7 @@ def test_from_pretrained_sets_the_drop_path_rate_of_the_loaded_vision_config(pre
 
 
 def test_mean_pooling_classifier_freezes_the_unused_final_layernorm(pretrained_directory):
-    _, directory = pretrained_directory
+    _, directory, _ = pretrained_directory
     config = MaskedCLIPVisionConfig(**TINY_VISION, num_labels=3, drop_path_rate=0.1)
     built = MaskedCLIPForImageClassification(config)
     loaded = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=3, drop_path_rate=0.1)
@@ -394,35 +447,58 @@ def test_mean_pooling_classifier_freezes_the_unused_final_layernorm(pretrained_d
 def test_from_pretrained_keeps_what_construction_freezes(pretrained_directory):
     """transformers' loading makes every parameter trainable again; the momentum encoder and the fixed sin-cos
     tables must stay frozen in a loaded model, exactly as in a freshly built one."""
-    model, directory = pretrained_directory
-    loaded = MaskedCLIPModel.from_pretrained(directory)
+    model, directory, full = pretrained_directory
 
     def frozen(m):
         return {n for n, p in m.named_parameters() if not p.requires_grad}
 
-    assert frozen(loaded) == frozen(model)
-    assert not any(p.requires_grad for p in loaded._momentum_parameters())
-    assert {"vision_model.embeddings.position_embeddings", "pixel_decoder.decoder_pos_embed"} <= frozen(
-        loaded
-    )
-    assert loaded.vision_model.layers[0].attention.q_proj.weight.requires_grad
+    # the pretraining model, from its full checkpoint and from the released one (M̂ rebuilt as a copy)
+    for source in (full, directory):
+        loaded = MaskedCLIPForPreTraining.from_pretrained(source)
+        assert frozen(loaded) == frozen(model), source
+        assert not any(p.requires_grad for p in loaded._momentum_parameters())
+        assert {
+            "maskedclip.vision_model.embeddings.position_embeddings",
+            "pixel_decoder.decoder_pos_embed",
+        } <= frozen(loaded)
+        assert loaded.maskedclip.vision_model.layers[0].attention.q_proj.weight.requires_grad
+    # the released model, from either checkpoint
+    for source in (directory, full):
+        released = MaskedCLIPModel.from_pretrained(source)
+        assert frozen(released) == frozen(model.maskedclip) == {"vision_model.embeddings.position_embeddings"}
+        assert released.vision_model.layers[0].attention.q_proj.weight.requires_grad
 
 
-def test_image_classification_auto_class_needs_the_vision_config(pretrained_directory, tmp_path):
-    _, directory = pretrained_directory
+def test_image_classification_auto_class_loads_classifier_and_maskedclip_checkpoints(
+    pretrained_directory, tmp_path
+):
+    model, directory, full = pretrained_directory
     classifier = MaskedCLIPForImageClassification.from_pretrained(directory, num_labels=2)
     classifier.save_pretrained(tmp_path / "classifier")
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "classifier")
     assert type(reloaded) is MaskedCLIPForImageClassification
     assert not reloaded.vision_model.layernorm.weight.requires_grad
-    # A full MaskedCLIP directory is not resolved by the Auto class (its config is the composite one; the
-    # classifier's is the vision sub-config): load it with MaskedCLIPForImageClassification.from_pretrained.
-    with pytest.raises(ValueError, match="Unrecognized configuration class"):
-        AutoModelForImageClassification.from_pretrained(directory, num_labels=2)
+    # A MaskedCLIP directory (released or pretraining; composite config) builds the classifier on its vision
+    # part, with the label fields set there, and E_I's weights.
+    for source in (directory, full):
+        auto = AutoModelForImageClassification.from_pretrained(
+            source, num_labels=2, id2label={0: "normal", 1: "glaucoma"}, label2id={"normal": 0, "glaucoma": 1}
+        )
+        assert type(auto) is MaskedCLIPForImageClassification
+        assert type(auto.config) is MaskedCLIPVisionConfig
+        assert auto.config.num_labels == 2 and auto.config.id2label == {0: "normal", 1: "glaucoma"}
+        assert auto.classifier.weight.shape == (2, 32)
+        assert not auto.vision_model.layernorm.weight.requires_grad
+        for (name, a), (_, b) in zip(
+            model.maskedclip.vision_model.named_parameters(),
+            auto.vision_model.named_parameters(),
+            strict=True,
+        ):
+            assert torch.equal(a, b), name
 
 
 def test_text_mean_pooling_is_the_padding_masked_token_mean(tiny_config):
-    model = _model(tiny_config, text_pooling="mean").eval()
+    model = _released(tiny_config, text_pooling="mean").eval()
     ids = torch.tensor([[2, 17, 33, 45, 3, 0, 0], [2, 21, 8, 9, 11, 12, 3]])
     mask = (ids != 0).long()
     with torch.no_grad():
@@ -448,7 +524,7 @@ def test_cls_pooling_of_a_fresh_text_tower_is_constant_and_mean_pooling_is_not(t
             e = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
         return float((e @ e.t())[~torch.eye(16, dtype=torch.bool)].mean())
 
-    cls = mean_pairwise_cosine(_model(tiny_config, text_pooling="cls").eval())
-    mean = mean_pairwise_cosine(_model(tiny_config, text_pooling="mean").eval())
+    cls = mean_pairwise_cosine(_released(tiny_config, text_pooling="cls").eval())
+    mean = mean_pairwise_cosine(_released(tiny_config, text_pooling="mean").eval())
     assert cls > 0.9999  # measured 0.999999: every text gets the same embedding
     assert 1 - mean > 10 * (1 - cls)  # the mean keeps the texts apart (measured 0.986)

@@ -52,16 +52,30 @@ def test_straight_run_equals_interrupted_and_resumed_run_bit_for_bit(tmp_path, s
 
 
 def test_final_checkpoint_loads_with_auto_classes(tmp_path, synthetic):
-    from transformers import AutoModel, AutoProcessor
+    from transformers import AutoModel, AutoModelForPreTraining, AutoProcessor
+
+    from retvlp import MaskedCLIPForPreTraining, MaskedCLIPModel
 
     result = pretrain(tiny_run(tmp_path, synthetic, optim={"max_steps": 2}), show_progress=False)
     model = AutoModel.from_pretrained(result.final_dir)
+    assert type(model) is MaskedCLIPModel
     processor = AutoProcessor.from_pretrained(result.final_dir)
     trained = _tensors(result.output_dir / "checkpoint-2" / "model.safetensors")
-    released = {k: v for k, v in model.state_dict().items() if not k.startswith("momentum_")}
-    assert len(released) < len(trained)  # the momentum encoder stays in training checkpoints only
-    for name, value in released.items():
-        assert torch.equal(value, trained[name]), name
+    final = _tensors(result.final_dir / "model.safetensors")
+    # final/ is the released model: no decoders, no momentum encoder (they stay in training checkpoints only)
+    assert set(final) == set(model.state_dict())
+    assert not any(k.startswith(("momentum_", "pixel_decoder.", "feature_decoder.")) for k in final)
+    assert any(k.startswith("momentum_vision_model.") for k in trained)
+    assert len(final) < len(trained)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, trained[f"maskedclip.{name}"]), name
+    # pretraining can continue from final/: the released weights load, the momentum encoder restarts as a copy
+    continued = AutoModelForPreTraining.from_pretrained(result.final_dir)
+    assert type(continued) is MaskedCLIPForPreTraining
+    for name, value in model.state_dict().items():
+        assert torch.equal(continued.maskedclip.state_dict()[name], value), name
+    for online, momentum in continued._online_and_momentum_pairs():
+        assert torch.equal(online, momentum)
     inputs = processor(text=["a fundus photograph of glaucoma"], images=[torch.zeros(3, 32, 32)])
     assert model(**inputs).logits_per_image.shape == (1, 1)
     summary = json.loads((result.final_dir / "training_summary.json").read_text())
@@ -95,9 +109,9 @@ def test_kill_during_save_leaves_previous_checkpoint_as_latest(tmp_path, synthet
 
 
 def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, synthetic, monkeypatch):
-    from retvlp.maskedclip.modeling_maskedclip import MaskedCLIPModel
+    from retvlp.maskedclip.modeling_maskedclip import MaskedCLIPForPreTraining
 
-    original = MaskedCLIPModel.forward
+    original = MaskedCLIPForPreTraining.forward
     calls = {"n": 0}
 
     def poisoned(self, *args, **kwargs):
@@ -107,7 +121,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, synthetic, mon
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(MaskedCLIPModel, "forward", poisoned)
+    monkeypatch.setattr(MaskedCLIPForPreTraining, "forward", poisoned)
     config = tiny_run(tmp_path, synthetic)
     with pytest.raises(NonFiniteLossError, match=r"step 5.*checkpoint-3"):
         pretrain(config, show_progress=False)

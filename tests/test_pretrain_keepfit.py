@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_pretrain_dict
 from safetensors.torch import load_file
 
-from retvlp import KeepFitModel
+from retvlp import KeepFitForPreTraining, KeepFitModel
 from retvlp.training import PretrainConfig, pretrain
 from retvlp.training.checkpointing import latest_checkpoint
 
@@ -95,8 +95,26 @@ def test_keepfit_trains_with_the_frozen_codebook_of_a_trained_tokenizer(tmp_path
     assert torch.equal(at_3["appearance_quantizer.codebook"], codebook)
     assert torch.equal(at_6["appearance_quantizer.codebook"], codebook)
     assert not torch.equal(at_3["appearance_quantizer.proj.weight"], at_6["appearance_quantizer.proj.weight"])
+    # final/ is the released dual encoder: no knowledge modules, no codebook; its config keeps the tokenizer path
+    final = load_file(result.final_dir / "model.safetensors")
+    assert not any(k.startswith(("appearance_", "semantic_")) for k in final)
     model = KeepFitModel.from_pretrained(result.final_dir)
-    assert torch.equal(model.appearance_quantizer.codebook, codebook)
+    assert set(final) == set(model.state_dict())
+    assert model.config.ibq_tokenizer_path == str(tokenizer_dir)
+    # ... so pretraining that continues from final/ takes the same frozen codebook again
+    from transformers import AutoTokenizer
+
+    from retvlp.training.keepfit_task import KeepFitTask
+
+    continued_raw = keepfit_dict(tmp_path, synthetic, "continued")
+    continued_raw["model"] = {"family": "keepfit", "pretrained": str(result.final_dir), "max_text_length": 48}
+    continued = KeepFitTask().build_model(
+        PretrainConfig.from_dict(continued_raw), AutoTokenizer.from_pretrained(result.final_dir)
+    )
+    assert type(continued) is KeepFitForPreTraining
+    assert torch.equal(continued.appearance_quantizer.codebook, codebook)
+    for key, value in model.state_dict().items():
+        assert torch.equal(continued.keepfit.state_dict()[key], value), key
 
     logs = [json.loads(line) for line in (result.output_dir / "logs.jsonl").read_text().splitlines()]
     for key in ("loss_itc_categorical", "loss_itc_elite", "loss_semantic", "loss_appearance", "logit_scale"):
@@ -153,9 +171,10 @@ def test_keepfit_text_encoder_starts_from_the_text_mlm_output(tmp_path, syntheti
     tokenizer = AutoTokenizer.from_pretrained(mlm_dir)  # what the trainer loads: model.text_pretrained's
     model = KeepFitTask().build_model(config, tokenizer)
     trained = BertForMaskedLM.from_pretrained(mlm_dir).bert.state_dict()
-    for key, value in model.text_model.state_dict().items():
+    assert type(model) is KeepFitForPreTraining
+    for key, value in model.released_model.text_model.state_dict().items():
         assert torch.equal(value, trained[key]), key
-    for key, value in model.vision_model.state_dict().items():
+    for key, value in model.released_model.vision_model.state_dict().items():
         assert torch.equal(value, vision.state_dict()[key]), key
 
 
@@ -193,7 +212,7 @@ def test_from_vision_text_pretrained_takes_both_towers_and_the_codebook(tmp_path
     vision.save_pretrained(tmp_path / "resnet")
     mlm = BertForMaskedLM(BertConfig(vocab_size=90, **TINY_BERT))
     mlm.save_pretrained(tmp_path / "mlm")
-    model = KeepFitModel.from_vision_text_pretrained(
+    model = KeepFitForPreTraining.from_vision_text_pretrained(
         str(tmp_path / "resnet"),
         str(tmp_path / "mlm"),
         ibq_tokenizer_path=str(tokenizer_dir),
@@ -201,9 +220,11 @@ def test_from_vision_text_pretrained_takes_both_towers_and_the_codebook(tmp_path
         codebook_size=32,
         code_dim=8,
     )
+    assert type(model) is KeepFitForPreTraining
     for key, value in vision.state_dict().items():
-        assert torch.equal(model.vision_model.state_dict()[key], value), key
+        assert torch.equal(model.keepfit.vision_model.state_dict()[key], value), key
     for key, value in mlm.bert.state_dict().items():
-        assert torch.equal(model.text_model.state_dict()[key], value), key
+        assert torch.equal(model.keepfit.text_model.state_dict()[key], value), key
     codebook = load_file(tokenizer_dir / "model.safetensors")["quantizer.codebook"]
     assert torch.equal(model.appearance_quantizer.codebook, codebook)
+    assert model.config.ibq_tokenizer_path == str(tokenizer_dir)

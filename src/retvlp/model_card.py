@@ -241,7 +241,8 @@ def _maskedclip_architecture(config: Mapping) -> list[tuple[str, str]]:
             "Pixel decoder D_I",
             f"width {vision.get('decoder_hidden_size')}, {vision.get('decoder_num_hidden_layers')} blocks, "
             f"{vision.get('decoder_num_attention_heads')} heads; mask ratio {_fmt(vision.get('mask_ratio'))}, "
-            f"per-patch normalised pixel targets: {'yes' if vision.get('norm_pix_loss', True) else 'no'}",
+            f"per-patch normalised pixel targets: {'yes' if vision.get('norm_pix_loss', True) else 'no'} "
+            "(pretraining only: in MaskedCLIPForPreTraining, not in these weights)",
         )
     )
     bridge = (
@@ -257,7 +258,7 @@ def _maskedclip_architecture(config: Mapping) -> list[tuple[str, str]]:
                 f"width {config.get('feature_decoder_hidden_size')}, "
                 f"{config.get('feature_decoder_num_hidden_layers')} blocks, "
                 f"{config.get('feature_decoder_num_attention_heads')} heads; momentum encoder EMA "
-                f"{_fmt(config.get('momentum'))} (training only, not in the released weights)",
+                f"{_fmt(config.get('momentum'))} (pretraining only: in MaskedCLIPForPreTraining, not in these weights)",
             )
         )
     rows.append(("Text encoder E_T", _bert_description(text)))
@@ -296,7 +297,7 @@ def _keepfit_architecture(config: Mapping) -> list[tuple[str, str]]:
             (
                 f"{config.get('knowledge_num_heads')}-head cross-attention, dropout "
                 f"{_fmt(config.get('knowledge_attention_dropout'))}, softmax over "
-                f"{config.get('semantic_softmax_over')}"
+                f"{config.get('semantic_softmax_over')} (pretraining only: in KeepFitForPreTraining)"
             )
             if config.get("use_semantic_injection", True)
             else "disabled",
@@ -305,7 +306,8 @@ def _keepfit_architecture(config: Mapping) -> list[tuple[str, str]]:
             "Appearance knowledge injection",
             (
                 f"frozen IBQ codebook K×D = {config.get('codebook_size')}×{config.get('code_dim')}, "
-                f"attention temperature {_fmt(config.get('appearance_temperature'))}"
+                f"attention temperature {_fmt(config.get('appearance_temperature'))} (pretraining only: in "
+                "KeepFitForPreTraining, not in these weights)"
             )
             if config.get("use_appearance_injection", True)
             else f"disabled (codebook {config.get('codebook_size')}×{config.get('code_dim')} unused)",

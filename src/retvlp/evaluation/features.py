@@ -51,6 +51,7 @@ def _model_type(model) -> str:
 
 def has_text_tower(model) -> bool:
     """Whether `model` can embed text (zero-shot and few-shot need it)."""
+    model = getattr(model, "released_model", model)
     if not hasattr(model, "get_text_features"):
         return False
     return bool(getattr(model, "has_text_tower", True))
@@ -67,7 +68,8 @@ def _pooled(output) -> torch.Tensor:
 
 def encode_images(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(B, 3, H, W)` → probe features `(B, F)` and normalised image embeddings `(B, P)` (or None), from one
-    pass of the image encoder."""
+    pass of the image encoder. A `...ForPreTraining` model is read through its released model."""
+    model = getattr(model, "released_model", model)
     if _is_retvlp_dual_encoder(model):
         output = model(pixel_values=pixel_values, return_dict=True)
         return output.vision_model_output.pooler_output.flatten(1), output.image_embeds
@@ -209,6 +211,7 @@ def class_prototypes(
 ) -> np.ndarray:
     """`(C, P)` zero-shot classifier: for each class the L2-normalised mean of its prompts' normalised text
     embeddings (METHODS §3)."""
+    model = getattr(model, "released_model", model)
     if not has_text_tower(model):
         raise ValueError(
             f"{type(model).__name__} has no text encoder: zero-shot and few-shot need a dual encoder "
@@ -241,6 +244,7 @@ def class_prototypes(
 
 def logit_scale_of(model, maximum: float = 100.0) -> float:
     """exp(τ) of a CLIP-style model, clamped to `maximum` (100, CLIP's clamp); 100 when it has none."""
+    model = getattr(model, "released_model", model)
     if hasattr(model, "clamped_logit_scale"):  # MaskedCLIP, KeepFIT: their own clamp (ln 100)
         return float(model.clamped_logit_scale().detach())
     scale = getattr(model, "logit_scale", None)

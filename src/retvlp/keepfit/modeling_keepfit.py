@@ -31,6 +31,7 @@ its sibling files.
 import logging
 import math
 import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.models.resnet.modeling_resnet import ResNetStage
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
@@ -263,15 +266,81 @@ def select_hidden_states(hidden_states, requested):
     return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
 
 
+@contextmanager
+def frozen_batch_norm_statistics(module: nn.Module):
+    """While a checkpointed block is recomputed for the backward pass: its BatchNorm layers in training mode
+    normalise with the batch statistics exactly as in the forward, but must not update their running
+    statistics a second time (momentum 0 leaves them as they are; the batch counter is restored)."""
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    saved = [
+        (m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+        for m in norms
+    ]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum, tracked in saved:
+            norm.momentum = momentum
+            if tracked is not None:
+                norm.num_batches_tracked.copy_(tracked)
+
+
+class KeepFitCheckpointedResNetStage(GradientCheckpointingLayer, ResNetStage):
+    """transformers' `ResNetStage` (same submodules and parameter names) as a `GradientCheckpointingLayer`, which
+    transformers' ResNet lacks: under `activation_checkpointing_enable()` in training each stage's activations
+    are recomputed in the backward pass, and its BatchNorm running statistics still move once per step
+    (`frozen_batch_norm_statistics` during the recomputation)."""
+
+    @property
+    def _gradient_checkpointing_func(self):
+        if "_checkpoint_function" not in self.__dict__:
+            raise AttributeError("_gradient_checkpointing_func")  # not enabled (yet)
+        checkpoint = self.__dict__["_checkpoint_function"]
+
+        def checkpoint_once_per_statistics(function, *args, **kwargs):
+            calls = 0
+
+            def run(*inputs):
+                nonlocal calls
+                calls += 1  # the first call is the forward, a later one the recomputation
+                with frozen_batch_norm_statistics(self) if calls > 1 else nullcontext():
+                    return function(*inputs)
+
+            return checkpoint(run, *args, **kwargs)
+
+        return checkpoint_once_per_statistics
+
+    @_gradient_checkpointing_func.setter
+    def _gradient_checkpointing_func(self, function) -> None:
+        # set by PreTrainedModel._set_gradient_checkpointing (torch's checkpoint with the caller's options)
+        self.__dict__["_checkpoint_function"] = function
+
+    @_gradient_checkpointing_func.deleter
+    def _gradient_checkpointing_func(self) -> None:
+        self.__dict__.pop("_checkpoint_function", None)
+
+
+def enable_stage_checkpointing(module: nn.Module) -> None:
+    """Give every ResNet stage inside `module` activation checkpointing (a class swap: weights unchanged)."""
+    for stage in module.modules():
+        if type(stage) is ResNetStage:
+            stage.__class__ = KeepFitCheckpointedResNetStage
+
+
 class KeepFitPreTrainedModel(PreTrainedModel):
     config: KeepFitConfig
     base_model_prefix = "keepfit"
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
-    # Activation checkpointing covers the BERT tower only: transformers' ResNet has none, and recomputing
-    # a BatchNorm network in training mode would update its running statistics twice per step.
+    # Activation checkpointing: BERT's layers (transformers') and the ResNet stages (ours, BatchNorm-safe).
     supports_gradient_checkpointing = True
-    _no_split_modules = ["BertLayer", "ResNetStage"]
+    _no_split_modules = ["BertLayer", "ResNetStage", "KeepFitCheckpointedResNetStage"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -291,6 +360,10 @@ class KeepFitPreTrainedModel(PreTrainedModel):
         if getattr(self, "_auto_class", None) is not None and self._remote_auto_map:
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def post_init(self):
+        enable_stage_checkpointing(self)
+        super().post_init()
 
     def _output_flags(self, output_hidden_states, output_attentions) -> tuple[Any, bool]:
         """The flags from the arguments, else from the config. `output_hidden_states` may also be a list of
@@ -652,6 +725,11 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
         elite_pixel_values (`(elite_batch, 3, H, W)`), elite_input_ids / elite_attention_mask /
             elite_token_type_ids (`(elite_batch, seq_len)`): the elite image-caption pairs.
         """
+        if "return_loss" in kwargs:
+            raise TypeError(
+                f"{type(self).__name__} always computes the pretraining losses; return_loss belongs to the released "
+                "model's forward (model.released_model)."
+            )
         config, released = self.config, self.keepfit
         public = _TextImageBatch("public", pixel_values, input_ids, attention_mask, token_type_ids)
         elite = _TextImageBatch(
@@ -782,8 +860,6 @@ class KeepFitVisionModel(KeepFitPreTrainedModel):
         self.vision_model = AutoModel.from_config(config.vision_config)
         self.post_init()
 
-    supports_gradient_checkpointing = False  # a ResNet: see KeepFitPreTrainedModel
-
     @can_return_tuple
     def forward(
         self,
@@ -821,8 +897,6 @@ class KeepFitForImageClassification(KeepFitPreTrainedModel):
             nn.Linear(config.image_feature_size, config.num_labels) if config.num_labels else nn.Identity()
         )
         self.post_init()
-
-    supports_gradient_checkpointing = False  # a ResNet: see KeepFitPreTrainedModel
 
     @can_return_tuple
     def forward(

@@ -906,6 +906,11 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
             L_lg_clip.
         noise (`(paired_batch + unpaired_batch, num_patches)`): masking noise, for reproducible masks.
         """
+        if "return_loss" in kwargs:
+            raise TypeError(
+                f"{type(self).__name__} always computes the pretraining losses; return_loss belongs to the released "
+                "model's forward (model.released_model)."
+            )
         config = self.config
         released = self.maskedclip
         if pixel_values is not None and input_ids is not None and pixel_values.shape[0] != input_ids.shape[0]:

@@ -21,6 +21,7 @@ class ImageStepBatches(StepBatches):
 
 class IBQTokenizerTask(PretrainTask):
     family = "ibq-tokenizer"
+    forward_kwargs = {"return_loss": True}
     # Logged every log step; only `loss` is optimised (usage and perplexity are statistics of the batch).
     loss_terms = (
         "loss",

@@ -45,6 +45,9 @@ class PretrainTask:
     contrastive_fields: tuple[tuple[str, str, str, str | None], ...] = ()
     # What the collapse guard's warning suggests turning, family by family.
     collapse_knobs: str = ""
+    # Extra arguments of the training forward: the `...ForPreTraining` models always compute their losses; a
+    # model that computes them only when asked (the IBQ tokenizer) sets {"return_loss": True}.
+    forward_kwargs: dict = {}
 
     def batch_sizes(self, config: PretrainConfig) -> dict[str, int]:
         raise NotImplementedError

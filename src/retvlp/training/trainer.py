@@ -295,7 +295,7 @@ def pretrain(
             torch.manual_seed(_seed_from(run.seed, micro, rank))
             sync = k == accumulation - 1
             with accelerator.no_sync(model) if not sync else nullcontext():
-                outputs = model(**batch, return_loss=True)
+                outputs = model(**batch, **task.forward_kwargs)
                 terms = task.outputs_to_terms(outputs)
                 if sync and ((step + 1) % run.log_every == 0 or step + 1 == total_steps):
                     # The guard looks at the last micro-batch of each log step (gathered: collective).
