@@ -369,3 +369,56 @@ def test_keepfit_resnet_activation_checkpointing_keeps_gradients_and_batch_norm_
         torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
     for name in buffers:  # running_mean / running_var / num_batches_tracked moved once, as without
         torch.testing.assert_close(buffers_ckpt[name], buffers[name], msg=name)
+
+
+PRETRAINING_REMOTE_SCRIPT = """
+import json, sys
+sys.modules["retvlp"] = None  # only the checkpoints' own code may run
+import torch
+from transformers import AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+pretraining_dir, released_dir, size, vocab = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+g = torch.Generator().manual_seed(0)
+inputs = dict(pixel_values=torch.randn(2, 3, size, size, generator=g), input_ids=torch.randint(5, vocab, (2, 7), generator=g))
+report = {}
+for name, directory in (("pretraining", pretraining_dir), ("released", released_dir)):
+    released = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
+    full = AutoModelForPreTraining.from_pretrained(directory, trust_remote_code=True).eval()
+    with torch.no_grad():
+        report[name] = dict(
+            released_class=type(released).__name__, pretraining_class=type(full).__name__,
+            module=type(full).__module__, logits=released(**inputs).logits_per_image.tolist(),
+            inner_logits=full.released_model(**inputs).logits_per_image.tolist(),
+        )
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_either_checkpoint_kind_loads_as_remote_code_without_retvlp(family, tmp_path):
+    from conftest import run_without_retvlp
+
+    pretraining, released_class, size, vocab = _build(family)
+    pretraining.save_pretrained(tmp_path / "pretraining")
+    pretraining.released_model.save_pretrained(tmp_path / "released")
+    report = run_without_retvlp(
+        PRETRAINING_REMOTE_SCRIPT,
+        tmp_path,
+        str(tmp_path / "pretraining"),
+        str(tmp_path / "released"),
+        str(size),
+        str(vocab),
+    )
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(
+        pixel_values=torch.randn(2, 3, size, size, generator=generator),
+        input_ids=torch.randint(5, vocab, (2, 7), generator=generator),
+    )
+    with torch.no_grad():
+        expected = pretraining.released_model.eval()(**inputs).logits_per_image
+    for kind in ("pretraining", "released"):
+        entry = report[kind]
+        assert entry["released_class"] == released_class.__name__
+        assert entry["pretraining_class"] == type(pretraining).__name__
+        assert not entry["module"].startswith("retvlp")
+        torch.testing.assert_close(torch.tensor(entry["logits"]), expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(torch.tensor(entry["inner_logits"]), expected, atol=1e-5, rtol=1e-4)
