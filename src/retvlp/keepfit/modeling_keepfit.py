@@ -630,7 +630,9 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, reading pre-split checkpoints too."""
-        if "key_mapping" not in kwargs and _is_legacy_checkpoint(args[0] if args else None, kwargs):
+        if "key_mapping" not in kwargs and _is_legacy_checkpoint(
+            args[0] if args else kwargs.get("pretrained_model_name_or_path"), kwargs
+        ):
             kwargs["key_mapping"] = legacy_key_mapping(cls.base_model_prefix)
         return super().from_pretrained(*args, **kwargs)
 

@@ -760,7 +760,9 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         """As `PreTrainedModel.from_pretrained`; reads pre-split checkpoints too, and rebuilds the momentum
         encoder as a copy of the loaded E_I and B when the checkpoint has none."""
         want_info = kwargs.pop("output_loading_info", False)
-        if "key_mapping" not in kwargs and _is_legacy_checkpoint(args[0] if args else None, kwargs):
+        if "key_mapping" not in kwargs and _is_legacy_checkpoint(
+            args[0] if args else kwargs.get("pretrained_model_name_or_path"), kwargs
+        ):
             kwargs["key_mapping"] = legacy_key_mapping(cls.base_model_prefix)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         if any(key.startswith(MOMENTUM_PREFIXES) for key in info["missing_keys"]):
