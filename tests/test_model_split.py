@@ -422,3 +422,52 @@ def test_either_checkpoint_kind_loads_as_remote_code_without_retvlp(family, tmp_
         assert not entry["module"].startswith("retvlp")
         torch.testing.assert_close(torch.tensor(entry["logits"]), expected, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(torch.tensor(entry["inner_logits"]), expected, atol=1e-5, rtol=1e-4)
+
+
+CLASSIFIER_REMOTE_SCRIPT = """
+import json, sys
+sys.modules["retvlp"] = None
+import torch
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained(
+    sys.argv[1], trust_remote_code=True, num_labels=3, drop_path_rate=0.1
+)
+print(json.dumps(dict(cls=type(model).__name__, module=type(model).__module__, labels=model.config.num_labels,
+                      drop_path=model.config.drop_path_rate, cls_token=model.vision_model.embeddings.cls_token.flatten().tolist())))
+"""
+
+
+def test_maskedclip_checkpoint_builds_a_classifier_as_remote_code_with_vision_settings(tmp_path):
+    from conftest import run_without_retvlp
+
+    pretraining, _, _, _ = _build("maskedclip")
+    pretraining.released_model.save_pretrained(tmp_path / "released")
+    report = run_without_retvlp(CLASSIFIER_REMOTE_SCRIPT, tmp_path, str(tmp_path / "released"))
+    assert report["cls"] == "MaskedCLIPForImageClassification" and not report["module"].startswith("retvlp")
+    assert report["labels"] == 3 and report["drop_path"] == 0.1
+    expected = pretraining.released_model.vision_model.embeddings.cls_token.flatten()
+    torch.testing.assert_close(torch.tensor(report["cls_token"]), expected)
+    # the same with retvlp imported; vision settings the full config does not know reach the vision config
+    local = AutoModelForImageClassification.from_pretrained(
+        tmp_path / "released", num_labels=3, drop_path_rate=0.1, pooling="cls"
+    )
+    assert type(local) is MaskedCLIPForImageClassification
+    assert local.config.drop_path_rate == 0.1 and local.config.pooling == "cls"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pretraining_forward_honours_return_dict_false_from_the_config(family):
+    pretraining, _, size, vocab = _build(family)
+    inputs = _inputs(size, vocab)
+    if family == "keepfit":
+        elite = _inputs(size, vocab, batch=2, seed=1)
+        inputs.update({f"elite_{k}": v for k, v in elite.items()})
+    else:  # the same MAE masks in both calls
+        inputs["noise"] = torch.rand(3, pretraining.config.vision_config.num_patches)
+    pretraining.eval()
+    with torch.no_grad():
+        expected = pretraining(**inputs).loss
+        pretraining.config.return_dict = False
+        as_tuple = pretraining(**inputs)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], expected)

@@ -25,6 +25,7 @@ from .maskedclip import (
     MaskedCLIPConfig,
     MaskedCLIPForImageClassification,
     MaskedCLIPForPreTraining,
+    MaskedCLIPImageClassificationLoader,
     MaskedCLIPModel,
     MaskedCLIPProcessor,
     MaskedCLIPVisionConfig,
@@ -52,11 +53,10 @@ def register_auto_classes() -> None:
     AutoModelForImageClassification.register(
         MaskedCLIPVisionConfig, MaskedCLIPForImageClassification, exist_ok=True
     )
-    # `register` insists that the model's config class is the key; the classifier's is the vision config, and
-    # its `from_pretrained` takes the vision part of a full MaskedCLIPConfig (as transformers' CLIP classifier
-    # reads `config.vision_config`). The mapping itself accepts the pair.
-    AutoModelForImageClassification._model_mapping.register(
-        MaskedCLIPConfig, MaskedCLIPForImageClassification, exist_ok=True
+    # A MaskedCLIP checkpoint's config is the dual-encoder one; the loader class declares it and builds the
+    # classifier from its vision part (also what its remote-code auto_map names).
+    AutoModelForImageClassification.register(
+        MaskedCLIPConfig, MaskedCLIPImageClassificationLoader, exist_ok=True
     )
     for config_class in (MaskedCLIPConfig, MaskedCLIPVisionConfig, KeepFitConfig):
         AutoImageProcessor.register(

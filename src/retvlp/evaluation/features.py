@@ -74,7 +74,7 @@ def encode_images(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torc
         output = model(pixel_values=pixel_values, return_dict=True)
         return output.vision_model_output.pooler_output.flatten(1), output.image_embeds
     if hasattr(model, "get_image_features"):
-        embeds = _pooled(model.get_image_features(pixel_values=pixel_values))
+        embeds = _pooled(model.get_image_features(pixel_values=pixel_values, return_dict=True))
         probe = embeds
     else:  # an image-only encoder (MaskedCLIPVisionModel, KeepFitVisionModel, ViTModel, ...)
         output = model(pixel_values=pixel_values)
@@ -232,7 +232,9 @@ def class_prototypes(
             max_length=max_length,
             return_tensors="pt",
         ).to(device)
-        embeddings.append(F.normalize(_pooled(model.get_text_features(**inputs)).float(), dim=-1).cpu())
+        embeddings.append(
+            F.normalize(_pooled(model.get_text_features(**inputs, return_dict=True)).float(), dim=-1).cpu()
+        )
     model.train(was_training)
     embeddings = torch.cat(embeddings)
     prototypes, start = [], 0

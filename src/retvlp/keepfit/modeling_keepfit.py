@@ -752,11 +752,13 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
             released.project(vision_output.pooler_output, released.visual_projection), dim=-1
         )
         image_embeds, elite_image_embeds = image_embeds_all[: public.size], image_embeds_all[public.size :]
-        text_embeds = F.normalize(released.get_text_features(**public.text_inputs()).pooler_output, dim=-1)
+        text_embeds = F.normalize(
+            released.get_text_features(**public.text_inputs(), return_dict=True).pooler_output, dim=-1
+        )
         elite_text_embeds = None
         if has_elite:
             elite_text_embeds = F.normalize(
-                released.get_text_features(**elite.text_inputs()).pooler_output, dim=-1
+                released.get_text_features(**elite.text_inputs(), return_dict=True).pooler_output, dim=-1
             )
 
         scale, gather = released.clamped_logit_scale(), config.gather_distributed

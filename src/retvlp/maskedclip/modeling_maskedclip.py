@@ -437,6 +437,7 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
         "AutoModel": "modeling_maskedclip.MaskedCLIPModel",
         "AutoModelForPreTraining": "modeling_maskedclip.MaskedCLIPForPreTraining",
         "AutoModelForZeroShotImageClassification": "modeling_maskedclip.MaskedCLIPModel",
+        "AutoModelForImageClassification": "modeling_maskedclip.MaskedCLIPImageClassificationLoader",
     }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -965,10 +966,12 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
                     "pixel_values are the paired images and need their texts (input_ids); pass image-only "
                     "samples as unpaired_pixel_values."
                 )
-            image_embeds = F.normalize(released.get_image_features(pixel_values).pooler_output, dim=-1)
+            image_embeds = F.normalize(
+                released.get_image_features(pixel_values, return_dict=True).pooler_output, dim=-1
+            )
             text_embeds = F.normalize(
                 released.get_text_features(
-                    input_ids, attention_mask, token_type_ids, position_ids
+                    input_ids, attention_mask, token_type_ids, position_ids, return_dict=True
                 ).pooler_output,
                 dim=-1,
             )
@@ -1123,6 +1126,10 @@ class MaskedCLIPForImageClassification(MaskedCLIPPreTrainedModel):
             for field in ("id2label", "label2id", "problem_type"):
                 if getattr(config, field, None) is not None:
                     setattr(vision_config, field, getattr(config, field))
+            # Vision settings the full config did not take (drop_path_rate=, pooling=, ...) belong here.
+            for field in list(kwargs):
+                if field in MaskedCLIPVisionConfig.__dataclass_fields__:
+                    setattr(vision_config, field, kwargs.pop(field))
             kwargs["config"] = vision_config
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
@@ -1160,10 +1167,39 @@ class MaskedCLIPForImageClassification(MaskedCLIPPreTrainedModel):
         )
 
 
+class MaskedCLIPImageClassificationLoader(MaskedCLIPPreTrainedModel):
+    """What `AutoModelForImageClassification` resolves a MaskedCLIP (dual-encoder) checkpoint to: it builds a
+    [`MaskedCLIPForImageClassification`] from the checkpoint's vision part and E_I weights, and is never an
+    instance itself.
+
+    transformers' Auto classes require the class they resolve to to declare the checkpoint's config class
+    (`MaskedCLIPConfig`), also when they load it as remote code; the classifier itself is configured by the
+    vision config (what a fine-tuned classifier saves). This class bridges the two, in the installed package and
+    under `trust_remote_code` alike.
+    """
+
+    _remote_auto_map = {}
+
+    def __init__(self, config: MaskedCLIPConfig):
+        raise TypeError(
+            "MaskedCLIPImageClassificationLoader only loads: use "
+            "MaskedCLIPForImageClassification(config.vision_config) to build a classifier."
+        )
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "MaskedCLIPForImageClassification":
+        return MaskedCLIPForImageClassification.from_pretrained(*args, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config: MaskedCLIPConfig, **kwargs) -> "MaskedCLIPForImageClassification":
+        return MaskedCLIPForImageClassification._from_config(config.vision_config, **kwargs)
+
+
 __all__ = [
     "MaskedCLIPForImageClassification",
     "MaskedCLIPForPreTraining",
     "MaskedCLIPForPreTrainingOutput",
+    "MaskedCLIPImageClassificationLoader",
     "MaskedCLIPLayer",
     "MaskedCLIPModel",
     "MaskedCLIPOutput",
