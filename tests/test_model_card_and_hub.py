@@ -511,12 +511,16 @@ def test_push_lora_adapter_in_one_commit(lora_model, tmp_path):
     assert "`q_proj`, `v_proj`" in text and "classifier" in text
     assert "not a medical device" in text.lower() and "## Limitations and biases" in text
 
-    # straight from the in-memory PeftModel as well
+    # Straight from the in-memory PeftModel, it is staged as a portable adapter (classifier config + code +
+    # image processor: tests/test_portable_artifacts.py), which this one, with LABEL_n classes and no image
+    # processor, is not: refused before anything is uploaded.
     fake = FakeHfApi()
-    push_adapter_to_hub("me/tiny-lora", peft_model=lora_model, base_model="me/tiny-maskedclip", api=fake)
-    assert fake.names() == ["create_repo", "upload_folder"]
-    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(fake.uploaded)
-    assert "adapter" in fake.calls[-1][1]["commit_message"]
+    with pytest.raises(ValueError, match="no class names"):
+        push_adapter_to_hub("me/tiny-lora", peft_model=lora_model, base_model="me/tiny-maskedclip", api=fake)
+    assert fake.names() == []
+    assert (
+        lora_model.peft_config["default"].base_model_name_or_path is None
+    )  # the caller's model is untouched
 
 
 def test_render_adapter_card_needs_a_base_model(lora_model, tmp_path):

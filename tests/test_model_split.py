@@ -471,3 +471,29 @@ def test_pretraining_forward_honours_return_dict_false_from_the_config(family):
         as_tuple = pretraining(**inputs)
     assert isinstance(as_tuple, tuple)
     torch.testing.assert_close(as_tuple[0], expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_card_names_the_class_the_weights_were_saved_from(family, tmp_path):
+    from retvlp.model_card import render_model_card
+
+    pretraining, released_class, _, _ = _build(family)
+    pretraining.save_pretrained(tmp_path / "pretraining")
+    pretraining.released_model.save_pretrained(tmp_path / "released")
+    released_card = str(render_model_card(tmp_path / "released"))
+    pretraining_card = str(render_model_card(tmp_path / "pretraining"))
+    assert f"These weights are `{released_class.__name__}`" in released_card
+    assert f"These weights are `{type(pretraining).__name__}`" in pretraining_card
+
+
+def test_keepfit_pretraining_returns_the_prompt_attentions_when_asked():
+    pretraining, _, size, vocab = _build("keepfit")
+    pretraining.set_attn_implementation("eager")
+    inputs = _inputs(size, vocab)
+    elite = _inputs(size, vocab, batch=2, seed=1)
+    inputs.update({f"elite_{k}": v for k, v in elite.items()})
+    with torch.no_grad():
+        assert pretraining(**inputs).attentions is None
+        attentions = pretraining(**inputs, output_attentions=True).attentions
+    assert len(attentions) == pretraining.config.text_config.num_hidden_layers
+    assert attentions[0].shape[:2] == (3, pretraining.config.text_config.num_attention_heads)

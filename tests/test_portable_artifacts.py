@@ -516,3 +516,22 @@ def test_staging_drops_a_stale_image_processor_entry_and_refuses_folders_that_wo
     (unnamed / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="no class names"):
         prepare_upload_folder(tmp_path / "s4", folder=unnamed)
+
+
+def test_push_of_a_live_peft_model_stages_the_portable_adapter(lora_run, data, tmp_path):
+    """push_adapter_to_hub(peft_model=...) stages what `retvlp evaluate` saves: PEFT files + the classifier's
+    config with the class names, its code and the image processor; the base is the given Hub id."""
+    fake = FakeHfApi()
+    retvlp.hub.push_adapter_to_hub(
+        "me/tiny-adapter",
+        peft_model=lora_run.model,
+        processor=FundusImageProcessor(size=32),
+        base_model="me/tiny-maskedclip",
+        api=fake,
+    )
+    uploaded = set(fake.uploaded)
+    assert {"adapter_config.json", "config.json", "preprocessor_config.json", "README.md"} <= uploaded
+    assert "modeling_maskedclip.py" in uploaded and "model.safetensors" not in uploaded
+    config = json.loads(fake.uploaded["config.json"])
+    assert list(config["id2label"].values()) == data[0].class_names
+    assert json.loads(fake.uploaded["adapter_config.json"])["base_model_name_or_path"] == "me/tiny-maskedclip"

@@ -310,6 +310,20 @@ def _stage(destination: Path, model, processor, folder, card, base_model, kwargs
             raise FileNotFoundError(f"checkpoint folder not found: {source}")
         folder_kind(source)  # refuse before copying anything
         _copy_checkpoint(source, destination)
+    elif hasattr(model, "peft_config"):
+        # A live PeftModel: staged as `retvlp evaluate` saves adapters (PEFT files + the classifier's config with
+        # the class names, its code and the image processor), not as PEFT's bare files.
+        from .evaluation.finetune import save_finetuned
+
+        if not (base_model or kwargs.get("base_model")):
+            raise ValueError("pushing a PEFT model needs base_model= (the base checkpoint's Hub id)")
+        save_finetuned(
+            model,
+            destination,
+            image_processor=getattr(processor, "image_processor", processor),
+            base_model=base_model or kwargs.get("base_model"),
+        )
+        processor = None
     else:
         model.save_pretrained(destination)
     if processor is not None:
@@ -415,6 +429,7 @@ def push_adapter_to_hub(
     *,
     adapter_dir: str | Path | None = None,
     peft_model: Any = None,
+    processor: Any = None,
     base_model: str | None = None,
     card: ModelCard | str | None = None,
     private: bool | None = None,
@@ -429,7 +444,8 @@ def push_adapter_to_hub(
     adapter, which it checks first.
 
     `adapter_dir` is a `PeftModel.save_pretrained` folder (or a retvlp `adapter/` folder), or `peft_model` is
-    saved into the staging folder. `base_model` (the base checkpoint's Hub id; may be left out when the adapter
+    saved into the staging folder as `retvlp evaluate` saves adapters (with the classifier's config and code, and
+    `processor`, the image processor, which a portable adapter needs). `base_model` (the base checkpoint's Hub id; may be left out when the adapter
     already names one) goes into the card and, in the staged copy only, into `adapter_config.json`'s
     `base_model_name_or_path`, so that PEFT finds the base model.
     """
@@ -442,6 +458,7 @@ def push_adapter_to_hub(
     return push_to_hub(
         repo_id,
         model=peft_model,
+        processor=processor,
         folder=adapter_dir,
         card=card,
         base_model=base_model,

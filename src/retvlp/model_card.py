@@ -232,6 +232,9 @@ def _resnet_name(vision: Mapping) -> str:
     return f"custom ResNet ({detail})"
 
 
+_RELEASED_CLASS = {"maskedclip": "MaskedCLIPModel", "keepfit": "KeepFitModel"}
+
+
 def _maskedclip_architecture(config: Mapping) -> list[tuple[str, str]]:
     vision = config.get("vision_config") or {}
     text = config.get("text_config") or {}
@@ -755,6 +758,8 @@ def render_model_card(
         prompt_template=_PROMPTS[family],
         base_model=base_model,
         transformers_version=config.get("transformers_version"),
+        # the class the weights were saved from: the released model, or a pretraining model pushed as it is
+        model_class=(config.get("architectures") or [_RELEASED_CLASS[family]])[0],
     )
     path = Path(template) if template is not None else template_path(family)
     return ModelCard.from_template(card_data, template_path=str(path), **context)

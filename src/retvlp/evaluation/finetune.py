@@ -480,9 +480,15 @@ def save_finetuned(
         # The classifier's config and code without weights: `AutoConfig.from_pretrained(adapter)` then gives the
         # base model the head size and class names the adapter's `modules_to_save` expect.
         model.get_base_model().save_pretrained(directory, state_dict={})
-        for adapter_config in model.peft_config.values():
-            adapter_config.base_model_name_or_path = base_model
-        model.save_pretrained(directory)
+        # Set for the save only: the caller's model keeps its own base path.
+        previous = {name: config.base_model_name_or_path for name, config in model.peft_config.items()}
+        try:
+            for adapter_config in model.peft_config.values():
+                adapter_config.base_model_name_or_path = base_model
+            model.save_pretrained(directory)
+        finally:
+            for name, path in previous.items():
+                model.peft_config[name].base_model_name_or_path = path
     else:
         model.save_pretrained(directory)
     if image_processor is not None:

@@ -120,6 +120,7 @@ class KeepFitForPreTrainingOutput(ModelOutput):
         images first).
     hidden_states: with `output_hidden_states`, E_v's feature maps of the public images (from the joint public +
         elite pass).
+    attentions: with `output_attentions`, E_t's attention weights over the public prompts.
     """
 
     loss: torch.FloatTensor | None = None
@@ -139,6 +140,7 @@ class KeepFitForPreTrainingOutput(ModelOutput):
     appearance_attention: torch.FloatTensor | None = None
     appearance_indices: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # `torch.nn.Module`, not `nn.Module`: transformers decides whether a model file supports
@@ -716,6 +718,7 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
         elite_attention_mask: torch.Tensor | None = None,
         elite_token_type_ids: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> KeepFitForPreTrainingOutput:
         r"""
@@ -752,9 +755,12 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
             released.project(vision_output.pooler_output, released.visual_projection), dim=-1
         )
         image_embeds, elite_image_embeds = image_embeds_all[: public.size], image_embeds_all[public.size :]
-        text_embeds = F.normalize(
-            released.get_text_features(**public.text_inputs(), return_dict=True).pooler_output, dim=-1
+        public_text = released.get_text_features(
+            **public.text_inputs(),
+            output_attentions=self._output_flags(None, output_attentions)[1],
+            return_dict=True,
         )
+        text_embeds = F.normalize(public_text.pooler_output, dim=-1)
         elite_text_embeds = None
         if has_elite:
             elite_text_embeds = F.normalize(
@@ -819,6 +825,7 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
             else tuple(
                 None if state is None else state[: public.size] for state in vision_output.hidden_states
             ),
+            attentions=public_text.attentions,
         )
 
 
