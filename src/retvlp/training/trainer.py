@@ -27,6 +27,7 @@ from .collapse import CollapseGuard, ContrastiveCollapseError
 from .config import PretrainConfig
 from .data import StepBatches, discover_classes, prepare_streams, read_training_manifests
 from .periodic_eval import PeriodicEvaluator, hold_out_eval_rows
+from .run_lock import run_lock
 from .task import PretrainTask, released_model
 
 logger = logging.getLogger(__name__)
@@ -144,17 +145,28 @@ def pretrain(
         resume: "latest" (newest complete checkpoint in `run.output_dir`, or a fresh start when none) or a
             checkpoint directory.
         stop_after: stop (without the final save) after this many optimizer steps — for tests of resume.
+
+    Raises `RunLockedError` when another live run owns `run.output_dir` (see `run_lock`).
     """
+    with run_lock(config.run.output_dir):
+        if config.model.family == "text-mlm":
+            from .text_mlm import pretrain_text_mlm
+
+            return pretrain_text_mlm(
+                config, resume=resume, show_progress=show_progress, stop_after=stop_after
+            )
+        return _pretrain(config, resume=resume, show_progress=show_progress, stop_after=stop_after)
+
+
+def _pretrain(
+    config: PretrainConfig, *, resume: str | None, show_progress: bool, stop_after: int | None
+) -> PretrainResult:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import is_tensorboard_available
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    if config.model.family == "text-mlm":
-        from .text_mlm import pretrain_text_mlm
-
-        return pretrain_text_mlm(config, resume=resume, show_progress=show_progress, stop_after=stop_after)
     task = get_task(config.model.family)
     run, data, optim = config.run, config.data, config.optim
     output_dir = Path(run.output_dir)
