@@ -128,6 +128,34 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, synthetic, mon
     assert [step for step, _ in checkpoint_steps(config.run.output_dir)] == [3]
 
 
+@pytest.mark.parametrize("max_grad_norm", [None, 1.0])
+def test_nonfinite_gradient_with_a_finite_loss_is_never_applied(
+    tmp_path, synthetic, monkeypatch, max_grad_norm
+):
+    """A NaN gradient behind a finite loss, with clipping off or on: the run stops before optimizer.step(), no
+    checkpoint holds the poisoned update, and the message (nothing applied, last good checkpoint) is true."""
+    from retvlp.maskedclip.modeling_maskedclip import MaskedCLIPForPreTraining
+
+    original = MaskedCLIPForPreTraining.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 9:  # micro-step 9 = optimizer step 5
+            # sqrt at 0: the value 0 leaves the loss finite, its infinite slope makes every gradient NaN
+            out.loss = out.loss + torch.sqrt(self.maskedclip.logit_scale * 0.0)
+        return out
+
+    monkeypatch.setattr(MaskedCLIPForPreTraining, "forward", poisoned)
+    config = tiny_run(tmp_path, synthetic, optim={"max_grad_norm": max_grad_norm})
+    with pytest.raises(NonFiniteLossError, match=r"step 5.*Nothing was applied.*checkpoint-3"):
+        pretrain(config, show_progress=False)
+    assert [step for step, _ in checkpoint_steps(config.run.output_dir)] == [3]
+    weights = _tensors(tmp_path / "run" / "checkpoint-3" / "model.safetensors")
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
 def test_bad_samples_stop_the_run_or_are_skipped_and_listed(tmp_path, synthetic):
     manifest = tmp_path / "extra.jsonl"
     good = json.loads(synthetic.paired.read_text().splitlines()[0])

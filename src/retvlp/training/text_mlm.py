@@ -792,6 +792,12 @@ def pretrain_text_mlm(
         if optim.max_grad_norm:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
             _stop_if_nonfinite(accelerator, grad_norm, step, {"grad_norm": grad_norm}, output_dir)
+        else:
+            # Without clipping the gradients are still checked before the update: an infinite max_norm gives the
+            # total norm and scales by exactly 1 (nothing changes), so a NaN / Inf gradient stops the run before
+            # optimizer.step() applies it.
+            unclipped = accelerator.clip_grad_norm_(model.parameters(), float("inf"))
+            _stop_if_nonfinite(accelerator, unclipped, step, {"grad_norm": unclipped}, output_dir)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
