@@ -42,7 +42,12 @@ KEEPFIT_TEXT = {
     "vocab_size": 300,
 }
 
-REMOTE_CODE = {"configuration_maskedclip.py", "modeling_maskedclip.py", "loss_maskedclip.py"}
+REMOTE_CODE = {
+    "configuration_maskedclip.py",
+    "modeling_maskedclip.py",
+    "loss_maskedclip.py",
+    "modeling_common.py",
+}
 PROCESSOR_FILES = {"processor_config.json", "tokenizer.json", "tokenizer_config.json"}
 TRAINING_ARTEFACTS = {
     "optimizer.bin",

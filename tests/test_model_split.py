@@ -302,12 +302,14 @@ CODE_FILES = {
         "modeling_maskedclip.py",
         "loss_maskedclip.py",
         "contrastive.py",
+        "modeling_common.py",
     },
     "keepfit": {
         "configuration_keepfit.py",
         "modeling_keepfit.py",
         "loss_keepfit.py",
         "contrastive.py",
+        "modeling_common.py",
         "quantization_ibq.py",
     },
 }

@@ -669,6 +669,7 @@ def test_checkpoint_carries_its_code(saved_checkpoint):
         "modeling_keepfit.py",
         "loss_keepfit.py",
         "contrastive.py",
+        "modeling_common.py",
         "quantization_ibq.py",
         "processing_keepfit.py",
         "processing_maskedclip.py",

@@ -1,7 +1,7 @@
 """KeepFIT V2 model family: configuration, model, losses, processor, FLAIR / KeepFIT V1 converter.
 
-The folder is flat so that a saved checkpoint carries runnable code. Four of its files are symlinks to the
-files they share with the other families (`contrastive.py`, `image_processing_fundus.py`,
+The folder is flat so that a saved checkpoint carries runnable code. Five of its files are symlinks to the
+files they share with the other families (`contrastive.py`, `image_processing_fundus.py`, `modeling_common.py`,
 `processing_maskedclip.py` from MaskedCLIP and `quantization_ibq.py` from the IBQ tokenizer): `save_pretrained`
 copies their content next to the weights. Inside the installed package the symlinked names are bound to the
 original modules first, so there is one `FundusImageProcessor` class (and one of each), not two look-alikes.
@@ -10,9 +10,15 @@ original modules first, so there is one `FundusImageProcessor` class (and one of
 import sys
 
 from ..ibq import quantization_ibq
-from ..maskedclip import contrastive, image_processing_fundus, processing_maskedclip
+from ..maskedclip import contrastive, image_processing_fundus, modeling_common, processing_maskedclip
 
-for _shared in (contrastive, image_processing_fundus, processing_maskedclip, quantization_ibq):
+for _shared in (
+    contrastive,
+    image_processing_fundus,
+    modeling_common,
+    processing_maskedclip,
+    quantization_ibq,
+):
     sys.modules.setdefault(f"{__name__}.{_shared.__name__.rsplit('.', 1)[-1]}", _shared)
 
 from .configuration_keepfit import KeepFitConfig  # noqa: E402

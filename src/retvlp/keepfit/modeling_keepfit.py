@@ -30,7 +30,6 @@ its sibling files.
 
 import logging
 import math
-import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +48,7 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_keepfit import KeepFitConfig
 from .contrastive import distributed_world, gather_with_grad
 from .loss_keepfit import image_text_contrastive_loss, knowledge_refinement_loss, total_loss
+from .modeling_common import CheckpointLayout, dual_encoder_scores, resolve_output_flags, select_hidden_states
 from .quantization_ibq import ibq_quantize
 
 logger = logging.getLogger(__name__)
@@ -61,21 +61,10 @@ RELEASED_PREFIXES = ("vision_model.", "text_model.", "visual_projection.", "text
 PRETRAINING_ONLY_PREFIXES = ("semantic_attention.", "appearance_quantizer.", "appearance_attention.")
 
 
-def legacy_key_mapping(prefix: str = "keepfit") -> dict[str, str]:
-    """`from_pretrained(key_mapping=...)` entries that read a pre-split checkpoint into the pretraining model."""
-    released = "|".join(p.rstrip(".") for p in RELEASED_PREFIXES)
-    # transformers' renaming substitutes one group only: the module prefixes and the bare parameter apart.
-    return {rf"^({released})\.": rf"{prefix}.\1.", r"^logit_scale$": f"{prefix}.logit_scale"}
-
-
-def upgrade_legacy_state_dict(state_dict: dict, prefix: str = "keepfit") -> dict:
-    """A pre-split state dict in the pretraining model's layout (unchanged when already in it)."""
-    if any(key.startswith(prefix + ".") for key in state_dict):
-        return state_dict
-    return {
-        (f"{prefix}.{key}" if key.startswith(RELEASED_PREFIXES) or key == "logit_scale" else key): value
-        for key, value in state_dict.items()
-    }
+LAYOUT = CheckpointLayout("keepfit", RELEASED_PREFIXES, PRETRAINING_ONLY_PREFIXES)
+# Reading pre-split checkpoints by hand (e.g. `from_pretrained(hub_id, key_mapping=legacy_key_mapping())`).
+legacy_key_mapping = LAYOUT.key_mapping
+upgrade_legacy_state_dict = LAYOUT.upgrade
 
 
 @dataclass
@@ -257,17 +246,6 @@ def encode_images(
     return vision_model(pixel_values=pixel_values, **kwargs)
 
 
-def select_hidden_states(hidden_states, requested):
-    """`output_hidden_states` as transformers v5 reads it: True keeps every entry, a list of indices keeps
-    those (negative ones count from the end) and leaves None in the other places, False keeps none."""
-    if hidden_states is None or not requested:
-        return None
-    if not isinstance(requested, (list, tuple)):
-        return tuple(hidden_states)
-    kept = {index % len(hidden_states) for index in requested}
-    return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
-
-
 @contextmanager
 def frozen_batch_norm_statistics(module: nn.Module):
     """While a checkpointed block is recomputed for the backward pass: its BatchNorm layers in training mode
@@ -368,11 +346,7 @@ class KeepFitPreTrainedModel(PreTrainedModel):
         super().post_init()
 
     def _output_flags(self, output_hidden_states, output_attentions) -> tuple[Any, bool]:
-        """The flags from the arguments, else from the config. `output_hidden_states` may also be a list of
-        layer indices (transformers v5's way of asking for some layers): BERT receives it as given."""
-        hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        return hidden, bool(attentions)
+        return resolve_output_flags(self.config, output_hidden_states, output_attentions)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -543,27 +517,13 @@ class KeepFitModel(KeepFitPreTrainedModel):
                 input_ids, attention_mask, token_type_ids, position_ids, hidden, attentions
             )
             text_embeds = F.normalize(self.project(text_output.pooler_output, self.text_projection), dim=-1)
-        loss = logits_per_image = logits_per_text = None
-        if image_embeds is not None and text_embeds is not None:
-            scale = self.clamped_logit_scale()
-            if return_loss:
-                if image_embeds.shape[0] != text_embeds.shape[0]:
-                    raise ValueError(
-                        f"return_loss needs one text per image: got {image_embeds.shape[0]} images "
-                        f"(pixel_values) and {text_embeds.shape[0]} texts (input_ids)."
-                    )
-                loss, logits_per_image, logits_per_text = image_text_contrastive_loss(
-                    image_embeds,
-                    text_embeds,
-                    scale,
-                    labels=None if labels is None else labels.to(image_embeds.device),
-                    gather_distributed=False,
-                )
-            else:
-                logits_per_image = scale * image_embeds @ text_embeds.t()
-                logits_per_text = logits_per_image.t()
-        elif return_loss:
-            raise ValueError("return_loss needs both pixel_values and input_ids.")
+        loss, logits_per_image, logits_per_text = dual_encoder_scores(
+            image_embeds,
+            text_embeds,
+            self.clamped_logit_scale(),
+            labels=labels,
+            return_loss=bool(return_loss),
+        )
         return KeepFitOutput(
             loss=loss,
             logits_per_image=logits_per_image,
@@ -616,7 +576,7 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
         else:
             self.appearance_quantizer = self.appearance_attention = None
         self.post_init()
-        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys_hook)
+        self.register_load_state_dict_pre_hook(LAYOUT.load_state_dict_pre_hook)
 
     @property
     def released_model(self) -> KeepFitModel:
@@ -632,10 +592,9 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, reading pre-split checkpoints too."""
-        if "key_mapping" not in kwargs and _is_legacy_checkpoint(
-            args[0] if args else kwargs.get("pretrained_model_name_or_path"), kwargs
-        ):
-            kwargs["key_mapping"] = legacy_key_mapping(cls.base_model_prefix)
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if "key_mapping" not in kwargs and LAYOUT.is_pre_split(source, kwargs):
+            kwargs["key_mapping"] = LAYOUT.key_mapping()
         return super().from_pretrained(*args, **kwargs)
 
     @torch.no_grad()
@@ -827,31 +786,6 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
             ),
             attentions=public_text.attentions,
         )
-
-
-def _upgrade_legacy_keys_hook(module, state_dict, prefix, *args) -> None:
-    """`load_state_dict` pre-hook: rename a pre-split state dict's released-model keys in place."""
-    if prefix or any(key.startswith("keepfit.") for key in state_dict):
-        return
-    upgraded = upgrade_legacy_state_dict(dict(state_dict))
-    state_dict.clear()
-    state_dict.update(upgraded)
-
-
-def _is_legacy_checkpoint(source, kwargs) -> bool:
-    """Whether `source` (a local directory) holds a pre-split checkpoint: knowledge modules at the top level
-    next to `vision_model.*`, and no `keepfit.` prefix."""
-    if kwargs.get("state_dict") is not None:
-        keys = list(kwargs["state_dict"])
-    elif isinstance(source, (str, os.PathLike)) and os.path.isfile(os.path.join(source, "model.safetensors")):
-        from safetensors import safe_open
-
-        with safe_open(os.path.join(source, "model.safetensors"), framework="pt") as handle:
-            keys = list(handle.keys())
-    else:
-        return False
-    has_prefix = any(key.startswith("keepfit.") for key in keys)
-    return not has_prefix and any(key.startswith(PRETRAINING_ONLY_PREFIXES) for key in keys)
 
 
 class KeepFitVisionModel(KeepFitPreTrainedModel):

@@ -44,6 +44,7 @@ from .loss_maskedclip import (
     masked_image_modeling_loss,
     patchify,
 )
+from .modeling_common import CheckpointLayout, dual_encoder_scores, resolve_output_flags, select_hidden_states
 
 MOMENTUM_PREFIXES = ("momentum_vision_model.", "momentum_bridge.")
 # Top-level modules of the released model. In the pre-split single-class layout they sat at the top of
@@ -52,23 +53,10 @@ RELEASED_PREFIXES = ("vision_model.", "bridge.", "text_model.", "visual_projecti
 PRETRAINING_ONLY_PREFIXES = ("pixel_decoder.", "feature_decoder.") + MOMENTUM_PREFIXES
 
 
-def legacy_key_mapping(prefix: str = "maskedclip") -> dict[str, str]:
-    """`from_pretrained(key_mapping=...)` entries that read a pre-split checkpoint into the pretraining model:
-    released parts move under `prefix.`, pretraining-only parts stay where they are."""
-    released = "|".join(p.rstrip(".") for p in RELEASED_PREFIXES)
-    # transformers' renaming substitutes one group only: the module prefixes and the bare parameter apart.
-    return {rf"^({released})\.": rf"{prefix}.\1.", r"^logit_scale$": f"{prefix}.logit_scale"}
-
-
-def upgrade_legacy_state_dict(state_dict: dict, prefix: str = "maskedclip") -> dict:
-    """A pre-split state dict (released parts at the top level) in the pretraining model's layout; a state
-    dict already in that layout is returned unchanged."""
-    if any(key.startswith(prefix + ".") for key in state_dict):
-        return state_dict
-    return {
-        (f"{prefix}.{key}" if key.startswith(RELEASED_PREFIXES) or key == "logit_scale" else key): value
-        for key, value in state_dict.items()
-    }
+LAYOUT = CheckpointLayout("maskedclip", RELEASED_PREFIXES, PRETRAINING_ONLY_PREFIXES)
+# Reading pre-split checkpoints by hand (e.g. `from_pretrained(hub_id, key_mapping=legacy_key_mapping())`).
+legacy_key_mapping = LAYOUT.key_mapping
+upgrade_legacy_state_dict = LAYOUT.upgrade
 
 
 @dataclass
@@ -247,17 +235,6 @@ class MaskedCLIPLayer(ViTMAELayer):
         hidden_states = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = drop_path(self.dropout(hidden_states), rate, self.training) + residual
         return hidden_states, attention_weights
-
-
-def select_hidden_states(hidden_states, requested):
-    """`output_hidden_states` as transformers v5 reads it: True keeps every entry, a list of indices keeps
-    those (negative ones count from the end) and leaves None in the other places, False keeps none."""
-    if hidden_states is None or not requested:
-        return None
-    if not isinstance(requested, (list, tuple)):
-        return tuple(hidden_states)
-    kept = {index % len(hidden_states) for index in requested}
-    return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
 
 
 def run_blocks(
@@ -446,11 +423,7 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _output_flags(self, output_hidden_states, output_attentions) -> tuple[Any, bool]:
-        """The flags from the arguments, else from the config. `output_hidden_states` may also be a list of
-        layer indices (transformers v5's way of asking for some layers): it is passed on as given."""
-        hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        return hidden, bool(attentions)
+        return resolve_output_flags(self.config, output_hidden_states, output_attentions)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -673,27 +646,13 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
             )
             text_embeds = F.normalize(self.text_projection(text_output.pooler_output), dim=-1)
 
-        loss = logits_per_image = logits_per_text = None
-        if image_embeds is not None and text_embeds is not None:
-            logit_scale = self.clamped_logit_scale()
-            if return_loss:
-                if image_embeds.shape[0] != text_embeds.shape[0]:
-                    raise ValueError(
-                        f"return_loss needs one text per image: got {image_embeds.shape[0]} images "
-                        f"(pixel_values) and {text_embeds.shape[0]} texts (input_ids)."
-                    )
-                loss, logits_per_image, logits_per_text = label_guided_contrastive_loss(
-                    image_embeds,
-                    text_embeds,
-                    logit_scale,
-                    labels=None if labels is None else labels.to(image_embeds.device),
-                    gather_distributed=False,
-                )
-            else:
-                logits_per_image = logit_scale * image_embeds @ text_embeds.t()
-                logits_per_text = logits_per_image.t()
-        elif return_loss:
-            raise ValueError("return_loss needs both pixel_values and input_ids.")
+        loss, logits_per_image, logits_per_text = dual_encoder_scores(
+            image_embeds,
+            text_embeds,
+            self.clamped_logit_scale(),
+            labels=labels,
+            return_loss=bool(return_loss),
+        )
         return MaskedCLIPOutput(
             loss=loss,
             logits_per_image=logits_per_image,
@@ -743,7 +702,7 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         self.post_init()
         self.reset_momentum_encoder()
         # Training checkpoints written before the split (accelerate's load_state reads a plain state dict).
-        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys_hook)
+        self.register_load_state_dict_pre_hook(LAYOUT.load_state_dict_pre_hook)
 
     @property
     def released_model(self) -> MaskedCLIPModel:
@@ -761,10 +720,9 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         """As `PreTrainedModel.from_pretrained`; reads pre-split checkpoints too, and rebuilds the momentum
         encoder as a copy of the loaded E_I and B when the checkpoint has none."""
         want_info = kwargs.pop("output_loading_info", False)
-        if "key_mapping" not in kwargs and _is_legacy_checkpoint(
-            args[0] if args else kwargs.get("pretrained_model_name_or_path"), kwargs
-        ):
-            kwargs["key_mapping"] = legacy_key_mapping(cls.base_model_prefix)
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if "key_mapping" not in kwargs and LAYOUT.is_pre_split(source, kwargs):
+            kwargs["key_mapping"] = LAYOUT.key_mapping()
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         if any(key.startswith(MOMENTUM_PREFIXES) for key in info["missing_keys"]):
             model.reset_momentum_encoder()
@@ -1007,34 +965,6 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         if self.momentum_bridge is not None:
             tokens = self.momentum_bridge(tokens)
         return tokens[:, 1:]
-
-
-def _upgrade_legacy_keys_hook(module, state_dict, prefix, *args) -> None:
-    """`load_state_dict` pre-hook: rename a pre-split state dict's released-model keys in place."""
-    if prefix or any(key.startswith("maskedclip.") for key in state_dict):
-        return
-    upgraded = upgrade_legacy_state_dict(dict(state_dict))
-    state_dict.clear()
-    state_dict.update(upgraded)
-
-
-def _is_legacy_checkpoint(source, kwargs) -> bool:
-    """Whether `source` (a local directory) holds a pre-split checkpoint: a MaskedCLIP state with decoders or
-    momentum weights at the top level next to `vision_model.*`, and no `maskedclip.` prefix."""
-    import os
-
-    if kwargs.get("state_dict") is not None:
-        keys = list(kwargs["state_dict"])
-    elif isinstance(source, (str, os.PathLike)) and os.path.isfile(os.path.join(source, "model.safetensors")):
-        from safetensors import safe_open
-
-        with safe_open(os.path.join(source, "model.safetensors"), framework="pt") as handle:
-            keys = list(handle.keys())
-    else:
-        return False
-    has_prefix = any(key.startswith("maskedclip.") for key in keys)
-    has_top_level_extras = any(key.startswith(PRETRAINING_ONLY_PREFIXES) for key in keys)
-    return not has_prefix and has_top_level_extras
 
 
 class MaskedCLIPVisionModel(MaskedCLIPPreTrainedModel):

@@ -1,0 +1,1 @@
+../maskedclip/modeling_common.py
