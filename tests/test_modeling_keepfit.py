@@ -6,6 +6,7 @@ Tiny towers: a 4-stage bottleneck ResNet (64 px images → 2×2 feature maps of 
 
 import ast
 import json
+import logging
 import math
 import os
 import shutil
@@ -389,7 +390,9 @@ def test_embeddings_are_normalised_projections_of_normalised_features():
     )
     assert torch.equal(output.logits_per_text, output.logits_per_image.t())
     assert output.loss is None
-    assert torch.equal(output.vision_model_output.pooler_output, pooled)  # the linear-probe feature
+    # the linear-probe feature; not bit-equal: the dual encoder may run the ResNet channels-last, and oneDNN
+    # picks a different convolution kernel for that layout with one thread
+    assert torch.allclose(output.vision_model_output.pooler_output, pooled, rtol=0, atol=1e-6)
 
 
 def test_released_forward_gives_the_contrastive_loss_on_request():
@@ -982,7 +985,21 @@ def _assert_same_resnet(model, other):
         assert torch.equal(state[name], tensor), name
 
 
-def test_vision_and_classification_models_load_the_image_encoder(saved_checkpoint, caplog):
+@pytest.fixture
+def hf_caplog(caplog):
+    """caplog that sees transformers' warnings: its loggers do not propagate by default, and whether they do
+    in this process depends on which tests ran before, so a "not in caplog.text" check could not fail."""
+    root = logging.getLogger("transformers")
+    propagated = root.propagate
+    root.propagate = True
+    try:
+        yield caplog
+    finally:
+        root.propagate = propagated
+
+
+def test_vision_and_classification_models_load_the_image_encoder(saved_checkpoint, hf_caplog):
+    caplog = hf_caplog
     model, _, directory = saved_checkpoint
     with caplog.at_level("WARNING"):
         vision = KeepFitVisionModel.from_pretrained(directory)
@@ -1001,8 +1018,14 @@ def test_vision_and_classification_models_load_the_image_encoder(saved_checkpoin
         logits = classifier(pixels).logits
     for other in (vision, classifier):
         _assert_same_resnet(model, other)
-    assert torch.equal(features.pooler_output, pooled) and torch.equal(hidden, pooled)
-    assert torch.equal(features.last_hidden_state, feature_map) and feature_map.shape == (2, 64, 2, 2)
+    # closeness, not bit-equality: the models may run the ResNet in different memory layouts (channels-last)
+    for got, expected in (
+        (features.pooler_output, pooled),
+        (hidden, pooled),
+        (features.last_hidden_state, feature_map),
+    ):
+        assert torch.allclose(got, expected, rtol=0, atol=1e-6)
+    assert feature_map.shape == (2, 64, 2, 2)
     expected = pooled @ classifier.classifier.weight.t() + classifier.classifier.bias
     assert torch.allclose(logits, expected, atol=1e-6)
     as_tuple = vision(pixels, return_dict=False)
@@ -1010,8 +1033,9 @@ def test_vision_and_classification_models_load_the_image_encoder(saved_checkpoin
     assert len(vision(pixels, output_hidden_states=True).hidden_states) == 5  # stem + 4 stages
 
 
-def test_image_models_ignore_the_ibq_tokenizer_path(saved_checkpoint, tmp_path, caplog):
+def test_image_models_ignore_the_ibq_tokenizer_path(saved_checkpoint, tmp_path, hf_caplog):
     """A checkpoint whose config names an IBQ tokenizer that is not there: the image-only models never read it."""
+    caplog = hf_caplog
     _, _, directory = saved_checkpoint
     moved = tmp_path / "keepfit"
     shutil.copytree(directory, moved)
@@ -1026,7 +1050,11 @@ def test_image_models_ignore_the_ibq_tokenizer_path(saved_checkpoint, tmp_path, 
         KeepFitModel.from_pretrained(moved)
         pretraining = KeepFitForPreTraining.from_pretrained(moved)
         KeepFitForPreTraining(KeepFitConfig.from_pretrained(moved))
-    assert "codebook" not in caplog.text
+    # loading the pretraining model from a released checkpoint reports its knowledge weights (the codebook
+    # among them) as newly initialised; that is expected. What must not appear is an attempt to read the path.
+    assert "missing-ibq" not in caplog.text
+    assert "ibq_tokenizer_path" not in caplog.text
+    assert "quantizer.codebook" in caplog.text  # control: the capture works
     # control: the path is really missing, the pretraining side's load_codebook fails on it
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         pretraining.load_codebook(pretraining.config.ibq_tokenizer_path)
