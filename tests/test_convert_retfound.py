@@ -294,6 +294,32 @@ def test_pickled_python_object_is_refused_by_weights_only(payload_cls, sd, tmp_p
     assert SIDE_EFFECTS == []  # ... but nothing ran here
 
 
+def test_a_plain_pickle_is_named_as_one(tmp_path):
+    """pickle.dump, not torch.save: torch's reader fails on the opcodes ("Unsupported operand 149")."""
+    SIDE_EFFECTS.clear()
+    path = tmp_path / "raw.pkl"
+    path.write_bytes(pickle.dumps({"model": CodeRunningPayload()}, protocol=4))
+    with pytest.raises(ValueError, match=r"raw.pkl: not a torch.save checkpoint but a plain pickle") as err:
+        conv.load_retfound_state_dict(path)
+    assert "Unsupported operand" not in str(err.value) and SIDE_EFFECTS == []
+
+
+@pytest.mark.parametrize("kind", ["plain-pickle", "code-running-torch-save", "missing"])
+def test_cli_refusals_are_one_line_without_a_traceback(kind, sd, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RETVLP_DEBUG", raising=False)
+    SIDE_EFFECTS.clear()
+    path = tmp_path / "checkpoint.pth"
+    if kind == "plain-pickle":
+        path.write_bytes(pickle.dumps({"model": CodeRunningPayload()}))
+    elif kind == "code-running-torch-save":
+        save_pth({"model": sd, "extra": CodeRunningPayload()}, path)
+    code = conv.main(["--checkpoint", str(path), "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 1 and error.startswith("error: ") and "checkpoint.pth" in error
+    assert "Traceback" not in error and SIDE_EFFECTS == []
+    assert not (tmp_path / "out").exists()
+
+
 def test_retfound_training_checkpoint_with_argparse_namespace_loads(sd, tmp_path):
     # the MAE/RETFound training scripts save {"model", "optimizer", "epoch", "scaler", "args": Namespace}
     ckpt = {

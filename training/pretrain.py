@@ -36,11 +36,22 @@ def parse_args(argv=None):
         help="model family (overrides model.family)",
     )
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="with --resume: continue a run to a larger optim.max_steps / epochs than it was started with "
+        "(the learning-rate schedule becomes that of the longer run; docs/training.md, 'Extending a run')",
+    )
     parser.add_argument("--output-dir", default=None, help="overrides run.output_dir")
     parser.add_argument(
         "--on-bad-sample", default=None, choices=["error", "skip"], help="overrides data.on_bad_sample"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars: a log line per logging step and per start-up phase (the default when stderr "
+        "is not a terminal)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.max_steps=10")
     return parser.parse_args(argv)
 
@@ -50,9 +61,18 @@ def main(argv=None) -> int:
 
     reexec_with_tuned_malloc()
     args = parse_args(argv)
+    if args.extend and not args.resume:
+        print(
+            "error: --extend continues a run: give it with --resume latest (or a checkpoint).",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file otherwise
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from retvlp.runtime import hide_load_reports
+
+    hide_load_reports()  # RETVLP_VERBOSE=1 shows transformers' per-load key tables
 
     from retvlp.data.validation import DataValidationError
     from retvlp.evaluation.quick import format_results_table
@@ -63,6 +83,7 @@ def main(argv=None) -> int:
         PretrainConfig,
         pretrain,
     )
+    from retvlp.training.checkpointing import DiskSpaceError
 
     try:
         config = PretrainConfig.from_yaml(args.config)
@@ -74,11 +95,14 @@ def main(argv=None) -> int:
         if args.on_bad_sample:
             overrides.append(f"data.on_bad_sample={args.on_bad_sample}")
         config.apply_overrides(overrides)
-        result = pretrain(config, resume=args.resume, show_progress=not args.no_progress)
+        # a bar redrawn with carriage returns is noise in a log file: plain lines when not on a terminal
+        show_progress = not args.no_progress and sys.stderr.isatty()
+        result = pretrain(config, resume=args.resume, show_progress=show_progress, extend=args.extend)
     except (
         ConfigError,
         ContrastiveCollapseError,
         DataValidationError,
+        DiskSpaceError,
         NonFiniteLossError,
         FileNotFoundError,
         ValueError,

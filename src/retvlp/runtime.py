@@ -6,6 +6,7 @@ on a 2-core machine that was 10–30 % of a ViT step and made step times jitter 
 memory in the process removes both. glibc reads these settings only at start-up, hence the re-exec.
 """
 
+import logging
 import os
 import sys
 
@@ -30,3 +31,28 @@ def reexec_with_tuned_malloc() -> None:
 
 def malloc_is_tuned() -> bool:
     return os.environ.get(_MARKER) == "1"
+
+
+class _HideLoadReports(logging.Filter):
+    """Drops transformers' per-load state-dict tables ("... LOAD REPORT from: ..."). Our entry points load a
+    vision tower out of a dual-encoder checkpoint or a pretraining model out of a released one many times
+    per run, and each table lists dozens of keys that are expected to be missing or unused."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+_LOAD_REPORT_FILTER = _HideLoadReports()
+VERBOSE_ENV = "RETVLP_VERBOSE"
+
+
+def hide_load_reports() -> None:
+    """Hide transformers' load-report tables in this process unless `RETVLP_VERBOSE=1`. Called by the
+    command-line entry points only; importing retvlp as a library leaves transformers' logging alone."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    logging.getLogger("transformers.modeling_utils").addFilter(_LOAD_REPORT_FILTER)
+
+
+def show_load_reports() -> None:
+    logging.getLogger("transformers.modeling_utils").removeFilter(_LOAD_REPORT_FILTER)

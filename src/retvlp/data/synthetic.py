@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -39,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SYNTHETIC_CLASSES",
@@ -1319,6 +1322,14 @@ def generate_synthetic_dataset(
                 f"{root} is not empty and holds no synthetic dataset ({_MARKER}); refusing to overwrite it"
             )
     root.parent.mkdir(parents=True, exist_ok=True)
+    # a few seconds to minutes of drawing before anything else prints: say what is happening
+    logger.info(
+        "Generating the synthetic fundus data set (%d patients, %d px, seed %d) in %s; later runs reuse it.",
+        num_patients,
+        image_size,
+        seed,
+        root,
+    )
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the dataset is an ordinary directory

@@ -37,6 +37,7 @@ import math
 import os
 import pickle
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,13 @@ def _safe_globals_context() -> contextlib.AbstractContextManager:
     return safe_globals([argparse.Namespace])
 
 
+def _starts_like_a_pickle(path: Path) -> bool:
+    """pickle protocols 2+ open with the PROTO opcode (0x80) and the protocol number."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def load_retfound_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a RETFound/timm ViT checkpoint and return its flat state dict (``module.`` prefix stripped).
 
@@ -152,6 +160,15 @@ def load_retfound_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
             if found is None:  # not a pickled object, just an unreadable / non-checkpoint file
                 detail = re.search(r"WeightsUnpickler error: \s*(.+)", message)
                 reason = detail.group(1).strip() if detail else message.splitlines()[0]
+                if reason.startswith("Unsupported operand") and _starts_like_a_pickle(path):
+                    # torch reads only its own zip / legacy formats; a pickle.dump file fails on its opcodes
+                    raise ValueError(
+                        f"{path}: not a torch.save checkpoint but a plain pickle (or another format) that "
+                        "torch.load(weights_only=True) cannot read; this converter never unpickles arbitrary "
+                        "objects, which can execute code. If the file is from a trusted source, load it yourself "
+                        "and re-save only its weights with torch.save(state_dict, 'weights.pth') or as "
+                        "safetensors."
+                    ) from err
                 raise ValueError(
                     f"{path}: could not be read as a torch checkpoint with torch.load(weights_only=True): {reason}"
                 ) from err
@@ -529,7 +546,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a checkpoint that cannot be read or converted ends with its message and exit code 1
+    (`RETVLP_DEBUG=1` shows the traceback)."""
     args = _build_parser().parse_args(argv)
+    try:
+        return _convert(args)
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("RETVLP_DEBUG") == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _convert(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
     from transformers import ViTMAEConfig
 

@@ -9,6 +9,12 @@ Integrity: `checkpoint_manifest.json`, written last before the rename, records t
 other file. `--resume` checks it: a checkpoint with a missing, truncated or altered file is named with the file
 and the reason, and `--resume latest` falls back, loudly, to the newest checkpoint that passes.
 
+Disk space: before each save the free space of the output directory's file system is compared with the size of
+the newest checkpoint (or, before the first, an estimate from the model and optimizer sizes) plus a margin; a
+save that would not fit stops the run with the device, the space needed and the space free, before anything is
+written. A save that runs out of space anyway (another writer filled the disk) is reported as "no space left on
+<device> while writing <file>" instead of the serialisers' stream errors, and its staging directory is removed.
+
 Contents: accelerate's `save_state` files (model weights as safetensors — including the momentum encoder
 — optimizer state and RNG states, all read back with `torch.load(weights_only=True)`), plus
 `trainer_state.json` (step counters, scheduler state, config) written by us as JSON.
@@ -16,6 +22,7 @@ Contents: accelerate's `save_state` files (model weights as safetensors — incl
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -36,6 +43,20 @@ logger = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from, with the files and reasons."""
+
+
+class DiskSpaceError(OSError):
+    """A checkpoint does not fit (or did not fit) on the output directory's file system (errno ENOSPC)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+# Free space kept beyond the estimated checkpoint size: the estimate is the previous checkpoint's size, and
+# optimizer state files grow slightly as AdamW fills its moments; logs and TensorBoard files also write there.
+DISK_MARGIN_FRACTION = 0.10
+DISK_MARGIN_BYTES = 64 * 2**20
 
 
 def _sha256(path: Path) -> str:
@@ -145,6 +166,148 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
     return path
 
 
+# ------------------------------------------------------------------------------------------- disk space
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point of the file system holding `path` (an existing ancestor of it)."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    while not os.path.ismount(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def describe_device(path: str | os.PathLike) -> str:
+    """`<mount point> (<device>)` for messages, e.g. "/data (/dev/nvme1n1)"; the device from /proc/mounts
+    where it exists (Linux), else the mount point alone."""
+    mount, device = mount_point(path), None
+    try:
+        with open("/proc/mounts", encoding="utf-8") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 1 and fields[1] == str(mount):
+                    device = fields[0]  # the last entry wins: it is the one mounted on top
+    except OSError:
+        pass
+    return f"{mount} ({device})" if device else str(mount)
+
+
+def _directory_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def estimate_checkpoint_bytes(output_dir: str | os.PathLike, models=(), optimizers=()) -> int:
+    """Bytes the next checkpoint will take: the newest complete checkpoint's size, or before the first one the
+    models' tensors (parameters and buffers) plus the optimizers' state tensors, and AdamW's two moments per
+    parameter where the state is still empty (it is filled by the first step)."""
+    steps = checkpoint_steps(output_dir)
+    if steps:
+        return _directory_bytes(steps[-1][1])
+    total = 0
+    for model in models:
+        total += sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                state = optimizer.state.get(parameter, {})
+                tensors = [v for v in state.values() if hasattr(v, "numel")]
+                if tensors:
+                    total += sum(t.numel() * t.element_size() for t in tensors)
+                else:
+                    total += 2 * parameter.numel() * 4  # exp_avg + exp_avg_sq, fp32
+    return total
+
+
+def disk_space_problem(output_dir: str | os.PathLike, needed: int, step: int) -> str | None:
+    """Why `checkpoint-{step}` (about `needed` bytes) would not fit in `output_dir`, or None when it fits."""
+    required = int(needed * (1 + DISK_MARGIN_FRACTION)) + DISK_MARGIN_BYTES
+    free = shutil.disk_usage(mount_point(output_dir)).free
+    if free >= required:
+        return None
+    return (
+        f"not enough free space on {describe_device(output_dir)} to save checkpoint-{step} in {output_dir}: "
+        f"about {_gib(required)} needed (the last checkpoint's size + {DISK_MARGIN_FRACTION:.0%}), {_gib(free)} "
+        "free. Free some space (older runs, caches), point run.output_dir at a larger disk, or lower "
+        "run.keep_checkpoints; then resume with --resume latest."
+    )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**28 else f"{size / 2**20:.1f} MiB"
+
+
+def _is_out_of_space(error: BaseException, directory: Path) -> bool:
+    """Whether a failed write ran out of space. torch's serialiser reports it as a RuntimeError without an
+    errno ("unexpected pos", "basic_ios::clear"), so a full file system after the failure counts too."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(mount_point(directory)).free < DISK_MARGIN_BYTES
+    except OSError:
+        return False
+
+
+def _file_being_written(directory: Path, error: BaseException) -> str:
+    """The file a failed save was writing: the error's own file name, else the newest file in the staging
+    directory."""
+    name = getattr(error, "filename", None)
+    if name:
+        return str(name)
+    files = [p for p in directory.rglob("*") if p.is_file()] if directory.is_dir() else []
+    return str(max(files, key=lambda p: p.stat().st_mtime_ns)) if files else str(directory)
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """Collective: whether `flag` is true on any process."""
+    if accelerator.num_processes == 1:
+        return flag
+    import torch
+
+    value = torch.tensor(1.0 if flag else 0.0, device=accelerator.device)
+    return accelerator.reduce(value, "sum").item() > 0
+
+
+def _broadcast_text(accelerator, text: str | None) -> str | None:
+    """Collective: the main process's `text` on every process."""
+    if accelerator.num_processes == 1:
+        return text
+    from accelerate.utils import broadcast_object_list
+
+    box = [text]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def check_resume_length(checkpoint: Path, state: dict[str, Any], total_steps: int, *, extend: bool) -> None:
+    """Refuse to resume `checkpoint` (its trainer `state`) into a run of another length, unless `extend`
+    lengthens it: a finished or unfinished run then continues to `total_steps`, with the learning-rate
+    schedule of a `total_steps` run (the scheduler's lambdas are rebuilt from the new length; only its step
+    counter comes from the checkpoint), so a decaying schedule's LR rises again at the resume step."""
+    written, step = state.get("total_steps"), int(state["step"])
+    if written == total_steps:
+        return
+    if not extend:
+        raise CheckpointError(
+            f"{checkpoint} was written by a run of {written} steps; this config gives {total_steps}. Resume "
+            "with the same config, or pass --extend to continue the run to the new length (the learning-rate "
+            "schedule is then that of a run of the new length; see docs/training.md, 'Extending a run')."
+        )
+    if total_steps <= step:
+        raise CheckpointError(
+            f"--extend: {checkpoint} is at step {step}, and this config gives {total_steps} steps in all; "
+            f"raise optim.max_steps (or optim.epochs) above {step} to train further."
+        )
+    logger.warning(
+        "--extend: the run of %s steps in %s continues from step %d to %d; the learning-rate schedule is now "
+        "that of a %d-step run.",
+        written,
+        checkpoint.parent,
+        step,
+        total_steps,
+        total_steps,
+    )
+
+
 def _fsync_dir(path: Path) -> None:
     if os.name != "posix":
         return
@@ -156,34 +319,84 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(
-    accelerator, output_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int
+    accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    state: dict[str, Any],
+    keep: int,
+    *,
+    models=(),
+    optimizers=(),
 ) -> Path:
-    """Write `checkpoint-{step}` atomically (collective: every process must call it)."""
+    """Write `checkpoint-{step}` atomically (collective: every process must call it).
+
+    The free space is checked first (`models` / `optimizers` size the first checkpoint); raises
+    `DiskSpaceError` on every process, with nothing written, when it would not fit, and also when a write
+    runs out of space midway (its staging directory removed)."""
     root = Path(output_dir)
     staging = root / f".staging-checkpoint-{step}"
     final = root / f"checkpoint-{step}"
+    problem = None
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".staging-checkpoint-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        problem = disk_space_problem(root, estimate_checkpoint_bytes(root, models, optimizers), step)
+    problem = _broadcast_text(accelerator, problem)
+    if problem:
+        raise DiskSpaceError(problem)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    error = None
+    try:
+        accelerator.save_state(str(staging), safe_serialization=True)
+    except Exception as caught:  # noqa: BLE001 - re-raised below on every process, after the agreement
+        error = caught
+    if _any_process(accelerator, error is not None):
+        _fail_save(accelerator, staging, error)
     if accelerator.is_main_process:
-        with open(staging / STATE_FILE, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        write_manifest(staging)  # last: a checkpoint is checked against it on resume
-        _fsync_dir(staging)
-        if final.exists():  # a re-run of the same step after a resume: replace it whole
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        _fsync_dir(root)
-        for _, old in checkpoint_steps(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            _finish_checkpoint(staging, final, root, state, keep)
+        except OSError as caught:
+            error = caught
+    if _any_process(accelerator, error is not None):
+        _fail_save(accelerator, staging, error)
     accelerator.wait_for_everyone()
     return final
+
+
+def _finish_checkpoint(staging: Path, final: Path, root: Path, state: dict[str, Any], keep: int) -> None:
+    """Main process: the trainer state, the manifest (last), the atomic rename, the rotation."""
+    with open(staging / STATE_FILE, "w", encoding="utf-8") as handle:
+        json.dump(state, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    write_manifest(staging)  # last: a checkpoint is checked against it on resume
+    _fsync_dir(staging)
+    if final.exists():  # a re-run of the same step after a resume: replace it whole
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    _fsync_dir(root)
+    for _, old in checkpoint_steps(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fail_save(accelerator, staging: Path, error: BaseException | None) -> None:
+    """Every process: remove the partial staging directory and raise the save's error, named. A process whose
+    own part succeeded raises too, so no process waits at a barrier the others never reach."""
+    out_of_space = error is not None and _is_out_of_space(error, staging)
+    where = _file_being_written(staging, error) if error is not None else None
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    if error is None:
+        raise RuntimeError(f"another process failed while saving {staging.name}; see its error")
+    if out_of_space:
+        raise DiskSpaceError(
+            f"no space left on {describe_device(staging.parent)} while writing {where} "
+            f"({type(error).__name__}: {error}). The partial {staging.name} was removed; the last complete "
+            "checkpoint is unchanged. Free some space or lower run.keep_checkpoints, then resume with "
+            "--resume latest.",
+        ) from error
+    raise error
 
 
 def check_model_layout(model, path: str | os.PathLike) -> None:
@@ -227,9 +440,13 @@ def load_checkpoint(accelerator, path: str | os.PathLike) -> dict[str, Any]:
 
 __all__ = [
     "CheckpointError",
+    "DiskSpaceError",
     "check_model_layout",
+    "check_resume_length",
     "checkpoint_problems",
     "checkpoint_steps",
+    "disk_space_problem",
+    "estimate_checkpoint_bytes",
     "latest_checkpoint",
     "load_checkpoint",
     "resolve_resume",

@@ -238,7 +238,7 @@ class PeriodicEvaluator:
     Built once before the training loop on every process: whether it is active depends on the config and the
     launch only, so every process meets the same barriers; only the main process reads images and evaluates.
     `held_out` is what [`hold_out_eval_rows`] returned (None: use `evaluation_specs`, or nothing to score);
-    `log` the run's `JsonlLog`, `progress` its tqdm bar (or None).
+    `log` the run's `JsonlLog`, `progress` its `StepProgress` (or None).
     """
 
     def __init__(
@@ -336,17 +336,8 @@ class PeriodicEvaluator:
             self.log.write(entry)
             # A no-op without trackers (run.tensorboard off or not installed).
             self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
-            if self.progress is not None and not getattr(self.progress, "disable", True):
-                # The description, not the postfix: the log block rewrites the postfix every log step.
-                shown = " ".join(
-                    f"{short}={entry[key]:.2f}"
-                    for short, key in (
-                        ("zs", "eval/zero_shot_accuracy"),
-                        ("lp", "eval/linear_probe_accuracy"),
-                    )
-                    if key in entry
-                )
-                self.progress.set_description(f"pretrain {shown}")
+            if self.progress is not None:
+                self.progress.log_evaluation(entry)
         return entry
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:

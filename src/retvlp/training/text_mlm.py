@@ -58,9 +58,10 @@ import torch
 from ..data.manifest import _readable, _split_lines, _utf8_problem_message
 from ..data.sampler import StepSampler
 from ..data.validation import DataProblem, DataValidationError, ValidationReport, make_problem
-from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpointing import check_resume_length, load_checkpoint, resolve_resume, save_checkpoint
 from .config import PretrainConfig
 from .maskedclip_task import load_or_build_tokenizer
+from .progress import StepProgress, phase
 from .trainer import (
     JsonlLog,
     PretrainResult,
@@ -642,12 +643,14 @@ def pretrain_text_mlm(
     resume: str | None = None,
     show_progress: bool = True,
     stop_after: int | None = None,
+    extend: bool = False,
 ) -> PretrainResult:
     """Masked-LM pretraining of a BERT text encoder on the corpus of `config.data.train` (family "text-mlm").
 
     Args:
         resume: "latest" (newest complete checkpoint in `run.output_dir`, or a fresh start when none) or a
             checkpoint directory.
+        extend: allow resuming into a longer run than the checkpoint's (see `check_resume_length`).
         stop_after: stop (without the final save) after this many optimizer steps — for tests of resume.
 
     Returns:
@@ -657,7 +660,6 @@ def pretrain_text_mlm(
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import is_tensorboard_available
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     if config.model.family != "text-mlm":
@@ -730,14 +732,14 @@ def pretrain_text_mlm(
     checkpoint = resolve_resume(resume, output_dir)
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
+        if state.get("num_passages") != len(corpus):
+            raise ValueError(
+                f"{checkpoint} was written by a run on {state.get('num_passages')} passages; this corpus has "
+                f"{len(corpus)}. Resume with the same corpus (or start a new output_dir)."
+            )
+        check_resume_length(checkpoint, state, total_steps, extend=extend)
         start_step = int(state["step"])
         scheduler.load_state_dict(state["scheduler"])
-        if state.get("total_steps") != total_steps or state.get("num_passages") != len(corpus):
-            raise ValueError(
-                f"{checkpoint} was written by a run of {state.get('total_steps')} steps on "
-                f"{state.get('num_passages')} passages; this config gives {total_steps} steps on {len(corpus)}. "
-                "Resume with the same config and corpus (or start a new output_dir)."
-            )
         if main:
             logger.info("Resumed from %s at step %d", checkpoint, start_step)
     log = JsonlLog(output_dir / "logs.jsonl", start_step if checkpoint else None, main)
@@ -755,13 +757,15 @@ def pretrain_text_mlm(
         persistent_workers=False,
         prefetch_factor=2 if data.num_workers else None,
     )
-    progress = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc="text-mlm",
-        unit="step",
-        disable=not (show_progress and main),
+    phase(
+        "Training the MLM text encoder, steps %d-%d of %d, on %d passages.",
+        start_step + 1,
+        total_steps,
+        total_steps,
+        len(corpus),
+        enabled=main,
     )
+    progress = StepProgress(total_steps, start_step, "text-mlm", show_bar=show_progress, enabled=main)
 
     model.train()
     device = accelerator.device
@@ -820,7 +824,7 @@ def pretrain_text_mlm(
             log.write(entry)
             if trackers:
                 accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
-            progress.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+            progress.log_step(entry)
             last_metrics = entry
             sums, counted, window_passages, window_start = {}, 0, 0, time.perf_counter()
 
@@ -836,7 +840,15 @@ def pretrain_text_mlm(
                 "skipped_samples": skipped,
                 "config": config.to_dict(),
             }
-            save_checkpoint(accelerator, output_dir, step, state, keep=run.keep_checkpoints)
+            save_checkpoint(
+                accelerator,
+                output_dir,
+                step,
+                state,
+                keep=run.keep_checkpoints,
+                models=[unwrapped],
+                optimizers=[optimizer],
+            )
         if stop_after is not None and step >= stop_after:
             break
     progress.close()

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from ..data.synthetic import generate_synthetic_dataset
-from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpointing import check_resume_length, load_checkpoint, resolve_resume, save_checkpoint
 from .collapse import CollapseGuard, ContrastiveCollapseError
 from .config import PretrainConfig
 from .data import StepBatches, discover_classes, prepare_streams, read_training_manifests
 from .periodic_eval import PeriodicEvaluator, hold_out_eval_rows
+from .progress import StepProgress, phase
 from .run_lock import run_lock
 from .task import PretrainTask, released_model
 
@@ -138,12 +139,15 @@ def pretrain(
     resume: str | None = None,
     show_progress: bool = True,
     stop_after: int | None = None,
+    extend: bool = False,
 ) -> PretrainResult:
     """Run (or resume) pretraining as described by `config`; returns where everything was written.
 
     Args:
         resume: "latest" (newest complete checkpoint in `run.output_dir`, or a fresh start when none) or a
             checkpoint directory.
+        extend: allow resuming into a longer run than the checkpoint's (a larger `optim.max_steps` or
+            `epochs`); see `check_resume_length`.
         stop_after: stop (without the final save) after this many optimizer steps — for tests of resume.
 
     Raises `RunLockedError` when another live run owns `run.output_dir` (see `run_lock`).
@@ -153,18 +157,24 @@ def pretrain(
             from .text_mlm import pretrain_text_mlm
 
             return pretrain_text_mlm(
-                config, resume=resume, show_progress=show_progress, stop_after=stop_after
+                config, resume=resume, show_progress=show_progress, stop_after=stop_after, extend=extend
             )
-        return _pretrain(config, resume=resume, show_progress=show_progress, stop_after=stop_after)
+        return _pretrain(
+            config, resume=resume, show_progress=show_progress, stop_after=stop_after, extend=extend
+        )
 
 
 def _pretrain(
-    config: PretrainConfig, *, resume: str | None, show_progress: bool, stop_after: int | None
+    config: PretrainConfig,
+    *,
+    resume: str | None,
+    show_progress: bool,
+    stop_after: int | None,
+    extend: bool = False,
 ) -> PretrainResult:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import is_tensorboard_available
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     task = get_task(config.model.family)
@@ -189,6 +199,14 @@ def _pretrain(
         evaluation_specs = {**synthetic_eval, **evaluation_specs}
     manifests = read_training_manifests(train_specs)
     class_names = discover_classes(manifests, data.classes)
+    phase(
+        "Validating and caching %d images of %d manifest(s) (%s; a first run decodes every image, later ones "
+        "reuse the cache).",
+        sum(len(m.records) for m in manifests),
+        len(manifests),
+        data.cache_dir or "outputs/cache",
+        enabled=main,
+    )
     streams, report = _main_process_first(
         accelerator,
         prepare_streams,
@@ -207,6 +225,13 @@ def _pretrain(
     )
 
     # ---------------------------------------------------------------- model
+    phase(
+        "Building the %s model (%s); rows per stream: %s.",
+        config.model.family,
+        _weights_source(config.model),
+        {name: len(stream) for name, stream in streams.items()},
+        enabled=main,
+    )
     corpus = task.text_corpus(streams, class_names, config)
     tokenizer = task.load_tokenizer(config, corpus, output_dir, accelerator)
     processor = task.build_processor(config, tokenizer)
@@ -239,13 +264,9 @@ def _pretrain(
     checkpoint = resolve_resume(resume, output_dir)
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
+        check_resume_length(checkpoint, state, total_steps, extend=extend)
         start_step = int(state["step"])
         scheduler.load_state_dict(state["scheduler"])
-        if state.get("total_steps") != total_steps:
-            raise ValueError(
-                f"{checkpoint} was written by a run of {state.get('total_steps')} steps; this config gives "
-                f"{total_steps}. Resume with the same config (or start a new output_dir)."
-            )
         if main:
             logger.info("Resumed from %s at step %d", checkpoint, start_step)
     log = JsonlLog(output_dir / "logs.jsonl", start_step if checkpoint else None, main)
@@ -263,13 +284,17 @@ def _pretrain(
         persistent_workers=False,
         prefetch_factor=2 if data.num_workers else None,
     )
-    progress = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc="pretrain",
-        unit="step",
-        disable=not (show_progress and main),
+    phase(
+        "Training steps %d-%d of %d: %d images per step on %d process(es), lr %.2e.",
+        start_step + 1,
+        total_steps,
+        total_steps,
+        images_per_step,
+        world,
+        lr,
+        enabled=main,
     )
+    progress = StepProgress(total_steps, start_step, "pretrain", show_bar=show_progress, enabled=main)
 
     guard = CollapseGuard(
         action=run.collapse_guard,
@@ -339,9 +364,12 @@ def _pretrain(
         if step % run.log_every == 0 or step == total_steps:
             means = {name: accelerator.reduce(total / counted, "mean").item() for name, total in sums.items()}
             elapsed = time.perf_counter() - window_start
+            epochs = batches.epochs(micro)
             entry = {
                 "step": step,
-                "epoch": round(max(batches.epochs(micro).values()), 4),
+                # one epoch = every row of every stream seen once (docs/training.md): the slowest stream's passes
+                "epoch": round(min(epochs.values()), 4),
+                **{f"epoch_{name}": round(value, 4) for name, value in epochs.items()},
                 **{name: round(v, 6) for name, v in means.items()},
                 "lr": scheduler.get_last_lr()[0],
                 **task.log_values(unwrapped),
@@ -357,7 +385,7 @@ def _pretrain(
             log.write(entry)
             if trackers:
                 accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
-            progress.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+            progress.log_step(entry)
             last_metrics = entry
             sums, counted, window_images, window_start = {}, 0, 0, time.perf_counter()
 
@@ -373,7 +401,15 @@ def _pretrain(
                 "collapse_guard": guard.state_dict(),
                 "config": config.to_dict(),
             }
-            save_checkpoint(accelerator, output_dir, step, state, keep=run.keep_checkpoints)
+            save_checkpoint(
+                accelerator,
+                output_dir,
+                step,
+                state,
+                keep=run.keep_checkpoints,
+                models=[unwrapped],
+                optimizers=[optimizer],
+            )
         periodic_eval.maybe_run(step, released)
         if stop_after is not None and step >= stop_after:
             break
@@ -416,6 +452,16 @@ def released_state_dict(model: torch.nn.Module, state_dict: dict) -> dict:
         return state_dict
     prefix = model.base_model_prefix + "."
     return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _weights_source(model_section) -> str:
+    """Where a run's initial weights come from, for the start-up line."""
+    sources = {
+        name: getattr(model_section, name, None)
+        for name in ("pretrained", "vision_pretrained", "text_pretrained")
+    }
+    given = [f"{name} {value}" for name, value in sources.items() if value]
+    return ", ".join(given) if given else "new weights"
 
 
 def configure_threads(num_threads: int | None) -> None:
