@@ -353,6 +353,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             test_data=test_data,
             class_names=_read_classes(args),
             multi_label=args.multi_label,
+            ordinal=args.ordinal,
+            positive_class=args.positive_class,
             settings=settings,
             random_init=args.random_init,
             output_dir=args.output_dir,
@@ -406,8 +408,8 @@ def _add_evaluate_parser(subparsers) -> None:
         nargs="+",
         required=True,
         metavar="MANIFEST",
-        help="labelled manifest(s) (CSV/TSV/JSONL/ImageFolder), or 'demo' for the embedded "
-        "synthetic data set",
+        help="labelled manifest(s) (CSV/TSV/JSONL/ImageFolder, or a datasets save_to_disk folder: one "
+        "split's folder), or 'demo' for the embedded synthetic data set",
     )
     parser.add_argument(
         "--test-data",
@@ -437,7 +439,9 @@ def _add_evaluate_parser(subparsers) -> None:
     data.add_argument("--label-separator", default="|")
     classes = data.add_mutually_exclusive_group()
     classes.add_argument(
-        "--classes", help="class names in order, comma-separated (default: every label found)"
+        "--classes",
+        help="class names in order, comma-separated; every metric uses this order (default: the data's "
+        "ClassLabel order, else every label found, sorted alphabetically)",
     )
     classes.add_argument("--classes-file", help="class names: .json list / {name: index}, or one per line")
     data.add_argument(
@@ -445,6 +449,17 @@ def _add_evaluate_parser(subparsers) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="multi-label evaluation (default: when some image has several labels)",
+    )
+    data.add_argument(
+        "--ordinal",
+        action="store_true",
+        help="the classes are ordered grades, lowest first (give the order with --classes): report "
+        "quadratic kappa over that order (not reported for nominal classes)",
+    )
+    data.add_argument(
+        "--positive-class",
+        metavar="NAME",
+        help="binary tasks: the class whose PR-AUC is reported (default: the second class in order)",
     )
     data.add_argument("--test-fraction", type=float, default=0.2)
     data.add_argument("--split-seed", type=int, default=0)
@@ -617,6 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    from .runtime import hide_load_reports
+
+    hide_load_reports()  # transformers' per-load key tables; RETVLP_VERBOSE=1 shows them
     try:
         return args.handler(args)
     except UsageError as exc:

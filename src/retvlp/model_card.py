@@ -15,7 +15,10 @@ Evaluation results are read in the layout of the evaluation suite::
 
 (the older per-model summary the pretraining loop writes, ``{"pretrained": {"zero_shot": {"accuracy": ...}}}``,
 is accepted too). Rows of the evaluated model become ``EvalResult`` entries of the card metadata; rows of other
-models (``random_init``, ...) appear only as baselines in the Markdown table.
+models (``random_init``, ...) appear only as baselines in the Markdown table. Newer results also carry
+``dataset.positive_class`` (binary tasks: the class PR-AUC is computed for; shown in the PR-AUC column header and
+stored in that metric's ``args``) and ``references`` (majority-class and chance levels of the test set; shown as
+reference rows of the table, never in ``model-index``).
 
 How the results survive ``model-index``: huggingface_hub groups `EvalResult`s by (task type, dataset type,
 config, split, revision) and keeps the task *name* of the first result of each group only, while every metric
@@ -562,6 +565,8 @@ def build_eval_results(
                 args["seeds"] = [_plain(seed) for seed in seeds]
             if std is not None:
                 args["std"] = std
+            if metric == "pr_auc" and dataset.get("positive_class") is not None:
+                args["positive_class"] = str(dataset["positive_class"])
             results.append(
                 EvalResult(
                     task_type="zero-shot-image-classification" if zero_shot else "image-classification",
@@ -579,13 +584,54 @@ def build_eval_results(
     return results
 
 
+def _metric_header(metric: str, dataset: Mapping) -> str:
+    """A table column header; binary PR-AUC names its positive class."""
+    positive = dataset.get("positive_class")
+    if metric == "pr_auc" and positive is not None:
+        return f"{metric_label(metric)} (positive: {positive})"
+    return metric_label(metric)
+
+
+def _reference_rows(evaluation: Mapping, metrics: list[str]) -> list[dict]:
+    """Table rows of the majority-class and chance levels (`references` of the results), when present."""
+    references = evaluation.get("references") or {}
+    rows = []
+    for name, label in (("majority", "majority class"), ("chance", "chance")):
+        reference = references.get(name)
+        if not isinstance(reference, Mapping):
+            continue
+        values = reference.get("metrics") or {}
+        predicts = reference.get("predicts")
+        if name == "chance":
+            protocol = "Uniform random guess (expected)"
+        elif isinstance(predicts, list):
+            protocol = f"Each label's training majority (positive: {', '.join(map(str, predicts)) or 'none'})"
+        else:
+            protocol = f"Always `{predicts}` (training majority)"
+        cells = [
+            "—" if _finite(values.get(metric)) is None else f"{_finite(values[metric]):.3f}"
+            for metric in metrics
+        ]
+        rows.append(
+            {
+                "model": f"*{label}* (reference)",
+                "protocol": protocol,
+                "seeds": "—",
+                "num_train": "—",
+                "cells": cells,
+            }
+        )
+    return rows
+
+
 def _evaluation_context(evaluation: Mapping, evaluated_model: str, dataset_name: str | None) -> dict:
     evaluation = _normalise_evaluation(evaluation)
     dataset = evaluation.get("dataset") or {}
     rows = sorted(evaluation["results"], key=lambda row: _row_sort_key(row, evaluated_model))
     present = {name for row in rows for name in (row.get("metrics") or {})}
     metrics = [name for name in METRIC_ORDER if name in present] + sorted(present - set(METRIC_ORDER))
-    table = []
+    references = _reference_rows(evaluation, metrics)
+    table = list(references)
     for row in rows:
         cells = []
         for metric in metrics:
@@ -614,7 +660,10 @@ def _evaluation_context(evaluation: Mapping, evaluated_model: str, dataset_name:
         "multi_label": bool(dataset.get("multi_label")),
         "num_train": dataset.get("num_train"),
         "num_test": dataset.get("num_test"),
-        "metric_labels": [metric_label(m) for m in metrics],
+        "metric_labels": [_metric_header(m, dataset) for m in metrics],
+        "positive_class": dataset.get("positive_class"),
+        "ordinal": bool(dataset.get("ordinal")),
+        "has_references": bool(references),
         "rows": table,
         "has_baselines": any(row.get("model") != evaluated_model for row in rows),
         "show_num_train": any(row.get("num_train") is not None for row in rows),
@@ -929,9 +978,10 @@ evaluation protocols, validated by the user on their own data before any further
 _EVALUATION_SECTION = """{% if evaluation %}
 ## Evaluation
 
-Test set **{{ evaluation.dataset_name }}**{% if evaluation.num_test %}, {{ evaluation.num_test }} images{% endif %}{% if evaluation.classes %}; classes: {{ evaluation.classes | join(", ") }}{% endif %}.
+Test set **{{ evaluation.dataset_name }}**{% if evaluation.num_test %}, {{ evaluation.num_test }} images{% endif %}{% if evaluation.classes %}; classes: {{ evaluation.classes | join(", ") }}{% endif %}{% if evaluation.ordinal %} (ordinal, in this order){% endif %}{% if evaluation.positive_class %}; positive class of PR-AUC: **{{ evaluation.positive_class }}**{% endif %}.
 The row of this model is its own run{% if seed is not none %} (seed {{ seed }}){% endif %}; other rows are baselines
-of the same protocol.
+of the same protocol{% if evaluation.has_references %}, and the *reference* rows the majority-class predictor and
+chance on the same test set{% endif %}.
 
 | model | protocol | seeds |{% if evaluation.show_num_train %} train images |{% endif %}{% for label in evaluation.metric_labels %} {{ label }} |{% endfor %}
 |---|---|---|{% if evaluation.show_num_train %}---|{% endif %}{% for label in evaluation.metric_labels %}---|{% endfor %}

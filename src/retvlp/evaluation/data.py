@@ -4,11 +4,21 @@ image geometry, read back as normalised batches.
 Images are decoded, checked and resized once per (records, geometry) into the same Arrow store pretraining
 uses (`retvlp.data.cache`), so a second evaluation of the same data costs no decoding. Nothing is dropped
 silently: every left-out record is counted by reason and listed (`LabelledRecords.excluded`).
+
+Data can be given as manifest files (CSV/TSV/JSONL/ImageFolder), `datasets.save_to_disk` folders, in-memory
+`datasets.Dataset` objects or spec dicts (`{"path": ...}`, `{"hf_dataset": dir_or_hub_id, "split": ...}`,
+`{"dataset": Dataset}`, each with `read_manifest` / `manifest_from_hf_dataset` options).
+
+Class order (class `c` is `class_names[c]`, for every metric): the `class_names` given, else the names of the
+label column's `ClassLabel` feature (Hugging Face datasets), else every label found, sorted as strings.
+`LabelledRecords.class_order` says which one applied.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 from collections import Counter
@@ -20,11 +30,14 @@ import numpy as np
 import torch
 
 from ..data.cache import CachedImages, ImageGeometry, build_image_cache, read_pixels
-from ..data.manifest import ManifestRecord
+from ..data.manifest import LABEL_FALLBACKS, Manifest, ManifestRecord, manifest_from_hf_dataset
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_EXCLUSIONS = 50
+CLASS_ORDER_GIVEN = "given"
+CLASS_ORDER_SORTED = "sorted"
+CLASS_ORDER_CLASS_LABEL = "ClassLabel"
 
 
 @dataclass
@@ -39,6 +52,8 @@ class LabelledRecords:
         excluded: left-out records per reason (`unparseable_rows`, `unlabelled`, `unknown_label`,
             `several_labels`, `bad_image`).
         excluded_examples: up to 50 `{"source", "row", "reason", ...}` entries naming what was left out.
+        class_order: where the order of `class_names` comes from: "given" (the caller's list), "ClassLabel"
+            (the data's `ClassLabel` feature) or "sorted" (the labels found, sorted as strings).
     """
 
     records: list[ManifestRecord]
@@ -49,6 +64,7 @@ class LabelledRecords:
     name: str
     excluded: dict[str, int] = field(default_factory=dict)
     excluded_examples: list[dict] = field(default_factory=list)
+    class_order: str = CLASS_ORDER_GIVEN
 
     def __len__(self) -> int:
         return len(self.records)
@@ -70,13 +86,179 @@ class LabelledRecords:
             name=self.name,
             excluded=dict(self.excluded),
             excluded_examples=list(self.excluded_examples),
+            class_order=self.class_order,
         )
 
 
+# ---------------------------------------------------------------------------------------------- data specs
+def _is_dataset_object(value) -> bool:
+    """A `datasets` object (`Dataset`, `DatasetDict`, ...), told by its module so plain paths need no import."""
+    return type(value).__module__.split(".")[0] == "datasets"
+
+
+def _saved_dataset_kind(path: str) -> str | None:
+    """What `save_to_disk` wrote at `path`: "dataset", "dataset_dict", or None (not such a folder)."""
+    if not os.path.isdir(path):
+        return None
+    if os.path.isfile(os.path.join(path, "dataset_dict.json")):
+        return "dataset_dict"
+    if all(os.path.isfile(os.path.join(path, name)) for name in ("state.json", "dataset_info.json")):
+        return "dataset"
+    return None
+
+
+def _saved_dataset_spec(spec: dict) -> dict:
+    """A `{"path": <save_to_disk folder>}` spec as an `hf_dataset` spec (other specs unchanged)."""
+    path = spec.get("path")
+    kind = _saved_dataset_kind(str(path)) if path is not None else None
+    if kind is None:
+        return spec
+    options = {k: v for k, v in spec.items() if k not in ("path", "format")}
+    if kind == "dataset_dict" and "split" not in options:
+        splits = _saved_splits(str(path))
+        if len(splits) != 1:
+            raise ValueError(
+                f"{path} is a DatasetDict saved with save_to_disk (splits: {', '.join(splits)}): give one "
+                f"split's folder, e.g. {Path(path) / splits[0]} (and the test split as the test data)."
+            )
+        options["split"] = splits[0]
+    return {"hf_dataset": str(path), **options}
+
+
+def _saved_splits(path: str) -> list[str]:
+    with open(os.path.join(path, "dataset_dict.json"), encoding="utf-8") as handle:
+        return [str(split) for split in json.load(handle).get("splits", [])]
+
+
+def _as_spec(item) -> dict:
+    """One data item as a spec dict (see the module docstring for what is accepted)."""
+    if _is_dataset_object(item):
+        return _dataset_object_spec({"dataset": item})
+    if isinstance(item, dict):
+        spec = dict(item)
+        if "dataset" in spec:
+            return _dataset_object_spec(spec)
+        return _saved_dataset_spec(spec)
+    if isinstance(item, (str, os.PathLike)):
+        return _saved_dataset_spec({"path": os.fspath(item)})
+    raise ValueError(
+        f"Cannot read evaluation data of type {type(item).__name__}: give a manifest path, a save_to_disk "
+        "folder, a datasets.Dataset or a spec dict ({'path': ...} / {'hf_dataset': ...} / {'dataset': ...})."
+    )
+
+
+def _dataset_object_spec(spec: dict) -> dict:
+    """A `{"dataset": <in-memory dataset>}` spec, with one split picked from a `DatasetDict`."""
+    dataset = spec["dataset"]
+    if type(dataset).__name__ in ("DatasetDict", "IterableDatasetDict"):
+        split = spec.pop("split", None)
+        if split is None:
+            raise ValueError(
+                f"Got a DatasetDict (splits: {', '.join(dataset)}): pass one split, e.g. data['test'], or "
+                "{'dataset': data, 'split': 'test'}."
+            )
+        spec["dataset"] = dataset[split]
+    elif type(dataset).__name__ == "IterableDataset":
+        raise ValueError(
+            "A streaming (Iterable) dataset cannot be evaluated: load it without streaming=True."
+        )
+    return spec
+
+
 def _as_specs(data) -> list[dict]:
-    if isinstance(data, (str, Path, dict)):
+    """Normalise `data` (one item or a list of them) to spec dicts."""
+    if isinstance(data, (str, os.PathLike, dict)) or _is_dataset_object(data):
         data = [data]
-    return [dict(item) if isinstance(item, dict) else {"path": str(item)} for item in data]
+    return [_as_spec(item) for item in data]
+
+
+def _spec_name(spec: dict) -> str:
+    """What a spec is called in reports and error messages."""
+    if "dataset" in spec:
+        info = getattr(spec["dataset"], "info", None)
+        return str(spec.get("name") or getattr(info, "dataset_name", None) or "dataset")
+    return str(spec.get("path", spec.get("hf_dataset", "data")))
+
+
+def _load_hf_dataset(spec: dict):
+    """The `datasets.Dataset` of an `hf_dataset` spec (a `save_to_disk` folder or a Hub id; `split` defaults
+    to "train", as for pretraining data) and the remaining `manifest_from_hf_dataset` options."""
+    import datasets
+
+    options = dict(spec)
+    source, split = str(options.pop("hf_dataset")), options.pop("split", None)
+    if Path(source).is_dir():
+        loaded = datasets.load_from_disk(source)
+        if isinstance(loaded, datasets.DatasetDict):
+            split = split or "train"
+            if split not in loaded:
+                raise ValueError(f"{source} has no split {split!r} (splits: {', '.join(loaded)}).")
+            loaded = loaded[split]
+    else:
+        split = split or "train"
+        loaded = datasets.load_dataset(source, split=split)
+    options.setdefault("name", f"{source}:{split}" if split else source)
+    return loaded, options
+
+
+def _class_label_names(dataset, label_column: str | None) -> list[str] | None:
+    """The names of the label column's `ClassLabel` feature (also inside a list feature), or None."""
+    import datasets
+
+    candidates = [label_column] if label_column not in (None, "label") else ["label", *LABEL_FALLBACKS]
+    for column in candidates:
+        feature = dataset.features.get(column)
+        inner = getattr(feature, "feature", None)
+        for candidate in (feature, inner):
+            if isinstance(candidate, datasets.ClassLabel):
+                return [str(name) for name in candidate.names]
+    return None
+
+
+def _read_manifests(specs: list[dict]) -> tuple[list[Manifest], list[tuple[str, list[str]]]]:
+    """Manifests of every spec, and `(spec name, ClassLabel names)` of the Hugging Face datasets that declare
+    their classes."""
+    from ..training.data import read_training_manifests
+
+    manifests, declared = [], []
+    for spec in specs:
+        if "dataset" not in spec and "hf_dataset" not in spec:
+            manifests.extend(read_training_manifests([spec]))
+            continue
+        if "dataset" in spec:
+            options = {k: v for k, v in spec.items() if k != "dataset"}
+            dataset = spec["dataset"]
+        else:
+            dataset, options = _load_hf_dataset(spec)
+        names = _class_label_names(dataset, options.get("label_column", "label"))
+        if names is not None:
+            declared.append((_spec_name({"dataset": dataset, **options}), names))
+        manifests.append(manifest_from_hf_dataset(dataset, **options))
+    return manifests, declared
+
+
+def _class_order(
+    class_names: Sequence[str] | None, found: list[str], declared: list[tuple[str, list[str]]]
+) -> tuple[list[str], str]:
+    """(class names in order, where the order comes from): given > ClassLabel > sorted labels found."""
+    if class_names is not None:
+        return [str(c) for c in class_names], CLASS_ORDER_GIVEN
+    if not declared:
+        return found, CLASS_ORDER_SORTED
+    source, names = declared[0]
+    for other, other_names in declared[1:]:
+        if other_names != names:
+            raise ValueError(
+                f"The ClassLabel features of {source} ({names}) and {other} ({other_names}) disagree: pass "
+                "the class order explicitly (--classes)."
+            )
+    undeclared = sorted(set(found) - set(names))
+    if undeclared:
+        raise ValueError(
+            f"Labels {undeclared[:10]} are not among the ClassLabel names of {source} ({names}): pass the "
+            "class order explicitly (--classes)."
+        )
+    return names, CLASS_ORDER_CLASS_LABEL
 
 
 def read_labelled_records(
@@ -86,30 +268,28 @@ def read_labelled_records(
     multi_label: bool | None = None,
     name: str | None = None,
 ) -> LabelledRecords:
-    """Read manifests (paths, `read_manifest` option dicts or `{"hf_dataset": ...}` specs) into labelled records.
+    """Read manifests (paths, `save_to_disk` folders, `datasets.Dataset` objects or spec dicts; see the module
+    docstring) into labelled records.
 
     Args:
         class_names: the classes, in order; labels outside them are left out (counted as `unknown_label`).
-            Default: every label found, sorted.
+            Default: the `ClassLabel` names of a Hugging Face dataset's label column, else every label found,
+            sorted as strings.
         multi_label: treat the data as multi-label (multi-hot targets). Default: multi-label when any record
             carries more than one label. With `multi_label=False`, records with several labels are left out.
         name: how the data set is called in reports (default: the first manifest's file name).
     """
-    from ..training.data import read_training_manifests
-
     specs = _as_specs(data)
     if not specs:
         raise ValueError("No evaluation data: give at least one manifest (--data).")
-    manifests = read_training_manifests(specs)
+    manifests, declared = _read_manifests(specs)
     found = sorted({label for m in manifests for r in m.records for label in r.labels})
-    if class_names is None:
-        class_names = found
-    class_names = [str(c) for c in class_names]
+    class_names, class_order = _class_order(class_names, found, declared)
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"Class names must be unique, got {class_names}.")
     if len(class_names) < 2:
         raise ValueError(
-            f"Evaluation needs at least 2 classes, found {class_names} in {[s.get('path', s) for s in specs]}: "
+            f"Evaluation needs at least 2 classes, found {class_names} in {[_spec_name(s) for s in specs]}: "
             "check the label column (--label-column) or pass --classes."
         )
     if multi_label is None:
@@ -121,7 +301,8 @@ def read_labelled_records(
         targets=np.zeros(0),
         groups=np.zeros(0),
         multi_label=multi_label,
-        name=name or Path(str(specs[0].get("path", specs[0].get("hf_dataset", "data")))).stem,
+        name=name or Path(_spec_name(specs[0])).stem,
+        class_order=class_order,
     )
     targets, groups = [], []
     for manifest in manifests:
@@ -153,7 +334,7 @@ def read_labelled_records(
             groups.append(record.group if record.group is not None else f"image:{record.image}")
     if not result.records:
         raise ValueError(
-            f"No usable labelled records in {[s.get('path', s) for s in specs]} "
+            f"No usable labelled records in {[_spec_name(s) for s in specs]} "
             f"(left out: {result.excluded}); first problems: {result.excluded_examples[:5]}"
         )
     result.targets = (
@@ -310,3 +491,33 @@ def summarize_counts(labelled: LabelledRecords, indices: np.ndarray) -> dict[str
         return {c: int(n) for c, n in zip(labelled.class_names, counts, strict=True)}
     counted = Counter(labelled.targets[indices].tolist())
     return {c: int(counted.get(i, 0)) for i, c in enumerate(labelled.class_names)}
+
+
+def positive_class_of(labelled: LabelledRecords) -> str | None:
+    """The positive class of the binary metrics (PR-AUC scores column 1): `class_names[1]` for binary
+    single-label data, None otherwise (macro one-vs-rest over every class)."""
+    if labelled.multi_label or len(labelled.class_names) != 2:
+        return None
+    return labelled.class_names[1]
+
+
+def with_positive_class(labelled: LabelledRecords, positive_class: str) -> LabelledRecords:
+    """The same records with `positive_class` as class 1 of a binary single-label task (targets flipped when
+    it was class 0). Raises `ValueError` for other tasks or an unknown class name."""
+    if labelled.multi_label or len(labelled.class_names) != 2:
+        raise ValueError(
+            f"A positive class only applies to binary single-label tasks; {labelled.name} has "
+            f"{len(labelled.class_names)} classes ({', '.join(labelled.class_names)})"
+            f"{' and is multi-label' if labelled.multi_label else ''}: leave out --positive-class."
+        )
+    if positive_class not in labelled.class_names:
+        raise ValueError(
+            f"Positive class {positive_class!r} is not one of the classes {labelled.class_names}."
+        )
+    if labelled.class_names[1] == positive_class:
+        return labelled
+    flipped = labelled.subset(np.ones(len(labelled), dtype=bool))
+    flipped.class_names = labelled.class_names[::-1]
+    flipped.targets = 1 - labelled.targets
+    flipped.class_order = f"{labelled.class_order}, positive class last"
+    return flipped

@@ -1,6 +1,11 @@
 """What a person looks at after an evaluation: `results.json`, `results.md` (mean ± std tables), PNG plots
 (label-efficiency curves: metric vs label fraction, one line per model and protocol, as in MaskedCLIP's Fig. 2;
-one-vs-rest ROC curves per class) and the test-set probabilities of each run (`predictions/*.npz`)."""
+one-vs-rest ROC curves per class) and the test-set probabilities of each run (`predictions/*.npz`).
+
+Every table and curve carries what it is read against: the class order (and where it comes from), whether κ
+applies (ordinal classes), the positive class of PR-AUC for binary tasks (in the column header), and the
+majority-class and chance levels of the same test set (reference rows / horizontal lines; a model accuracy
+that does not beat the majority class is flagged with †)."""
 
 from __future__ import annotations
 
@@ -40,28 +45,121 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['mean']:.3f}"
 
 
+def metric_header(metric: str, dataset: dict) -> str:
+    """Column header of a metric; PR-AUC of a binary task names its positive class."""
+    label = METRIC_LABELS.get(metric, metric)
+    positive = dataset.get("positive_class")
+    if metric == "pr_auc" and positive is not None:
+        return f"{label} (positive: {positive})"
+    return label
+
+
+_ORDER_ORIGINS = {
+    "given": "as given",
+    "ClassLabel": "from the data's ClassLabel",
+    "sorted": "sorted alphabetically, the default; set it with --classes",
+}
+
+
+def _order_origin(order: str) -> str:
+    """`class_order` in words ("sorted, positive class last" → "sorted alphabetically ..., positive class last")."""
+    base, _, rest = order.partition(", ")
+    return _ORDER_ORIGINS.get(base, base) + (f", {rest}" if rest else "")
+
+
+def describe_dataset(data: dict) -> str:
+    """One sentence: classes in the order every metric uses, task kind, positive class, split sizes."""
+    order = data.get("class_order")
+    origin = f" ({_order_origin(order)})" if order else ""
+    kind = "multi-label" if data["multi_label"] else "single-label"
+    if data.get("ordinal"):
+        kind += ", ordinal (quadratic κ over this order)"
+    elif not data["multi_label"] and "ordinal" in data and len(data["classes"]) > 2:
+        kind += ", nominal (no κ: pass --ordinal for ordered grades)"
+    if data.get("positive_class") is not None:
+        kind += f", binary with positive class **{data['positive_class']}** (PR-AUC)"
+    return (
+        f"**{data['name']}**: {len(data['classes'])} classes in this order: {', '.join(data['classes'])}"
+        f"{origin}; {kind}; {data['num_train']} training-pool / {data['num_test']} test images "
+        f"(test split: {data['test_split']})."
+    )
+
+
+def _reference_setting(name: str, reference: dict) -> str:
+    if name == "chance":
+        return "uniform random guess (expected)"
+    predicts = reference.get("predicts")
+    if isinstance(predicts, list):
+        return f"each label's training-pool majority (positive: {', '.join(predicts) or 'none'})"
+    return f"always `{predicts}` (training-pool majority)"
+
+
+def _reference_rows(results: dict, metrics: list[str]) -> list[str]:
+    lines = []
+    for name, label in (("majority", "majority class"), ("chance", "chance")):
+        reference = (results.get("references") or {}).get(name)
+        if not reference:
+            continue
+        cells = [_value(reference["metrics"].get(m)) for m in metrics]
+        lines.append(
+            f"| *{label}* | reference | {_reference_setting(name, reference)} | — | — | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
+def _value(value) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def majority_accuracy(results: dict) -> float | None:
+    """The majority-class accuracy of the test set, when the results carry references."""
+    reference = (results.get("references") or {}).get("majority") or {}
+    return (reference.get("metrics") or {}).get("accuracy")
+
+
+def not_above_majority(entry: dict | None, majority: float | None) -> bool:
+    """Whether a row's mean accuracy does not beat the majority-class accuracy (the † flag)."""
+    if entry is None or majority is None or entry.get("mean") is None or math.isnan(entry["mean"]):
+        return False
+    return entry["mean"] <= majority + 1e-9
+
+
 def markdown_table(results: dict) -> str:
-    """One Markdown table of every result row, metrics as mean ± std over seeds."""
+    """One Markdown table of every result row, metrics as mean ± std over seeds, below the majority-class and
+    chance reference rows; † marks an accuracy that does not beat the majority class."""
     rows = results["results"]
     metrics = [m for m in METRIC_LABELS if any(m in r["metrics"] for r in rows)]
     data = results["dataset"]
+    majority = majority_accuracy(results)
     lines = [
-        f"**{data['name']}**: {len(data['classes'])} classes ({', '.join(data['classes'])}), "
-        f"{'multi-label' if data['multi_label'] else 'single-label'}; {data['num_train']} training-pool / "
-        f"{data['num_test']} test images (test split: {data['test_split']}).",
+        describe_dataset(data),
         "",
         "| model | task | setting | train images | seeds | "
-        + " | ".join(METRIC_LABELS[m] for m in metrics)
+        + " | ".join(metric_header(m, data) for m in metrics)
         + " |",
         "|---|---|---|---|---|" + "---|" * len(metrics),
+        *_reference_rows(results, metrics),
     ]
+    flagged = False
     for r in rows:
         cells = [_cell(r["metrics"].get(m)) for m in metrics]
+        if "accuracy" in metrics and not_above_majority(r["metrics"].get("accuracy"), majority):
+            cells[metrics.index("accuracy")] += " †"
+            flagged = True
         lines.append(
             f"| {r['model']} | {r['task']} | {_setting(r)} | {r['num_train']:.0f} | {len(r['seeds'])} | "
             + " | ".join(cells)
             + " |"
         )
+    if flagged:
+        lines += [
+            "",
+            f"† accuracy not above the majority class ({majority:.3f}, predicting "
+            f"`{results['references']['majority'].get('predicts')}` for every image): read balanced accuracy "
+            "and ROC-AUC.",
+        ]
     for name, info in (results.get("models") or {}).items():
         for problem in info.get("skipped_tasks") or []:
             lines += ["", f"Not run for {name}: {problem['task']} ({problem['reason']})."]
@@ -99,6 +197,7 @@ def plot_label_efficiency(results: dict, metric: str, path: Path) -> bool:
     if not curves:
         return False
     figure, axis = plt.subplots(figsize=(5.5, 4))
+    _reference_lines(axis, results, metric)
     for (model, task), points in sorted(curves.items()):
         points.sort()
         x = np.array([p[0] * 100 for p in points])
@@ -108,7 +207,7 @@ def plot_label_efficiency(results: dict, metric: str, path: Path) -> bool:
         axis.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     axis.set_xscale("log")
     axis.set_xlabel("training labels used (%)")
-    axis.set_ylabel(METRIC_LABELS.get(metric, metric))
+    axis.set_ylabel(metric_header(metric, results["dataset"]))
     axis.set_title(f"Label efficiency on {results['dataset']['name']}")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
@@ -116,6 +215,26 @@ def plot_label_efficiency(results: dict, metric: str, path: Path) -> bool:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return True
+
+
+def reference_lines(results: dict, metric: str) -> list[tuple[str, float]]:
+    """`[(label, level)]` of the horizontal reference lines of a metric's plot: majority class and chance,
+    merged into one line when they coincide (e.g. ROC-AUC 0.5)."""
+    levels = []
+    for name, label in (("majority", "majority class"), ("chance", "chance")):
+        value = ((results.get("references") or {}).get(name) or {}).get("metrics", {}).get(metric)
+        if value is None or math.isnan(value):
+            continue
+        if levels and abs(levels[-1][1] - value) < 1e-9:
+            levels[-1] = (f"{levels[-1][0]} = {label}", value)
+        else:
+            levels.append((label, value))
+    return levels
+
+
+def _reference_lines(axis, results: dict, metric: str) -> None:
+    for (label, level), style in zip(reference_lines(results, metric), ("--", ":"), strict=False):
+        axis.axhline(level, color="grey", linestyle=style, linewidth=1, label=f"{label} ({level:.3f})")
 
 
 def plot_roc(
@@ -141,7 +260,7 @@ def plot_roc(
     if not drawn:
         plt.close(figure)
         return False
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance (0.500)")
     axis.set_xlabel("false positive rate")
     axis.set_ylabel("true positive rate")
     axis.set_title(title, fontsize=9)

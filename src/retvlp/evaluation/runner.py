@@ -10,12 +10,22 @@ metrics per run → mean ± std rows. `retvlp evaluate` is a thin CLI over `eval
 
 Result rows (`results["results"]`): `{"model", "task", "method", "fraction", "shots", "seeds", "num_train",
 "metrics": {name: {"mean", "std", "values"}}}`; std is the sample standard deviation over seeds (0 for one).
+A deterministic setting (the linear probe on 100 % of the labels: the same rows and a deterministic solver
+for every seed) is run once, for the first seed.
+
+What the numbers mean is stated next to them: `results["dataset"]` holds the class order used by every metric
+(`classes`, and `class_order`: where it comes from), whether the classes are `ordinal` (quadratic κ is only
+computed for ordinal tasks, over that order) and the `positive_class` of the binary metrics (PR-AUC);
+`results["references"]` the majority-class and chance levels of the same test set (`references.py`).
+The test split, label fractions and few-shot draws depend only on the rows, their labels, groups and the seed,
+never on the order the classes are listed in (`splits.order_free_targets`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,20 +33,24 @@ import numpy as np
 import torch
 
 from .data import (
+    CLASS_ORDER_SORTED,
     MAX_LISTED_EXCLUSIONS,
     LabelledRecords,
     cache_images,
     drop_bad_images,
     geometry_of,
     normalization_of,
+    positive_class_of,
     read_labelled_records,
     summarize_counts,
+    with_positive_class,
 )
 from .features import class_prototypes, extract_image_features, has_text_tower, logit_scale_of
 from .finetune import FinetuneSettings, finetune, record_evaluation
 from .linear_probe import DEFAULT_C, linear_probe_probabilities
-from .metrics import classification_metrics
-from .splits import few_shot_indices, group_stratified_split, nested_label_fractions
+from .metrics import METRIC_NAMES, classification_metrics
+from .references import reference_levels
+from .splits import few_shot_indices, group_stratified_split, nested_label_fractions, order_free_targets
 from .zero_shot import multi_label_threshold, prompt_ensembles, zero_shot_probabilities
 
 logger = logging.getLogger(__name__)
@@ -102,8 +116,7 @@ def load_model(name: str, source, device: str | None = None) -> LoadedModel:
         origin = model
     else:
         origin = str(source)
-        if not Path(origin).exists() and os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in origin:
-            raise ValueError(f"--model {origin}: no such directory (and HF_HUB_OFFLINE=1 rules out the Hub).")
+        check_model_source(origin)
         model = AutoModel.from_pretrained(origin)
         try:
             processor = AutoProcessor.from_pretrained(origin)
@@ -125,6 +138,63 @@ def load_model(name: str, source, device: str | None = None) -> LoadedModel:
         model.to(device)
     model.eval()
     return LoadedModel(name, model, image_processor, tokenizer, max_length, origin)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _looks_local(source: str) -> bool:
+    """Whether `source` can only be a local path: not of the Hub's `name` / `namespace/name` form, or its
+    first component is a folder here (`runs/x` with a `runs/` folder)."""
+    if not _HUB_ID.match(source) or source.startswith((".", "~")):
+        return True
+    return "/" in source and Path(source.split("/", 1)[0]).is_dir()
+
+
+def _released_model_in(run_dir: Path) -> Path | None:
+    """The released model of a training run directory (`final/` with a config.json), if any."""
+    final = run_dir / "final"
+    return final if (final / "config.json").is_file() else None
+
+
+def check_model_source(source: str) -> None:
+    """Fail early, with what to do, for a model path that cannot load: a local path that does not exist, a
+    training run directory (its released model is `final/`), a folder without `config.json`. Hub ids pass
+    (unless `HF_HUB_OFFLINE=1`). Raises `FileNotFoundError`."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return
+        final = _released_model_in(path)
+        if final is not None:
+            raise FileNotFoundError(f"{source} is a training run directory; the released model is {final}")
+        if (path / "run_config.yaml").is_file() or any(path.glob("checkpoint-*")):
+            raise FileNotFoundError(
+                f"{source} is a training run directory without a released model (no {path / 'final'}: the "
+                "run has not finished); evaluate its final/ folder once training completes."
+            )
+        raise FileNotFoundError(
+            f"{source} has no config.json: not a model directory (give the folder save_pretrained wrote)."
+        )
+    if path.exists():
+        raise FileNotFoundError(f"{source} is a file, not a model directory.")
+    if _looks_local(source):
+        raise FileNotFoundError(f"no such model directory: {source}")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(source):
+        raise FileNotFoundError(
+            f"no such model directory: {source} (and HF_HUB_OFFLINE=1 rules out loading it from the Hub; it is "
+            "not in the local Hub cache either)"
+        )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the Hub model `repo_id` is in the local Hugging Face cache (loadable offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
 
 
 def random_init_copy(loaded: LoadedModel, seed: int) -> LoadedModel:
@@ -164,13 +234,27 @@ def _row(model, task, metrics_per_seed, seeds, num_train, method=None, fraction=
     }
 
 
+def metric_names(*, multi_label: bool, ordinal: bool) -> tuple[str, ...]:
+    """The metrics reported: all six, quadratic κ only for ordinal single-label tasks (on nominal classes its
+    squared class-id distances would measure an arbitrary order)."""
+    keep_kappa = ordinal and not multi_label
+    return tuple(name for name in METRIC_NAMES if name != "quadratic_kappa" or keep_kappa)
+
+
 @dataclass
 class _Context:
     labelled: LabelledRecords
     pool: np.ndarray
     test: np.ndarray
     settings: EvaluationSettings
+    metrics: tuple[str, ...] = METRIC_NAMES
     predictions: dict = field(default_factory=dict)  # (model, task, method, fraction, shots) → probabilities
+    references: dict = field(default_factory=dict)
+
+    @property
+    def strata_targets(self) -> np.ndarray:
+        """The targets the sampling functions see: class ids in sorted-name order (order-independent draws)."""
+        return order_free_targets(self.labelled.targets, self.labelled.class_names)
 
     def score(self, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
         return classification_metrics(
@@ -178,6 +262,7 @@ class _Context:
             probabilities,
             multi_label=self.labelled.multi_label,
             threshold=threshold,
+            names=self.metrics,
         )
 
     def keep(self, key: tuple, probabilities: np.ndarray) -> None:
@@ -204,23 +289,31 @@ def run_zero_shot(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
     return [_row(loaded.name, "zero-shot", [ctx.score(probabilities, threshold)], [0], 0)]
 
 
+def _probe_seeds(fraction: float, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """The seeds a linear-probe setting runs: one for 100 % of the labels (every seed would train the same
+    deterministic lbfgs fit on the same rows), all of them otherwise."""
+    return tuple(seeds[:1]) if fraction >= 1.0 else tuple(seeds)
+
+
 def run_linear_probe(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
     from tqdm.auto import tqdm
 
     s, labelled = ctx.settings, ctx.labelled
+    seeds_of = {f: _probe_seeds(f, s.seeds) for f in s.fractions}
     runs: dict[float, list] = {f: [] for f in s.fractions}
     sizes: dict[float, list] = {f: [] for f in s.fractions}
     progress = tqdm(
-        total=len(s.seeds) * len(s.fractions),
+        total=sum(len(seeds) for seeds in seeds_of.values()),
         desc=f"{loaded.name} linear probe",
         disable=not s.show_progress,
         leave=False,
     )
+    strata = ctx.strata_targets
     for seed in s.seeds:
-        subsets = nested_label_fractions(
-            labelled.targets[ctx.pool], labelled.groups[ctx.pool], s.fractions, seed
-        )
+        subsets = nested_label_fractions(strata[ctx.pool], labelled.groups[ctx.pool], s.fractions, seed)
         for fraction in s.fractions:
+            if seed not in seeds_of[fraction]:
+                continue
             train = ctx.pool[subsets[fraction]]
             probabilities = linear_probe_probabilities(
                 features.probe[train],
@@ -238,12 +331,14 @@ def run_linear_probe(loaded: LoadedModel, features, ctx: _Context) -> list[dict]
             progress.update(1)
     progress.close()
     return [
-        _row(loaded.name, "linear-probe", runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f)
+        _row(loaded.name, "linear-probe", runs[f], seeds_of[f], float(np.mean(sizes[f])), fraction=f)
         for f in s.fractions
     ]
 
 
 def run_few_shot(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
+    from tqdm.auto import tqdm
+
     from .few_shot import FEW_SHOT_METHODS as methods
 
     s, labelled = ctx.settings, ctx.labelled
@@ -258,14 +353,23 @@ def run_few_shot(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
         include_descriptions=s.include_descriptions,
     )
     prototypes = class_prototypes(loaded.model, loaded.tokenizer, prompts, max_length=loaded.max_length)
+    total = len(s.shots) * len(s.seeds) * len(s.few_shot_methods)
+    with tqdm(total=total, desc=f"{loaded.name} few-shot", disable=not s.show_progress, leave=False) as bar:
+        return _few_shot_rows(loaded, features, prototypes, ctx, methods, bar)
+
+
+def _few_shot_rows(loaded: LoadedModel, features, prototypes, ctx: _Context, methods, progress) -> list[dict]:
+    """Every (shots, seed, method) run, one progress step each; one row per (shots, method)."""
+    s, labelled = ctx.settings, ctx.labelled
+    strata = ctx.strata_targets
     rows = []
     for shots in s.shots:
         runs: dict[str, list] = {m: [] for m in s.few_shot_methods}
         for seed in s.seeds:
-            chosen = ctx.pool[
-                few_shot_indices(labelled.targets[ctx.pool], int(shots), seed, labelled.groups[ctx.pool])
-            ]
+            drawn = few_shot_indices(strata[ctx.pool], int(shots), seed, labelled.groups[ctx.pool])
+            chosen = ctx.pool[drawn]
             for method in s.few_shot_methods:
+                progress.set_postfix_str(f"{method}, {shots} shot{'s' if shots != 1 else ''}, seed {seed}")
                 kwargs = {} if method == "tip-adapter" else {"seed": seed}
                 prediction = methods[method](
                     features.embeds[chosen],
@@ -276,6 +380,7 @@ def run_few_shot(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
                 )
                 ctx.keep((loaded.name, "few-shot", method, None, shots), prediction.probabilities)
                 runs[method].append(ctx.score(np.asarray(prediction.probabilities, dtype=np.float64)))
+                progress.update(1)
         num_train = int(shots) * len(labelled.class_names)
         rows += [
             _row(loaded.name, "few-shot", runs[m], s.seeds, num_train, method=m, shots=int(shots))
@@ -294,10 +399,9 @@ def run_finetune(loaded: LoadedModel, task: str, store, mean, std, ctx: _Context
     rows = []
     runs: dict[float, list] = {f: [] for f in s.fractions}
     sizes: dict[float, list] = {f: [] for f in s.fractions}
+    strata = ctx.strata_targets
     for seed in s.seeds:
-        subsets = nested_label_fractions(
-            labelled.targets[ctx.pool], labelled.groups[ctx.pool], s.fractions, seed
-        )
+        subsets = nested_label_fractions(strata[ctx.pool], labelled.groups[ctx.pool], s.fractions, seed)
         for fraction in s.fractions:
             train = ctx.pool[subsets[fraction]]
             settings = replace(base, seed=seed)
@@ -329,7 +433,10 @@ def run_finetune(loaded: LoadedModel, task: str, store, mean, std, ctx: _Context
                 # one run has no spread (std None, not 0).
                 row = _row(loaded.name, task, [metrics], [seed], len(train), fraction=fraction)
                 row["metrics"] = {name: {**value, "std": None} for name, value in row["metrics"].items()}
-                record_evaluation(result.saved_to, {"dataset": _dataset_block(ctx), "results": [row]})
+                record_evaluation(
+                    result.saved_to,
+                    {"dataset": _dataset_block(ctx), "references": ctx.references, "results": [row]},
+                )
     rows += [
         _row(loaded.name, task, runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f) for f in s.fractions
     ]
@@ -340,19 +447,50 @@ def _dataset_block(ctx: _Context) -> dict:
     labelled = ctx.labelled
     return {
         "name": labelled.name,
-        "classes": list(labelled.class_names),
+        **_meaning(labelled, "quadratic_kappa" in ctx.metrics),
         "multi_label": bool(labelled.multi_label),
         "num_train": int(len(ctx.pool)),
         "num_test": int(len(ctx.test)),
     }
 
 
+def _meaning(labelled: LabelledRecords, ordinal: bool) -> dict:
+    """What the metrics are computed over: the class order (and its origin), ordinality, positive class."""
+    return {
+        "classes": list(labelled.class_names),
+        "class_order": labelled.class_order,
+        "ordinal": bool(ordinal),
+        "positive_class": positive_class_of(labelled),
+    }
+
+
+def _check_ordinal(labelled: LabelledRecords) -> None:
+    """An ordinal task needs a real order: refuse multi-label data and the alphabetical default (which sorts
+    `NPDR, PDR, no_DR`), unless the names are integers whose string order is their numeric order."""
+    if labelled.multi_label:
+        raise ValueError("--ordinal applies to single-label grades; this data is multi-label.")
+    if labelled.class_order != CLASS_ORDER_SORTED:
+        return
+    names = labelled.class_names
+    if all(name.lstrip("-").isdigit() for name in names) and [int(n) for n in names] == sorted(
+        int(n) for n in names
+    ):
+        return
+    raise ValueError(
+        f"--ordinal needs the grades in order, but the classes of {labelled.name} are only sorted "
+        f"alphabetically ({', '.join(names)}): give the order, lowest grade first, with --classes "
+        "(class_names=...) or a ClassLabel feature."
+    )
+
+
 # ---------------------------------------------------------------------------------------------- driver
-def _fixed_split(labelled: LabelledRecords, num_pool: int | None, settings: EvaluationSettings):
+def fixed_split(labelled: LabelledRecords, num_pool: int | None, settings: EvaluationSettings):
+    """`(pool, test)` record indices: the given test records (the last `len - num_pool`), or a seeded
+    group-aware stratified split that depends on the rows, labels, groups and `settings.split_seed` only —
+    not on the order of `labelled.class_names`."""
     if num_pool is None:
-        return group_stratified_split(
-            labelled.targets, labelled.groups, settings.test_fraction, settings.split_seed
-        )
+        strata = order_free_targets(labelled.targets, labelled.class_names)
+        return group_stratified_split(strata, labelled.groups, settings.test_fraction, settings.split_seed)
     pool, test = np.arange(num_pool), np.arange(num_pool, len(labelled))
     shared = set(labelled.groups[pool].tolist()) & set(labelled.groups[test].tolist())
     if shared:
@@ -377,6 +515,7 @@ def _concatenate(first: LabelledRecords, second: LabelledRecords) -> LabelledRec
             for k in {**first.excluded, **second.excluded}
         },
         excluded_examples=(first.excluded_examples + second.excluded_examples)[:MAX_LISTED_EXCLUSIONS],
+        class_order=first.class_order,
     )
 
 
@@ -387,6 +526,8 @@ def evaluate_models(
     test_data=None,
     class_names: list[str] | None = None,
     multi_label: bool | None = None,
+    ordinal: bool = False,
+    positive_class: str | None = None,
     settings: EvaluationSettings | None = None,
     random_init: bool = False,
     output_dir: str | Path | None = None,
@@ -400,8 +541,16 @@ def evaluate_models(
         models: `{name: directory | Hub id | (model, processor)}`, e.g. `{"maskedclip": "runs/final",
             "clip": (clip_model, clip_processor)}`; any dual encoder with `get_image_features` /
             `get_text_features` works (image-only models: linear probe and fine-tuning).
-        data: manifest path(s) or spec dict(s) of the labelled data (the training pool when `test_data` is
-            given; otherwise a group-aware stratified `test_fraction` of it becomes the fixed test set).
+        data: the labelled data (the training pool when `test_data` is given; otherwise a group-aware
+            stratified `test_fraction` of it becomes the fixed test set): manifest path(s), `save_to_disk`
+            folder(s), in-memory `datasets.Dataset`(s) or spec dict(s) (`evaluation.data`).
+        class_names: the class order every metric uses (default: the data's `ClassLabel` names, else the labels
+            found, sorted as strings); `results["dataset"]["class_order"]` records which applied.
+        ordinal: the classes are ordered grades (lowest first): quadratic κ is computed, over that order. It
+            is left out for nominal classes. Refused with the alphabetical default order unless the class
+            names are integers in numeric order.
+        positive_class: for a binary task, the class whose PR-AUC is reported (it becomes class 1; default:
+            the second class in order). Recorded as `results["dataset"]["positive_class"]`.
         random_init: also evaluate the first model's architecture at seeded random weights.
     """
     from .report import write_report
@@ -413,7 +562,14 @@ def evaluate_models(
         raise ValueError(
             '"random_init" is the name of the random-weights baseline: call the model differently.'
         )
+    for source in models.values():  # before reading any data: a wrong path fails in seconds
+        if isinstance(source, (str, os.PathLike)):
+            check_model_source(os.fspath(source))
     labelled = read_labelled_records(data, class_names, multi_label=multi_label, name=dataset_name)
+    if positive_class is not None:
+        labelled = with_positive_class(labelled, str(positive_class))
+    if ordinal:
+        _check_ordinal(labelled)
     num_pool = None
     if test_data is not None:
         test = read_labelled_records(test_data, labelled.class_names, multi_label=labelled.multi_label)
@@ -433,12 +589,20 @@ def evaluate_models(
         num_pool = int(usable[:num_pool].sum())
     labelled, kept_stores = drop_bad_images(labelled, list(stores.values()))
     stores = dict(zip(stores, kept_stores, strict=True))
-    pool, test = _fixed_split(labelled, num_pool, settings)
-    ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings)
+    pool, test = fixed_split(labelled, num_pool, settings)
+    names = metric_names(multi_label=labelled.multi_label, ordinal=ordinal)
+    ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings, metrics=names)
+    ctx.references = reference_levels(
+        labelled.targets[ctx.pool],
+        labelled.targets[ctx.test],
+        labelled.class_names,
+        multi_label=labelled.multi_label,
+        names=names,
+    )
     results = {
         "dataset": {
             "name": labelled.name,
-            "classes": labelled.class_names,
+            **_meaning(labelled, "quadratic_kappa" in names),
             "multi_label": labelled.multi_label,
             "num_train": int(len(pool)),
             "num_test": int(len(test)),
@@ -451,6 +615,7 @@ def evaluate_models(
             "excluded": labelled.excluded,
             "excluded_examples": labelled.excluded_examples,
         },
+        "references": ctx.references,
         "models": {},
         "settings": _jsonable(asdict(settings)),
         "results": [],

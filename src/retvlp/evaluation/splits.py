@@ -15,6 +15,10 @@ Conventions shared by every function:
 Stratification works on *group strata*: every sample gets a stratum (:func:`stratum_of`: its class, or for
 multi-label data its rarest positive label), every group gets the most frequent stratum among its samples
 (:func:`group_strata`), and sampling is done per group-stratum on whole groups.
+
+Class ids are positions in a class list, so the strata (and with them every draw) would change when the same
+classes are listed in another order. Callers that know the class names pass the targets through
+:func:`order_free_targets` first: the draws then depend only on the rows, their labels, groups and the seed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = [
     "group_strata",
     "group_stratified_split",
     "nested_label_fractions",
+    "order_free_targets",
     "stratum_of",
 ]
 
@@ -127,6 +132,27 @@ def stratum_of(targets) -> np.ndarray:
     strata = masked.argmin(axis=1).astype(np.int64)  # argmin picks the first (smallest) label on ties
     strata[~targets.any(axis=1)] = n_labels
     return strata
+
+
+def order_free_targets(targets, class_names) -> np.ndarray:
+    """``targets`` recoded so that class ids follow the class NAMES sorted as strings, not the order of
+    ``class_names``: ``(N,)`` ids are renumbered, ``(N, C)`` multi-hot columns are permuted.
+
+    Feed the result (only) to the sampling functions: two class orders of the same rows then give the same
+    strata and hence identical splits, label fractions and few-shot draws. Keep the original targets for
+    training and scoring.
+    """
+    names = [str(name) for name in class_names]
+    targets = _as_targets(targets)
+    width = targets.shape[1] if targets.ndim == 2 else (int(targets.max()) + 1 if len(targets) else 0)
+    if width > len(names) or (targets.ndim == 2 and width != len(names)):
+        raise ValueError(f"targets need {width} classes but {len(names)} class names were given ({names}).")
+    order = sorted(range(len(names)), key=names.__getitem__)  # canonical position -> original class id
+    if targets.ndim == 2:
+        return targets[:, order]
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[order] = np.arange(len(names))
+    return rank[targets]
 
 
 def _group_strata_codes(targets, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
