@@ -64,7 +64,7 @@ def _on_tvhl(raw, name, train_keys, manifests, out: Path, steps: int, image_size
     from retvlp.training import PretrainConfig
 
     raw["data"].update(
-        train=[{"path": manifests[k]} for k in train_keys if manifests.get(k)],
+        train=[manifests[k] for k in train_keys if manifests.get(k)],
         classes=CLASSES,
         image_size=image_size,
         cache_dir=str(out / "cache"),
@@ -77,8 +77,8 @@ def _on_tvhl(raw, name, train_keys, manifests, out: Path, steps: int, image_size
         eval_every=None,
         tensorboard=False,
         evaluation={
-            "probe_train": [{"path": manifests["probe_train"]}],
-            "test": [{"path": manifests["test"]}],
+            "probe_train": [manifests["probe_train"]],
+            "test": [manifests["test"]],
             "classes": CLASSES,
         },
     )
@@ -156,6 +156,12 @@ def main(argv=None) -> int:
 
     out = Path(args.out).resolve()
     manifests = write_manifests(out / "manifests", args.data_root)["files"]
+    # the manifests (in the output folder) name images under the data root: an allowed data root of every spec
+    manifests = {
+        name: {"path": path, "allowed_roots": [str(args.data_root)]}
+        for name, path in manifests.items()
+        if path
+    }
     no_labels = out / "manifests" / "paired_without_labels.csv"
     results, keepfit_results = {}, {}
 
@@ -261,7 +267,7 @@ def _without_labels(manifests: dict, path: Path) -> dict:
 
     rows = []
     for key in ("categorical", "elite"):
-        with open(manifests[key], newline="", encoding="utf-8") as handle:
+        with open(manifests[key]["path"], newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 text = row.get("text") or f"a fundus photograph of {row['label']}"
                 rows.append({"image": row["image"], "text": text, "patient_id": row["patient_id"]})
@@ -269,7 +275,8 @@ def _without_labels(manifests: dict, path: Path) -> dict:
         writer = csv.DictWriter(handle, fieldnames=["image", "text", "patient_id"])
         writer.writeheader()
         writer.writerows(rows)
-    return {**manifests, "categorical": str(path), "elite": None}
+    roots = manifests["categorical"]["allowed_roots"]
+    return {**manifests, "categorical": {"path": str(path), "allowed_roots": roots}, "elite": None}
 
 
 if __name__ == "__main__":

@@ -123,7 +123,8 @@ def main():
 
     print(f"images: {origin}; e.g. sizes {sorted(sizes)[:3]}; output {args.size} px; batch {args.batch}")
     print(f"cores: {os.cpu_count()}, torch {torch.__version__}")
-    records = read_manifest(manifest).records
+    # the manifest (in the scratch folder) names images elsewhere: their folder is an allowed data root
+    records = read_manifest(manifest, allowed_roots=sorted({str(Path(p).parent) for p in paths})).records
     start = time.perf_counter()
     cache = build_image_cache(
         records,

@@ -64,8 +64,9 @@ MODELS = {
 }  # fmt: skip
 
 
-def data_manifest(directory: Path) -> tuple[str, str]:
-    """(manifest path, description): TVHL fundus DME labels, or the synthetic demo data."""
+def data_manifest(directory: Path) -> tuple[dict, str]:
+    """(manifest spec, description): TVHL fundus DME labels (the manifest, written here, names images under the
+    TVHL folder: an allowed data root), or the synthetic demo data."""
     if (TVHL / "labels.csv").exists():
         manifest = directory / "tvhl_fundus_dme.csv"
         with open(TVHL / "labels.csv") as source, open(manifest, "w", newline="") as target:
@@ -75,11 +76,11 @@ def data_manifest(directory: Path) -> tuple[str, str]:
                 if row["modality"] == "fundus":
                     label = "DME" if row["DME"] == "1" else "no DME"
                     writer.writerow([str(TVHL / row["path"]), label, row["patient_id"]])
-        return str(manifest), "TVHL fundus (DME yes/no)"
+        return {"path": str(manifest), "allowed_roots": [str(TVHL)]}, "TVHL fundus (DME yes/no)"
     from retvlp.data.synthetic import generate_synthetic_dataset
 
     dataset = generate_synthetic_dataset(directory / "synthetic", num_patients=300, image_size=64)
-    return str(dataset.test), "synthetic demo (test split)"
+    return {"path": str(dataset.test)}, "synthetic demo (test split)"
 
 
 @torch.inference_mode()

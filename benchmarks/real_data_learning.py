@@ -178,10 +178,16 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     out = Path(args.out).resolve()
     manifests = write_manifests(out / "manifests", args.data_root)["files"]
+    # the manifests (in the output folder) name images under the data root: an allowed data root of every spec
+    manifests = {
+        name: {"path": path, "allowed_roots": [str(args.data_root)]}
+        for name, path in manifests.items()
+        if path
+    }
     cache = str(out / "cache")
     evaluation = {
-        "probe_train": [{"path": manifests["probe_train"]}],
-        "test": [{"path": manifests["test"]}],
+        "probe_train": [manifests["probe_train"]],
+        "test": [manifests["test"]],
         "classes": CLASSES,
     }
     common = {
@@ -196,7 +202,7 @@ def main(argv=None) -> int:
             "keep_checkpoints": 1,
         },
     }
-    image_rows = [{"path": manifests[name]} for name in ("categorical", "elite", "unpaired")]
+    image_rows = [manifests[name] for name in ("categorical", "elite", "unpaired")]
     runs: dict[str, dict] = {}
     print(f"TVHL manifests in {out / 'manifests'}; pretraining {args.steps} steps at {args.image_size} px")
     for name, switches in MASKEDCLIP_VARIANTS.items():
@@ -231,7 +237,7 @@ def main(argv=None) -> int:
         )
         _run(ibq, "ibq_tokenizer")
         corpus = out / "manifests" / "text_corpus.jsonl"
-        _write_text_corpus(manifests["elite"], corpus)
+        _write_text_corpus(manifests["elite"]["path"], corpus)
         mlm = _config(
             REPO / "training/configs/text_mlm_tiny_cpu.yaml",
             {
@@ -252,7 +258,7 @@ def main(argv=None) -> int:
                 },
                 "data": {
                     **common["data"],
-                    "train": [{"path": manifests["categorical"]}, {"path": manifests["elite"]}],
+                    "train": [manifests["categorical"], manifests["elite"]],
                 },
                 "run": {**common["run"], "output_dir": str(out / "keepfit")},
             },

@@ -84,6 +84,12 @@ def synthetic(tmp_path_factory):
     )
 
 
+def spec_within(manifest, *roots) -> dict:
+    """A manifest spec whose images may lie under `roots` too (data-root containment: by default only the
+    manifest's own folder is allowed, and test manifests in tmp_path name images of the shared synthetic set)."""
+    return {"path": str(manifest), "allowed_roots": [str(root) for root in roots]}
+
+
 def tiny_pretrain_dict(tmp_path, synthetic, name="run", **sections) -> dict:
     """A pretraining run description (see `retvlp.training.config`) for the tiny model on `synthetic`:
     6 optimizer steps of 2 accumulated micro-steps, 4 paired + 3 unpaired images each, checkpoints at 3 and 6."""

@@ -138,6 +138,10 @@ def test_parser_has_subcommands():
     args = parser.parse_args(["validate-data", "a.csv", "b.jsonl", "--min-size", "64"])
     assert args.command == "validate-data" and args.manifests == ["a.csv", "b.jsonl"] and args.min_size == 64
     assert args.max_pixels == 178_956_970
+    assert args.allowed_roots == [] and not args.allow_outside_data_roots and not args.no_progress
+    options = ["--allowed-root", "/x", "--allowed-root", "/y", "--allow-outside-data-roots", "--no-progress"]
+    args = parser.parse_args(["validate-data", "a.csv", *options])
+    assert args.allowed_roots == ["/x", "/y"] and args.allow_outside_data_roots and args.no_progress
 
 
 def test_module_entry_point_in_subprocess(tmp_path):

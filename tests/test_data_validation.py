@@ -424,3 +424,23 @@ def test_pixel_limits_are_ours_not_pillows(tmp_path, recwarn):
     _, problems = load_checked_image(str(tmp_path / "huge.png"), max_pixels=300_000_000)
     assert [p.kind for p in problems] == ["decompression-bomb"]
     assert "Pillow refuses" in problems[0].message and "200,000,000" in problems[0].message
+
+
+def test_messages_never_show_the_content_of_a_file_that_is_not_an_image(tmp_path):
+    """A caption file saved as .png, or a text file whose first bytes happen to look like a PPM header: the
+    message says how large it is and what kind of data it holds, never its bytes."""
+    secret = "SECRET-MARKER-5d1c root:x:0:0:/root:/bin/bash"
+    (tmp_path / "text.png").write_text(secret + "\n")
+    (tmp_path / "binary.png").write_bytes(b"\x00\x01SECRET-MARKER-5d1c" + bytes(range(256)))
+    (tmp_path / "header.pgm").write_bytes(b"P2\nSECRET-MARKER-5d1c 7\n")  # Pillow's PPM plugin quotes tokens
+    (tmp_path / "long.pgm").write_bytes(b"P2\n12 SECRET-MARKER-5d1c\n")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,text\ntext.png,a\nbinary.png,b\nheader.pgm,c\nlong.pgm,d\n")
+    report = validate_manifests([read_manifest(manifest)])
+    assert kinds(report.problems) == [(row, "unreadable-image") for row in (1, 2, 3, 4)]
+    by_row = {p.row: p.message for p in report.problems}
+    assert f"{len(secret) + 1} bytes of text" in by_row[1]
+    assert "bytes of binary data" in by_row[2]
+    report.write_jsonl(tmp_path / "problems.jsonl")
+    for text in (report.format(), (tmp_path / "problems.jsonl").read_text()):
+        assert "SECRET" not in text and "root:x" not in text and "\\x00" not in text

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_config
+from conftest import make_tiny_config, spec_within
 
 from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
 from retvlp.cli import main
@@ -68,14 +68,14 @@ def test_labelled_records_count_and_list_what_they_leave_out(synthetic, tmp_path
         )
     ]
     manifest.write_text("\n".join(rows) + "\n")
-    records = read_labelled_records(manifest, ["normal", "glaucoma", "cataract"])
+    records = read_labelled_records(spec_within(manifest, synthetic.root), ["normal", "glaucoma", "cataract"])
     assert len(records) == 4
     assert records.excluded == {"unlabelled": 1, "unknown_label": 1}
     assert {e["reason"] for e in records.excluded_examples} == {"unlabelled", "unknown_label"}
     assert all(e["source"] and e["row"] for e in records.excluded_examples)
     assert records.targets.tolist() == [0, 1, 2, 1]
     with pytest.raises(ValueError, match="at least 2 classes"):
-        read_labelled_records(manifest, ["normal"])
+        read_labelled_records(spec_within(manifest, synthetic.root), ["normal"])
 
 
 def test_bad_images_are_counted_and_dropped_everywhere(synthetic, tmp_path):
@@ -88,7 +88,7 @@ def test_bad_images_are_counted_and_dropped_everywhere(synthetic, tmp_path):
     ]
     lines.append(f"{broken},normal,P9")
     manifest.write_text("\n".join(lines) + "\n")
-    records = read_labelled_records(manifest)
+    records = read_labelled_records(spec_within(manifest, synthetic.root))
     store = _store(records, MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer()), tmp_path)
     kept, (narrowed,) = drop_bad_images(records, [store])
     assert len(kept) == 4 and kept.excluded == {"bad_image": 1}
@@ -100,10 +100,10 @@ def test_multi_label_records_are_multi_hot(tmp_path, synthetic):
     image = sorted((synthetic.root / "images").glob("*.png"))[0]
     manifest = tmp_path / "ml.csv"
     manifest.write_text(f"image,label,patient_id\n{image},a|b,P1\n{image},b,P2\n{image},c,P3\n")
-    records = read_labelled_records(manifest)
+    records = read_labelled_records(spec_within(manifest, synthetic.root))
     assert records.multi_label
     assert records.targets.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
-    single = read_labelled_records(manifest, multi_label=False)
+    single = read_labelled_records(spec_within(manifest, synthetic.root), multi_label=False)
     assert len(single) == 2 and single.excluded == {"several_labels": 1}
 
 
@@ -419,6 +419,7 @@ def test_multi_label_data_gets_multi_label_metrics(tiny_checkpoint, synthetic, t
         lines.append(f"{image},{'|'.join(labels)},P{i // 2}")
     manifest = tmp_path / "multi.csv"
     manifest.write_text("\n".join(lines) + "\n")
+    manifest = spec_within(manifest, synthetic.root)
     results = evaluate_models(
         {"tiny": str(directory)},
         manifest,

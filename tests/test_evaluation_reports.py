@@ -3,11 +3,12 @@ metrics, majority / chance references, deterministic settings run once, Hugging 
 model-path errors, the few-shot progress bar and the model card's reading of all of it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import make_tiny_config, spec_within
 
 from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
 from retvlp.cli import main
@@ -52,8 +53,10 @@ def _grade_rows(synthetic, num_patients=30, seed=0, prefix="P"):
 
 
 def _csv(path, rows):
+    """The rows as a CSV manifest spec; its images (the shared synthetic set) lie outside the manifest's folder,
+    so their folder is an allowed data root."""
     path.write_text("image,label,patient_id\n" + "".join(f"{i},{g},{p}\n" for i, g, p in rows))
-    return path
+    return spec_within(path, *{str(Path(i).parent) for i, _, _ in rows})
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +149,11 @@ def test_class_label_order_is_used_and_recorded(synthetic, tmp_path):
         },
         features=features,
     )
-    records = read_labelled_records(dataset)
+    spec = {"dataset": dataset, "allowed_roots": [str(synthetic.root)]}  # path strings outside the cwd
+    records = read_labelled_records(spec)
     assert records.class_names == GRADES and records.class_order == "ClassLabel"
     assert [GRADES[t] for t in records.targets] == [r[1] for r in rows]
-    assert read_labelled_records(dataset, ["PDR", "NPDR", "no_DR"]).class_order == "given"
+    assert read_labelled_records(spec, ["PDR", "NPDR", "no_DR"]).class_order == "given"
 
 
 # ---------------------------------------------------------------------------------------------- ordinal κ
@@ -416,7 +420,7 @@ def test_model_path_errors_say_what_to_do(tmp_path, monkeypatch):
 
 def test_cli_names_the_final_folder_of_a_run_directory(tiny_model_dir, grades_csv, tmp_path, capsys):
     run = tiny_model_dir.parent  # tiny_model_dir is <run>/final
-    code = main(["evaluate", "--model", str(run), "--data", str(grades_csv), "--task", "linear-probe"])
+    code = main(["evaluate", "--model", str(run), "--data", grades_csv["path"], "--task", "linear-probe"])
     err = capsys.readouterr().err
     assert code == 2 and f"is a training run directory; the released model is {tiny_model_dir}" in err
 
@@ -470,3 +474,15 @@ def test_model_card_shows_positive_class_and_references(tmp_path):
     pr_auc = next(r for r in card.data.eval_results if r.metric_type == "pr_auc")
     assert pr_auc.metric_args["positive_class"] == "DME"
     assert not any(r.metric_value == 0.7 and r.metric_type == "accuracy" for r in card.data.eval_results)
+
+
+def test_cli_data_roots(tiny_model_dir, grades_csv, tmp_path, capsys):
+    """The manifest's images lie outside its folder: refused and named, read with --allowed-root."""
+    args = ["evaluate", "--model", str(tiny_model_dir), "--data", grades_csv["path"], "--task", "zero-shot"]
+    args += ["--output-dir", str(tmp_path / "out"), "--no-progress", "--seeds", "0"]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "outside-data-root" in err and "--allowed-root" not in args
+    (root,) = grades_csv["allowed_roots"]
+    assert main([*args, "--allowed-root", root]) == 0
+    assert (tmp_path / "out" / "results.json").is_file()

@@ -337,7 +337,7 @@ def test_non_image_empty_and_missing_files(processor, tmp_path):
         (None, "No images"),
         ([np.zeros((8, 8, 3), np.uint8), [np.zeros((8, 8, 3), np.uint8)]], "nested"),
         (
-            [np.zeros((8, 8, 3), np.uint8), PIL.Image.new("L", (4, 4)), 3.5],
+            [np.zeros((32, 32, 3), np.uint8), PIL.Image.new("L", (32, 32)), 3.5],
             r"images\[2\]: unsupported image type float",
         ),
         (np.zeros((0, 8, 8, 3), dtype=np.uint8), "empty batch"),
@@ -417,6 +417,50 @@ def test_save_and_load_round_trip(tmp_path):
     assert default.size == 64 and default.image_mean == (0.485, 0.456, 0.406) and default.resample == 3
 
 
+# ------------------------------------------------------------------ size limits (shared with the data checks)
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (4, 2000), (31, 64)])
+def test_images_below_min_size_are_refused_like_validation(processor, tmp_path, height, width):
+    array = np.full((height, width, 3), 128, dtype=np.uint8)
+    path = tmp_path / "thumb.png"
+    PIL.Image.fromarray(array).save(path)
+    message = rf"only {width}x{height} pixels, smaller than min_size=32 .*min_size="
+    for image in (array, PIL.Image.fromarray(array), torch.from_numpy(array).permute(2, 0, 1), str(path)):
+        with pytest.raises(ValueError, match=message):
+            processor(image)
+    with pytest.raises(ValueError, match=r"images\[1\]: image is only"):
+        processor([smooth_image(), array])
+    # the option lowers the threshold, per processor or per call
+    small = min(height, width)
+    assert pixels(FundusImageProcessor(size=8, min_size=small), array).shape == (1, 3, 8, 8)
+    assert pixels(processor, array, min_size=small).shape == (1, 3, processor.size, processor.size)
+
+
+def test_min_size_is_the_data_checks_threshold_and_is_validated(tmp_path):
+    from retvlp.data import validation
+    from retvlp.data.cache import ImageGeometry
+
+    assert validation.DEFAULT_MIN_SIZE == image_processing_fundus.DEFAULT_MIN_SIZE == 32
+    assert FundusImageProcessor().min_size == 32
+    for bad in (0, -1, 2.5, True, "32"):
+        with pytest.raises(ValueError, match="min_size must be a positive int"):
+            FundusImageProcessor()(smooth_image(), min_size=bad)
+    FundusImageProcessor(min_size=40).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["min_size"] == 40
+    assert FundusImageProcessor.from_pretrained(tmp_path).min_size == 40
+    # the image cache has already applied the run's own check: its processor must not add a second one
+    assert ImageGeometry(size=8).image_processor().min_size == 1
+
+
+def test_decompression_bomb_is_named_as_such(processor, tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    PIL.Image.fromarray(smooth_image(64, 64)).save(path)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses over 2 x 1000 pixels
+    message = r"big\.png: decompression bomb: 4,096 pixels > limit 2,000"
+    with pytest.raises(ValueError, match=message) as error:
+        processor(str(path))
+    assert "truncated" not in str(error.value)
+
+
 def test_module_imports_only_allowed_libraries():
     """The file is shipped with checkpoints for trust_remote_code: no retvlp imports allowed."""
     tree = ast.parse(Path(image_processing_fundus.__file__).read_text())
@@ -431,6 +475,7 @@ def test_module_imports_only_allowed_libraries():
         "__future__",
         "math",
         "os",
+        "re",
         "collections",
         "typing",
         "numpy",

@@ -52,7 +52,10 @@ def test_csv_paired_rows_paths_and_groups(tmp_path):
         "\n"  # blank line: counted, no record, no problem
         '../c.png,"a caption, with a comma",\n',
     )
-    manifest = read_manifest(manifest_path)
+    contained = read_manifest(manifest_path)  # rows 2 and 4 leave the manifest's folder
+    assert [(p.row, p.kind) for p in contained.problems] == [(row, "outside-data-root") for row in (2, 4)]
+    assert [r.row for r in contained.records] == [1]
+    manifest = read_manifest(manifest_path, allow_outside_data_roots=True)
     assert isinstance(manifest, Manifest)
     assert manifest.source == str(manifest_path)
     assert manifest.format == "csv"

@@ -117,10 +117,13 @@ def test_rows_without_patient_ids_are_held_out_by_image(tmp_path, synthetic):
     config = tiny_run(
         tmp_path,
         synthetic,
-        data={"train": [{"path": str(labelled)}, {"path": str(unlabelled)}]},
+        data={
+            "train": [{"path": str(labelled)}, {"path": str(unlabelled)}],
+            "allowed_roots": [str(synthetic.root)],
+        },
         run={"eval_every": 1, "eval_holdout_fraction": 0.3},
     )
-    manifests = read_training_manifests(config.data.train)
+    manifests = read_training_manifests(config.data.train, allowed_roots=config.data.allowed_roots)
     classes = discover_classes(manifests, None)
     streams, _ = prepare_streams(manifests, config.data, classes, tmp_path / "out", show_progress=False)
     kept, held_out = hold_out_eval_rows(streams, manifests, classes, config, {}, MaskedCLIPTask())
@@ -241,7 +244,11 @@ def test_without_labelled_rows_it_warns_once_and_trains(tmp_path, synthetic, cap
     )
     train = [{"path": str(captions)}, {"path": str(synthetic.unpaired)}]
     config = tiny_run(
-        tmp_path, synthetic, data={"train": train}, optim={"max_steps": 2}, run={"eval_every": 1}
+        tmp_path,
+        synthetic,
+        data={"train": train, "allowed_roots": [str(synthetic.root)]},
+        optim={"max_steps": 2},
+        run={"eval_every": 1},
     )
     with caplog.at_level(logging.WARNING, logger="retvlp.training.periodic_eval"):
         result = pretrain(config, show_progress=False)

@@ -169,15 +169,23 @@ def test_bad_samples_stop_the_run_or_are_skipped_and_listed(tmp_path, synthetic)
     ]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     train = [{"path": str(synthetic.paired)}, {"path": str(manifest)}]
+    # the run-wide data root: extra.jsonl (in tmp_path) names an image of the synthetic set
+    roots = [str(synthetic.root)]
     with pytest.raises(DataValidationError) as error:
-        pretrain(tiny_run(tmp_path, synthetic, data={"train": train}), show_progress=False)
+        pretrain(
+            tiny_run(tmp_path, synthetic, data={"train": train, "allowed_roots": roots}), show_progress=False
+        )
     message = str(error.value)
     for kind in ("missing-file", "truncated-image", "empty-caption"):
         assert kind in message
     assert "extra.jsonl" in message
 
     config = tiny_run(
-        tmp_path, synthetic, "skip", data={"train": train, "on_bad_sample": "skip"}, optim={"max_steps": 1}
+        tmp_path,
+        synthetic,
+        "skip",
+        data={"train": train, "on_bad_sample": "skip", "allowed_roots": roots},
+        optim={"max_steps": 1},
     )
     result = pretrain(config, show_progress=False)
     skipped = [json.loads(x) for x in (result.output_dir / "skipped_samples.jsonl").read_text().splitlines()]

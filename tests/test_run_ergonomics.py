@@ -9,6 +9,7 @@ Output: without a progress bar each start-up phase and each log step is one line
 docs' epoch (every row of every stream seen once), with each stream's own count beside it.
 """
 
+import contextlib
 import errno
 import json
 import logging
@@ -212,24 +213,29 @@ def test_the_logged_epoch_counts_the_slowest_stream(tmp_path, synthetic):
 
 
 def test_entry_points_hide_transformers_load_reports_unless_verbose(tmp_path, monkeypatch, caplog):
-    """A real load report: the pretraining model read from a released checkpoint lists its decoders as missing."""
+    """A real load report: the pretraining model read from a released checkpoint lists its decoders as missing.
+    Hidden inside `load_reports_hidden` (unless RETVLP_VERBOSE=1), shown again after it."""
     from conftest import make_tiny_config
 
     from retvlp import MaskedCLIPForPreTraining, MaskedCLIPModel
-    from retvlp.runtime import hide_load_reports, show_load_reports
+    from retvlp.runtime import load_reports_hidden
 
     MaskedCLIPModel(make_tiny_config()).save_pretrained(tmp_path / "model")
     root = logging.getLogger("transformers")
     propagated, root.propagate = root.propagate, True  # see test_modeling_keepfit's hf_caplog
-    try:
-        for verbose, shown in (("1", True), ("0", False)):
-            monkeypatch.setenv("RETVLP_VERBOSE", verbose)
-            hide_load_reports()
-            caplog.clear()
-            with caplog.at_level(logging.WARNING, logger="transformers"):
+
+    def reported(verbose: str, hidden: bool) -> bool:
+        monkeypatch.setenv("RETVLP_VERBOSE", verbose)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="transformers"):
+            with load_reports_hidden() if hidden else contextlib.nullcontext():
                 MaskedCLIPForPreTraining.from_pretrained(tmp_path / "model")
-            assert ("LOAD REPORT" in caplog.text) is shown
-            show_load_reports()
+        return "LOAD REPORT" in caplog.text
+
+    try:
+        assert reported("0", hidden=False)  # control: the report is there
+        assert not reported("0", hidden=True)
+        assert reported("1", hidden=True)
+        assert reported("0", hidden=False)  # the filter is gone after the block
     finally:
         root.propagate = propagated
-        show_load_reports()

@@ -70,12 +70,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file otherwise
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from retvlp.runtime import hide_load_reports
-
-    hide_load_reports()  # RETVLP_VERBOSE=1 shows transformers' per-load key tables
-
     from retvlp.data.validation import DataValidationError
     from retvlp.evaluation.quick import format_results_table
+    from retvlp.runtime import load_reports_hidden
     from retvlp.training import (
         ConfigError,
         ContrastiveCollapseError,
@@ -97,7 +94,8 @@ def main(argv=None) -> int:
         config.apply_overrides(overrides)
         # a bar redrawn with carriage returns is noise in a log file: plain lines when not on a terminal
         show_progress = not args.no_progress and sys.stderr.isatty()
-        result = pretrain(config, resume=args.resume, show_progress=show_progress, extend=args.extend)
+        with load_reports_hidden():  # RETVLP_VERBOSE=1 shows transformers' per-load key tables
+            result = pretrain(config, resume=args.resume, show_progress=show_progress, extend=args.extend)
     except (
         ConfigError,
         ContrastiveCollapseError,

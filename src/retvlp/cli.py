@@ -115,6 +115,8 @@ def _run_validate_data(args: argparse.Namespace) -> int:
                 role=args.role,
                 format=args.format,
                 label_separator=args.label_separator,
+                allowed_roots=args.allowed_roots,
+                allow_outside_data_roots=args.allow_outside_data_roots,
             )
         except FileNotFoundError as exc:
             what = exc.strerror or "not found"
@@ -125,6 +127,9 @@ def _run_validate_data(args: argparse.Namespace) -> int:
         print(_describe_manifest(manifest))
     if class_names is not None:
         print(f"Checking labels against {len(class_names)} classes: {', '.join(class_names)}")
+    if args.no_progress and not args.skip_images:
+        # instead of the progress bar: one plain line, so logs show what the (possibly long) wait is
+        print(f"Checking the images of {sum(len(m.records) for m in manifests)} records...", flush=True)
     report = validate_manifests(
         manifests,
         class_names=class_names,
@@ -132,6 +137,7 @@ def _run_validate_data(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         check_images=not args.skip_images,
         num_workers=args.workers,
+        show_progress=not args.no_progress,
     )
     print()
     print(report.format(max_problems=None if args.max_shown == 0 else args.max_shown))
@@ -230,6 +236,25 @@ def _add_validate_data_parser(subparsers) -> None:
     parser.add_argument(
         "--max-shown", type=int, default=50, help="print at most this many problems (default: 50; 0: all)"
     )
+    parser.add_argument(
+        "--allowed-root",
+        dest="allowed_roots",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder images may live in besides each manifest's folder and --image-root (repeatable); "
+        "image paths resolving (symlinks, ..) anywhere else are outside-data-root errors and never opened",
+    )
+    parser.add_argument(
+        "--allow-outside-data-roots",
+        action="store_true",
+        help="let manifests point anywhere: no data-root containment check",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (plain lines only, for logs and CI)",
+    )
     parser.set_defaults(handler=_run_validate_data)
 
 
@@ -292,6 +317,10 @@ def _data_specs(paths: list[str], args: argparse.Namespace) -> list[dict]:
         }
         if args.image_root:
             spec["image_root"] = args.image_root
+        if args.allowed_roots:
+            spec["allowed_roots"] = list(args.allowed_roots)
+        if args.allow_outside_data_roots:
+            spec["allow_outside_data_roots"] = True
         specs.append(spec)
     return specs
 
@@ -431,6 +460,20 @@ def _add_evaluate_parser(subparsers) -> None:
     parser.add_argument("--dataset-name", help="name of the data set in reports and model cards")
     data = parser.add_argument_group("data")
     data.add_argument("--image-root", help="folder relative image paths start from (default: the manifest's)")
+    data.add_argument(
+        "--allowed-root",
+        dest="allowed_roots",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder images may live in besides each manifest's folder and --image-root (repeatable); "
+        "image paths resolving anywhere else are outside-data-root and never opened",
+    )
+    data.add_argument(
+        "--allow-outside-data-roots",
+        action="store_true",
+        help="let manifests point anywhere: no data-root containment check",
+    )
     data.add_argument("--image-column", default="image")
     data.add_argument("--label-column", default="label")
     data.add_argument(
@@ -632,11 +675,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    from .runtime import hide_load_reports
+    from .runtime import load_reports_hidden
 
-    hide_load_reports()  # transformers' per-load key tables; RETVLP_VERBOSE=1 shows them
     try:
-        return args.handler(args)
+        with load_reports_hidden():  # transformers' per-load key tables; RETVLP_VERBOSE=1 shows them
+            return args.handler(args)
     except UsageError as exc:
         print(f"retvlp {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

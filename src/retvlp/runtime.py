@@ -6,6 +6,7 @@ on a 2-core machine that was 10–30 % of a ViT step and made step times jitter 
 memory in the process removes both. glibc reads these settings only at start-up, hence the re-exec.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -46,13 +47,17 @@ _LOAD_REPORT_FILTER = _HideLoadReports()
 VERBOSE_ENV = "RETVLP_VERBOSE"
 
 
-def hide_load_reports() -> None:
-    """Hide transformers' load-report tables in this process unless `RETVLP_VERBOSE=1`. Called by the
-    command-line entry points only; importing retvlp as a library leaves transformers' logging alone."""
-    if os.environ.get(VERBOSE_ENV) == "1":
+@contextlib.contextmanager
+def load_reports_hidden():
+    """Within the block, transformers' load-report tables are hidden unless `RETVLP_VERBOSE=1`. The command-line
+    entry points run inside it; importing retvlp as a library (or calling an entry point from a test or a
+    notebook, afterwards) leaves transformers' logging as it was."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    if os.environ.get(VERBOSE_ENV) == "1" or _LOAD_REPORT_FILTER in logger.filters:
+        yield
         return
-    logging.getLogger("transformers.modeling_utils").addFilter(_LOAD_REPORT_FILTER)
-
-
-def show_load_reports() -> None:
-    logging.getLogger("transformers.modeling_utils").removeFilter(_LOAD_REPORT_FILTER)
+    logger.addFilter(_LOAD_REPORT_FILTER)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_LOAD_REPORT_FILTER)

@@ -34,7 +34,7 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets
 from datasets.features import Array3D
 
 from .manifest import HFImageRef, ManifestRecord
-from .validation import DataProblem, load_checked_image
+from .validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, DataProblem, load_checked_image
 
 CACHE_FORMAT_VERSION = 1
 
@@ -73,6 +73,9 @@ class ImageGeometry:
             crop_to_fov=self.crop_to_fov,
             fov_threshold=self.fov_threshold,
             resample=self.resample,
+            # the store's own check (`load_checked_image`, with the run's min_size) has passed by now; the
+            # processor must not apply a second, possibly different, threshold
+            min_size=1,
             do_rescale=False,
             do_normalize=False,
         )
@@ -216,8 +219,8 @@ def build_image_cache(
     geometry: ImageGeometry,
     cache_dir: str | os.PathLike | None = None,
     *,
-    min_size: int = 32,
-    max_pixels: int = 178_956_970,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     num_proc: int | None = None,
     rows_per_shard: int = 2048,
     show_progress: bool = True,
@@ -237,7 +240,8 @@ def build_image_cache(
     """
     if not records:
         raise ValueError(
-            "build_image_cache got no records: the manifests are empty or every row failed to parse."
+            "build_image_cache got no records: the manifests are empty or every row failed to parse (or names "
+            "an image outside the allowed data roots); see the manifests' problems."
         )
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = cache_key(records, geometry, min_size, max_pixels)

@@ -31,6 +31,7 @@ from typing import Any
 
 from PIL import Image
 
+from .roots import DataRoots, manifest_roots, root_list
 from .validation import DataProblem, make_problem
 
 ROLES = ("paired", "categorical", "unpaired")
@@ -331,13 +332,22 @@ def _resolve_columns(
 class _RowReader:
     """Builds a record (or a problem) from one row's values, for the CSV and JSON readers."""
 
-    def __init__(self, source: str, columns: _Columns, base: str, role: str | None, separator: str | None):
-        self.source, self.columns, self.base, self.role, self.separator = (
+    def __init__(
+        self,
+        source: str,
+        columns: _Columns,
+        base: str,
+        role: str | None,
+        separator: str | None,
+        roots: DataRoots,
+    ):
+        self.source, self.columns, self.base, self.role, self.separator, self.roots = (
             source,
             columns,
             base,
             role,
             separator,
+            roots,
         )
 
     def _get(self, values: Mapping[str, Any], what: str) -> Any:
@@ -368,6 +378,9 @@ class _RowReader:
                 f"the {cols.image!r} field is {type(image).__name__} {image!r}, not an image path; fix the row",
             )
         path = _resolve_path(image, self.base)
+        outside = self.roots.problem(self.source, row, path)
+        if outside is not None:  # never becomes a record, so nothing downstream opens it
+            return outside
         try:
             labels = parse_labels(self._get(values, "label"), self.separator)
             attributes = parse_labels(self._get(values, "attributes"), self.separator)
@@ -435,6 +448,7 @@ def _read_delimited(
     role: str | None,
     separator: str | None,
     column_args: dict,
+    roots: DataRoots,
 ) -> tuple[list[ManifestRecord], list[DataProblem], list[str]]:
     with open(path, "rb") as handle:
         data = handle.read()
@@ -504,7 +518,7 @@ def _read_delimited(
                     )
                 )
             columns = _resolve_columns(header, source, **column_args)
-            build = _RowReader(source, columns, base, role, separator)
+            build = _RowReader(source, columns, base, role, separator, roots)
             continue
         row += 1
         if not any(f.strip() for f in fields):
@@ -558,6 +572,7 @@ def _read_json(
     separator: str | None,
     column_args: dict,
     allow_array: bool,
+    roots: DataRoots,
 ) -> tuple[list[ManifestRecord], list[DataProblem], str]:
     with open(path, "rb") as handle:
         data = handle.read()
@@ -640,7 +655,8 @@ def _read_json(
                 columns.append(key)
     records: list[ManifestRecord] = []
     if rows:
-        build = _RowReader(source, _resolve_columns(columns, source, **column_args), base, role, separator)
+        columns_found = _resolve_columns(columns, source, **column_args)
+        build = _RowReader(source, columns_found, base, role, separator, roots)
         for number, item in rows:
             _collect(build(number, item), records, problems)
     return records, problems, kind
@@ -650,9 +666,11 @@ def _read_json(
 # ImageFolder
 
 
-def _read_image_folder(root: str, source: str, role: str | None) -> list[ManifestRecord]:
-    root = os.path.abspath(root)
+def _walk_images(root: str, source: str, roots: DataRoots) -> tuple[list[tuple[str, ...]], list[DataProblem]]:
+    """The image files under `root` as path parts relative to it, sorted, and a problem per symlinked folder
+    that leads outside the data roots (not descended into: a link to `/` must not walk the whole disk)."""
     found: list[tuple[str, ...]] = []
+    problems: list[DataProblem] = []
     visited: set[str] = set()
     for directory, subdirectories, files in os.walk(root, followlinks=True):
         real = os.path.realpath(directory)
@@ -660,20 +678,40 @@ def _read_image_folder(root: str, source: str, role: str | None) -> list[Manifes
             subdirectories[:] = []
             continue
         visited.add(real)
-        subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
+        kept = []
+        for name in sorted(d for d in subdirectories if not d.startswith(".")):
+            outside = roots.problem(source, 0, os.path.join(directory, name))
+            if outside is None:
+                kept.append(name)
+            else:
+                problems.append(outside)
+        subdirectories[:] = kept
         relative = os.path.relpath(directory, root)
         parts = () if relative == os.curdir else tuple(relative.split(os.sep))
         for name in files:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 found.append((*parts, name))
     found.sort()
+    return found, problems
+
+
+def _read_image_folder(
+    root: str, source: str, role: str | None, roots: DataRoots
+) -> tuple[list[ManifestRecord], list[DataProblem]]:
+    root = os.path.abspath(root)
+    found, problems = _walk_images(root, source, roots)
     records = []
     for row, parts in enumerate(found, 1):
+        path = os.path.join(root, *parts)
+        outside = roots.problem(source, row, path)  # a symlinked file leading out of the tree
+        if outside is not None:
+            problems.append(outside)
+            continue
         labels = (parts[0],) if len(parts) > 1 else ()
         text, labels, record_role = _assign_role(None, labels, role)
         records.append(
             ManifestRecord(
-                image=os.path.join(root, *parts),
+                image=path,
                 text=text,
                 labels=labels,
                 group=None,
@@ -682,7 +720,7 @@ def _read_image_folder(root: str, source: str, role: str | None) -> list[Manifes
                 role=record_role,
             )
         )
-    return records
+    return records, problems
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -717,6 +755,8 @@ def read_manifest(
     role: str | None = None,
     format: str | None = None,
     label_separator: str | None = "|",
+    allowed_roots: Sequence[str | os.PathLike] | None = None,
+    allow_outside_data_roots: bool = False,
 ) -> Manifest:
     """Read a CSV/TSV, FLAIR CSV, JSON-lines manifest or an ImageFolder tree.
 
@@ -724,6 +764,10 @@ def read_manifest(
     left at their default names fall back to `caption` (text), `labels` / `categories` (labels), `group` /
     `patient` (group) when absent; a column named explicitly must exist. `format`: None (from the extension:
     .csv/.tsv/.jsonl/.json, a directory is an ImageFolder) or one of `FORMATS`.
+
+    Data roots (`retvlp.data.roots`): an image path that resolves (symlinks and `..` followed) outside the
+    manifest's folder, `image_root` and the extra `allowed_roots` becomes an `outside-data-root` problem, not a
+    record, and is never opened; `allow_outside_data_roots=True` switches the check off.
     """
     _check_role(role)
     source = os.fspath(path)
@@ -735,7 +779,9 @@ def read_manifest(
     if detected == "imagefolder":
         if not os.path.isdir(source):
             raise ValueError(f"{source}: format 'imagefolder' needs a directory")
-        return Manifest(_read_image_folder(source, source, role), [], source, "imagefolder")
+        roots = manifest_roots(source, None, allowed_roots, allow_outside_data_roots)
+        records, problems = _read_image_folder(source, source, role, roots)
+        return Manifest(records, problems, source, "imagefolder")
     if os.path.isdir(source):
         raise ValueError(f"{source} is a directory; use format='imagefolder' (or no format) to read it")
     if image_root is not None:
@@ -744,6 +790,7 @@ def read_manifest(
             raise FileNotFoundError(errno.ENOENT, "image root not found", os.fspath(image_root))
     else:
         base = os.path.dirname(os.path.abspath(source))
+    roots = manifest_roots(source, image_root, allowed_roots, allow_outside_data_roots)
     column_args = dict(
         image_column=image_column,
         text_column=text_column,
@@ -752,24 +799,53 @@ def read_manifest(
     )
     if detected in ("jsonl", "json"):
         records, problems, detected = _read_json(
-            source, source, base, role, label_separator, column_args, allow_array=detected == "json"
+            source,
+            source,
+            base,
+            role,
+            label_separator,
+            column_args,
+            allow_array=detected == "json",
+            roots=roots,
         )
         return Manifest(records, problems, source, detected)
     extension = os.path.splitext(source)[1].lower()
     delimiter = "\t" if detected == "tsv" or extension in (".tsv", ".tab") else ","
     records, problems, header = _read_delimited(
-        source, source, delimiter, base, role, label_separator, column_args
+        source, source, delimiter, base, role, label_separator, column_args, roots
     )
     if detected == "csv" and _match_column(header, "categories") is not None:
         detected = "flair"
     return Manifest(records, problems, source, detected)
 
 
-def read_manifests(specs: Sequence[Mapping[str, Any]]) -> list[Manifest]:
-    """Read several manifests: each spec is a dict with `path` plus `read_manifest` keyword arguments."""
+def with_root_options(
+    spec: Mapping[str, Any],
+    allowed_roots: Sequence[str | os.PathLike] | None = None,
+    allow_outside_data_roots: bool = False,
+) -> dict[str, Any]:
+    """`spec` with run-wide data-root settings added: the spec's own `allowed_roots` are kept and the run's
+    appended; `allow_outside_data_roots` is on when either the spec or the run switches it on."""
+    options = dict(spec)
+    roots = [*root_list(options.get("allowed_roots")), *root_list(allowed_roots)]
+    if roots:
+        options["allowed_roots"] = roots
+    if allow_outside_data_roots:
+        options["allow_outside_data_roots"] = True
+    return options
+
+
+def read_manifests(
+    specs: Sequence[Mapping[str, Any]],
+    *,
+    allowed_roots: Sequence[str | os.PathLike] | None = None,
+    allow_outside_data_roots: bool = False,
+) -> list[Manifest]:
+    """Read several manifests: each spec is a dict with `path` plus `read_manifest` keyword arguments;
+    `allowed_roots` / `allow_outside_data_roots` apply to every spec (see `with_root_options`)."""
     manifests = []
     for spec in specs:
-        options = dict(spec)
+        options = with_root_options(spec, allowed_roots, allow_outside_data_roots)
         if "path" not in options:
             raise ValueError(f"manifest spec {spec!r} has no 'path'")
         manifests.append(read_manifest(options.pop("path"), **options))
@@ -814,10 +890,16 @@ def manifest_from_hf_dataset(
     image_root: str | os.PathLike | None = None,
     label_separator: str | None = "|",
     batch_size: int = 1000,
+    allowed_roots: Sequence[str | os.PathLike] | None = None,
+    allow_outside_data_roots: bool = False,
 ) -> Manifest:
     """Records for a `datasets.Dataset`: rows are index + 1, the source is "hf:<name>". An `Image`-feature
     column becomes lazy `HFImageRef`s (nothing is decoded while reading); a string column holds paths, resolved
-    against `image_root` (else the working directory). `ClassLabel` ids (also in lists) become class names."""
+    against `image_root` (else the working directory). `ClassLabel` ids (also in lists) become class names.
+
+    Paths of a string column must resolve inside `image_root` (else the working directory) or one of
+    `allowed_roots`, unless `allow_outside_data_roots`; others become `outside-data-root` problems. Images held
+    by an `Image` feature are the dataset's own data, not files the manifest points to, and are not checked."""
     import datasets
 
     _check_role(role)
@@ -853,6 +935,7 @@ def manifest_from_hf_dataset(
     base = (
         os.path.abspath(os.path.expanduser(os.fspath(image_root))) if image_root is not None else os.getcwd()
     )
+    roots = DataRoots((base, *root_list(allowed_roots)), allow_outside=allow_outside_data_roots)
     names = {
         column: _class_names_of(dataset.features[column])
         for column in (columns.label, columns.attributes)
@@ -898,6 +981,10 @@ def manifest_from_hf_dataset(
                         f"the row has no image in column {columns.image!r}; fill it in or drop the row",
                     )
                 )
+                continue
+            outside = None if references is not None else roots.problem(source, row, image_values[i])
+            if outside is not None:
+                problems.append(outside)
                 continue
             try:
                 labels = (

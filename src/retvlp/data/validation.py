@@ -3,7 +3,8 @@
 A `DataProblem` names the manifest file, the data row, the image and what is wrong. Problems come from three
 places:
 
-* reading a manifest (`retvlp.data.manifest`): rows that cannot be parsed, are not UTF-8 or have no image;
+* reading a manifest (`retvlp.data.manifest`): rows that cannot be parsed, are not UTF-8, have no image or
+  name an image outside the allowed data roots (`retvlp.data.roots`; such a file is never opened);
 * `check_records`: checks on the records themselves, without I/O (empty captions, unknown labels, duplicates);
 * `load_checked_image`: opening and fully decoding each image (missing, unreadable, truncated, tiny, too large
   or not RGB).
@@ -30,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from ..maskedclip.image_processing_fundus import DEFAULT_MIN_SIZE as DEFAULT_PROCESSOR_MIN_SIZE
+
 if TYPE_CHECKING:
     from .manifest import HFImageRef, Manifest, ManifestRecord
 
@@ -39,6 +42,7 @@ PROBLEM_KINDS = {
     "unparseable-row": "error",
     "not-utf8": "error",
     "missing-image-field": "error",
+    "outside-data-root": "error",
     "missing-file": "error",
     "unreadable-image": "error",
     "truncated-image": "error",
@@ -51,7 +55,9 @@ PROBLEM_KINDS = {
     "duplicate-row": "error",
 }
 
-DEFAULT_MIN_SIZE = 32
+# One threshold for the data checks and the image processor (which refuses smaller inputs the same way); it
+# lives in the processor's module because that module is copied next to checkpoints and imports no retvlp.
+DEFAULT_MIN_SIZE = DEFAULT_PROCESSOR_MIN_SIZE
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit with its default Image.MAX_IMAGE_PIXELS
 PROGRESS_THRESHOLD = 1000  # show a progress bar when checking at least this many images
 
@@ -398,6 +404,25 @@ def _pillow_bomb_message(exc: Exception, max_pixels: int) -> str:
     )
 
 
+# A bytes literal inside an exception message: some Pillow plugins quote the header bytes they choke on.
+_BYTES_LITERAL = re.compile(r"""(?<![\w])b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+_MAX_ERROR_TEXT = 200
+
+
+def _pillow_error_text(exc: BaseException) -> str:
+    """Pillow's message for `exc`, without file content: quoted bytes are replaced (a plugin that accepts a
+    file by its first two bytes, e.g. PPM's "P1", may quote what follows) and the text is cut short."""
+    text = _BYTES_LITERAL.sub("<file bytes not shown>", str(exc))
+    return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 3] + "..."
+
+
+def _describe_unknown(data: bytes) -> str:
+    """What a file Pillow does not recognise looks like, without showing any of it: its size and whether it
+    reads as text (a caption file or a web page saved as .png are common mistakes)."""
+    printable = all(b >= 32 or b in b"\t\n\r\f" for b in data[:4096])  # bytes >= 128: UTF-8 text too
+    return f"{len(data):,} bytes of {'text' if printable else 'binary data'}"
+
+
 def _open_source(image: Any) -> tuple[Any, str]:
     """(bytes | PIL image | str path | None, a display name) for a path or an HFImageRef."""
     if isinstance(image, str):
@@ -491,19 +516,22 @@ def _load_checked_image(
         except UnidentifiedImageError:
             problem(
                 "unreadable-image",
-                f"not an image Pillow can read ({file_size} bytes starting {data[:8]!r}); re-export it as "
-                "PNG/JPEG or remove the row",
+                f"not an image Pillow can read ({_describe_unknown(data)}); re-export it as PNG/JPEG or remove "
+                "the row",
             )
             return None, problems
         except Exception as exc:
             if "truncated" in str(exc).lower():
                 problem(
                     "truncated-image",
-                    f"image file is truncated (only {file_size} bytes; even the header is incomplete: {exc}); "
-                    "re-export or re-download the image, or remove the row",
+                    f"image file is truncated (only {file_size} bytes; even the header is incomplete: "
+                    f"{_pillow_error_text(exc)}); re-export or re-download the image, or remove the row",
                 )
             else:
-                problem("unreadable-image", f"cannot open the image ({exc}); re-export it or remove the row")
+                problem(
+                    "unreadable-image",
+                    f"cannot open the image ({_pillow_error_text(exc)}); re-export it or remove the row",
+                )
             return None, problems
 
     width, height = opened.size
@@ -524,19 +552,22 @@ def _load_checked_image(
         opened.load()
     except Image.DecompressionBombError as exc:
         problem(
-            "decompression-bomb", f"Pillow refuses to decode it: {exc} Downscale the image or remove the row"
+            "decompression-bomb",
+            f"Pillow refuses to decode it: {_pillow_error_text(exc)} Downscale the image or remove the row",
         )
     except Exception as exc:
         if isinstance(exc, OSError) and "truncated" in str(exc).lower():
             problem(
                 "truncated-image",
                 f"image file is truncated (the {file_size}-byte file ends before the {width}x{height} "
-                f"image data does; Pillow: {exc}); re-export or re-download the image, or remove the row",
+                f"image data does; Pillow: {_pillow_error_text(exc)}); re-export or re-download the image, "
+                "or remove the row",
             )
         else:
             problem(
                 "unreadable-image",
-                f"the image data cannot be decoded ({type(exc).__name__}: {exc}); re-export it or remove the row",
+                f"the image data cannot be decoded ({type(exc).__name__}: {_pillow_error_text(exc)}); "
+                "re-export it or remove the row",
             )
     if any(p.severity == "error" for p in problems):
         return None, problems
@@ -562,9 +593,11 @@ def validate_records(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_images: bool = True,
     num_workers: int = 1,
+    show_progress: bool = True,
 ) -> ValidationReport:
     """`check_records`, then `load_checked_image` for every distinct image (with `num_workers` threads; an image
-    used by several rows is decoded once and its problems are reported for each of those rows)."""
+    used by several rows is decoded once and its problems are reported for each of those rows). A progress bar
+    is shown for large checks unless `show_progress=False` (logs, CI)."""
     records = list(records)
     problems = check_records(records, class_names=class_names)
     if check_images and records:
@@ -580,7 +613,7 @@ def validate_records(
             )
             return found
 
-        progress = _progress(len(images))
+        progress = _progress(len(images), show_progress)
         with image_checking(), progress:
             if num_workers and num_workers > 1 and len(images) > 1:
                 with ThreadPoolExecutor(max_workers=num_workers) as pool:
@@ -599,8 +632,8 @@ def validate_records(
     return ValidationReport(problems=_sorted_problems(problems), num_records=len(records))
 
 
-def _progress(total: int):
-    if total < PROGRESS_THRESHOLD:
+def _progress(total: int, enabled: bool = True):
+    if not enabled or total < PROGRESS_THRESHOLD:
         return nullcontext()
     try:
         from tqdm.auto import tqdm

@@ -49,8 +49,8 @@ class LabelledRecords:
         class_names: class `c` is `class_names[c]`.
         targets: `(N,)` int64 class ids, or `(N, C)` float32 multi-hot when `multi_label`.
         groups: `(N,)` patient ids (a record without one is its own group: its image path).
-        excluded: left-out records per reason (`unparseable_rows`, `unlabelled`, `unknown_label`,
-            `several_labels`, `bad_image`).
+        excluded: left-out records per reason (`unparseable_rows`, `outside_data_root`, `unlabelled`,
+            `unknown_label`, `several_labels`, `bad_image`).
         excluded_examples: up to 50 `{"source", "row", "reason", ...}` entries naming what was left out.
         class_order: where the order of `class_names` comes from: "given" (the caller's list), "ClassLabel"
             (the data's `ClassLabel` feature) or "sorted" (the labels found, sorted as strings).
@@ -261,6 +261,18 @@ def _class_order(
     return names, CLASS_ORDER_CLASS_LABEL
 
 
+def _unread_rows_note(manifests: list[Manifest]) -> str:
+    """A sentence for the "at least 2 classes" error when rows failed before becoming records (e.g. every
+    image outside the allowed data roots): how many, by problem kind, and the first one; else ""."""
+    errors = [p for m in manifests for p in m.problems if p.severity == "error"]
+    if not errors:
+        return ""
+    kinds: dict[str, int] = {}
+    for problem in errors:
+        kinds[problem.kind] = kinds.get(problem.kind, 0) + 1
+    return f" {len(errors)} row(s) were not read ({kinds}), e.g. {errors[0].format()}"
+
+
 def read_labelled_records(
     data,
     class_names: Sequence[str] | None = None,
@@ -283,6 +295,10 @@ def read_labelled_records(
     if not specs:
         raise ValueError("No evaluation data: give at least one manifest (--data).")
     manifests, declared = _read_manifests(specs)
+    if not any(m.records for m in manifests) and _unread_rows_note(manifests):
+        raise ValueError(
+            f"No row of {[_spec_name(s) for s in specs]} could be read." + _unread_rows_note(manifests)
+        )
     found = sorted({label for m in manifests for r in m.records for label in r.labels})
     class_names, class_order = _class_order(class_names, found, declared)
     if len(set(class_names)) != len(class_names):
@@ -290,7 +306,7 @@ def read_labelled_records(
     if len(class_names) < 2:
         raise ValueError(
             f"Evaluation needs at least 2 classes, found {class_names} in {[_spec_name(s) for s in specs]}: "
-            "check the label column (--label-column) or pass --classes."
+            "check the label column (--label-column) or pass --classes." + _unread_rows_note(manifests)
         )
     if multi_label is None:
         multi_label = any(len(r.labels) > 1 for m in manifests for r in m.records)
@@ -309,8 +325,9 @@ def read_labelled_records(
         for problem in manifest.problems:
             if problem.severity != "error":
                 continue
+            reason = "outside_data_root" if problem.kind == "outside-data-root" else "unparseable_rows"
             result._exclude(
-                "unparseable_rows", {"source": problem.source, "row": problem.row, "message": problem.message}
+                reason, {"source": problem.source, "row": problem.row, "message": problem.message}
             )
         for record in manifest.records:
             where = {"source": record.source, "row": record.row, "image": str(record.image)}

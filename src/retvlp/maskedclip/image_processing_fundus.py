@@ -23,6 +23,12 @@ Pipeline (per image, then batched):
      (0..65535, divided by 257), floating point in [0, 1] (multiplied by 255; NaN / Inf and values
      outside [0, 1] are rejected).
 
+   Every decoded image must be at least ``min_size`` pixels on its shorter side (default 32, the same
+   threshold as ``retvlp validate-data --min-size``): smaller inputs are thumbnails or placeholders, not
+   fundus photographs, and raise a ``ValueError`` naming the size and the option. A file whose header
+   claims more pixels than Pillow allows (``2 x PIL.Image.MAX_IMAGE_PIXELS``) is reported as a
+   decompression bomb.
+
 2. **Crop to the field of view** (``crop_to_fov=True``): crop to the bounding box of the pixels whose
    largest channel value is ``> fov_threshold`` (0..255 scale). If no pixel passes, nothing is cropped.
 
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
@@ -67,6 +74,9 @@ _VALID_RESAMPLE = {int(r) for r in PIL.Image.Resampling}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # Tolerance when checking that float images lie in [0, 1] (values inside it are clamped).
 _FLOAT_RANGE_TOL = 1e-3
+# Smallest allowed shorter side, in pixels. `retvlp.data.validation` imports this constant (the data checks and
+# the processor must agree on what is "tiny"); it is defined here because this module imports no retvlp.
+DEFAULT_MIN_SIZE = 32
 
 
 class FundusImagesKwargs(TypedDict, total=False):
@@ -77,6 +87,7 @@ class FundusImagesKwargs(TypedDict, total=False):
     pad_to_square: bool | None
     crop_to_fov: bool | None
     fov_threshold: float | int | None
+    min_size: int | None
     do_rescale: bool | None
     rescale_factor: float | int | None
     do_normalize: bool | None
@@ -86,6 +97,18 @@ class FundusImagesKwargs(TypedDict, total=False):
 
 def _fail(where: str, message: str) -> ValueError:
     return ValueError(f"{where}: {message}" if where else message)
+
+
+def _bomb_message(error: Exception) -> str:
+    """Pillow's DecompressionBombError, said plainly: its message holds the pixel count and the limit."""
+    numbers = [int(n) for n in re.findall(r"(\d+) pixels", str(error))]
+    limit = 2 * PIL.Image.MAX_IMAGE_PIXELS if PIL.Image.MAX_IMAGE_PIXELS else None
+    pixels = f"{numbers[0]:,} pixels" if numbers else "too many pixels"
+    bound = f"{limit:,}" if limit else "Pillow's limit"
+    return (
+        f"decompression bomb: {pixels} > limit {bound} (2 x PIL.Image.MAX_IMAGE_PIXELS); a corrupt header or a "
+        "malicious file: downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
+    )
 
 
 class FundusImageProcessor(BaseImageProcessor):
@@ -104,6 +127,9 @@ class FundusImageProcessor(BaseImageProcessor):
             Crop to the bounding box of the circular field of view before resizing.
         fov_threshold (`float`, *optional*, defaults to 10):
             A pixel belongs to the field of view when its largest channel value (0..255 scale) is larger.
+        min_size (`int`, *optional*, defaults to 32):
+            Smallest allowed shorter side of an input image, in pixels (checked before any crop or resize);
+            smaller images raise a `ValueError`. Same default as the data checks (`retvlp validate-data`).
         do_rescale (`bool`, *optional*, defaults to `True`):
             Multiply the 0..255 values by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1/255`):
@@ -127,6 +153,7 @@ class FundusImageProcessor(BaseImageProcessor):
     pad_to_square = False
     crop_to_fov = False
     fov_threshold = 10
+    min_size = DEFAULT_MIN_SIZE
     do_rescale = True
     rescale_factor = 1 / 255
     do_normalize = True
@@ -140,6 +167,7 @@ class FundusImageProcessor(BaseImageProcessor):
         pad_to_square: bool = False,
         crop_to_fov: bool = False,
         fov_threshold: float = 10,
+        min_size: int = DEFAULT_MIN_SIZE,
         do_rescale: bool = True,
         rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
@@ -155,6 +183,7 @@ class FundusImageProcessor(BaseImageProcessor):
             pad_to_square=pad_to_square,
             crop_to_fov=crop_to_fov,
             fov_threshold=fov_threshold,
+            min_size=min_size,
             do_rescale=do_rescale,
             rescale_factor=rescale_factor,
             do_normalize=do_normalize,
@@ -177,6 +206,11 @@ class FundusImageProcessor(BaseImageProcessor):
             ):
                 raise ValueError(f"resample must be a PIL.Image.Resampling filter, got {resample!r}")
             out["resample"] = int(resample)
+        if "min_size" in out and out["min_size"] is not None:
+            min_size = out["min_size"]
+            if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
+                raise ValueError(f"min_size must be a positive int (pixels), got {min_size!r}")
+            out["min_size"] = int(min_size)
         for key in ("fov_threshold", "rescale_factor"):
             value = out.get(key)
             if value is not None:
@@ -255,6 +289,7 @@ class FundusImageProcessor(BaseImageProcessor):
         float_items: list[tuple[int, torch.Tensor]] = []
         for index, (where, image) in enumerate(items):
             canonical = self._to_canonical(image, where)
+            self._check_min_size(canonical, params["min_size"], where)
             if params["crop_to_fov"]:
                 canonical = self._crop_to_fov(canonical, params["fov_threshold"])
             resized = self._resize(canonical, size, params["resample"], params["pad_to_square"])
@@ -354,6 +389,8 @@ class FundusImageProcessor(BaseImageProcessor):
         try:
             with PIL.Image.open(path) as pil:
                 pil.load()  # force a full decode so that truncated files fail here
+        except PIL.Image.DecompressionBombError as err:
+            raise ValueError(f"{loc}: {_bomb_message(err)}") from err
         except PIL.UnidentifiedImageError as err:
             raise ValueError(f"{loc}: not an image file, or an unsupported image format") from err
         except Exception as err:  # truncated / corrupt data: OSError, SyntaxError, struct.error...
@@ -361,6 +398,19 @@ class FundusImageProcessor(BaseImageProcessor):
                 f"{loc}: image file is truncated or corrupt ({type(err).__name__}: {err})"
             ) from err
         return pil
+
+    @staticmethod
+    def _check_min_size(image: PIL.Image.Image | torch.Tensor, min_size: int, where: str) -> None:
+        """Refuse images whose shorter side is below `min_size` (the data checks' "tiny-image")."""
+        width, height = image.size if isinstance(image, PIL.Image.Image) else (image.shape[2], image.shape[1])
+        if min(width, height) < min_size:
+            raise _fail(
+                where,
+                f"image is only {width}x{height} pixels, smaller than min_size={min_size} (its shorter side "
+                "must be at least that); probably a thumbnail or placeholder: pass the full image, or lower "
+                "the processor's min_size option (FundusImageProcessor(min_size=...) or "
+                "processor(images, min_size=...))",
+            )
 
     def _pil_to_canonical(self, pil: PIL.Image.Image, where: str) -> PIL.Image.Image | torch.Tensor:
         if pil.width == 0 or pil.height == 0:
@@ -488,4 +538,4 @@ class FundusImageProcessor(BaseImageProcessor):
         return resized.clamp_(0.0, 255.0)
 
 
-__all__ = ["FundusImageProcessor"]
+__all__ = ["DEFAULT_MIN_SIZE", "FundusImageProcessor"]

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from ..data.validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
+
 MODEL_FAMILIES = ("maskedclip", "keepfit", "ibq-tokenizer", "text-mlm")
 BAD_SAMPLE_POLICIES = ("error", "skip")
 # The batch-size keys of `data` that each family reads (rows per process per micro-step).
@@ -91,8 +93,12 @@ class DataSection:
     crop_to_fov: bool = False
     cache_dir: str | None = None  # default $RETVLP_CACHE/images or ~/.cache/retvlp/images
     on_bad_sample: str = "error"  # "error": stop with the report; "skip": drop, count, log and list them
-    min_image_size: int = 32  # px, shorter side
-    max_image_pixels: int = 178_956_970  # decompression-bomb limit (Pillow's own 2× default)
+    min_image_size: int = DEFAULT_MIN_SIZE  # px, shorter side (32, also the image processor's min_size)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit (Pillow's own 2× default)
+    # Data roots (retvlp/data/roots.py): an image path that resolves (symlinks, `..`) outside its manifest's
+    # folder, the spec's image_root and these extra folders is an `outside-data-root` problem and never read.
+    allowed_roots: list[str] = field(default_factory=list)
+    allow_outside_data_roots: bool = False  # true: manifests may point anywhere (no containment check)
     prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])  # maskedclip
     # KeepFIT prompts: per-modality templates of the expert-knowledge dictionary (retvlp/data/expert_knowledge.json,
     # merged with `expert_knowledge`, a user JSON of the same layout), and label augmentation: with probability
@@ -282,6 +288,12 @@ class PretrainConfig:
         for i, spec in enumerate(d.train):
             if not isinstance(spec, dict) or ("path" in spec) == ("hf_dataset" in spec):
                 fail(f"data.train[{i}] must be a mapping with a 'path' or an 'hf_dataset' (got {spec!r}).")
+        if not isinstance(d.allowed_roots, list) or not all(
+            isinstance(root, str) and root.strip() for root in d.allowed_roots
+        ):
+            fail(f"data.allowed_roots must be a list of folder paths, got {d.allowed_roots!r}.")
+        if not isinstance(d.allow_outside_data_roots, bool):
+            fail(f"data.allow_outside_data_roots must be true or false, got {d.allow_outside_data_roots!r}.")
         if d.on_bad_sample not in BAD_SAMPLE_POLICIES:
             fail(f"data.on_bad_sample={d.on_bad_sample!r}; choose one of {list(BAD_SAMPLE_POLICIES)}.")
         batch_keys = FAMILY_BATCH_KEYS[m.family]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.cache import CachedImages, ImageGeometry, build_image_cache, read_pixels
-from ..data.manifest import Manifest, manifest_from_hf_dataset, read_manifests
+from ..data.manifest import Manifest, manifest_from_hf_dataset, read_manifests, with_root_options
 from ..data.sampler import StepSampler
 from ..data.validation import DataValidationError, ValidationReport, check_records
 from .config import DataSection
@@ -40,14 +40,20 @@ class Stream:
         return len(self.rows)
 
 
-def read_training_manifests(specs: list[dict]) -> list[Manifest]:
+def read_training_manifests(
+    specs: list[dict], *, allowed_roots: list[str] | None = None, allow_outside_data_roots: bool = False
+) -> list[Manifest]:
     """Manifests of `data.train`: file specs (`path` + `read_manifest` options) or Hugging Face datasets
     (`hf_dataset`: a `save_to_disk` directory or a Hub dataset id, with `split`, default "train", plus the
-    `manifest_from_hf_dataset` options)."""
+    `manifest_from_hf_dataset` options).
+
+    `allowed_roots` / `allow_outside_data_roots` (the run's `data.allowed_roots` /
+    `data.allow_outside_data_roots`) add to every spec's own data-root settings (`retvlp.data.roots`)."""
     import datasets
 
     manifests = []
     for spec in specs:
+        spec = with_root_options(spec, allowed_roots, allow_outside_data_roots)
         if "hf_dataset" not in spec:
             manifests.extend(read_manifests([spec]))
             continue
@@ -82,6 +88,47 @@ def cache_records(records, data: DataSection, show_progress: bool = True) -> Cac
         max_pixels=data.max_image_pixels,
         num_proc=data.preprocessing_workers,
         show_progress=show_progress,
+    )
+
+
+def skipped_entries(manifests: list[Manifest], records, report: ValidationReport) -> list[dict]:
+    """One `{source, row, image, problems}` entry per row with an error, in manifest and row order: the
+    records that failed a check and the rows that never became records (unparseable, not UTF-8, outside the
+    data roots), so the list matches `report.bad_records` (the run summary's `skipped_samples`) one to one."""
+    images = {(record.source, record.row): str(record.image) for record in records}
+    reasons: dict[tuple[str, int], list[str]] = {}
+    for problem in report.errors:
+        key = (problem.source, problem.row)
+        reasons.setdefault(key, []).append(f"{problem.kind}: {problem.message}")
+        images.setdefault(key, problem.image)
+    order = {manifest.source: i for i, manifest in enumerate(manifests)}
+    keys = sorted(report.bad_records, key=lambda key: (order.get(key[0], len(order)), key[0], key[1]))
+    return [
+        {
+            "source": source,
+            "row": row,
+            "image": images.get((source, row), ""),
+            "problems": reasons[(source, row)],
+        }
+        for source, row in keys
+    ]
+
+
+def _report_skipped(manifests, records, report: ValidationReport, output_dir: Path, is_main_process: bool):
+    """List the rows `on_bad_sample=skip` leaves out in `skipped_samples.jsonl` and log how many."""
+    entries = skipped_entries(manifests, records, report)
+    path = output_dir / "skipped_samples.jsonl"
+    if is_main_process:
+        with open(path, "w", encoding="utf-8") as handle:
+            for entry in entries:
+                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    # rows: the records plus the rows that failed before becoming one (they are rows of the manifests too)
+    unread = len(report.bad_records - {(record.source, record.row) for record in records})
+    logger.warning(
+        "Skipped %d of %d rows with errors (on_bad_sample=skip); listed in %s",
+        len(entries),
+        len(records) + unread,
+        path,
     )
 
 
@@ -125,10 +172,9 @@ def prepare_streams(
     if report.warnings:
         logger.warning("%d data warning(s), e.g. %s", len(report.warnings), report.warnings[0].format())
 
-    skipped, keep, unused = [], {name: [] for name in routing.values() if name}, {}
+    keep, unused = {name: [] for name in routing.values() if name}, {}
     for index, record in enumerate(records):
         if (record.source, record.row) in bad:
-            skipped.append(record)
             continue
         stream = routing.get(record.role)
         if stream is None:
@@ -137,26 +183,8 @@ def prepare_streams(
         keep[stream].append(index)
     if unused:
         logger.warning("Rows of roles this model family does not train on (not used): %s", unused)
-    if skipped:
-        reasons: dict[tuple[str, int], list[str]] = {}
-        for problem in report.errors:
-            reasons.setdefault((problem.source, problem.row), []).append(f"{problem.kind}: {problem.message}")
-        if is_main_process:
-            with open(output_dir / "skipped_samples.jsonl", "w", encoding="utf-8") as handle:
-                for record in skipped:
-                    entry = {
-                        "source": record.source,
-                        "row": record.row,
-                        "image": str(record.image),
-                        "problems": reasons.get((record.source, record.row), []),
-                    }
-                    handle.write(json.dumps(entry) + "\n")
-        logger.warning(
-            "Skipped %d of %d samples with errors (on_bad_sample=skip); listed in %s",
-            len(skipped),
-            len(records),
-            output_dir / "skipped_samples.jsonl",
-        )
+    if bad:
+        _report_skipped(manifests, records, report, output_dir, is_main_process)
 
     streams = {}
     for name, indices in keep.items():

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.manifest import with_root_options
 from ..data.synthetic import generate_synthetic_dataset
 from .checkpointing import check_resume_length, load_checkpoint, resolve_resume, save_checkpoint
 from .collapse import CollapseGuard, ContrastiveCollapseError
@@ -197,7 +198,10 @@ def _pretrain(
         synthetic_train, synthetic_eval = _main_process_first(accelerator, synthetic_manifest_specs, config)
         train_specs = synthetic_train + train_specs
         evaluation_specs = {**synthetic_eval, **evaluation_specs}
-    manifests = read_training_manifests(train_specs)
+    evaluation_specs = _with_run_roots(evaluation_specs, data)
+    manifests = read_training_manifests(
+        train_specs, allowed_roots=data.allowed_roots, allow_outside_data_roots=data.allow_outside_data_roots
+    )
     class_names = discover_classes(manifests, data.classes)
     phase(
         "Validating and caching %d images of %d manifest(s) (%s; a first run decodes every image, later ones "
@@ -452,6 +456,23 @@ def released_state_dict(model: torch.nn.Module, state_dict: dict) -> dict:
         return state_dict
     prefix = model.base_model_prefix + "."
     return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _with_run_roots(evaluation_specs: dict, data) -> dict:
+    """`run.evaluation` with the run's `data.allowed_roots` / `allow_outside_data_roots` added to each manifest
+    spec (`test`, `probe_train`: one spec or a list), so evaluation data obey the same containment."""
+
+    def add(spec):
+        return with_root_options(spec, data.allowed_roots, data.allow_outside_data_roots)
+
+    out = dict(evaluation_specs)
+    for side in ("test", "probe_train"):
+        specs = out.get(side)
+        if isinstance(specs, dict):
+            out[side] = add(specs)
+        elif isinstance(specs, (list, tuple)):
+            out[side] = [add(spec) if isinstance(spec, dict) else spec for spec in specs]
+    return out
 
 
 def _weights_source(model_section) -> str:
