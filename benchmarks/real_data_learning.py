@@ -312,6 +312,7 @@ def main(argv=None) -> int:
             manifests["dr_probe_train"],
             test_data=manifests["dr_test"],
             class_names=DR_CLASSES,
+            ordinal=True,  # DR grades, in clinical order: quadratic κ over it
             settings=frozen,
             random_init=True,
             output_dir=out / f"eval_dr_{family}",
