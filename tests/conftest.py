@@ -1,6 +1,7 @@
 """Shared tiny configurations: every test runs offline on 2 CPU cores in seconds."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -82,6 +83,19 @@ def synthetic(tmp_path_factory):
     return generate_synthetic_dataset(
         tmp_path_factory.mktemp("synthetic") / "data", num_patients=24, image_size=32, seed=1
     )
+
+
+@pytest.fixture
+def hf_caplog(caplog):
+    """caplog that sees transformers' warnings: its loggers do not propagate by default, and whether they do
+    in this process depends on which tests ran before, so a "not in caplog.text" check could not fail."""
+    root = logging.getLogger("transformers")
+    propagated = root.propagate
+    root.propagate = True
+    try:
+        yield caplog
+    finally:
+        root.propagate = propagated
 
 
 def spec_within(manifest, *roots) -> dict:

@@ -6,7 +6,6 @@ Tiny towers: a 4-stage bottleneck ResNet (64 px images → 2×2 feature maps of 
 
 import ast
 import json
-import logging
 import math
 import os
 import shutil
@@ -983,19 +982,6 @@ def _assert_same_resnet(model, other):
     assert set(state) == set(reference)
     for name, tensor in reference.items():
         assert torch.equal(state[name], tensor), name
-
-
-@pytest.fixture
-def hf_caplog(caplog):
-    """caplog that sees transformers' warnings: its loggers do not propagate by default, and whether they do
-    in this process depends on which tests ran before, so a "not in caplog.text" check could not fail."""
-    root = logging.getLogger("transformers")
-    propagated = root.propagate
-    root.propagate = True
-    try:
-        yield caplog
-    finally:
-        root.propagate = propagated
 
 
 def test_vision_and_classification_models_load_the_image_encoder(saved_checkpoint, hf_caplog):

@@ -212,7 +212,7 @@ def test_the_logged_epoch_counts_the_slowest_stream(tmp_path, synthetic):
         assert entry["epoch"] == min(entry["epoch_paired"], entry["epoch_unpaired"])
 
 
-def test_entry_points_hide_transformers_load_reports_unless_verbose(tmp_path, monkeypatch, caplog):
+def test_entry_points_hide_transformers_load_reports_unless_verbose(tmp_path, monkeypatch, hf_caplog):
     """A real load report: the pretraining model read from a released checkpoint lists its decoders as missing.
     Hidden inside `load_reports_hidden` (unless RETVLP_VERBOSE=1), shown again after it."""
     from conftest import make_tiny_config
@@ -220,9 +220,8 @@ def test_entry_points_hide_transformers_load_reports_unless_verbose(tmp_path, mo
     from retvlp import MaskedCLIPForPreTraining, MaskedCLIPModel
     from retvlp.runtime import load_reports_hidden
 
+    caplog = hf_caplog
     MaskedCLIPModel(make_tiny_config()).save_pretrained(tmp_path / "model")
-    root = logging.getLogger("transformers")
-    propagated, root.propagate = root.propagate, True  # see test_modeling_keepfit's hf_caplog
 
     def reported(verbose: str, hidden: bool) -> bool:
         monkeypatch.setenv("RETVLP_VERBOSE", verbose)
@@ -232,10 +231,7 @@ def test_entry_points_hide_transformers_load_reports_unless_verbose(tmp_path, mo
                 MaskedCLIPForPreTraining.from_pretrained(tmp_path / "model")
         return "LOAD REPORT" in caplog.text
 
-    try:
-        assert reported("0", hidden=False)  # control: the report is there
-        assert not reported("0", hidden=True)
-        assert reported("1", hidden=True)
-        assert reported("0", hidden=False)  # the filter is gone after the block
-    finally:
-        root.propagate = propagated
+    assert reported("0", hidden=False)  # control: the report is there
+    assert not reported("0", hidden=True)
+    assert reported("1", hidden=True)
+    assert reported("0", hidden=False)  # the filter is gone after the block

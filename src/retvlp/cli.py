@@ -159,6 +159,24 @@ def _run_validate_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_data_root_options(parser) -> None:
+    """--allowed-root / --allow-outside-data-roots (`retvlp.data.roots`), shared by validate-data and evaluate."""
+    parser.add_argument(
+        "--allowed-root",
+        dest="allowed_roots",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder images may live in besides each manifest's folder and --image-root (repeatable); "
+        "image paths resolving (symlinks, ..) anywhere else are outside-data-root errors and never opened",
+    )
+    parser.add_argument(
+        "--allow-outside-data-roots",
+        action="store_true",
+        help="let manifests point anywhere: no data-root containment check",
+    )
+
+
 def _add_validate_data_parser(subparsers) -> None:
     from .data.manifest import FORMATS, ROLES
     from .data.validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
@@ -236,20 +254,7 @@ def _add_validate_data_parser(subparsers) -> None:
     parser.add_argument(
         "--max-shown", type=int, default=50, help="print at most this many problems (default: 50; 0: all)"
     )
-    parser.add_argument(
-        "--allowed-root",
-        dest="allowed_roots",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a folder images may live in besides each manifest's folder and --image-root (repeatable); "
-        "image paths resolving (symlinks, ..) anywhere else are outside-data-root errors and never opened",
-    )
-    parser.add_argument(
-        "--allow-outside-data-roots",
-        action="store_true",
-        help="let manifests point anywhere: no data-root containment check",
-    )
+    _add_data_root_options(parser)
     parser.add_argument(
         "--no-progress",
         action="store_true",
@@ -460,20 +465,7 @@ def _add_evaluate_parser(subparsers) -> None:
     parser.add_argument("--dataset-name", help="name of the data set in reports and model cards")
     data = parser.add_argument_group("data")
     data.add_argument("--image-root", help="folder relative image paths start from (default: the manifest's)")
-    data.add_argument(
-        "--allowed-root",
-        dest="allowed_roots",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a folder images may live in besides each manifest's folder and --image-root (repeatable); "
-        "image paths resolving anywhere else are outside-data-root and never opened",
-    )
-    data.add_argument(
-        "--allow-outside-data-roots",
-        action="store_true",
-        help="let manifests point anywhere: no data-root containment check",
-    )
+    _add_data_root_options(data)
     data.add_argument("--image-column", default="image")
     data.add_argument("--label-column", default="label")
     data.add_argument(
