@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import datasets
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFile
 
 from retvlp.data.manifest import ManifestRecord, manifest_from_hf_dataset, read_manifest
@@ -220,13 +221,18 @@ def converted(tmp_path, image, name, **save_kwargs):
 
 
 def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
-    values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    # The canonical decode keeps deep images in float (0..255 scale) until they are resized and rounded once.
+    values = np.array([[0, 257, 32896, 65535, 100]], dtype=np.uint16)
     image = Image.fromarray(values)
     assert image.mode == "I;16"
-    pixels, problem = converted(tmp_path, image, "deep.png")
-    assert pixels[0, :, 0].tolist() == [0, 1, 128, 255]
-    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all()
-    assert "I;16" in problem.message
+    image.save(tmp_path / "deep.png")
+    decoded, problems = load_checked_image(str(tmp_path / "deep.png"), min_size=1, source="modes.csv", row=7)
+    assert [(p.kind, p.severity, p.row) for p in problems] == [("converted-mode", "warning", 7)]
+    assert isinstance(decoded, torch.Tensor) and decoded.dtype == torch.float32 and decoded.shape == (3, 1, 5)
+    assert decoded[0, 0, :4].tolist() == [0, 1, 128, 255]
+    assert decoded[0, 0, 4].item() == pytest.approx(100 / 257)  # not rounded before the resize
+    assert torch.equal(decoded[0], decoded[1]) and torch.equal(decoded[0], decoded[2])
+    assert "I;16" in problems[0].message
 
 
 def test_grey_palette_cmyk_and_alpha_conversions(tmp_path):
@@ -253,15 +259,23 @@ def test_grey_palette_cmyk_and_alpha_conversions(tmp_path):
     assert (pixels == 0).all()  # fully transparent white on black
 
 
-def test_to_rgb_integer_and_float_modes():
+def test_to_rgb_integer_and_float_modes(tmp_path):
+    # `to_rgb` is the canonical decode (the processor's): deep modes stay float on the 0..255 scale.
     rgb, detail = to_rgb(Image.fromarray(np.array([[0, 65535]], dtype=np.int32), "I"))
-    assert np.asarray(rgb)[0, :, 0].tolist() == [0, 255] and "16-bit" in detail
-    rgb, _ = to_rgb(Image.fromarray(np.array([[-10, 90]], dtype=np.int32), "I"))
-    assert np.asarray(rgb)[0, :, 0].tolist() == [0, 255]  # outside 0..65535: stretched
+    assert rgb[:, 0].tolist() == [[0, 255]] * 3 and "16-bit" in detail
+    with pytest.raises(ValueError, match=r"values in \[-10, 90\], outside the 16-bit range 0\.\.65535"):
+        to_rgb(Image.fromarray(np.array([[-10, 90]], dtype=np.int32), "I"))  # refused, no longer stretched
     rgb, _ = to_rgb(Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32), "F"))
-    assert np.asarray(rgb)[0, :, 0].tolist() == [0, 128, 255]
+    assert rgb[0, 0].tolist() == [0, 127.5, 255]  # rounded once, after the resize
+    with pytest.raises(ValueError, match=r"float images must have values in \[0, 1\], got range \[0, 200\]"):
+        to_rgb(Image.fromarray(np.array([[0.0, 200.0]], dtype=np.float32), "F"))  # refused, no longer rounded
     image = noise_rgb(8)
     assert to_rgb(image) == (image, None)
+    # The data checks report a refused range as an error naming the file and the range.
+    Image.fromarray(np.full((40, 40), 300.0, np.float32), "F").save(tmp_path / "float.tiff")
+    decoded, problems = load_checked_image(str(tmp_path / "float.tiff"), source="m.csv", row=3)
+    assert decoded is None and [(p.row, p.kind) for p in problems] == [(3, "unreadable-image")]
+    assert problems[0].image == str(tmp_path / "float.tiff") and "[0, 1]" in problems[0].message
 
 
 # ---------------------------------------------------------------------------------------------------------------

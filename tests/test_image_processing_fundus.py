@@ -196,7 +196,8 @@ def test_cmyk_and_float_modes(processor):
     )
     cyan = _rgb01(processor, PIL.Image.new("CMYK", (32, 32), (255, 0, 0, 0)))
     np.testing.assert_allclose(cyan[:, 0, 0], [0.0, 1.0, 1.0], atol=1e-6)
-    np.testing.assert_allclose(_rgb01(processor, PIL.Image.new("F", (32, 32), 0.5)), 0.5, atol=1e-6)
+    # float 0.5 -> 127.5 on the 0..255 scale, rounded once (half to even) like the training cache's uint8
+    np.testing.assert_allclose(_rgb01(processor, PIL.Image.new("F", (32, 32), 0.5)), 128 / 255, atol=1e-6)
     np.testing.assert_allclose(_rgb01(processor, PIL.Image.new("1", (32, 32), 1)), 1.0, atol=1e-6)
 
 

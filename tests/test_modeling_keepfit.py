@@ -674,7 +674,7 @@ def test_checkpoint_carries_its_code(saved_checkpoint):
         "modeling_common.py",
         "quantization_ibq.py",
         "processing_keepfit.py",
-        "processing_maskedclip.py",
+        "processing_fundus.py",  # the shared processor base (was processing_maskedclip.py)
         "image_processing_fundus.py",
     ):
         path = directory / name
@@ -690,6 +690,7 @@ def test_checkpoint_carries_its_code(saved_checkpoint):
     assert auto_map["AutoModel"] == "modeling_keepfit.KeepFitModel"
     assert auto_map["AutoModelForZeroShotImageClassification"] == "modeling_keepfit.KeepFitModel"
     assert auto_map["AutoModelForPreTraining"] == "modeling_keepfit.KeepFitForPreTraining"
+    assert not (directory / "processing_maskedclip.py").exists()  # KeepFIT no longer needs MaskedCLIP's file
 
 
 def test_save_load_round_trip(saved_checkpoint):

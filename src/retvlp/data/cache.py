@@ -1,5 +1,11 @@
 """Decode, validate and resize every image once into a memory-mapped Arrow store (uint8).
 
+Decoding and resizing are the package's canonical ones (`retvlp.common.image_processing_fundus`:
+`decode_image`, reached through the checks of `retvlp.data.validation.load_checked_image`, then
+`fit_to_square`), the very functions `FundusImageProcessor` runs: a file cached here and the same file given to
+the processor at inference give identical uint8 pixels (16-bit and float sources are resized in float and
+rounded once, after the resize).
+
 Training epochs then read fixed-size uint8 arrays straight from the Arrow files: no JPEG decoding, no
 resampling, no Python image objects on the hot path. The store is keyed by the records (paths, file sizes
 and modification times, texts, labels) and by the image geometry, so editing a manifest, replacing an image
@@ -33,18 +39,23 @@ import PIL.Image
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 from datasets.features import Array3D
 
+from ..common.image_processing_fundus import DecodedImage, FundusImageProcessor, fit_to_square
 from .manifest import HFImageRef, ManifestRecord
 from .validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, DataProblem, load_checked_image
 
-CACHE_FORMAT_VERSION = 1
+# 2: one canonical decode shared with the processor (16-bit / float sources resized in float and rounded once,
+# after the resize; float values outside [0, 1] and 32-bit integers outside 0..65535 refused, not stretched;
+# alpha composited with exact rounding).
+CACHE_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class ImageGeometry:
     """How images are brought to a fixed square before they are stored.
 
-    Mirrors the geometric part of `FundusImageProcessor` (crop to the field of view, aspect-preserving pad or
-    plain resize, resampling filter); rescaling and normalisation happen on the fly in the batch builder.
+    The geometric part of `FundusImageProcessor` (crop to the field of view, aspect-preserving pad or plain
+    resize, resampling filter), applied by the same function (`fit_to_square`); rescaling and normalisation
+    happen on the fly in the batch builder.
     """
 
     size: int = 224
@@ -63,10 +74,19 @@ class ImageGeometry:
             resample=int(image_processor.resample),
         )
 
-    def image_processor(self):
-        """The `FundusImageProcessor` doing this geometry and nothing else (output 0..255, unnormalised)."""
-        from ..maskedclip.image_processing_fundus import FundusImageProcessor
+    def fit(self, image: DecodedImage) -> np.ndarray:
+        """A decoded image (`load_checked_image` / `decode_image`) → `(size, size, 3)` uint8."""
+        return fit_to_square(
+            image,
+            size=self.size,
+            resample=self.resample,
+            pad_to_square=self.pad_to_square,
+            crop_to_fov=self.crop_to_fov,
+            fov_threshold=self.fov_threshold,
+        )
 
+    def image_processor(self) -> FundusImageProcessor:
+        """The `FundusImageProcessor` doing this geometry and nothing else (output 0..255, unnormalised)."""
         return FundusImageProcessor(
             size=self.size,
             pad_to_square=self.pad_to_square,
@@ -128,10 +148,9 @@ def cache_key(
     return digest.hexdigest()[:24]
 
 
-def resize_to_geometry(image: PIL.Image.Image, processor) -> np.ndarray:
-    """An RGB image → `(size, size, 3)` uint8 through `geometry.image_processor()`."""
-    pixels = processor(image, return_tensors="np")["pixel_values"][0]  # (3, size, size) float 0..255
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+def resize_to_geometry(image: DecodedImage, geometry: ImageGeometry) -> np.ndarray:
+    """A decoded image → `(size, size, 3)` uint8 (`geometry.fit`)."""
+    return geometry.fit(image)
 
 
 def _write_shard(args) -> list[dict]:
@@ -141,7 +160,6 @@ def _write_shard(args) -> list[dict]:
     records, path, geometry, min_size, max_pixels = args
     features = cache_features(geometry.size)
     blank = np.zeros((geometry.size, geometry.size, 3), np.uint8)
-    processor = geometry.image_processor()
     problems: list[dict] = []
     with ArrowWriter(features=features, path=path) as writer:
         for record in records:
@@ -153,7 +171,7 @@ def _write_shard(args) -> list[dict]:
             ok = image is not None
             if ok:
                 try:
-                    pixels = resize_to_geometry(image, processor)
+                    pixels = geometry.fit(image)
                 except (OSError, ValueError) as error:  # e.g. a field-of-view crop of an all-black image
                     ok = False
                     problems.append(

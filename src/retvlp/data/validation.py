@@ -6,8 +6,10 @@ places:
 * reading a manifest (`retvlp.data.manifest`): rows that cannot be parsed, are not UTF-8, have no image or
   name an image outside the allowed data roots (`retvlp.data.roots`; such a file is never opened);
 * `check_records`: checks on the records themselves, without I/O (empty captions, unknown labels, duplicates);
-* `load_checked_image`: opening and fully decoding each image (missing, unreadable, truncated, tiny, too large
-  or not RGB).
+* `load_checked_image`: opening and fully decoding each image (missing, unreadable, truncated, tiny, too large,
+  values the decode refuses, or not RGB). The decode itself is the package's one canonical decode
+  (`retvlp.common.image_processing_fundus.decode_image`, which the training cache and `FundusImageProcessor`
+  use too); this module only adds its checks and problem reports around it.
 
 `validate_manifests` runs all of them and returns a `ValidationReport`; `DataValidationError` carries one for
 code that must stop on bad data (the trainer raises it unless told to skip bad samples).
@@ -28,10 +30,10 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..maskedclip.image_processing_fundus import DEFAULT_MIN_SIZE as DEFAULT_PROCESSOR_MIN_SIZE
+from ..common.image_processing_fundus import DEFAULT_MIN_SIZE as DEFAULT_PROCESSOR_MIN_SIZE
+from ..common.image_processing_fundus import DecodedImage, decode_image, decode_note
 
 if TYPE_CHECKING:
     from .manifest import HFImageRef, Manifest, ManifestRecord
@@ -333,57 +335,15 @@ def image_checking():
                 ImageFile.LOAD_TRUNCATED_IMAGES = _saved_load_truncated
 
 
-def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+def to_rgb(image: Image.Image) -> tuple[DecodedImage, str | None]:
+    """The canonical decode of a loaded PIL image (`decode_image`, the same as the training cache's and
+    `FundusImageProcessor`'s) and what it did, in words (`decode_note`; None for RGB input, returned as is).
 
-
-def _scale_to_uint8(values: np.ndarray, scale: float, offset: float = 0.0) -> np.ndarray:
-    return np.clip(np.rint((values - offset) * scale), 0, 255).astype(np.uint8)
-
-
-def _min_max(values: np.ndarray) -> tuple[np.ndarray, str]:
-    low, high = float(np.nanmin(values)), float(np.nanmax(values))
-    scale = 255.0 / (high - low) if high > low else 0.0
-    grey = _scale_to_uint8(np.nan_to_num(values, nan=low), scale, low)
-    return grey, f"values {low:g}..{high:g} stretched to 0..255"
-
-
-def _grey_to_uint8(mode: str, values: np.ndarray) -> tuple[np.ndarray, str]:
-    """8-bit grey from the values of an I;16*, I or F image, and what was done."""
-    if mode.startswith("I;16"):
-        return _scale_to_uint8(values, 255.0 / 65535.0), "16-bit grey scaled to 8 bits (x 255/65535)"
-    if mode == "I":
-        if values.size and values.min() >= 0 and values.max() <= 65535:
-            grey = _scale_to_uint8(values, 255.0 / 65535.0)
-            return grey, "32-bit integer grey read as 16-bit and scaled to 8 bits (x 255/65535)"
-        grey, detail = _min_max(values)
-        return grey, f"32-bit integer grey, {detail}"
-    finite = values[np.isfinite(values)]
-    if finite.size and finite.min() >= 0 and finite.max() <= 1:
-        return _scale_to_uint8(np.nan_to_num(values), 255.0), "float grey in 0..1 scaled by 255"
-    if finite.size and finite.min() >= 0 and finite.max() <= 255:
-        return _scale_to_uint8(np.nan_to_num(values), 1.0), "float grey in 0..255 rounded"
-    grey, detail = _min_max(values)
-    return grey, f"float grey, {detail}"
-
-
-def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
-    """Convert a decoded image to 8-bit RGB. Returns (rgb, None) for RGB input, else (rgb, what was done):
-    16-bit grey is scaled by 255/65535 (65535 -> 255, not clipped), transparency is composited on black, 32-bit
-    integer grey within 0..65535 is treated as 16-bit (other ranges are stretched), floats in 0..1 are scaled by
-    255, and every other mode goes through Pillow's conversion."""
-    mode = image.mode
-    if mode == "RGB":
-        return image, None
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        grey, detail = _grey_to_uint8(mode, np.asarray(image).astype(np.float64))
-        return _grey_to_rgb(grey), detail
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = np.asarray(image.convert("RGBA")).astype(np.float64)
-        rgb = np.rint(rgba[:, :, :3] * (rgba[:, :, 3:4] / 255.0)).astype(np.uint8)
-        return Image.fromarray(rgb, "RGB"), "transparency composited on black"
-    return image.convert("RGB"), "converted with Pillow"
+    8-bit sources give an 8-bit RGB PIL image (grey replicated, palette expanded, CMYK converted, transparency
+    composited on black); 16-bit, 32-bit integer (0..65535) and float ([0, 1]) sources give a float32
+    `(3, H, W)` tensor on the 0..255 scale, rounded only after the resize. Raises `ValueError` for values the
+    decode refuses (floats outside [0, 1], 32-bit integers outside 0..65535, NaN / Inf)."""
+    return decode_image(image), decode_note(image)
 
 
 def _pillow_bomb_message(exc: Exception, max_pixels: int) -> str:
@@ -427,9 +387,9 @@ def _open_source(image: Any) -> tuple[Any, str]:
     """(bytes | PIL image | str path | None, a display name) for a path or an HFImageRef."""
     if isinstance(image, str):
         return image, image
-    from .manifest import HFImageRef
-
-    if isinstance(image, HFImageRef):
+    # An `HFImageRef` (retvlp.data.manifest, which imports this module): recognised by its `raw()` method rather
+    # than by importing it back, which would be an import cycle.
+    if callable(getattr(image, "raw", None)) and hasattr(image, "dataset"):
         return image.raw(), str(image)
     if isinstance(image, Image.Image):
         return image, "<image>"
@@ -443,17 +403,20 @@ def load_checked_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     source: str = "",
     row: int = 0,
-) -> tuple[Image.Image | None, list[DataProblem]]:
-    """Open and fully decode one image, checking it on the way. Returns (the fully loaded RGB image, problems),
-    or (None, problems) when any problem is an error. A non-RGB image is converted (`to_rgb`) and reported as
-    a `converted-mode` warning. The size is checked against `max_pixels` from the header, before decoding."""
+) -> tuple[DecodedImage | None, list[DataProblem]]:
+    """Open and fully decode one image, checking it on the way. Returns (the decoded image, problems), or
+    (None, problems) when any problem is an error. The decode is the canonical one (`to_rgb` /
+    `decode_image`): an 8-bit RGB PIL image, or for 16-bit / 32-bit integer / float sources a float32
+    `(3, H, W)` tensor on the 0..255 scale; a non-RGB image is reported as a `converted-mode` warning, values
+    the decode refuses (e.g. floats outside [0, 1]) as an `unreadable-image` error naming the range. The size
+    is checked against `max_pixels` from the header, before decoding."""
     with image_checking():
         return _load_checked_image(image, min_size=min_size, max_pixels=max_pixels, source=source, row=row)
 
 
 def _load_checked_image(
     image: Any, *, min_size: int, max_pixels: int, source: str, row: int
-) -> tuple[Image.Image | None, list[DataProblem]]:
+) -> tuple[DecodedImage | None, list[DataProblem]]:
     problems: list[DataProblem] = []
     try:
         raw, name = _open_source(image)
@@ -573,16 +536,17 @@ def _load_checked_image(
         return None, problems
     mode = opened.mode
     try:
-        rgb, detail = to_rgb(opened)
+        decoded, detail = to_rgb(opened)
     except Exception as exc:
-        problem("unreadable-image", f"cannot convert image mode {mode} to RGB ({exc}); re-export it as RGB")
+        problem("unreadable-image", f"image mode {mode} cannot be decoded: {exc}")
         return None, problems
     if detail is not None:
         problem(
             "converted-mode",
-            f"image mode is {mode}, not RGB: {detail}; fine for training, re-save it as 8-bit RGB to silence this",
+            f"image mode is {mode}, not RGB: {detail}; fine for training (inference decodes it the same way), "
+            "re-save it as 8-bit RGB to silence this",
         )
-    return rgb, problems
+    return decoded, problems
 
 
 def validate_records(

@@ -1,13 +1,23 @@
 """IBQ visual tokenizer (KeepFIT V2's appearance codebook, METHODS.md §2): configuration, model, quantiser.
 
-Importing this package marks the config and model for ``trust_remote_code`` export (``save_pretrained``
-writes ``auto_map`` and copies the three code files next to the weights); `retvlp.registration` registers
-them with `AutoConfig` / `AutoModel` for local loading.
+`retvlp.registration` registers the config and model with `AutoConfig` / `AutoModel` and marks them for
+``trust_remote_code`` export (``save_pretrained`` writes ``auto_map`` and copies the three code files next to the
+weights), as the family registry (`retvlp.families`) lists them.
+
+`quantization_ibq.py` is a generated copy of `retvlp/common/quantization_ibq.py` (`python utils/check_copies.py
+--fix`), which `save_pretrained` writes next to the weights and ``trust_remote_code`` loading imports standalone.
+Inside the installed package the copy is never imported: the line below first binds `retvlp.ibq.quantization_ibq`
+to the `retvlp.common` module in ``sys.modules``, so there is one `IBQQuantization` (and one of each function)
+for the tokenizer and KeepFIT, not look-alikes.
 """
 
-from .configuration_ibq import IBQTokenizerConfig
-from .modeling_ibq import IBQTokenizerModel, IBQTokenizerOutput, IBQTokenizerPreTrainedModel
-from .quantization_ibq import (
+from ..common import bind_shared
+
+bind_shared(__name__, "quantization_ibq")
+
+from .configuration_ibq import IBQTokenizerConfig  # noqa: E402
+from .modeling_ibq import IBQTokenizerModel, IBQTokenizerOutput, IBQTokenizerPreTrainedModel  # noqa: E402
+from .quantization_ibq import (  # noqa: E402
     IBQLosses,
     IBQQuantization,
     code_histogram,
@@ -19,9 +29,6 @@ from .quantization_ibq import (
     perplexity_from_histogram,
     usage_from_histogram,
 )
-
-IBQTokenizerConfig.register_for_auto_class()
-IBQTokenizerModel.register_for_auto_class("AutoModel")
 
 __all__ = [
     "IBQLosses",

@@ -1,3 +1,5 @@
+# Generated from src/retvlp/common/quantization_ibq.py by utils/check_copies.py — do not edit;
+# edit the source and run `python utils/check_copies.py --fix`.
 """Index Backpropagation Quantization (IBQ) and its losses (METHODS.md §2, "The codebook" and Eqs. 11–19).
 
 IBQ scores every code against a feature vector, takes the arg-max code in the forward pass, and lets the
@@ -7,9 +9,9 @@ index rather than on the feature, as VQ-VAE does). Used twice in this project:
 * by the IBQ visual tokenizer (`modeling_ibq.py`), which learns the codebook C (K = 16384 × 256);
 * by KeepFIT's appearance knowledge injection, which quantises image features against the FROZEN C.
 
-Both use this very file (KeepFIT through a symlink), and it is copied next to saved tokenizer checkpoints
-for ``trust_remote_code`` loading, so it imports torch only — nothing from ``retvlp``, nothing from
-transformers.
+Both use this very module (single source in `retvlp/common/`; the `ibq/` and `keepfit/` folders hold
+generated copies, `utils/check_copies.py`), and it is copied next to saved checkpoints for
+``trust_remote_code`` loading, so it imports torch only — nothing from ``retvlp``, nothing from transformers.
 
 Shapes: features `z` are `(..., D)` (any leading dims, e.g. `(B, h, w, D)`), the codebook is `(K, D)`,
 logits and probabilities are `(..., K)`, indices are `(...)`.

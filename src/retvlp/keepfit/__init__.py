@@ -1,28 +1,31 @@
 """KeepFIT V2 model family: configuration, model, losses, processor, FLAIR / KeepFIT V1 converter.
 
-The folder is flat so that a saved checkpoint carries runnable code. Five of its files are symlinks to the
-files they share with the other families (`contrastive.py`, `image_processing_fundus.py`, `modeling_common.py`,
-`processing_maskedclip.py` from MaskedCLIP and `quantization_ibq.py` from the IBQ tokenizer): `save_pretrained`
-copies their content next to the weights. Inside the installed package the symlinked names are bound to the
-original modules first, so there is one `FundusImageProcessor` class (and one of each), not two look-alikes.
+The folder is flat so that a saved checkpoint carries runnable code: `contrastive.py`, `modeling_common.py`,
+`image_processing_fundus.py`, `processing_fundus.py` and `quantization_ibq.py` are generated copies of
+`retvlp/common/` (`python utils/check_copies.py --fix`), which `save_pretrained` writes next to the weights and
+``trust_remote_code`` loading imports standalone, as siblings of `modeling_keepfit.py`.
+
+Inside the installed package those copies are never imported: the lines below first bind the family-local names
+(`retvlp.keepfit.contrastive`, ...) to the `retvlp.common` modules in ``sys.modules``, so the family's
+``from .contrastive import ...`` gets the shared module. Otherwise each family would define its own look-alike
+classes (`retvlp.keepfit.FundusImageProcessor is not retvlp.maskedclip.FundusImageProcessor`), breaking
+``isinstance`` checks, Auto registration and pickling across families.
 """
 
-import sys
+from ..common import bind_shared
 
-from ..ibq import quantization_ibq
-from ..maskedclip import contrastive, image_processing_fundus, modeling_common, processing_maskedclip
-
-for _shared in (
-    contrastive,
-    image_processing_fundus,
-    modeling_common,
-    processing_maskedclip,
-    quantization_ibq,
-):
-    sys.modules.setdefault(f"{__name__}.{_shared.__name__.rsplit('.', 1)[-1]}", _shared)
+bind_shared(
+    __name__,
+    "contrastive",
+    "image_processing_fundus",
+    "modeling_common",
+    "processing_fundus",
+    "quantization_ibq",
+)
 
 from .configuration_keepfit import KeepFitConfig  # noqa: E402
 from .convert_flair import convert_flair_state_dict, load_flair_checkpoint  # noqa: E402
+from .image_processing_fundus import FundusImageProcessor  # noqa: E402
 from .loss_keepfit import image_text_contrastive_loss, knowledge_refinement_loss, total_loss  # noqa: E402
 from .modeling_keepfit import (  # noqa: E402
     KeepFitAppearanceQuantizer,
@@ -37,14 +40,8 @@ from .modeling_keepfit import (  # noqa: E402
 )
 from .processing_keepfit import KeepFitProcessor, keepfit_image_processor  # noqa: E402
 
-KeepFitConfig.register_for_auto_class()
-KeepFitModel.register_for_auto_class("AutoModel")
-KeepFitForPreTraining.register_for_auto_class("AutoModelForPreTraining")
-# A fine-tuned classifier saved with save_pretrained carries its code too (loadable with trust_remote_code).
-KeepFitForImageClassification.register_for_auto_class("AutoModelForImageClassification")
-KeepFitProcessor.register_for_auto_class("AutoProcessor")
-
 __all__ = [
+    "FundusImageProcessor",
     "KeepFitAppearanceQuantizer",
     "KeepFitConfig",
     "KeepFitForImageClassification",

@@ -2,14 +2,14 @@
 
 KeepFIT's reference preprocessing (METHODS §2): the long side resized to 512 px keeping the aspect ratio, zero
 padding at the bottom/right to a square, pixels scaled to [0, 1] WITHOUT mean/std normalisation; captions up
-to 256 tokens. Everything else (text checks, kwargs routing, saving) is MaskedCLIP's processor, which this
-flat folder carries as `processing_maskedclip.py` for ``trust_remote_code`` loading.
+to 256 tokens. Everything else (text checks, kwargs routing, saving) is the shared `FundusVisionTextProcessor`,
+which this flat folder carries as a generated copy (`processing_fundus.py`) for ``trust_remote_code`` loading.
 """
 
 from __future__ import annotations
 
 from .image_processing_fundus import FundusImageProcessor
-from .processing_maskedclip import MaskedCLIPProcessor
+from .processing_fundus import FundusVisionTextProcessor
 
 KEEPFIT_IMAGE_SIZE = 512  # px
 KEEPFIT_MAX_TEXT_LENGTH = 256  # tokens
@@ -22,7 +22,7 @@ def keepfit_image_processor(**overrides) -> FundusImageProcessor:
     return FundusImageProcessor(**kwargs)
 
 
-class KeepFitProcessor(MaskedCLIPProcessor):
+class KeepFitProcessor(FundusVisionTextProcessor):
     r"""Wraps a :class:`FundusImageProcessor` (default: [`keepfit_image_processor`]) and a BERT tokenizer
     (Bio_ClinicalBERT, or `retvlp.tokenization.tiny_tokenizer()` offline); `max_length` defaults to 256."""
 

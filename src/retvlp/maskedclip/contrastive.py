@@ -1,3 +1,5 @@
+# Generated from src/retvlp/common/contrastive.py by utils/check_copies.py — do not edit;
+# edit the source and run `python utils/check_copies.py --fix`.
 """Label-guided image-text contrastive loss over the global batch, shared by both model families.
 
 MaskedCLIP's L_lg_clip (Eqs. 2–4) and KeepFIT V2's L_itc (Eqs. 2–4 of its paper) are the same loss: a
@@ -5,8 +7,8 @@ symmetric cross-entropy whose soft targets are row-normalised "same label" matri
 image–caption pairs. Under torch.distributed both score local rows against the global batch gathered WITH
 gradients (the KeepFIT reference code contrasts per GPU only).
 
-Pure torch, no ``retvlp`` imports: this file is copied next to saved checkpoints of both families for
-``trust_remote_code`` loading (KeepFIT reaches it through a symlink in its flat folder).
+Pure torch, no ``retvlp`` imports: the single source in `retvlp/common/`; each family folder holds a generated
+copy (`utils/check_copies.py`) that `save_pretrained` writes next to checkpoints for ``trust_remote_code``.
 """
 
 import torch

@@ -1,27 +1,38 @@
-"""Image processor for colour fundus photographs (torch / numpy / Pillow only, no torchvision).
+# Generated from src/retvlp/common/image_processing_fundus.py by utils/check_copies.py — do not edit;
+# edit the source and run `python utils/check_copies.py --fix`.
+"""Decode and preprocess colour fundus photographs (torch / numpy / Pillow only, no torchvision).
 
-This module is self-contained on purpose: it is copied verbatim next to saved checkpoints so that
-``AutoImageProcessor.from_pretrained(path, trust_remote_code=True)`` works without ``retvlp`` installed.
-It must therefore import only the standard library, numpy, Pillow, torch and transformers.
+The ONE image decode of the package. The training image cache (`retvlp.data.cache`), the data checks
+(`retvlp.data.validation`, which only adds its problem reports on top) and :class:`FundusImageProcessor` all
+go through :func:`decode_image` and :func:`fit_to_square`, so a file gives the same pixels in training and at
+inference, bit for bit. This module is self-contained on purpose: it is copied next to saved checkpoints so
+that ``AutoImageProcessor.from_pretrained(path, trust_remote_code=True)`` works without ``retvlp`` installed.
+It imports only the standard library, numpy, Pillow, torch and transformers.
 
 Pipeline (per image, then batched):
 
-1. **Decode / convert** every input to RGB on a 0..255 scale:
+1. **Decode** (:func:`decode_image`) every input to RGB on a 0..255 scale. 8-bit sources become an 8-bit RGB
+   PIL image; deeper sources (16-bit, 32-bit integer, float) become a float32 ``(3, H, W)`` tensor that is
+   NOT rounded yet, so no precision is lost before the resize:
 
    * ``str`` / ``os.PathLike`` paths are opened with Pillow and fully decoded (``Image.load()``), so
      truncated or corrupt files fail here with a ``ValueError`` naming the file.
-   * PIL modes: ``L`` / ``1`` are replicated to three channels; ``P`` is expanded through its palette;
-     ``CMYK`` / ``YCbCr`` / ``LAB`` / ``HSV`` are converted by Pillow; ``RGBA`` / ``LA`` / ``PA`` (and
-     palette images with a transparency entry) are **composited on black** (``rgb * alpha / 255``),
-     which matches the dark fundus background; 16-bit modes (``I;16*`` and ``I``, values 0..65535)
-     are divided by 257 so that 65535 maps to exactly 255; ``F`` images are treated like float arrays
-     (values in [0, 1]).
+   * ``RGB``: as is. ``1`` / ``L``: grey replicated to three channels (``1`` gives 0 / 255). ``P``: expanded
+     through its palette. ``CMYK`` / ``YCbCr`` / ``LAB`` / ``HSV``: Pillow's conversion to RGB.
+   * Transparency (``RGBA`` / ``LA`` / ``PA`` / ``RGBa`` / ``La``, a palette with a transparency entry,
+     arrays with 2 or 4 channels) is **composited on black**, ``c * alpha / 255``, which matches the dark
+     fundus background. 8-bit data is rounded to the nearest integer (exact integer arithmetic), deeper data
+     stays float.
+   * 16-bit (``I;16*`` modes, ``uint16`` arrays): divided by 257, so 65535 maps to exactly 255. ``I`` (32-bit
+     integer) images must lie in 0..65535 and are then read as 16-bit; other ranges are refused.
+   * Float (``F`` mode, e.g. float TIFF; float arrays / tensors): must be finite and lie in [0, 1] (values up
+     to 1e-3 outside are clamped), then multiplied by 255. Other ranges are refused with a ``ValueError``
+     naming the range and the fix; no per-image rescaling is guessed (it would change the intensities of
+     every image differently).
    * numpy arrays / torch tensors: 2-D (grayscale) or 3-D with 1 (gray), 2 (gray + alpha), 3 (RGB) or
      4 (RGBA) channels, channels-last (HWC) or channels-first (CHW). When both ends of the shape look
      like a channel axis (e.g. ``(3, 4, 3)``) numpy arrays are read as HWC and torch tensors as CHW.
-     A 4-D array / tensor is a batch (BHWC or BCHW). dtypes: ``uint8`` (0..255), ``uint16``
-     (0..65535, divided by 257), floating point in [0, 1] (multiplied by 255; NaN / Inf and values
-     outside [0, 1] are rejected).
+     A 4-D array / tensor is a batch (BHWC or BCHW). dtypes: ``uint8``, ``uint16``, floating point.
 
    Every decoded image must be at least ``min_size`` pixels on its shorter side (default 32, the same
    threshold as ``retvlp validate-data --min-size``): smaller inputs are thumbnails or placeholders, not
@@ -29,18 +40,19 @@ Pipeline (per image, then batched):
    claims more pixels than Pillow allows (``2 x PIL.Image.MAX_IMAGE_PIXELS``) is reported as a
    decompression bomb.
 
-2. **Crop to the field of view** (``crop_to_fov=True``): crop to the bounding box of the pixels whose
-   largest channel value is ``> fov_threshold`` (0..255 scale). If no pixel passes, nothing is cropped.
+2. **Geometry** (:func:`fit_to_square`): crop to the field of view (``crop_to_fov=True``: the bounding box of
+   the pixels whose largest channel value is ``> fov_threshold`` on the 0..255 scale; nothing is cropped when
+   no pixel passes), then **resize** (antialiased, ``resample`` is a Pillow filter, bicubic by default) to
+   ``size x size`` (aspect ratio not preserved) or, with ``pad_to_square=True``, so that the LONG side equals
+   ``size``, followed by zero padding (black) at the bottom and right. 8-bit images are resized by Pillow;
+   deeper images by ``torch.nn.functional.interpolate(..., antialias=True)`` (nearest, bilinear, bicubic)
+   or Pillow's float (``F``) mode for the other filters. Then the image is **quantised once**: clamped to
+   [0, 255] and rounded to the nearest integer (half to even), giving ``(size, size, 3)`` ``uint8`` — what
+   the training cache stores, and what the processor continues from.
 
-3. **Resize** (antialiased, ``resample`` is a Pillow filter, bicubic by default): to ``size x size``
-   (aspect ratio not preserved), or, with ``pad_to_square=True``, so that the LONG side equals ``size``
-   (aspect ratio preserved), followed by zero padding (black, i.e. pixel value 0 *before* rescaling and
-   normalisation) at the bottom and right to a ``size x size`` square. 8-bit images are resized by
-   Pillow; 16-bit / float images by ``torch.nn.functional.interpolate(..., antialias=True)`` (nearest,
-   bilinear, bicubic) or by Pillow's float (``F``) mode for the other filters, then clamped to [0, 255].
-
-4. **Rescale** (``x * rescale_factor``) and **normalise** (``(x - mean) / std``) in torch, once for the
-   whole batch. Output: ``pixel_values`` float32 ``(B, 3, size, size)``.
+3. **Rescale** (``x * rescale_factor``, computed as ``x / 255`` for the default ``1/255`` so that it matches the
+   training batches bit for bit) and **normalise** (``(x - mean) / std``) in torch, once for the whole batch.
+   Output: ``pixel_values`` float32 ``(B, 3, size, size)``.
 
 Invalid inputs raise ``ValueError`` with the reason (and the file path for file inputs, the list index
 for list inputs); a missing file raises ``FileNotFoundError`` naming the path.
@@ -71,7 +83,8 @@ _TORCH_MODES = {
     int(PIL.Image.Resampling.BICUBIC): ("bicubic", True),
 }
 _VALID_RESAMPLE = {int(r) for r in PIL.Image.Resampling}
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # Tolerance when checking that float images lie in [0, 1] (values inside it are clamped).
 _FLOAT_RANGE_TOL = 1e-3
 # Smallest allowed shorter side, in pixels. `retvlp.data.validation` imports this constant (the data checks and
@@ -109,6 +122,255 @@ def _bomb_message(error: Exception) -> str:
         f"decompression bomb: {pixels} > limit {bound} (2 x PIL.Image.MAX_IMAGE_PIXELS); a corrupt header or a "
         "malicious file: downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
     )
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+DecodedImage = PIL.Image.Image | torch.Tensor  # 8-bit RGB PIL image, or float32 (3, H, W) on 0..255
+
+
+def open_image(path: str | os.PathLike, where: str = "") -> PIL.Image.Image:
+    """Open and fully decode an image file (stored mode, nothing converted); errors name the file."""
+    path = os.fspath(path)
+    loc = f"{where} ({path})" if where else path
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Image file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{loc}: is a directory, not an image file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{loc}: image file is empty (0 bytes)")
+    try:
+        with PIL.Image.open(path) as pil:
+            pil.load()  # force a full decode so that truncated files fail here
+    except PIL.Image.DecompressionBombError as err:
+        raise ValueError(f"{loc}: {_bomb_message(err)}") from err
+    except PIL.UnidentifiedImageError as err:
+        raise ValueError(f"{loc}: not an image file, or an unsupported image format") from err
+    except Exception as err:  # truncated / corrupt data: OSError, SyntaxError, struct.error...
+        raise ValueError(f"{loc}: image file is truncated or corrupt ({type(err).__name__}: {err})") from err
+    return pil
+
+
+def decode_image(image: Any, where: str = "") -> DecodedImage:
+    """The canonical decode (module docstring, step 1): a path, PIL image, numpy array or torch tensor → an
+    8-bit RGB PIL image (8-bit sources) or a float32 ``(3, H, W)`` tensor on the 0..255 scale (deeper sources).
+    `where` prefixes error messages (a list index, a file name)."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        loc = f"{where} ({path})" if where else path
+        return _decode_pil(open_image(path, where), loc)
+    if isinstance(image, PIL.Image.Image):
+        return _decode_pil(image, where)
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.to(torch.float32)
+        if tensor.dtype not in (torch.uint8, torch.uint16, torch.float32, torch.float64):
+            raise _fail(
+                where, f"unsupported tensor dtype {tensor.dtype}; expected uint8, uint16 or float in [0, 1]"
+            )
+        return _decode_array(tensor.numpy(), where, prefer_channels_first=True)
+    if isinstance(image, np.ndarray):
+        return _decode_array(image, where, prefer_channels_first=False)
+    raise _fail(
+        where,
+        f"unsupported image type {type(image).__name__}; expected a file path, PIL.Image.Image, "
+        "numpy.ndarray or torch.Tensor (or a list of them)",
+    )
+
+
+def decode_note(image: PIL.Image.Image) -> str | None:
+    """What :func:`decode_image` does to a PIL image of this mode, in words (None for RGB: nothing)."""
+    mode = image.mode
+    if mode == "RGB":
+        return None
+    if mode in _SIXTEEN_BIT_MODES:
+        return "16-bit grey scaled to 0..255 (/ 257), kept in float until resized, then rounded once"
+    if mode == "I":
+        return "32-bit integer grey read as 16-bit (/ 257), kept in float until resized, then rounded once"
+    if mode == "F":
+        return "float grey in [0, 1] scaled by 255, kept in float until resized, then rounded once"
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        return "transparency composited on black (value * alpha / 255, rounded)"
+    if mode in ("1", "L"):
+        return "grey replicated to three channels"
+    if mode == "P":
+        return "expanded through its palette"
+    return "converted with Pillow"
+
+
+def _composite_uint8(rgba: np.ndarray) -> np.ndarray:
+    """`(H, W, 4)` uint8 → `(H, W, 3)` uint8 composited on black: round(c * a / 255), exactly (c * a / 255 is
+    never halfway between two integers, 255 being odd)."""
+    colour = rgba[:, :, :3].astype(np.uint32)
+    alpha = rgba[:, :, 3:4].astype(np.uint32)
+    return ((colour * alpha + 127) // 255).astype(np.uint8)
+
+
+def _decode_pil(pil: PIL.Image.Image, where: str) -> DecodedImage:
+    if pil.width == 0 or pil.height == 0:
+        raise _fail(where, f"zero-sized image ({pil.width}x{pil.height})")
+    mode = pil.mode
+    if mode == "RGB":
+        return pil
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return _decode_array(np.asarray(pil), where, prefer_channels_first=False, pil_mode=mode)
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in pil.info):
+        rgba = np.asarray(pil.convert("RGBA"))
+        return PIL.Image.fromarray(_composite_uint8(rgba), "RGB")
+    try:
+        return pil.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise _fail(where, f"cannot convert PIL mode {mode!r} to RGB ({err})") from err
+
+
+def _float_values(array: np.ndarray, where: str) -> np.ndarray:
+    """Float data in [0, 1] → float32 on 0..255; anything else is refused (no guessed rescaling)."""
+    values = array.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise _fail(
+            where, "image contains NaN or Inf values; replace them (e.g. with 0) or re-export the image"
+        )
+    low, high = float(values.min()), float(values.max())
+    if low < -_FLOAT_RANGE_TOL or high > 1 + _FLOAT_RANGE_TOL:
+        raise _fail(
+            where,
+            f"float images must have values in [0, 1], got range [{low:.4g}, {high:.4g}]; scale them to "
+            "[0, 1] (e.g. divide 0..255 data by 255), or pass / re-export the image as 8-bit or 16-bit integers",
+        )
+    return np.clip(values, 0.0, 1.0) * 255.0
+
+
+def _decode_array(
+    array: np.ndarray, where: str, prefer_channels_first: bool, pil_mode: str | None = None
+) -> DecodedImage:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    elif array.ndim == 3:
+        first, last = array.shape[0] in (1, 2, 3, 4), array.shape[-1] in (1, 2, 3, 4)
+        if first and (prefer_channels_first or not last):
+            array = np.moveaxis(array, 0, -1)
+        elif not last:
+            raise _fail(
+                where,
+                f"unsupported channel count in array of shape {tuple(array.shape)}; expected 1 (gray), "
+                "2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels, channels-first or channels-last",
+            )
+    else:
+        raise _fail(
+            where, f"expected a 2-D or 3-D image (or a 4-D batch), got {array.ndim}-D shape {array.shape}"
+        )
+    height, width, channels = array.shape
+    if height == 0 or width == 0:
+        raise _fail(where, f"zero-sized image (height={height}, width={width})")
+
+    dtype = array.dtype
+    if dtype == np.uint8:  # Pillow infers L / LA / RGB / RGBA from the shape
+        data = np.ascontiguousarray(array[:, :, 0] if channels == 1 else array)
+        return _decode_pil(PIL.Image.fromarray(data), where)
+    if pil_mode == "I":
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise _fail(
+                where,
+                f"32-bit integer ('I' mode) image with values in [{low}, {high}], outside the 16-bit range "
+                "0..65535; re-export it as an 8-bit or 16-bit image (or as float in [0, 1])",
+            )
+        values = array.astype(np.float32) / 257.0
+    elif (dtype.kind == "u" and dtype.itemsize == 2) or pil_mode in _SIXTEEN_BIT_MODES:
+        values = array.astype(np.float32) / 257.0
+    elif np.issubdtype(dtype, np.floating):
+        values = _float_values(array, where)
+    else:
+        raise _fail(where, f"unsupported dtype {dtype}; expected uint8, uint16 or float in [0, 1]")
+
+    tensor = torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1)
+    if channels in (2, 4):  # composite on black
+        tensor = tensor[:-1] * (tensor[-1:] / 255.0)
+    if tensor.shape[0] == 1:
+        tensor = tensor.expand(3, -1, -1)
+    return tensor.contiguous()
+
+
+def image_size(image: DecodedImage) -> tuple[int, int]:
+    """(width, height) of a decoded image."""
+    return image.size if isinstance(image, PIL.Image.Image) else (int(image.shape[2]), int(image.shape[1]))
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+def crop_to_field_of_view(image: DecodedImage, threshold: float) -> DecodedImage:
+    """Crop to the bounding box of the pixels whose largest channel is `> threshold` (0..255 scale)."""
+    if isinstance(image, PIL.Image.Image):
+        r, g, b = image.split()
+        brightest = PIL.ImageChops.lighter(PIL.ImageChops.lighter(r, g), b)
+        mask = brightest.point([255 if v > threshold else 0 for v in range(256)])
+        box = mask.getbbox()
+        return image if box is None else image.crop(box)
+    mask = image.amax(dim=0) > threshold
+    rows = torch.nonzero(mask.any(dim=1)).flatten()
+    if rows.numel() == 0:
+        return image
+    cols = torch.nonzero(mask.any(dim=0)).flatten()
+    return image[:, int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+
+
+def target_size(height: int, width: int, size: int, pad_to_square: bool) -> tuple[int, int]:
+    """(height, width) of the resized content before padding."""
+    if not pad_to_square:
+        return size, size
+    if height >= width:
+        return size, max(1, min(size, round(width * size / height)))
+    return max(1, min(size, round(height * size / width))), size
+
+
+def resize(image: DecodedImage, size: int, resample: int, pad_to_square: bool) -> DecodedImage:
+    """Resize to the target size (8-bit by Pillow, float by torch or Pillow's ``F`` mode), not yet padded."""
+    if isinstance(image, PIL.Image.Image):
+        out_h, out_w = target_size(image.height, image.width, size, pad_to_square)
+        if (image.height, image.width) == (out_h, out_w):
+            return image
+        return image.resize((out_w, out_h), resample=resample)
+    height, width = image.shape[1:]
+    out_h, out_w = target_size(height, width, size, pad_to_square)
+    if (height, width) == (out_h, out_w):
+        return image
+    if resample in _TORCH_MODES:
+        mode, antialias = _TORCH_MODES[resample]
+        return F.interpolate(image[None], size=(out_h, out_w), mode=mode, antialias=antialias)[0]
+    # filters torch lacks (lanczos, box, hamming...): Pillow's float mode, channel by channel
+    channels = [
+        np.asarray(PIL.Image.fromarray(c.numpy(), mode="F").resize((out_w, out_h), resample=resample))
+        for c in image
+    ]
+    return torch.from_numpy(np.stack(channels))
+
+
+def quantize(image: DecodedImage) -> np.ndarray:
+    """The single rounding step: a decoded (resized) image → `(H, W, 3)` uint8 (float: clamped to [0, 255],
+    rounded half to even)."""
+    if isinstance(image, PIL.Image.Image):
+        return np.asarray(image, dtype=np.uint8)
+    return torch.round(image.clamp(0.0, 255.0)).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def fit_to_square(
+    image: DecodedImage,
+    *,
+    size: int,
+    resample: int = int(PIL.Image.Resampling.BICUBIC),
+    pad_to_square: bool = False,
+    crop_to_fov: bool = False,
+    fov_threshold: float = 10,
+) -> np.ndarray:
+    """The canonical geometry (module docstring, step 2): a decoded image → `(size, size, 3)` uint8 (crop to
+    the field of view, resize, round once, zero-pad bottom / right). The training cache stores exactly this."""
+    if crop_to_fov:
+        image = crop_to_field_of_view(image, fov_threshold)
+    pixels = quantize(resize(image, size, int(resample), pad_to_square))
+    if pixels.shape[:2] == (size, size):
+        return np.ascontiguousarray(pixels)
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    out[: pixels.shape[0], : pixels.shape[1]] = pixels
+    return out
 
 
 class FundusImageProcessor(BaseImageProcessor):
@@ -283,32 +545,19 @@ class FundusImageProcessor(BaseImageProcessor):
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
 
-        size = params["size"]
         items = self._flatten(images)
-        uint8_buffer = None  # (B, size, size, 3) for images resized by Pillow in 8 bit
-        float_items: list[tuple[int, torch.Tensor]] = []
+        size = params["size"]
+        buffer = np.zeros((len(items), size, size, 3), dtype=np.uint8)
         for index, (where, image) in enumerate(items):
-            canonical = self._to_canonical(image, where)
-            self._check_min_size(canonical, params["min_size"], where)
-            if params["crop_to_fov"]:
-                canonical = self._crop_to_fov(canonical, params["fov_threshold"])
-            resized = self._resize(canonical, size, params["resample"], params["pad_to_square"])
-            if isinstance(resized, PIL.Image.Image):
-                if uint8_buffer is None:
-                    uint8_buffer = np.zeros((len(items), size, size, 3), dtype=np.uint8)
-                uint8_buffer[index, : resized.height, : resized.width] = np.asarray(resized)
-            else:
-                float_items.append((index, resized))
-
-        if uint8_buffer is not None:
-            batch = torch.from_numpy(uint8_buffer).permute(0, 3, 1, 2).to(torch.float32)
-        else:
-            batch = torch.zeros((len(items), 3, size, size), dtype=torch.float32)
-        for index, tensor in float_items:
-            batch[index, :, : tensor.shape[1], : tensor.shape[2]] = tensor
+            buffer[index] = self._to_uint8(image, where, params)
+        batch = torch.from_numpy(buffer).permute(0, 3, 1, 2).to(torch.float32)
 
         if params["do_rescale"]:
-            batch = batch * float(params["rescale_factor"])
+            factor = float(params["rescale_factor"])
+            divisor = 1.0 / factor
+            # x / 255 rather than x * (1/255): the two differ in the last bit for half the 8-bit values, and
+            # the training batches (read from the uint8 cache) divide.
+            batch = batch / divisor if divisor.is_integer() else batch * factor
         if params["do_normalize"]:
             mean = torch.tensor(params["image_mean"], dtype=torch.float32).view(-1, 1, 1)
             std = torch.tensor(params["image_std"], dtype=torch.float32).view(-1, 1, 1)
@@ -322,6 +571,24 @@ class FundusImageProcessor(BaseImageProcessor):
         else:
             pixel_values = list(batch.numpy())
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=None)
+
+    def to_uint8(self, image: Any, where: str = "", **kwargs) -> np.ndarray:
+        """One image → `(size, size, 3)` uint8 before rescaling and normalisation: :func:`decode_image`, the
+        `min_size` check, then :func:`fit_to_square` (what the training cache stores for the same file).
+        `kwargs`: per-call overrides, as for :meth:`preprocess`."""
+        return self._to_uint8(image, where, self._resolve_kwargs(kwargs))
+
+    def _to_uint8(self, image: Any, where: str, params: dict[str, Any]) -> np.ndarray:
+        decoded = decode_image(image, where)
+        self._check_min_size(decoded, params["min_size"], where)
+        return fit_to_square(
+            decoded,
+            size=params["size"],
+            resample=params["resample"],
+            pad_to_square=params["pad_to_square"],
+            crop_to_fov=params["crop_to_fov"],
+            fov_threshold=params["fov_threshold"],
+        )
 
     # ------------------------------------------------------------- input layout
     @staticmethod
@@ -350,59 +617,10 @@ class FundusImageProcessor(BaseImageProcessor):
             return [(f"images[{i}]", images[i]) for i in range(images.shape[0])]
         return [("", images)]
 
-    # ---------------------------------------------------------------- decoding
-    def _to_canonical(self, image: Any, where: str) -> PIL.Image.Image | torch.Tensor:
-        """Return an RGB 8-bit PIL image, or a float32 ``(3, H, W)`` tensor on the 0..255 scale."""
-        if isinstance(image, (str, os.PathLike)):
-            path = os.fspath(image)
-            loc = f"{where} ({path})" if where else path
-            pil = self._open(path, loc)
-            return self._pil_to_canonical(pil, loc)
-        if isinstance(image, PIL.Image.Image):
-            return self._pil_to_canonical(image, where)
-        if isinstance(image, torch.Tensor):
-            tensor = image.detach().cpu()
-            if tensor.dtype in (torch.float16, torch.bfloat16):
-                tensor = tensor.to(torch.float32)
-            if tensor.dtype not in (torch.uint8, torch.uint16, torch.float32, torch.float64):
-                raise _fail(
-                    where,
-                    f"unsupported tensor dtype {tensor.dtype}; expected uint8, uint16 or float in [0, 1]",
-                )
-            return self._array_to_canonical(tensor.numpy(), where, prefer_channels_first=True)
-        if isinstance(image, np.ndarray):
-            return self._array_to_canonical(image, where, prefer_channels_first=False)
-        raise _fail(
-            where,
-            f"unsupported image type {type(image).__name__}; expected a file path, PIL.Image.Image, "
-            "numpy.ndarray or torch.Tensor (or a list of them)",
-        )
-
     @staticmethod
-    def _open(path: str, loc: str) -> PIL.Image.Image:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Image file not found: {path}")
-        if os.path.isdir(path):
-            raise ValueError(f"{loc}: is a directory, not an image file")
-        if os.path.getsize(path) == 0:
-            raise ValueError(f"{loc}: image file is empty (0 bytes)")
-        try:
-            with PIL.Image.open(path) as pil:
-                pil.load()  # force a full decode so that truncated files fail here
-        except PIL.Image.DecompressionBombError as err:
-            raise ValueError(f"{loc}: {_bomb_message(err)}") from err
-        except PIL.UnidentifiedImageError as err:
-            raise ValueError(f"{loc}: not an image file, or an unsupported image format") from err
-        except Exception as err:  # truncated / corrupt data: OSError, SyntaxError, struct.error...
-            raise ValueError(
-                f"{loc}: image file is truncated or corrupt ({type(err).__name__}: {err})"
-            ) from err
-        return pil
-
-    @staticmethod
-    def _check_min_size(image: PIL.Image.Image | torch.Tensor, min_size: int, where: str) -> None:
+    def _check_min_size(image: DecodedImage, min_size: int, where: str) -> None:
         """Refuse images whose shorter side is below `min_size` (the data checks' "tiny-image")."""
-        width, height = image.size if isinstance(image, PIL.Image.Image) else (image.shape[2], image.shape[1])
+        width, height = image_size(image)
         if min(width, height) < min_size:
             raise _fail(
                 where,
@@ -412,130 +630,15 @@ class FundusImageProcessor(BaseImageProcessor):
                 "processor(images, min_size=...))",
             )
 
-    def _pil_to_canonical(self, pil: PIL.Image.Image, where: str) -> PIL.Image.Image | torch.Tensor:
-        if pil.width == 0 or pil.height == 0:
-            raise _fail(where, f"zero-sized image ({pil.width}x{pil.height})")
-        mode = pil.mode
-        if mode == "RGB":
-            return pil
-        if mode in _SIXTEEN_BIT_MODES or mode == "F":
-            return self._array_to_canonical(
-                np.asarray(pil), where, prefer_channels_first=False, pil_mode=mode
-            )
-        if mode == "P" and "transparency" in pil.info:
-            pil = pil.convert("RGBA")
-            mode = "RGBA"
-        if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-            rgba = pil.convert("RGBA")
-            canvas = PIL.Image.new("RGB", rgba.size, (0, 0, 0))
-            canvas.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
-            return canvas
-        try:
-            return pil.convert("RGB")
-        except (ValueError, OSError) as err:
-            raise _fail(where, f"cannot convert PIL mode {mode!r} to RGB ({err})") from err
 
-    def _array_to_canonical(
-        self, array: np.ndarray, where: str, prefer_channels_first: bool, pil_mode: str | None = None
-    ) -> PIL.Image.Image | torch.Tensor:
-        if array.ndim == 2:
-            array = array[:, :, None]
-        elif array.ndim == 3:
-            first, last = array.shape[0] in (1, 2, 3, 4), array.shape[-1] in (1, 2, 3, 4)
-            if first and (prefer_channels_first or not last):
-                array = np.moveaxis(array, 0, -1)
-            elif not last:
-                raise _fail(
-                    where,
-                    f"unsupported channel count in array of shape {tuple(array.shape)}; expected 1 (gray), "
-                    "2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels, channels-first or channels-last",
-                )
-        else:
-            raise _fail(
-                where, f"expected a 2-D or 3-D image (or a 4-D batch), got {array.ndim}-D shape {array.shape}"
-            )
-        height, width, channels = array.shape
-        if height == 0 or width == 0:
-            raise _fail(where, f"zero-sized image (height={height}, width={width})")
-
-        dtype = array.dtype
-        if dtype == np.uint8:  # Pillow infers L / LA / RGB / RGBA from the shape
-            data = np.ascontiguousarray(array[:, :, 0] if channels == 1 else array)
-            return self._pil_to_canonical(PIL.Image.fromarray(data), where)
-        if (dtype.kind == "u" and dtype.itemsize == 2) or pil_mode in _SIXTEEN_BIT_MODES:
-            if pil_mode == "I" and (array.min() < 0 or array.max() > 65535):
-                raise _fail(where, "32-bit integer ('I' mode) image with values outside the 16-bit range")
-            values = array.astype(np.float32) / 257.0
-        elif np.issubdtype(dtype, np.floating):
-            values = array.astype(np.float32)
-            if not np.isfinite(values).all():
-                raise _fail(where, "image contains NaN or Inf values")
-            low, high = float(values.min()), float(values.max())
-            if low < -_FLOAT_RANGE_TOL or high > 1 + _FLOAT_RANGE_TOL:
-                raise _fail(
-                    where,
-                    f"float images must have values in [0, 1], got range [{low:.4g}, {high:.4g}] "
-                    "(pass uint8 for 0..255 data)",
-                )
-            values = np.clip(values, 0.0, 1.0) * 255.0
-        else:
-            raise _fail(where, f"unsupported dtype {dtype}; expected uint8, uint16 or float in [0, 1]")
-
-        tensor = torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1)
-        if channels in (2, 4):  # composite on black
-            tensor = tensor[:-1] * (tensor[-1:] / 255.0)
-        if tensor.shape[0] == 1:
-            tensor = tensor.expand(3, -1, -1)
-        return tensor.contiguous()
-
-    # ------------------------------------------------------------- geometry
-    @staticmethod
-    def _crop_to_fov(
-        image: PIL.Image.Image | torch.Tensor, threshold: float
-    ) -> PIL.Image.Image | torch.Tensor:
-        if isinstance(image, PIL.Image.Image):
-            r, g, b = image.split()
-            brightest = PIL.ImageChops.lighter(PIL.ImageChops.lighter(r, g), b)
-            mask = brightest.point([255 if v > threshold else 0 for v in range(256)])
-            box = mask.getbbox()
-            return image if box is None else image.crop(box)
-        mask = image.amax(dim=0) > threshold
-        rows = torch.nonzero(mask.any(dim=1)).flatten()
-        if rows.numel() == 0:
-            return image
-        cols = torch.nonzero(mask.any(dim=0)).flatten()
-        return image[:, int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
-
-    @staticmethod
-    def _target_size(height: int, width: int, size: int, pad_to_square: bool) -> tuple[int, int]:
-        if not pad_to_square:
-            return size, size
-        if height >= width:
-            return size, max(1, min(size, round(width * size / height)))
-        return max(1, min(size, round(height * size / width))), size
-
-    def _resize(
-        self, image: PIL.Image.Image | torch.Tensor, size: int, resample: int, pad_to_square: bool
-    ) -> PIL.Image.Image | torch.Tensor:
-        if isinstance(image, PIL.Image.Image):
-            out_h, out_w = self._target_size(image.height, image.width, size, pad_to_square)
-            if (image.height, image.width) == (out_h, out_w):
-                return image
-            return image.resize((out_w, out_h), resample=resample)
-        height, width = image.shape[1:]
-        out_h, out_w = self._target_size(height, width, size, pad_to_square)
-        if (height, width) == (out_h, out_w):
-            return image
-        if resample in _TORCH_MODES:
-            mode, antialias = _TORCH_MODES[resample]
-            resized = F.interpolate(image[None], size=(out_h, out_w), mode=mode, antialias=antialias)[0]
-        else:  # filters torch lacks (lanczos, box, hamming...): Pillow's float mode, channel by channel
-            channels = [
-                np.asarray(PIL.Image.fromarray(c.numpy(), mode="F").resize((out_w, out_h), resample=resample))
-                for c in image
-            ]
-            resized = torch.from_numpy(np.stack(channels))
-        return resized.clamp_(0.0, 255.0)
-
-
-__all__ = ["DEFAULT_MIN_SIZE", "FundusImageProcessor"]
+__all__ = [
+    "DEFAULT_MIN_SIZE",
+    "FundusImageProcessor",
+    "crop_to_field_of_view",
+    "decode_image",
+    "decode_note",
+    "fit_to_square",
+    "open_image",
+    "quantize",
+    "resize",
+]

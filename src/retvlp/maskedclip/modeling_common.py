@@ -1,9 +1,12 @@
+# Generated from src/retvlp/common/modeling_common.py by utils/check_copies.py — do not edit;
+# edit the source and run `python utils/check_copies.py --fix`.
 """Model code both families share: the released dual encoders' scoring, output-flag handling, and the
 checkpoint layout of a `...ForPreTraining` class (its released model under `base_model_prefix`), with the
 reading of checkpoints written before the released / pretraining split.
 
-Shared with KeepFIT the way `contrastive.py` is (the KeepFIT folder carries the same file, so a saved
-checkpoint's code stays flat and self-contained). Imports only torch, safetensors and its sibling files.
+The single source lives in `retvlp/common/`; both family folders hold a generated copy (`utils/check_copies.py`)
+so a saved checkpoint's code stays flat and self-contained. Imports only torch, safetensors and its sibling
+files.
 """
 
 import os

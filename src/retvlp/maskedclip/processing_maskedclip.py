@@ -1,13 +1,14 @@
 """Processor for MaskedCLIP: a :class:`FundusImageProcessor` plus a BERT WordPiece tokenizer.
 
-Like the image processor, this module is copied next to saved checkpoints for ``trust_remote_code``
-loading, so it imports nothing from ``retvlp`` except its flat sibling ``image_processing_fundus``.
+Everything lives in the shared :class:`FundusVisionTextProcessor` (`processing_fundus.py`, generated from
+`retvlp/common/`); this subclass keeps the name that MaskedCLIP checkpoints' ``processor_config.json`` names
+(``"processor_class": "MaskedCLIPProcessor"``), so existing checkpoints load unchanged. Copied next to saved
+checkpoints for ``trust_remote_code`` loading: it imports only its flat siblings.
 
 Typical use (online, once)::
 
     from transformers import AutoTokenizer
-    from retvlp.maskedclip.image_processing_fundus import FundusImageProcessor
-    from retvlp.maskedclip.processing_maskedclip import MaskedCLIPProcessor
+    from retvlp.maskedclip import FundusImageProcessor, MaskedCLIPProcessor
 
     # Bio_ClinicalBERT has a CASED vocabulary: load it with AutoTokenizer, which reads its
     # tokenizer files (do_lower_case=False); do not build a default BertTokenizer (it lower-cases).
@@ -20,109 +21,18 @@ Offline (tests, demo), use ``retvlp.tokenization.tiny_tokenizer()`` instead of t
 
 from __future__ import annotations
 
-from typing import Any
-
-from transformers import BatchFeature, ProcessorMixin
-
 from .image_processing_fundus import FundusImageProcessor
+from .processing_fundus import FundusVisionTextProcessor
 
 
-class MaskedCLIPProcessor(ProcessorMixin):
-    r"""Wraps a :class:`FundusImageProcessor` and a BERT tokenizer into a single processor.
-
-    Args:
-        image_processor (`FundusImageProcessor`, *optional*):
-            Image processor; a default `FundusImageProcessor()` is created when omitted.
-        tokenizer (`PreTrainedTokenizerBase`):
-            A BERT WordPiece tokenizer (e.g. `AutoTokenizer.from_pretrained("emilyalsentzer/Bio_ClinicalBERT")`,
-            which is cased, or `retvlp.tokenization.tiny_tokenizer()` offline).
-        max_length (`int`, *optional*, defaults to 77):
-            Default maximum caption length in tokens (including `[CLS]`/`[SEP]`); captions are truncated
-            to it and padded to the longest caption of the batch. Saved with `save_pretrained`.
-    """
+class MaskedCLIPProcessor(FundusVisionTextProcessor):
+    r"""Wraps a :class:`FundusImageProcessor` (default: `FundusImageProcessor()`, 224 px, ImageNet
+    normalisation) and a BERT tokenizer; `max_length` defaults to 77. See :class:`FundusVisionTextProcessor`."""
 
     def __init__(self, image_processor=None, tokenizer=None, max_length: int = 77, **kwargs):
         if image_processor is None:
             image_processor = FundusImageProcessor()
-        if tokenizer is None:
-            raise ValueError("MaskedCLIPProcessor needs a tokenizer (e.g. a BERT WordPiece tokenizer).")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an int >= 2 (room for [CLS] and [SEP]), got {max_length!r}")
-        self.max_length = max_length
-        super().__init__(image_processor, tokenizer, **kwargs)
-
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # Load the image processor through its own class rather than AutoImageProcessor, so that the class-level
-        # `MaskedCLIPProcessor.from_pretrained` works whether or not the classes are registered with the Auto API.
-        subfolder = kwargs.pop("subfolder", "")
-        tokenizer = cls._load_tokenizer_from_pretrained(
-            "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-        )
-        image_processor_kwargs = {
-            key: kwargs[key]
-            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision")
-            if key in kwargs
-        }
-        image_processor = FundusImageProcessor.from_pretrained(
-            pretrained_model_name_or_path, subfolder=subfolder, **image_processor_kwargs
-        )
-        return [image_processor, tokenizer]
-
-    @staticmethod
-    def _check_text(text: Any) -> list[str]:
-        if isinstance(text, str):
-            texts = [text]
-        elif isinstance(text, (list, tuple)):
-            texts = list(text)
-            if not texts:
-                raise ValueError("text is an empty list; pass at least one caption")
-        else:
-            raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}")
-        for index, caption in enumerate(texts):
-            if not isinstance(caption, str):
-                raise ValueError(f"text[{index}] must be a string, got {type(caption).__name__}")
-            if not caption.strip():
-                raise ValueError(f"text[{index}] is empty or whitespace-only: {caption!r}")
-        return texts
-
-    def __call__(
-        self,
-        text: str | list[str] | None = None,
-        images: Any = None,
-        return_tensors: str | None = "pt",
-        **kwargs,
-    ) -> BatchFeature:
-        """Tokenize captions and/or preprocess images.
-
-        Args:
-            text: a caption or a list of captions (non-empty, not whitespace-only).
-            images: anything :class:`FundusImageProcessor` accepts (path, PIL image, array, tensor, list, batch).
-            return_tensors: ``"pt"`` (default) or ``"np"``.
-            **kwargs: keyword arguments of :class:`FundusImageProcessor` (``size``, ``pad_to_square``...) go to
-                the image processor; everything else goes to the tokenizer and overrides the defaults
-                ``max_length=self.max_length``, ``truncation=True``, ``padding="longest"``.
-
-        Returns:
-            `BatchFeature` with `input_ids`, `attention_mask` (and `token_type_ids` when the tokenizer returns
-            them) for text, and `pixel_values` for images.
-        """
-        if text is None and images is None:
-            raise ValueError("MaskedCLIPProcessor needs `text`, `images` or both")
-        image_keys = set(FundusImageProcessor.valid_kwargs.__annotations__)
-        image_kwargs = {k: v for k, v in kwargs.items() if k in image_keys}
-        text_kwargs = {k: v for k, v in kwargs.items() if k not in image_keys}
-
-        data: dict[str, Any] = {}
-        if text is not None:
-            texts = self._check_text(text)
-            text_kwargs.setdefault("max_length", self.max_length)
-            text_kwargs.setdefault("truncation", True)
-            text_kwargs.setdefault("padding", "longest")
-            data.update(self.tokenizer(texts, return_tensors=return_tensors, **text_kwargs))
-        if images is not None:
-            data.update(self.image_processor(images, return_tensors=return_tensors, **image_kwargs))
-        return BatchFeature(data=data)
+        super().__init__(image_processor, tokenizer, max_length=max_length, **kwargs)
 
 
 __all__ = ["MaskedCLIPProcessor"]

@@ -1,1 +1,0 @@
-../maskedclip/processing_maskedclip.py
