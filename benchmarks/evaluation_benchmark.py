@@ -77,7 +77,7 @@ def data_manifest(directory: Path) -> tuple[dict, str]:
                     label = "DME" if row["DME"] == "1" else "no DME"
                     writer.writerow([str(TVHL / row["path"]), label, row["patient_id"]])
         return {"path": str(manifest), "allowed_roots": [str(TVHL)]}, "TVHL fundus (DME yes/no)"
-    from retvlp.data.synthetic import generate_synthetic_dataset
+    from retvlp.synthetic import generate_synthetic_dataset
 
     dataset = generate_synthetic_dataset(directory / "synthetic", num_patients=300, image_size=64)
     return {"path": str(dataset.test)}, "synthetic demo (test split)"

@@ -78,7 +78,7 @@ def tiny_batch():
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
     """A small procedural fundus data set (24 patients, 32 px) with all four manifests."""
-    from retvlp.data.synthetic import generate_synthetic_dataset
+    from retvlp.synthetic import generate_synthetic_dataset
 
     return generate_synthetic_dataset(
         tmp_path_factory.mktemp("synthetic") / "data", num_patients=24, image_size=32, seed=1
@@ -122,13 +122,12 @@ def tiny_pretrain_dict(tmp_path, synthetic, name="run", **sections) -> dict:
                 {"path": str(synthetic.unpaired)},
             ],
             "image_size": 32,
-            "paired_batch_size": 4,
-            "unpaired_batch_size": 3,
             "cache_dir": str(tmp_path / "cache"),
             "num_workers": 0,
             "preprocessing_workers": 1,
             "horizontal_flip": True,
         },
+        "maskedclip": {"paired_batch_size": 4, "unpaired_batch_size": 3},
         "optim": {"lr": 1e-3, "max_steps": 6, "warmup_steps": 2, "gradient_accumulation_steps": 2},
         "run": {
             "output_dir": str(tmp_path / name),
@@ -140,7 +139,7 @@ def tiny_pretrain_dict(tmp_path, synthetic, name="run", **sections) -> dict:
         },
     }
     for section, values in sections.items():
-        raw[section].update(values)
+        raw.setdefault(section, {}).update(values)
     return raw
 
 

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from retvlp.data.synthetic import SYNTHETIC_CLASSES
 from retvlp.prompts import (
     ExpertKnowledge,
     ExpertKnowledgeError,
@@ -15,6 +14,7 @@ from retvlp.prompts import (
     join_labels,
     prompt_for_labels,
 )
+from retvlp.synthetic import SYNTHETIC_CLASSES
 
 REQUIRED = [
     "normal",

@@ -1,23 +1,32 @@
-"""Synthetic fundus generator: determinism, geometry, per-class findings, captions, dataset writer, separability."""
+"""Synthetic fundus generator: determinism, geometry, per-class findings and their registry, captions, dataset
+writer, the demo spec, separability."""
 
 import csv
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from retvlp.data.synthetic import (
+from retvlp.synthetic import (
+    FINDINGS,
     SYNTHETIC_CLASSES,
+    FindingContext,
     FundusFindings,
     PatientAnatomy,
     SyntheticDataset,
     generate_synthetic_dataset,
+    register_finding,
     render_fundus,
+    resolve_synthetic_spec,
     write_caption,
 )
+from retvlp.synthetic.anatomy import Disc
+from retvlp.synthetic.raster import stamp
 
 DISEASES = [c for c in SYNTHETIC_CLASSES if c != "normal"]
 
@@ -204,6 +213,91 @@ def test_render_rejects_bad_arguments():
         render("normal", 0, eye="both")
     with pytest.raises(ValueError, match="severity"):
         render("glaucoma", 0, severity=1.5)
+
+
+# ----------------------------------------------------------------------------- findings registry
+@contextmanager
+def registered(label, function):
+    """``function`` registered as the finding of class ``label`` for the duration of the block."""
+    register_finding(label)(function)
+    try:
+        yield
+    finally:
+        del FINDINGS[label]
+
+
+def demo_spec() -> dict:
+    from retvlp.cli import _demo_synthetic_spec
+
+    return _demo_synthetic_spec()
+
+
+def test_the_registry_covers_every_demo_class():
+    classes = demo_spec().get("classes", SYNTHETIC_CLASSES)
+    assert set(SYNTHETIC_CLASSES) <= set(FINDINGS) and set(classes) <= set(FINDINGS)
+    for label in classes:
+        assert callable(FINDINGS[label]), label
+    with pytest.raises(ValueError, match="already registered"):
+        register_finding("glaucoma")(lambda ctx: None)
+
+
+def laser_scars(ctx: FindingContext) -> None:
+    """Rows of small pale round scars in the mid-periphery (a test class)."""
+    count = int(ctx.rng.integers(20, 30))
+    angle = ctx.rng.uniform(0, 2 * np.pi, count)
+    x, y = ctx.canvas.to_px(0.7 * np.cos(angle), 0.7 * np.sin(angle))
+    scars = ctx.layer()
+    radius = ctx.canvas.px(0.03, 1.0)
+    stamp(scars, x, y, np.full(count, radius), np.full(count, radius), np.zeros(count), np.ones(count))
+    ctx.overlay(scars, (0.95, 0.9, 0.75))
+    ctx.record(hard_exudates=0)
+
+
+def test_a_finding_added_through_the_registry_renders_captions_and_writes(tmp_path):
+    anatomy = PatientAnatomy.sample(np.random.default_rng(0))
+    normal, _ = render("normal", 3, anatomy=anatomy, eye="right")
+    with pytest.raises(ValueError, match="laser scars"):
+        render("laser scars", 3)
+    with registered("laser scars", laser_scars):
+        image, findings = render("laser scars", 3, anatomy=anatomy, eye="right", severity=0.5)
+        assert findings.label == "laser scars" and findings.severity == 0.5
+        assert (np.abs(image.astype(int) - normal.astype(int)).max(axis=2) > 40).sum() >= 20
+        text = write_caption(findings, np.random.default_rng(0))
+        assert text[0].isupper() and text.endswith(".")
+        ds = generate_synthetic_dataset(
+            tmp_path / "scars", num_patients=6, image_size=24, classes=("normal", "laser scars")
+        )
+        assert {row["label"] for row in read_jsonl(ds.findings)} == {"normal", "laser scars"}
+    assert "laser scars" not in FINDINGS
+
+
+def test_finding_context_rejects_unknown_records_and_stages():
+    ctx = FindingContext("glaucoma", 0.5, None, None, None, None, None, None)
+    with pytest.raises(TypeError, match="scars"):
+        ctx.record(scars=3)
+    with pytest.raises(ValueError, match="stage"):
+        ctx.paint("lens", lambda image: image)
+
+
+@pytest.mark.parametrize("label", SYNTHETIC_CLASSES)
+def test_each_finding_changes_only_pixels_inside_the_field_of_view(label):
+    """The class rendered against its undrawn twin: same random draws (so the same noise), nothing painted."""
+    seen = {}
+
+    def undrawn(ctx: FindingContext) -> None:
+        FINDINGS[label](ctx)
+        ctx.stages = {stage: [] for stage in ctx.stages}
+        ctx.absorption.clear()
+        ctx.disc = Disc.of(ctx.anatomy)
+        seen["fov"] = ctx.canvas.field_of_view()
+
+    for seed in range(3):
+        with registered("undrawn", undrawn):
+            blank, _ = render("undrawn", seed, size=64, severity=0.8)
+        image, _ = render(label, seed, size=64, severity=None if label == "normal" else 0.8)
+        changed = (image != blank).any(axis=2)
+        assert not changed[seen["fov"] == 0].any(), (label, seed)
+        assert changed.any() == (label != "normal"), (label, seed)
 
 
 # ----------------------------------------------------------------------------- captions
@@ -438,6 +532,37 @@ def test_dataset_class_subset_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         generate_synthetic_dataset(tmp_path / "bad", images_per_patient=(2, 1))
     assert not (tmp_path / "bad").exists()
+
+
+# ----------------------------------------------------------------------------- the demo's data spec
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "maskedclip_tiny_cpu.yaml"
+
+
+def test_the_cli_reads_the_demo_spec_from_the_run_config_and_the_packaged_copy_matches():
+    import retvlp.cli as cli
+    from retvlp.training.config import PretrainConfig
+
+    assert cli.DEMO_CONFIG == DEMO_CONFIG and DEMO_CONFIG.is_file()
+    from_yaml = PretrainConfig.from_yaml(DEMO_CONFIG).data.synthetic
+    assert demo_spec() == from_yaml and from_yaml["num_patients"] > 0
+    packaged = json.loads(cli.DEMO_SPEC_COPY.read_text(encoding="utf-8"))["synthetic"]
+    assert packaged == from_yaml, "src/retvlp/synthetic/demo_spec.json drifted from the demo run config"
+
+
+def test_the_demo_spec_resolves_to_the_dataset_and_its_manifest_specs(tmp_path, monkeypatch):
+    import retvlp.cli as cli
+
+    monkeypatch.setattr(cli, "_demo_synthetic_spec", lambda: dict(SMALL))
+    probe, test, name = cli._demo_data(str(tmp_path))
+    ds = generate_synthetic_dataset(tmp_path / "synthetic", **SMALL)  # reused, not rewritten
+    assert probe == [{"path": str(ds.paired)}, {"path": str(ds.categorical)}] and name == "synthetic-demo"
+    assert test == [{"path": str(ds.test)}]
+    assert ds.training_specs() == [
+        {"path": str(getattr(ds, n))} for n in ("paired", "categorical", "unpaired")
+    ]
+    assert ds.evaluation_specs() == {"probe_train": probe, "test": test, "classes": list(SYNTHETIC_CLASSES)}
+    elsewhere = resolve_synthetic_spec({**SMALL, "output_dir": str(tmp_path / "mine")}, tmp_path / "unused")
+    assert elsewhere.root == tmp_path / "mine" and not (tmp_path / "unused").exists()
 
 
 # ----------------------------------------------------------------------------- separability
