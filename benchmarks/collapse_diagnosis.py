@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from retvlp.training import pretrain
+    from retvlp.run import pretrain_and_evaluate
 
     out = Path(args.out).resolve()
     manifests = write_manifests(out / "manifests", args.data_root)["files"]
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
 
     def run(name, what, config, term, into):
         start = time.perf_counter()
-        result = pretrain(config, show_progress=False)
+        result = pretrain_and_evaluate(config, show_progress=False)
         logs = [json.loads(line) for line in (result.output_dir / "logs.jsonl").read_text().splitlines()]
         summary = summarize(logs, result.evaluation, term)
         summary["seconds"] = round(time.perf_counter() - start, 1)

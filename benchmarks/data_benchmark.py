@@ -27,13 +27,13 @@ from PIL import Image  # noqa: E402
 from retvlp import FundusImageProcessor  # noqa: E402
 from retvlp.data.cache import ImageGeometry, build_image_cache, read_pixels  # noqa: E402
 from retvlp.data.manifest import read_manifest  # noqa: E402
-from retvlp.training.data import augment_and_normalize  # noqa: E402
+from retvlp.data.transforms import augment_and_normalize  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "tvhl" / "fundus"
 
 
 def synthetic_jpegs(directory: Path, count: int) -> list[Path]:
-    from retvlp.data.synthetic import SYNTHETIC_CLASSES, render_fundus
+    from retvlp.synthetic import SYNTHETIC_CLASSES, render_fundus
 
     paths = []
     for i in range(count):

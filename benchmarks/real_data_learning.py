@@ -62,10 +62,10 @@ def _config(path: Path, updates: dict):
 
 
 def _run(config, label: str) -> dict:
-    from retvlp.training import pretrain
+    from retvlp.run import pretrain_and_evaluate
 
     start = time.perf_counter()
-    result = pretrain(config, show_progress=False)
+    result = pretrain_and_evaluate(config, show_progress=False)
     seconds = time.perf_counter() - start
     print(f"  {label}: {result.steps} steps in {seconds:.0f} s → {result.final_dir}", flush=True)
     return {

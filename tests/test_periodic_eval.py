@@ -12,7 +12,8 @@ from conftest import tiny_pretrain_dict
 from safetensors.torch import load_file
 from test_pretrain_keepfit import ibq_dict, keepfit_dict
 
-from retvlp.training import ConfigError, PretrainConfig, pretrain
+from retvlp.run import pretrain_and_evaluate
+from retvlp.training import ConfigError, PretrainConfig
 
 ZERO_SHOT = ("eval/zero_shot_accuracy", "eval/zero_shot_balanced_accuracy", "eval/zero_shot_roc_auc")
 PROBE = ("eval/linear_probe_accuracy", "eval/linear_probe_balanced_accuracy", "eval/linear_probe_roc_auc")
@@ -52,7 +53,7 @@ def assert_same_training(a, b, drop=("samples_per_s",)) -> None:
 
 
 def test_figures_are_logged_every_eval_every_steps_and_at_the_last(tmp_path, synthetic):
-    result = pretrain(tiny_run(tmp_path, synthetic, run={"eval_every": 4}), show_progress=False)
+    result = pretrain_and_evaluate(tiny_run(tmp_path, synthetic, run={"eval_every": 4}), show_progress=False)
     training, evaluations = logs(result)
     assert [e["step"] for e in training] == [1, 2, 3, 4, 5, 6]
     assert not any(k.startswith("eval/") for e in training for k in e)
@@ -66,9 +67,9 @@ def test_figures_are_logged_every_eval_every_steps_and_at_the_last(tmp_path, syn
 
 
 def test_held_out_patients_leave_every_training_stream(tmp_path, synthetic, monkeypatch):
+    from retvlp.evaluation.periodic import group_of
     from retvlp.training.data import read_training_manifests
     from retvlp.training.maskedclip_task import MaskedCLIPTask
-    from retvlp.training.periodic_eval import group_of
 
     seen = {}
     original = MaskedCLIPTask.make_batches
@@ -79,7 +80,7 @@ def test_held_out_patients_leave_every_training_stream(tmp_path, synthetic, monk
 
     monkeypatch.setattr(MaskedCLIPTask, "make_batches", spy)
     config = tiny_run(tmp_path, synthetic, optim={"max_steps": 1}, run={"eval_every": 1})
-    result = pretrain(config, show_progress=False)
+    result = pretrain_and_evaluate(config, show_progress=False)
     records = [r for m in read_training_manifests(config.data.train) for r in m.records]
     trained = [records[row] for stream in seen.values() for row in stream.rows]
     trained_patients = {group_of(r) for r in trained}
@@ -102,9 +103,9 @@ def test_held_out_patients_leave_every_training_stream(tmp_path, synthetic, monk
 def test_rows_without_patient_ids_are_held_out_by_image(tmp_path, synthetic):
     """Without a patient column every image is its own patient, and an image listed in two manifests (here
     categorical and unpaired) leaves training from both."""
+    from retvlp.evaluation.periodic import hold_out_eval_rows
     from retvlp.training.data import discover_classes, prepare_streams, read_training_manifests
     from retvlp.training.maskedclip_task import MaskedCLIPTask
-    from retvlp.training.periodic_eval import hold_out_eval_rows
 
     rows = [line.split(",") for line in synthetic.categorical.read_text().splitlines()[1:]]
     images = [str(synthetic.categorical.parent / image) for image, _, _ in rows]
@@ -140,7 +141,7 @@ def test_rows_without_patient_ids_are_held_out_by_image(tmp_path, synthetic):
 
 def test_features_are_extracted_afresh_at_every_evaluation(tmp_path, synthetic, monkeypatch):
     from retvlp.evaluation import features
-    from retvlp.training import periodic_eval
+    from retvlp.evaluation import periodic as periodic_eval
 
     calls = []
 
@@ -151,7 +152,7 @@ def test_features_are_extracted_afresh_at_every_evaluation(tmp_path, synthetic, 
 
     monkeypatch.setattr(periodic_eval, "extract_image_features", spy)
     cached_before = len(features._MEMORY_CACHE)
-    result = pretrain(tiny_run(tmp_path, synthetic, run={"eval_every": 2}), show_progress=False)
+    result = pretrain_and_evaluate(tiny_run(tmp_path, synthetic, run={"eval_every": 2}), show_progress=False)
     assert [e["step"] for e in logs(result)[1]] == [2, 4, 6]
     assert len(calls) == 6 and all(cache is False for cache, _ in calls)  # probe-fit + test, 3 times
     test_features = [probe for _, probe in calls[1::2]]
@@ -168,8 +169,8 @@ def test_periodic_evaluation_leaves_the_training_bit_identical(tmp_path, synthet
     else:
         specs = {"probe_train": [{"path": str(synthetic.paired)}], "test": [{"path": str(synthetic.test)}]}
         run_a, run_b = {"eval_every": 2, "evaluation": specs}, {"evaluation": specs}
-    a = pretrain(tiny_run(tmp_path, synthetic, "a", run=run_a), show_progress=False)
-    b = pretrain(tiny_run(tmp_path, synthetic, "b", run=run_b), show_progress=False)
+    a = pretrain_and_evaluate(tiny_run(tmp_path, synthetic, "a", run=run_a), show_progress=False)
+    b = pretrain_and_evaluate(tiny_run(tmp_path, synthetic, "b", run=run_b), show_progress=False)
     assert [e["step"] for e in logs(a)[1]] == [2, 4, 6]
     assert [e["step"] for e in logs(b)[1]] == ([6] if held_out else [])
     assert_same_training(a, b)
@@ -178,7 +179,7 @@ def test_periodic_evaluation_leaves_the_training_bit_identical(tmp_path, synthet
 def test_keepfit_batchnorm_and_expert_prompts(tmp_path, synthetic, monkeypatch):
     """KeepFIT's ResNet has BatchNorm (running statistics must not move in eval mode) and its zero-shot uses
     the expert-knowledge prompt ensembles."""
-    from retvlp.training import periodic_eval
+    from retvlp.evaluation import periodic as periodic_eval
     from retvlp.training.keepfit_task import KeepFitTask
 
     prompts = []
@@ -189,8 +190,12 @@ def test_keepfit_batchnorm_and_expert_prompts(tmp_path, synthetic, monkeypatch):
 
     original = periodic_eval.class_prototypes
     monkeypatch.setattr(periodic_eval, "class_prototypes", spy)
-    a = pretrain(PretrainConfig.from_dict(keepfit_dict(tmp_path, synthetic, "a", run={"eval_every": 2})))
-    b = pretrain(PretrainConfig.from_dict(keepfit_dict(tmp_path, synthetic, "b", run={"eval_every": 6})))
+    a = pretrain_and_evaluate(
+        PretrainConfig.from_dict(keepfit_dict(tmp_path, synthetic, "a", run={"eval_every": 2}))
+    )
+    b = pretrain_and_evaluate(
+        PretrainConfig.from_dict(keepfit_dict(tmp_path, synthetic, "b", run={"eval_every": 6}))
+    )
     assert_same_training(a, b)
     evaluations = logs(a)[1]
     assert [e["step"] for e in evaluations] == [2, 4, 6]
@@ -203,10 +208,12 @@ def test_keepfit_batchnorm_and_expert_prompts(tmp_path, synthetic, monkeypatch):
 
 
 def test_resume_continues_the_straight_run_with_periodic_evaluation(tmp_path, synthetic):
-    straight = pretrain(tiny_run(tmp_path, synthetic, "straight", run={"eval_every": 2}), show_progress=False)
+    straight = pretrain_and_evaluate(
+        tiny_run(tmp_path, synthetic, "straight", run={"eval_every": 2}), show_progress=False
+    )
     config = tiny_run(tmp_path, synthetic, "resumed", run={"eval_every": 2})
-    pretrain(config, show_progress=False, stop_after=3)
-    resumed = pretrain(config, resume="latest", show_progress=False)
+    pretrain_and_evaluate(config, show_progress=False, stop_after=3)
+    resumed = pretrain_and_evaluate(config, resume="latest", show_progress=False)
     # The collapse guard's streak of log steps restarts with the process (not this feature's concern).
     assert_same_training(straight, resumed, drop=("samples_per_s", "collapse/"))
 
@@ -220,7 +227,7 @@ def test_resume_continues_the_straight_run_with_periodic_evaluation(tmp_path, sy
 
 def test_a_test_only_evaluation_is_split_by_patient(tmp_path, synthetic):
     specs = {"test": [{"path": str(synthetic.test)}]}
-    result = pretrain(
+    result = pretrain_and_evaluate(
         tiny_run(tmp_path, synthetic, run={"eval_every": 3, "evaluation": specs, "eval_max_images": 5}),
         show_progress=False,
     )
@@ -250,9 +257,9 @@ def test_without_labelled_rows_it_warns_once_and_trains(tmp_path, synthetic, cap
         optim={"max_steps": 2},
         run={"eval_every": 1},
     )
-    with caplog.at_level(logging.WARNING, logger="retvlp.training.periodic_eval"):
-        result = pretrain(config, show_progress=False)
-    warnings = [r for r in caplog.records if r.name == "retvlp.training.periodic_eval"]
+    with caplog.at_level(logging.WARNING, logger="retvlp.evaluation.periodic"):
+        result = pretrain_and_evaluate(config, show_progress=False)
+    warnings = [r for r in caplog.records if r.name == "retvlp.evaluation.periodic"]
     assert len(warnings) == 1 and "no single-label rows" in warnings[0].getMessage()
     assert result.steps == 2 and logs(result)[1] == []
     assert not (result.output_dir / "eval_split.json").exists()
@@ -260,8 +267,8 @@ def test_without_labelled_rows_it_warns_once_and_trains(tmp_path, synthetic, cap
 
 def test_the_ibq_tokenizer_is_skipped_with_a_warning(tmp_path, synthetic, caplog):
     config = PretrainConfig.from_dict(ibq_dict(tmp_path, synthetic, run={"eval_every": 1}))
-    with caplog.at_level(logging.WARNING, logger="retvlp.training.periodic_eval"):
-        result = pretrain(config, show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="retvlp.evaluation.periodic"):
+        result = pretrain_and_evaluate(config, show_progress=False)
     assert any("no image encoder" in r.getMessage() for r in caplog.records)
     assert result.steps == 2 and logs(result)[1] == []
 
@@ -277,3 +284,25 @@ def test_the_ibq_tokenizer_is_skipped_with_a_warning(tmp_path, synthetic, caplog
 def test_bad_periodic_evaluation_settings_are_config_errors(tmp_path, synthetic, run, message):
     with pytest.raises(ConfigError, match=message):
         tiny_run(tmp_path, synthetic, run=run)
+
+
+def test_plain_pretrain_trains_only_and_says_so(tmp_path, synthetic, caplog):
+    """`retvlp.training.pretrain` gets no evaluation hooks (training never imports evaluation): it trains on
+    all the data, evaluates nothing, and warns that `retvlp.run.pretrain_and_evaluate` runs the evaluations."""
+    from retvlp.training import pretrain
+
+    specs = {"probe_train": [{"path": str(synthetic.paired)}], "test": [{"path": str(synthetic.test)}]}
+    config = tiny_run(
+        tmp_path,
+        synthetic,
+        optim={"max_steps": 2},
+        run={"eval_every": 1, "evaluate": True, "evaluation": specs},
+    )
+    with caplog.at_level(logging.WARNING, logger="retvlp.training.trainer"):
+        result = pretrain(config, show_progress=False)
+    assert result.steps == 2 and result.evaluation is None and logs(result)[1] == []
+    assert not (result.final_dir / "eval_results.json").exists()
+    assert any(
+        "run.eval_every and run.evaluate" in r.getMessage() and "pretrain_and_evaluate" in r.getMessage()
+        for r in caplog.records
+    )

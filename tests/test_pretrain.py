@@ -248,7 +248,10 @@ def test_evaluation_after_training_compares_with_random_init(tmp_path, synthetic
             "test": [{"path": str(synthetic.test)}],
         },
     }
-    result = pretrain(tiny_run(tmp_path, synthetic, optim={"max_steps": 2}, run=run), show_progress=False)
+    from retvlp.run import pretrain_and_evaluate
+
+    config = tiny_run(tmp_path, synthetic, optim={"max_steps": 2}, run=run)
+    result = pretrain_and_evaluate(config, show_progress=False)
     saved = json.loads((result.final_dir / "eval_results.json").read_text())
     assert saved == result.evaluation
     test_rows = len(synthetic.test.read_text().splitlines())

@@ -47,16 +47,19 @@ def keepfit_dict(tmp_path, synthetic, name="keepfit", model_config=None, **secti
             **(model_config or {}),
         },
     }
-    raw["data"].update(categorical_batch_size=3, paired_batch_size=3, pad_to_square=True)
+    del raw["maskedclip"]  # a KeepFIT run file may not have MaskedCLIP's section
+    raw["keepfit"] = {"categorical_batch_size": 3, "paired_batch_size": 3}
+    raw["data"].update(pad_to_square=True)
     for section, values in sections.items():
-        raw[section].update(values)
+        raw.setdefault(section, {}).update(values)
     return raw
 
 
 def ibq_dict(tmp_path, synthetic, name="ibq", **sections):
     raw = tiny_pretrain_dict(tmp_path, synthetic, name)
     raw["model"] = {"family": "ibq-tokenizer", "config": dict(TINY_IBQ)}
-    raw["data"].update(image_batch_size=4)
+    del raw["maskedclip"]
+    raw["ibq-tokenizer"] = {"image_batch_size": 4}
     raw["optim"].update(max_steps=2, gradient_accumulation_steps=1)
     raw["run"].update(save_every=2)
     for section, values in sections.items():
@@ -146,7 +149,8 @@ def test_keepfit_text_encoder_starts_from_the_text_mlm_output(tmp_path, syntheti
     mlm_raw = {
         "model": {"family": "text-mlm", "tokenizer": "build", "tokenizer_vocab_size": 150, "max_text_length": 32,
                   "config": dict(TINY_BERT)},
-        "data": {"train": [{"path": str(synthetic.paired), "text_column": "text"}], "text_batch_size": 4},
+        "data": {"train": [{"path": str(synthetic.paired), "text_column": "text"}]},
+        "text-mlm": {"text_batch_size": 4},
         "optim": {"lr": 1e-3, "max_steps": 3, "warmup_steps": 0},
         "run": {"output_dir": str(tmp_path / "mlm"), "save_every": 3, "tensorboard": False, "num_threads": 1},
     }  # fmt: skip
@@ -189,8 +193,8 @@ def test_keepfit_needs_both_batch_sizes(tmp_path, synthetic):
     from retvlp.training import ConfigError
 
     raw = keepfit_dict(tmp_path, synthetic)
-    raw["data"]["paired_batch_size"] = 0
-    with pytest.raises(ConfigError, match="categorical_batch_size and data.paired_batch_size"):
+    raw["keepfit"]["paired_batch_size"] = 0
+    with pytest.raises(ConfigError, match=r"categorical_batch_size and keepfit\.paired_batch_size"):
         PretrainConfig.from_dict(raw)
 
 

@@ -56,13 +56,17 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, synthet
     run = dict(optim={"max_steps": 3, "gradient_accumulation_steps": 1, "warmup_steps": 0})
     single = PretrainConfig.from_dict(
         tiny_pretrain_dict(
-            tmp_path, synthetic, "single", data={"paired_batch_size": 6, "unpaired_batch_size": 4}, **run
+            tmp_path,
+            synthetic,
+            "single",
+            maskedclip={"paired_batch_size": 6, "unpaired_batch_size": 4},
+            **run,
         )
     )
     single_result = pretrain(single, show_progress=False)
 
     raw = tiny_pretrain_dict(
-        tmp_path, synthetic, "double", data={"paired_batch_size": 3, "unpaired_batch_size": 2}, **run
+        tmp_path, synthetic, "double", maskedclip={"paired_batch_size": 3, "unpaired_batch_size": 2}, **run
     )
     config_path = tmp_path / "double.yaml"
     config_path.write_text(yaml.safe_dump(raw))

@@ -1,4 +1,5 @@
-"""KeepFIT V2's preliminary textual pretraining (`retvlp.training.text_mlm`): BERT masked-LM on a text corpus.
+"""KeepFIT V2's preliminary textual pretraining (`retvlp.training.text_mlm.TextMLMTask` through the shared
+loop, `retvlp.training.pretrain`): BERT masked-LM on a text corpus (`retvlp.data.text_corpus`).
 
 Masking statistics, learning, exact resume, the `BertModel.from_pretrained` hand-over to KeepFIT, bad corpus
 lines under both `on_bad_sample` policies, empty corpora, and 2 processes == 1 process.
@@ -16,15 +17,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from retvlp.data.text_corpus import read_text_corpus
 from retvlp.data.validation import DataValidationError
 from retvlp.tokenization import TINY_CORPUS, build_wordpiece_tokenizer
-from retvlp.training import PretrainConfig
-from retvlp.training.text_mlm import (
-    MLMStepBatches,
-    lowercases_cased_vocabulary,
-    pretrain_text_mlm,
-    read_text_corpus,
-)
+from retvlp.training import PretrainConfig, pretrain
+from retvlp.training.text_mlm import MLMStepBatches, lowercases_cased_vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BERT = dict(
@@ -51,7 +48,8 @@ def mlm_dict(tmp_path, files, name="run", **sections) -> dict:
             "max_text_length": 32,
             "config": dict(TINY_BERT),
         },
-        "data": {"train": [{"path": str(f)} for f in files], "text_batch_size": 8, "num_workers": 0},
+        "data": {"train": [{"path": str(f)} for f in files], "num_workers": 0},
+        "text-mlm": {"text_batch_size": 8},
         "optim": {
             "lr": 1e-3,
             "betas": [0.9, 0.999],
@@ -91,7 +89,7 @@ def corpus_file(tmp_path_factory) -> Path:
 def straight_run(tmp_path_factory, corpus_file):
     """The reference 6-step run (dropout on: its re-seeding per micro-step is part of what resume checks)."""
     config = mlm_config(tmp_path_factory.mktemp("straight"), [corpus_file], "straight")
-    return pretrain_text_mlm(config, show_progress=False)
+    return pretrain(config, show_progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -161,11 +159,11 @@ def test_loss_decreases_on_a_repetitive_corpus(tmp_path):
     config = mlm_config(
         tmp_path,
         [corpus],
-        data={"text_batch_size": 16},
+        **{"text-mlm": {"text_batch_size": 16}},
         optim={"lr": 1e-2, "max_steps": 30, "warmup_steps": 3, "gradient_accumulation_steps": 1},
         run={"save_every": 100},
     )
-    result = pretrain_text_mlm(config, show_progress=False)
+    result = pretrain(config, show_progress=False)
     losses = [entry["loss"] for entry in _logs(result.output_dir)]
     assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
@@ -182,9 +180,9 @@ def test_loss_decreases_on_a_repetitive_corpus(tmp_path):
 def test_straight_run_equals_interrupted_and_resumed_run_bit_for_bit(tmp_path, corpus_file, straight_run):
     assert straight_run.steps == 6
     config = mlm_config(tmp_path, [corpus_file], "resumed")
-    partial = pretrain_text_mlm(config, show_progress=False, stop_after=3)
+    partial = pretrain(config, show_progress=False, stop_after=3)
     assert partial.steps == 3 and not partial.final_dir.exists()
-    resumed = pretrain_text_mlm(config, resume="latest", show_progress=False)
+    resumed = pretrain(config, resume="latest", show_progress=False)
     assert resumed.steps == 6
 
     a = load_file(str(straight_run.output_dir / "checkpoint-6" / "model.safetensors"))
@@ -280,7 +278,7 @@ def test_bad_lines_stop_the_run_naming_file_and_line(tmp_path):
     assert corpus.report.num_records == len(good) + len(expected)
 
     with pytest.raises(DataValidationError) as error:
-        pretrain_text_mlm(mlm_config(tmp_path, files, "error"), show_progress=False)
+        pretrain(mlm_config(tmp_path, files, "error"), show_progress=False)
     message = str(error.value)
     for source, row, kind in expected:
         assert f"{source}:{row}: {kind}" in message
@@ -291,7 +289,7 @@ def test_bad_lines_stop_the_run_naming_file_and_line(tmp_path):
     for policy in ("error", "skip"):
         config = mlm_config(tmp_path, [files[0], missing], "missing", data={"on_bad_sample": policy})
         with pytest.raises(FileNotFoundError, match="absent.jsonl"):
-            pretrain_text_mlm(config, show_progress=False)
+            pretrain(config, show_progress=False)
 
 
 def test_bad_lines_are_skipped_and_listed(tmp_path, corpus_file):
@@ -299,7 +297,7 @@ def test_bad_lines_are_skipped_and_listed(tmp_path, corpus_file):
     config = mlm_config(
         tmp_path, [*files, corpus_file], "skip", data={"on_bad_sample": "skip"}, optim={"max_steps": 1}
     )
-    result = pretrain_text_mlm(config, show_progress=False)
+    result = pretrain(config, show_progress=False)
     assert result.steps == 1
     skipped = [json.loads(x) for x in (result.output_dir / "skipped_samples.jsonl").read_text().splitlines()]
     assert {(s["source"], s["row"]) for s in skipped} == {(source, row) for source, row, _ in expected}
@@ -316,12 +314,12 @@ def test_empty_corpus_is_an_error_naming_the_files(tmp_path):
     blank = tmp_path / "blank.txt"
     blank.write_text("\n   \n\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"empty.*blank\.txt"):
-        pretrain_text_mlm(mlm_config(tmp_path, [blank]), show_progress=False)
+        pretrain(mlm_config(tmp_path, [blank]), show_progress=False)
 
     all_bad = write_lines(tmp_path / "all_bad.jsonl", ['{"text": ""}', "not json"])
     config = mlm_config(tmp_path, [all_bad], "skip", data={"on_bad_sample": "skip"})
     with pytest.raises(ValueError, match=r"empty.*all_bad\.jsonl.*2 bad line"):
-        pretrain_text_mlm(config, show_progress=False)
+        pretrain(config, show_progress=False)
 
 
 def test_corpus_formats_line_numbers_and_casing_guard(tmp_path):
@@ -366,9 +364,8 @@ def test_corpus_formats_line_numbers_and_casing_guard(tmp_path):
 
 LAUNCH_SCRIPT = """
 import sys
-from retvlp.training import PretrainConfig
-from retvlp.training.text_mlm import pretrain_text_mlm
-pretrain_text_mlm(PretrainConfig.from_yaml(sys.argv[1]), show_progress=False)
+from retvlp.training import PretrainConfig, pretrain
+pretrain(PretrainConfig.from_yaml(sys.argv[1]), show_progress=False)
 """
 
 
@@ -381,11 +378,11 @@ def _free_port() -> int:
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path, corpus_file):
     no_dropout = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     common = dict(optim={"max_steps": 3, "gradient_accumulation_steps": 1}, run={"save_every": 3})
-    single_raw = mlm_dict(tmp_path, [corpus_file], "single", data={"text_batch_size": 8}, **common)
+    single_raw = mlm_dict(tmp_path, [corpus_file], "single", **{"text-mlm": {"text_batch_size": 8}}, **common)
     single_raw["model"]["config"] = no_dropout
-    single = pretrain_text_mlm(PretrainConfig.from_dict(single_raw), show_progress=False)
+    single = pretrain(PretrainConfig.from_dict(single_raw), show_progress=False)
 
-    double_raw = mlm_dict(tmp_path, [corpus_file], "double", data={"text_batch_size": 4}, **common)
+    double_raw = mlm_dict(tmp_path, [corpus_file], "double", **{"text-mlm": {"text_batch_size": 4}}, **common)
     double_raw["model"]["config"] = no_dropout
     config_path = tmp_path / "double.yaml"
     config_path.write_text(yaml.safe_dump(double_raw))

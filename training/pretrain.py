@@ -32,8 +32,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--model",
         default=None,
-        choices=["maskedclip", "keepfit", "ibq-tokenizer", "text-mlm"],
-        help="model family (overrides model.family)",
+        # Checked against the family registry (retvlp.families) when the config is validated, with the
+        # registered names in the error.
+        help="model family (overrides model.family): maskedclip, keepfit, ibq-tokenizer, text-mlm or any "
+        "family registered in retvlp.families",
     )
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
     parser.add_argument(
@@ -72,14 +74,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from retvlp.data.validation import DataValidationError
     from retvlp.evaluation.quick import format_results_table
+    from retvlp.families import get_family
+    from retvlp.run import pretrain_and_evaluate
     from retvlp.runtime import load_reports_hidden
-    from retvlp.training import (
-        ConfigError,
-        ContrastiveCollapseError,
-        NonFiniteLossError,
-        PretrainConfig,
-        pretrain,
-    )
+    from retvlp.training import ConfigError, ContrastiveCollapseError, NonFiniteLossError, PretrainConfig
     from retvlp.training.checkpointing import DiskSpaceError
 
     try:
@@ -95,7 +93,9 @@ def main(argv=None) -> int:
         # a bar redrawn with carriage returns is noise in a log file: plain lines when not on a terminal
         show_progress = not args.no_progress and sys.stderr.isatty()
         with load_reports_hidden():  # RETVLP_VERBOSE=1 shows transformers' per-load key tables
-            result = pretrain(config, resume=args.resume, show_progress=show_progress, extend=args.extend)
+            result = pretrain_and_evaluate(
+                config, resume=args.resume, show_progress=show_progress, extend=args.extend
+            )
     except (
         ConfigError,
         ContrastiveCollapseError,
@@ -114,10 +114,7 @@ def main(argv=None) -> int:
     if result.evaluation is not None:
         print("\n" + format_results_table(result.evaluation))
     if result.steps and result.final_dir.exists():
-        loader = {
-            "text-mlm": "BertModel / BertForMaskedLM.from_pretrained loads it; use it as KeepFIT's model.text_pretrained",
-            "ibq-tokenizer": "AutoModel.from_pretrained loads it; use it as KeepFIT's ibq_tokenizer_path",
-        }.get(config.model.family, "AutoModel / AutoProcessor.from_pretrained load it")
+        loader = get_family(config.model.family).loader_hint
         print(f"\nfinal model: {result.final_dir}  ({loader})")
     return 0
 

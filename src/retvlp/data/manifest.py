@@ -411,7 +411,7 @@ def _collect(result: ManifestRecord | DataProblem, records: list, problems: list
 # Bytes to lines
 
 
-def _split_lines(data: bytes) -> tuple[list[bytes], list[int]]:
+def split_lines(data: bytes) -> tuple[list[bytes], list[int]]:
     """Physical lines (with their endings) and the byte offset of each; a UTF-8 byte-order mark is skipped."""
     start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     lines = data[start:].splitlines(keepends=True)
@@ -422,7 +422,7 @@ def _split_lines(data: bytes) -> tuple[list[bytes], list[int]]:
     return lines, offsets
 
 
-def _utf8_problem_message(line: bytes, offset: int, exc: UnicodeDecodeError, line_number: int) -> str:
+def utf8_problem_message(line: bytes, offset: int, exc: UnicodeDecodeError, line_number: int) -> str:
     bad = line[exc.start : max(exc.end, exc.start + 1)]
     return (
         f"line {line_number} is not valid UTF-8 ({exc.reason}: byte{'s' if len(bad) > 1 else ''} "
@@ -432,7 +432,7 @@ def _utf8_problem_message(line: bytes, offset: int, exc: UnicodeDecodeError, lin
     )
 
 
-def _readable(text: str) -> str:
+def readable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
@@ -452,7 +452,7 @@ def _read_delimited(
 ) -> tuple[list[ManifestRecord], list[DataProblem], list[str]]:
     with open(path, "rb") as handle:
         data = handle.read()
-    lines, offsets = _split_lines(data)
+    lines, offsets = split_lines(data)
     bad_lines: dict[int, tuple[bytes, int, UnicodeDecodeError]] = {}
     texts = []
     for index, line in enumerate(lines):
@@ -503,7 +503,7 @@ def _read_delimited(
         if header is None:
             if not any(f.strip() for f in fields):
                 continue  # blank lines before the header
-            header = [_readable(f).strip() for f in fields]
+            header = [readable(f).strip() for f in fields]
             if header:
                 header[0] = header[0].lstrip("\ufeff")
             if bad:
@@ -514,7 +514,7 @@ def _read_delimited(
                         0,
                         "",
                         "not-utf8",
-                        "header " + _utf8_problem_message(line, offset, exc, index + 1),
+                        "header " + utf8_problem_message(line, offset, exc, index + 1),
                     )
                 )
             columns = _resolve_columns(header, source, **column_args)
@@ -526,7 +526,7 @@ def _read_delimited(
         if bad:
             index, line, offset, exc = bad[0]
             image_index = header.index(build.columns.image)
-            image = _readable(fields[image_index]).strip() if image_index < len(fields) else ""
+            image = readable(fields[image_index]).strip() if image_index < len(fields) else ""
             image = _resolve_path(image, base) if image else ""
             problems.append(
                 make_problem(
@@ -534,7 +534,7 @@ def _read_delimited(
                     row,
                     image,
                     "not-utf8",
-                    _utf8_problem_message(line, offset, exc, index + 1),
+                    utf8_problem_message(line, offset, exc, index + 1),
                 )
             )
             continue
@@ -580,7 +580,7 @@ def _read_json(
     rows: list[tuple[int, dict]] = []
     kind = "jsonl"  # or "json" for a file holding one list of objects
     stripped = data.lstrip(codecs.BOM_UTF8).lstrip()
-    lines, offsets = _split_lines(data)
+    lines, offsets = split_lines(data)
     if allow_array and stripped[:1] in (b"[", b"{"):
         try:
             whole = json.loads(stripped.decode("utf-8"))
@@ -616,7 +616,7 @@ def _read_json(
         except UnicodeDecodeError as exc:
             problems.append(
                 make_problem(
-                    source, number, "", "not-utf8", _utf8_problem_message(line, offsets[index], exc, number)
+                    source, number, "", "not-utf8", utf8_problem_message(line, offsets[index], exc, number)
                 )
             )
             continue

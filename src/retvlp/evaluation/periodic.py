@@ -1,5 +1,7 @@
 """Evaluation during pretraining: every `run.eval_every` optimizer steps (and at the last one), zero-shot and
-a linear probe on held-out images, logged like the loss lines (`logs.jsonl`, TensorBoard, the progress bar).
+a linear probe on held-out images, logged like the loss lines (`logs.jsonl`, TensorBoard, the progress bar);
+and the end-of-run check (`run.evaluate`). [`PretrainingEvaluation`] hands both to the training loop as its
+`EvaluationHooks` (`retvlp.run.pretrain_and_evaluate`).
 
 The held-out data is fixed for the whole run:
 
@@ -30,14 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluation.data import ImageStore, normalization_of
-from ..evaluation.features import class_prototypes, extract_image_features, has_text_tower, logit_scale_of
-from ..evaluation.linear_probe import linear_probe_probabilities
-from ..evaluation.metrics import classification_metrics
-from ..evaluation.quick import cached_labelled_records
-from ..evaluation.splits import group_stratified_split
-from ..evaluation.zero_shot import zero_shot_probabilities
-from .data import Stream
+from ..training.data import Stream
+from ..training.hooks import EvaluationHooks
+from .data import ImageStore, normalization_of
+from .features import class_prototypes, extract_image_features, has_text_tower, logit_scale_of
+from .linear_probe import linear_probe_probabilities
+from .metrics import classification_metrics
+from .quick import cached_labelled_records, evaluate_pretrained
+from .splits import group_stratified_split
+from .zero_shot import zero_shot_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,41 @@ def _capped(split: EvalSplit, maximum: int, seed: int, side: int) -> EvalSplit:
     return split.subset(np.sort(rng.choice(len(split), maximum, replace=False)))
 
 
+def _single_label_rows(streams: dict[str, Stream], records, class_names: list[str]):
+    """`(rows, targets, groups)` of every single-label row of a known class in `streams` (rows index
+    `records`)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    rows, targets, groups = [], [], []
+    for stream in streams.values():
+        for row, labels in zip(stream.rows.tolist(), stream.labels, strict=True):
+            if records[row].labels != labels:
+                raise RuntimeError("Stream rows no longer index the manifests' records in order.")
+            if len(labels) == 1 and labels[0] in index:
+                rows.append(row)
+                targets.append(index[labels[0]])
+                groups.append(group_of(records[row]))
+    return rows, targets, groups
+
+
+def _streams_without(streams: dict[str, Stream], left_in) -> tuple[dict[str, Stream], int]:
+    """The streams with only the rows `left_in(row)` keeps (a stream left empty is dropped), and how many
+    rows left."""
+    trained: dict[str, Stream] = {}
+    removed = 0
+    for name, stream in streams.items():
+        keep = np.asarray([left_in(row) for row in stream.rows.tolist()], dtype=bool)
+        removed += int((~keep).sum())
+        if keep.any():
+            trained[name] = Stream(
+                name=name,
+                cache=stream.cache,
+                rows=stream.rows[keep],
+                texts=[t for t, k in zip(stream.texts, keep, strict=True) if k],
+                labels=[lab for lab, k in zip(stream.labels, keep, strict=True) if k],
+            )
+    return trained, removed
+
+
 def hold_out_eval_rows(
     streams: dict[str, Stream],
     manifests,
@@ -131,21 +169,12 @@ def hold_out_eval_rows(
         return streams, None
     warn = logger.warning if is_main_process else logger.debug
     records = [record for manifest in manifests for record in manifest.records]
-    index = {name: i for i, name in enumerate(class_names)}
     caches = {id(stream.cache) for stream in streams.values()}
     if len(caches) != 1:
         raise RuntimeError("hold_out_eval_rows expects every stream to share one image cache.")
     cache = next(iter(streams.values())).cache
 
-    rows, targets, groups = [], [], []
-    for stream in streams.values():
-        for row, labels in zip(stream.rows.tolist(), stream.labels, strict=True):
-            if records[row].labels != labels:
-                raise RuntimeError("Stream rows no longer index the manifests' records in order.")
-            if len(labels) == 1 and labels[0] in index:
-                rows.append(row)
-                targets.append(index[labels[0]])
-                groups.append(group_of(records[row]))
+    rows, targets, groups = _single_label_rows(streams, records, class_names)
     if not rows:
         warn(
             "run.eval_every is set, but run.evaluation names no test set and the training data has no "
@@ -167,19 +196,7 @@ def hold_out_eval_rows(
     def left_in(row: int) -> bool:
         return group_of(records[row]) not in held_groups and str(records[row].image) not in held_images
 
-    trained: dict[str, Stream] = {}
-    removed = 0
-    for name, stream in streams.items():
-        keep = np.asarray([left_in(row) for row in stream.rows.tolist()], dtype=bool)
-        removed += int((~keep).sum())
-        if keep.any():
-            trained[name] = Stream(
-                name=name,
-                cache=stream.cache,
-                rows=stream.rows[keep],
-                texts=[t for t, k in zip(stream.texts, keep, strict=True) if k],
-                labels=[lab for lab, k in zip(stream.labels, keep, strict=True) if k],
-            )
+    trained, removed = _streams_without(streams, left_in)
     empty = [name for name in task.required_streams if name not in trained]
     if empty:
         raise ValueError(
@@ -383,4 +400,60 @@ class PeriodicEvaluator:
         )
 
 
-__all__ = ["EvalData", "EvalSplit", "PeriodicEvaluator", "evaluation_data", "hold_out_eval_rows"]
+class PretrainingEvaluation(EvaluationHooks):
+    """The evaluations of a pretraining run, as the loop's hooks: the patient hold-out of `run.eval_every`
+    ([`hold_out_eval_rows`]), the periodic [`PeriodicEvaluator`] and the end-of-run zero-shot + linear probe
+    against random init (`evaluation.quick.evaluate_pretrained`, with the task's zero-shot prompts)."""
+
+    def hold_out(self, streams, manifests, class_names, config, evaluation_specs, task, *, is_main_process):
+        return hold_out_eval_rows(
+            streams, manifests, class_names, config, evaluation_specs, task, is_main_process=is_main_process
+        )
+
+    def periodic(
+        self,
+        config,
+        task,
+        processor,
+        class_names,
+        evaluation_specs,
+        held_out,
+        accelerator,
+        log,
+        progress,
+        total_steps,
+    ):
+        return PeriodicEvaluator(
+            config,
+            task,
+            processor,
+            class_names,
+            evaluation_specs,
+            held_out,
+            accelerator,
+            log,
+            progress,
+            total_steps,
+        )
+
+    def final(self, model, processor, evaluation_specs, config, class_names, task, *, show_progress):
+        prompts = dict(zip(class_names, task.zero_shot_prompts(config, class_names) or [], strict=False))
+        return evaluate_pretrained(
+            model,
+            processor,
+            evaluation_specs,
+            config,
+            class_names,
+            show_progress=show_progress,
+            prompts_for=prompts.__getitem__ if prompts else None,
+        )
+
+
+__all__ = [
+    "EvalData",
+    "EvalSplit",
+    "PeriodicEvaluator",
+    "PretrainingEvaluation",
+    "evaluation_data",
+    "hold_out_eval_rows",
+]

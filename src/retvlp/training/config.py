@@ -1,32 +1,37 @@
-"""The pretraining run description: one YAML file, four sections (model, data, optim, run).
+"""The pretraining run description: one YAML file with the common sections (model, data, optim, run) and
+one section named after the model family (`maskedclip:`, `keepfit:`, `ibq-tokenizer:`, `text-mlm:`) holding
+what only that family reads (its batch sizes, prompt settings, MLM probability, ...).
 
 Every key is checked: an unknown or misspelt key is an error naming the section, the key and the keys
-that exist, never silently ignored. Defaults are the MaskedCLIP paper's where it gives them (see
-`training/configs/maskedclip_vitl16.yaml` for the full paper setting).
+that exist, never silently ignored, and every value is checked against its field's annotation (an error
+names the section, the key, the expected and the given type). Each section validates its own values.
+Defaults are the MaskedCLIP paper's where it gives them (see `training/configs/maskedclip_vitl16.yaml` for
+the full paper setting). Configs of the earlier layout, with the family keys under `data`, still load: each
+such key is moved to the family section with a warning that names the new place.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from ..data.validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
+from ..families import families, family_names, get_family
 
-MODEL_FAMILIES = ("maskedclip", "keepfit", "ibq-tokenizer", "text-mlm")
+logger = logging.getLogger(__name__)
+
 BAD_SAMPLE_POLICIES = ("error", "skip")
-# The batch-size keys of `data` that each family reads (rows per process per micro-step).
-FAMILY_BATCH_KEYS = {
-    "maskedclip": ("paired_batch_size", "unpaired_batch_size"),
-    "keepfit": ("categorical_batch_size", "paired_batch_size"),
-    "ibq-tokenizer": ("image_batch_size",),
-    "text-mlm": ("text_batch_size",),
-}
+MODALITIES = ("CFP", "FFA", "OCT")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 COLLAPSE_GUARD_ACTIONS = ("warn", "stop", "off")
 
@@ -57,15 +62,89 @@ class ConfigError(ValueError):
     """A run configuration that cannot be used; the message names the file, section and key."""
 
 
+Fail = Callable[[str], typing.NoReturn]
+
+
+# --------------------------------------------------------------------------- type checks
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` (as YAML gives it) fits the annotation `hint`; an int is a valid float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict) and (
+            not args or all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+        )
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return "any value"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if hint is type(None):
+        return "null"
+    if hint is float:
+        return "a number"
+    if origin is list:
+        plural = {str: "strings", int: "integers", float: "numbers", dict: "mappings"}
+        inner = args[0] if args else None
+        return (
+            f"a list of {plural.get(typing.get_origin(inner) or inner, _describe(inner))}"
+            if args
+            else "a list"
+        )
+    if origin is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _yaml_type(value: Any) -> str:
+    return {type(None): "null", dict: "mapping", list: "list"}.get(type(value), type(value).__name__)
+
+
+def check_types(section_name: str, section: Any, fail: Fail) -> None:
+    """Check every field of a section dataclass against its annotation."""
+    hints = typing.get_type_hints(type(section))
+    for spec in dataclasses.fields(section):
+        value, hint = getattr(section, spec.name), hints[spec.name]
+        if not _matches(value, hint):
+            fail(
+                f"{section_name}.{spec.name} expects {_describe(hint)}, got {_yaml_type(value)} ({value!r})."
+            )
+
+
+def _positive_batch(section_name: str, section: Any, keys: tuple[str, ...], fail: Fail) -> None:
+    names = [f"{section_name}.{key}" for key in keys]
+    if any(getattr(section, key) < 0 for key in keys):
+        fail(f"{', '.join(names)} must be non-negative.")
+    if not any(getattr(section, key) for key in keys):
+        fail(f"{' and '.join(names)} are all 0: no rows per step.")
+
+
+# --------------------------------------------------------------------------- common sections
 @dataclass
 class ModelSection:
     family: str = "maskedclip"
-    # MaskedCLIP: exactly one way to build the model: `config` (kwargs of MaskedCLIPConfig), `pretrained` (a
-    # MaskedCLIP directory or Hub id), or `vision_pretrained` + `text_pretrained` (ViT-MAE / converted RETFound +
-    # BERT). KeepFIT: `pretrained`, or `config` (KeepFitConfig kwargs) with either tower optionally taken from
-    # `vision_pretrained` (e.g. microsoft/resnet-50) / `text_pretrained` (Bio_ClinicalBERT or the text-mlm
-    # output). IBQ tokenizer: `config` (IBQTokenizerConfig kwargs) or `pretrained`. text-mlm: `config`
-    # (BertConfig kwargs) or `pretrained` (a BERT to continue from).
+    # Exactly one way to build the model (the family section may allow combinations, see KeepFitSection):
+    # `config` (kwargs of the family's config class), `pretrained` (a directory or Hub id of the family), or
+    # `vision_pretrained` + `text_pretrained` (e.g. ViT-MAE / converted RETFound + BERT for MaskedCLIP).
+    # IBQ tokenizer: `config` (IBQTokenizerConfig kwargs) or `pretrained`. text-mlm: `config` (BertConfig
+    # kwargs) or `pretrained` (a BERT to continue from).
     config: dict[str, Any] | None = None
     pretrained: str | None = None
     vision_pretrained: str | None = None
@@ -75,12 +154,20 @@ class ModelSection:
     # (offline demo); `None` takes the tokenizer of `text_pretrained` / `pretrained`.
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 2000
-    max_text_length: int = 77
+    max_text_length: int = 77  # tokens
     activation_checkpointing: bool = False
+
+    def validate(self, fail: Fail) -> None:
+        if self.family not in family_names():
+            fail(f"model.family={self.family!r} is not available; choose one of {list(family_names())}.")
+        if self.tokenizer_vocab_size < 1 or self.max_text_length < 1:
+            fail("model.tokenizer_vocab_size and model.max_text_length must be >= 1.")
 
 
 @dataclass
 class DataSection:
+    """What every family reads: the rows, how images are checked and cached, and the augmentation."""
+
     # Manifest specs: {path, role?, image_root?, image_column?, text_column?, label_column?, group_column?,
     # format?} — see `retvlp.data.manifest.read_manifest` — or {hf_dataset: dir or Hub id, split?, image_column?,
     # ...} for a `datasets` dataset. Roles come from the rows unless `role` forces one.
@@ -99,29 +186,26 @@ class DataSection:
     # folder, the spec's image_root and these extra folders is an `outside-data-root` problem and never read.
     allowed_roots: list[str] = field(default_factory=list)
     allow_outside_data_roots: bool = False  # true: manifests may point anywhere (no containment check)
-    prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])  # maskedclip
-    # KeepFIT prompts: per-modality templates of the expert-knowledge dictionary (retvlp/data/expert_knowledge.json,
-    # merged with `expert_knowledge`, a user JSON of the same layout), and label augmentation: with probability
-    # `label_augmentation` a class name is replaced by / extended with one of its expert descriptions.
-    modality: str = "CFP"  # CFP | FFA | OCT
-    expert_knowledge: str | None = None
-    label_augmentation: float = 0.5
-    # Rows per process per micro-step. Each family reads its own keys:
-    #   maskedclip:    paired_batch_size (pairs + categorical rows; paper 720 global), unpaired_batch_size
-    #   keepfit:       categorical_batch_size (public p) and paired_batch_size (elite m), 1:1 in the paper
-    #   ibq-tokenizer: image_batch_size (images of every role)
-    #   text-mlm:      text_batch_size (corpus passages)
-    paired_batch_size: int = 16
-    unpaired_batch_size: int = 16
-    categorical_batch_size: int = 16
-    image_batch_size: int = 16
-    text_batch_size: int = 16
-    mlm_probability: float = 0.15  # text-mlm: fraction of tokens selected for prediction (BERT's 80/10/10)
     # Augmentation of the cached images, drawn from (seed, step): random-resized-crop area range and flips.
     crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
     horizontal_flip: bool = False  # off: captions may name the eye, and a flip moves the disc
     num_workers: int = 2  # DataLoader workers assembling step batches
     preprocessing_workers: int | None = None  # processes decoding images into the cache (default: CPUs)
+
+    def validate(self, fail: Fail) -> None:
+        if not self.train and self.synthetic is None:
+            fail("data.train lists no manifests (and data.synthetic is not set): nothing to train on.")
+        for i, spec in enumerate(self.train):
+            if ("path" in spec) == ("hf_dataset" in spec):
+                fail(f"data.train[{i}] must be a mapping with a 'path' or an 'hf_dataset' (got {spec!r}).")
+        if not all(root.strip() for root in self.allowed_roots):
+            fail(f"data.allowed_roots must be a list of folder paths, got {self.allowed_roots!r}.")
+        if self.on_bad_sample not in BAD_SAMPLE_POLICIES:
+            fail(f"data.on_bad_sample={self.on_bad_sample!r}; choose one of {list(BAD_SAMPLE_POLICIES)}.")
+        if self.image_size <= 0:
+            fail("data.image_size must be positive.")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            fail(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}.")
 
 
 @dataclass
@@ -138,6 +222,20 @@ class OptimSection:
     schedule: str = "cosine"  # a transformers scheduler name: cosine, linear, constant_with_warmup, ...
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0  # None: no clipping
+
+    def validate(self, fail: Fail) -> None:
+        if self.max_steps is None and self.epochs is None:
+            fail("set optim.max_steps or optim.epochs.")
+        if self.max_steps is not None and self.max_steps <= 0:
+            fail(f"optim.max_steps must be positive, got {self.max_steps}.")
+        if self.gradient_accumulation_steps < 1:
+            fail("optim.gradient_accumulation_steps must be >= 1.")
+        for name in ("lr", "base_lr", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                fail(f"optim.{name} must be a non-negative number, got {value!r}.")
+        if len(self.betas) != 2:
+            fail(f"optim.betas must have two values, got {self.betas}.")
 
 
 @dataclass
@@ -161,12 +259,189 @@ class RunSection:
     collapse_cosine: float = 0.99
     collapse_loss_margin: float = 0.01  # nats
     collapse_grace_steps: int = 0  # optimizer steps before the guard may fire (0: one window)
-    # Evaluation during pretraining (training/periodic_eval.py): every `eval_every` optimizer steps, zero-shot
-    # and a linear probe on held-out data: `run.evaluation` manifests when given, else a patient-disjoint
-    # share (`eval_holdout_fraction`) of the run's own labelled rows, left out of training.
+    # Evaluation during pretraining (retvlp/evaluation/periodic.py): every `eval_every` optimizer steps,
+    # zero-shot and a linear probe on held-out data: `run.evaluation` manifests when given, else a
+    # patient-disjoint share (`eval_holdout_fraction`) of the run's own labelled rows, left out of training.
     eval_every: int | None = None
     eval_holdout_fraction: float = 0.1
     eval_max_images: int = 2000  # per split, drawn once (seeded) so every evaluation sees the same images
+
+    def validate(self, fail: Fail) -> None:
+        if self.mixed_precision not in MIXED_PRECISION:
+            fail(f"run.mixed_precision={self.mixed_precision!r}; choose one of {list(MIXED_PRECISION)}.")
+        if self.save_every <= 0 or self.log_every <= 0 or self.keep_checkpoints < 1:
+            fail("run.save_every, run.log_every and run.keep_checkpoints must be >= 1.")
+        if self.collapse_guard not in COLLAPSE_GUARD_ACTIONS:
+            fail(f"run.collapse_guard={self.collapse_guard!r}; choose one of {list(COLLAPSE_GUARD_ACTIONS)}.")
+        if self.collapse_window < 1 or not 0.0 < self.collapse_cosine <= 1.0 or self.collapse_loss_margin < 0:
+            fail(
+                "run.collapse_window must be >= 1, run.collapse_cosine in (0, 1] and "
+                "run.collapse_loss_margin >= 0."
+            )
+        if self.eval_every is not None and self.eval_every < 1:
+            fail(f"run.eval_every must be >= 1 optimizer steps (or null: off), got {self.eval_every}.")
+        if not 0.0 < self.eval_holdout_fraction < 1.0 or self.eval_max_images < 1:
+            fail("run.eval_holdout_fraction must be in (0, 1) and run.eval_max_images >= 1.")
+
+
+# --------------------------------------------------------------------------- family sections
+class FamilySection:
+    """Base of the per-family sections: the batch-size keys (rows per process per micro-step) and the rule
+    on how `model` may be built. A subclass is a dataclass named by the family's `run_section`."""
+
+    batch_keys: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self, section_name: str, fail: Fail) -> None:
+        _positive_batch(section_name, self, self.batch_keys, fail)
+
+    @classmethod
+    def validate_model(cls, model: ModelSection, fail: Fail) -> None:
+        ways = [model.config is not None, model.pretrained is not None, model.vision_pretrained is not None]
+        if sum(ways) > 1:
+            fail(
+                "set only one of model.config, model.pretrained, model.vision_pretrained (+ text_pretrained)."
+            )
+        if (model.vision_pretrained is None) != (model.text_pretrained is None):
+            fail("model.vision_pretrained and model.text_pretrained go together.")
+
+
+@dataclass
+class MaskedCLIPSection(FamilySection):
+    """`maskedclip:` — rows per process per micro-step and the label prompts (METHODS.md §1)."""
+
+    paired_batch_size: int = 16  # image–text pairs + categorical rows (paper: 720 global)
+    unpaired_batch_size: int = 16  # images without text (MIM only; paper: 720 global)
+    prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])
+
+    batch_keys: ClassVar[tuple[str, ...]] = ("paired_batch_size", "unpaired_batch_size")
+
+    def validate(self, section_name: str, fail: Fail) -> None:
+        super().validate(section_name, fail)
+        if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
+            fail(
+                f"{section_name}.prompt_templates must be non-empty strings, each with one '{{}}' for the class."
+            )
+
+
+@dataclass
+class KeepFitSection(FamilySection):
+    """`keepfit:` — the public (categorical) and elite (paired) rows per step and the expert-knowledge prompts.
+
+    Prompts come from the per-modality templates of the expert-knowledge dictionary
+    (retvlp/data/expert_knowledge.json, merged with `expert_knowledge`, a user JSON of the same layout); with
+    probability `label_augmentation` a class name is replaced by / extended with one of its descriptions."""
+
+    categorical_batch_size: int = 16  # public p (paper: 1:1 with the elite rows)
+    paired_batch_size: int = 16  # elite m (image + expert caption)
+    modality: str = "CFP"  # CFP | FFA | OCT
+    expert_knowledge: str | None = None
+    label_augmentation: float = 0.5  # probability
+
+    batch_keys: ClassVar[tuple[str, ...]] = ("categorical_batch_size", "paired_batch_size")
+
+    def validate(self, section_name: str, fail: Fail) -> None:
+        super().validate(section_name, fail)
+        if not (self.categorical_batch_size and self.paired_batch_size):
+            fail(
+                "KeepFIT trains on categorical (public) and elite (paired) data together: set both "
+                f"{section_name}.categorical_batch_size and {section_name}.paired_batch_size > 0 (1:1 in the paper)."
+            )
+        if not 0.0 <= self.label_augmentation <= 1.0:
+            fail(
+                f"{section_name}.label_augmentation is a probability in [0, 1], got {self.label_augmentation}."
+            )
+        if self.modality not in MODALITIES:
+            fail(f"{section_name}.modality={self.modality!r}; choose one of {list(MODALITIES)}.")
+
+    @classmethod
+    def validate_model(cls, model: ModelSection, fail: Fail) -> None:
+        # A checkpoint, or a config whose towers may each come from a pretrained checkpoint.
+        if model.pretrained is not None and (
+            model.config is not None or model.vision_pretrained or model.text_pretrained
+        ):
+            fail(
+                "model.pretrained (a KeepFIT checkpoint) excludes model.config / vision_pretrained / text_pretrained."
+            )
+
+
+@dataclass
+class IBQTokenizerSection(FamilySection):
+    """`ibq-tokenizer:` — images of every role per process per micro-step."""
+
+    image_batch_size: int = 16
+
+    batch_keys: ClassVar[tuple[str, ...]] = ("image_batch_size",)
+
+
+@dataclass
+class TextMLMSection(FamilySection):
+    """`text-mlm:` — corpus passages per process per micro-step and BERT's masking rate."""
+
+    text_batch_size: int = 16
+    mlm_probability: float = 0.15  # fraction of tokens selected for prediction (BERT's 80/10/10)
+
+    batch_keys: ClassVar[tuple[str, ...]] = ("text_batch_size",)
+
+    def validate(self, section_name: str, fail: Fail) -> None:
+        super().validate(section_name, fail)
+        if not 0.0 < self.mlm_probability < 1.0:
+            fail(f"{section_name}.mlm_probability must be in (0, 1), got {self.mlm_probability}.")
+
+
+def family_section_class(family: str) -> type:
+    """The dataclass of `family`'s run-config section (`FamilySpec.run_section`)."""
+    section = get_family(family).load("run_section")
+    if section is None:
+        return _EmptySection
+    return section
+
+
+@dataclass
+class _EmptySection(FamilySection):
+    """A family that reads nothing beyond the common sections."""
+
+    def validate(self, section_name: str, fail: Fail) -> None:
+        pass
+
+
+COMMON_SECTIONS = ("model", "data", "optim", "run")
+
+
+def _keys_of(section_class: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(section_class)}
+
+
+def _owner_of(key: str, exclude: str) -> str | None:
+    """The other family whose section has `key` (for an error that points at the right section)."""
+    for spec in families():
+        if spec.name != exclude and key in _keys_of(family_section_class(spec.name)):
+            return spec.name
+    return None
+
+
+def _legacy_family_keys(data: dict, family: str, family_values: dict, fail: Fail) -> dict:
+    """Move the family keys an earlier-layout config put under `data` into the family section (warning)."""
+    own = _keys_of(family_section_class(family))
+    moved = {}
+    for key in [k for k in data if k not in _keys_of(DataSection)]:
+        if key in own:
+            if key in family_values:
+                fail(f"{key} is given twice, as data.{key} and {family}.{key}; keep {family}.{key}.")
+            moved[key] = data.pop(key)
+            logger.warning(
+                "data.%s is a %s setting and moved to the '%s:' section; write it there (%s.%s).",
+                key,
+                family,
+                family,
+                family,
+                key,
+            )
+        elif (owner := _owner_of(key, family)) is not None:
+            fail(
+                f"data.{key} is a setting of model.family={owner} (section '{owner}:'), but this run's "
+                f"family is {family}; remove it."
+            )
+    return moved
 
 
 @dataclass
@@ -175,35 +450,48 @@ class PretrainConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
+    # The `<model.family>:` section; None builds the family's defaults.
+    family_settings: Any = None
     source: str = "<defaults>"
+
+    def __post_init__(self) -> None:
+        if self.family_settings is None and self.model.family in family_names():
+            self.family_settings = family_section_class(self.model.family)()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> PretrainConfig:
+        def fail(message: str):
+            raise ConfigError(f"{source}: {message}")
+
         if not isinstance(raw, dict):
-            raise ConfigError(
-                f"{source}: the top level must be a mapping with model/data/optim/run sections."
+            fail("the top level must be a mapping with model/data/optim/run sections.")
+        raw = {name: dict(values) if isinstance(values, dict) else values for name, values in raw.items()}
+        for name, values in raw.items():
+            if values is not None and not isinstance(values, dict):
+                fail(f"section '{name}' must be a mapping, got {_yaml_type(values)}.")
+        model = _build_section(ModelSection, "model", raw.get("model") or {}, fail)
+        model.validate(fail)
+        family = model.family
+        unknown = sorted(set(raw) - set(COMMON_SECTIONS) - {family})
+        for name in unknown:
+            if name in family_names():
+                fail(f"section '{name}:' belongs to model.family={name}, but this run's family is {family}.")
+            fail(
+                f"unknown section {name!r}; sections are {list(COMMON_SECTIONS)} and the family's own "
+                f"'{family}:'."
             )
-        sections = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-        unknown = sorted(set(raw) - set(sections))
-        if unknown:
-            raise ConfigError(f"{source}: unknown section(s) {unknown}; sections are {sorted(sections)}.")
-        built = {}
-        for name, spec in sections.items():
-            section_cls = spec.default_factory
-            values = raw.get(name) or {}
-            if not isinstance(values, dict):
-                raise ConfigError(
-                    f"{source}: section '{name}' must be a mapping, got {type(values).__name__}."
-                )
-            known = {f.name for f in dataclasses.fields(section_cls)}
-            bad = sorted(set(values) - known)
-            if bad:
-                raise ConfigError(
-                    f"{source}: unknown key(s) {bad} in section '{name}'; valid keys: {sorted(known)}."
-                )
-            built[name] = section_cls(**values)
-        config = cls(**built, source=source)
+        data = raw.get("data") or {}
+        family_values = raw.get(family) or {}
+        family_values.update(_legacy_family_keys(data, family, family_values, fail))
+        config = cls(
+            model=model,
+            data=_build_section(DataSection, "data", data, fail),
+            optim=_build_section(OptimSection, "optim", raw.get("optim") or {}, fail),
+            run=_build_section(RunSection, "run", raw.get("run") or {}, fail),
+            family_settings=_build_section(family_section_class(family), family, family_values, fail),
+            source=source,
+        )
         config.validate()
         return config
 
@@ -218,133 +506,112 @@ class PretrainConfig:
             raise ConfigError(f"{path}: not valid YAML: {error}") from error
         return cls.from_dict(raw, source=str(path))
 
+    def sections(self) -> dict[str, Any]:
+        """Section name → section object, the family's own last."""
+        return {
+            "model": self.model,
+            "data": self.data,
+            "optim": self.optim,
+            "run": self.run,
+            self.model.family: self.family_settings,
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out.pop("source")
-        return out
+        return {name: dataclasses.asdict(section) for name, section in self.sections().items()}
 
     def apply_overrides(self, overrides: list[str]) -> None:
-        """Apply `section.key=value` strings (values parsed as YAML), e.g. `optim.max_steps=10`; a mapping key
-        takes a dotted path into it, e.g. `model.config.text_pooling=mean` or
-        `model.config.vision_config.hidden_size=256`."""
+        """Apply `section.key=value` strings (values parsed as YAML), e.g. `optim.max_steps=10` or
+        `maskedclip.paired_batch_size=8`; a mapping key takes a dotted path into it, e.g.
+        `model.config.text_pooling=mean` or `model.config.vision_config.hidden_size=256`."""
         for item in overrides:
-            key, sep, value = item.partition("=")
-            section_name, dot, name = key.partition(".")
-            if not sep or not dot:
-                raise ConfigError(
-                    f"Override {item!r} must look like section.key=value (e.g. optim.max_steps=10)."
-                )
-            section = getattr(self, section_name, None)
-            if section is None or section_name == "source" or not dataclasses.is_dataclass(section):
-                raise ConfigError(f"Override {item!r}: unknown section {section_name!r}.")
-            name, *path = name.split(".")
-            if name not in {f.name for f in dataclasses.fields(section)}:
-                raise ConfigError(f"Override {item!r}: section '{section_name}' has no key {name!r}.")
-            parsed = load_yaml(value)
-            if not path:
-                setattr(section, name, parsed)
-                continue
-            target = getattr(section, name)
-            if target is None:
-                target = {}
-                setattr(section, name, target)
-            for part in path[:-1]:
-                target = target.setdefault(part, {}) if isinstance(target, dict) else None
-            if not isinstance(target, dict):
-                raise ConfigError(
-                    f"Override {item!r}: {section_name}.{name} holds no mapping at {'.'.join(path[:-1])!r}."
-                )
-            target[path[-1]] = parsed
+            self._apply_override(item)
         self.validate()
+
+    def _apply_override(self, item: str) -> None:
+        def fail(message: str):
+            raise ConfigError(f"Override {item!r}: {message}")
+
+        key, sep, value = item.partition("=")
+        section_name, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(
+                f"Override {item!r} must look like section.key=value (e.g. optim.max_steps=10)."
+            )
+        name, *path = name.split(".")
+        family = self.model.family
+        if section_name == "data" and name not in _keys_of(DataSection):
+            if name in _keys_of(type(self.family_settings)):
+                logger.warning(
+                    "Override data.%s: a %s setting, applied as %s.%s.", name, family, family, name
+                )
+                section_name = family
+            elif (owner := _owner_of(name, family)) is not None:
+                fail(f"{name} is a setting of model.family={owner} ('{owner}.{name}'), not of {family}.")
+        section = self.sections().get(section_name)
+        if section is None:
+            fail(f"unknown section {section_name!r}; sections are {list(self.sections())}.")
+        if name not in _keys_of(type(section)):
+            fail(
+                f"section '{section_name}' has no key {name!r}; valid keys: {sorted(_keys_of(type(section)))}."
+            )
+        parsed = load_yaml(value)
+        if not path:
+            setattr(section, name, parsed)
+            if section is self.model and name == "family" and parsed in family_names() and parsed != family:
+                self.family_settings = family_section_class(parsed)()  # the new family's defaults
+            return
+        target = getattr(section, name)
+        if target is None:
+            target = {}
+            setattr(section, name, target)
+        for part in path[:-1]:
+            target = target.setdefault(part, {}) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            fail(f"{section_name}.{name} holds no mapping at {'.'.join(path[:-1])!r}.")
+        target[path[-1]] = parsed
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        where = self.source
-        m, d, o, r = self.model, self.data, self.optim, self.run
-
         def fail(message: str):
-            raise ConfigError(f"{where}: {message}")
+            raise ConfigError(f"{self.source}: {message}")
 
-        if m.family not in MODEL_FAMILIES:
-            fail(f"model.family={m.family!r} is not available; choose one of {list(MODEL_FAMILIES)}.")
-        if m.family == "keepfit":
-            # KeepFIT: a checkpoint, or a config whose towers may each come from a pretrained checkpoint.
-            if m.pretrained is not None and (
-                m.config is not None or m.vision_pretrained or m.text_pretrained
-            ):
-                fail(
-                    "model.pretrained (a KeepFIT checkpoint) excludes model.config / vision_pretrained / text_pretrained."
-                )
-        else:
-            ways = [m.config is not None, m.pretrained is not None, m.vision_pretrained is not None]
-            if sum(ways) > 1:
-                fail(
-                    "set only one of model.config, model.pretrained, model.vision_pretrained (+ text_pretrained)."
-                )
-            if (m.vision_pretrained is None) != (m.text_pretrained is None):
-                fail("model.vision_pretrained and model.text_pretrained go together.")
-        if not d.train and d.synthetic is None:
-            fail("data.train lists no manifests (and data.synthetic is not set): nothing to train on.")
-        for i, spec in enumerate(d.train):
-            if not isinstance(spec, dict) or ("path" in spec) == ("hf_dataset" in spec):
-                fail(f"data.train[{i}] must be a mapping with a 'path' or an 'hf_dataset' (got {spec!r}).")
-        if not isinstance(d.allowed_roots, list) or not all(
-            isinstance(root, str) and root.strip() for root in d.allowed_roots
-        ):
-            fail(f"data.allowed_roots must be a list of folder paths, got {d.allowed_roots!r}.")
-        if not isinstance(d.allow_outside_data_roots, bool):
-            fail(f"data.allow_outside_data_roots must be true or false, got {d.allow_outside_data_roots!r}.")
-        if d.on_bad_sample not in BAD_SAMPLE_POLICIES:
-            fail(f"data.on_bad_sample={d.on_bad_sample!r}; choose one of {list(BAD_SAMPLE_POLICIES)}.")
-        batch_keys = FAMILY_BATCH_KEYS[m.family]
-        if d.image_size <= 0 or any(getattr(d, key) < 0 for key in batch_keys):
+        check_types("model", self.model, fail)
+        self.model.validate(fail)
+        expected = family_section_class(self.model.family)
+        if not isinstance(self.family_settings, expected):
             fail(
-                f"data.image_size must be positive and {', '.join('data.' + k for k in batch_keys)} non-negative."
+                f"the family section is a {type(self.family_settings).__name__}, but model.family="
+                f"{self.model.family} reads a {expected.__name__}."
             )
-        if not any(getattr(d, key) for key in batch_keys):
-            fail(f"{' and '.join('data.' + k for k in batch_keys)} are all 0 (model.family={m.family}).")
-        if m.family == "keepfit" and not (d.categorical_batch_size and d.paired_batch_size):
-            fail(
-                "KeepFIT trains on categorical (public) and elite (paired) data together: set both "
-                "data.categorical_batch_size and data.paired_batch_size > 0 (1:1 in the paper)."
-            )
-        if not 0.0 <= d.label_augmentation <= 1.0:
-            fail(f"data.label_augmentation is a probability in [0, 1], got {d.label_augmentation}.")
-        if not 0.0 < d.mlm_probability < 1.0:
-            fail(f"data.mlm_probability must be in (0, 1), got {d.mlm_probability}.")
-        if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
-            fail(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {d.crop_scale}.")
-        if not d.prompt_templates or any("{}" not in t for t in d.prompt_templates):
-            fail("data.prompt_templates must be non-empty strings, each with one '{}' for the class name.")
-        if o.max_steps is None and o.epochs is None:
-            fail("set optim.max_steps or optim.epochs.")
-        if o.max_steps is not None and o.max_steps <= 0:
-            fail(f"optim.max_steps must be positive, got {o.max_steps}.")
-        if o.gradient_accumulation_steps < 1:
-            fail("optim.gradient_accumulation_steps must be >= 1.")
-        for name in ("lr", "base_lr", "weight_decay", "max_grad_norm"):
-            value = getattr(o, name)
-            if value is not None and (
-                not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
-            ):
-                fail(f"optim.{name} must be a non-negative number, got {value!r}.")
-        if len(o.betas) != 2:
-            fail(f"optim.betas must have two values, got {o.betas}.")
-        if r.mixed_precision not in MIXED_PRECISION:
-            fail(f"run.mixed_precision={r.mixed_precision!r}; choose one of {list(MIXED_PRECISION)}.")
-        if r.save_every <= 0 or r.log_every <= 0 or r.keep_checkpoints < 1:
-            fail("run.save_every, run.log_every and run.keep_checkpoints must be >= 1.")
-        if r.collapse_guard not in COLLAPSE_GUARD_ACTIONS:
-            fail(f"run.collapse_guard={r.collapse_guard!r}; choose one of {list(COLLAPSE_GUARD_ACTIONS)}.")
-        if r.collapse_window < 1 or not 0.0 < r.collapse_cosine <= 1.0 or r.collapse_loss_margin < 0:
-            fail(
-                "run.collapse_window must be >= 1, run.collapse_cosine in (0, 1] and "
-                "run.collapse_loss_margin >= 0."
-            )
-        if r.eval_every is not None and r.eval_every < 1:
-            fail(f"run.eval_every must be >= 1 optimizer steps (or null: off), got {r.eval_every}.")
-        if not 0.0 < r.eval_holdout_fraction < 1.0 or r.eval_max_images < 1:
-            fail("run.eval_holdout_fraction must be in (0, 1) and run.eval_max_images >= 1.")
+        for name, section in self.sections().items():
+            check_types(name, section, fail)
+        for name, section in self.sections().items():
+            if isinstance(section, FamilySection):
+                section.validate(name, fail)
+                type(section).validate_model(self.model, fail)
+            elif name != "model":
+                section.validate(fail)
 
 
-__all__ = ["ConfigError", "DataSection", "ModelSection", "OptimSection", "PretrainConfig", "RunSection"]
+def _build_section(section_class: type, name: str, values: dict, fail: Fail):
+    unknown = sorted(set(values) - _keys_of(section_class))
+    if unknown:
+        fail(f"unknown key(s) {unknown} in section '{name}'; valid keys: {sorted(_keys_of(section_class))}.")
+    return section_class(**values)
+
+
+__all__ = [
+    "ConfigError",
+    "DataSection",
+    "FamilySection",
+    "IBQTokenizerSection",
+    "KeepFitSection",
+    "MaskedCLIPSection",
+    "ModelSection",
+    "OptimSection",
+    "PretrainConfig",
+    "RunSection",
+    "TextMLMSection",
+    "check_types",
+    "family_section_class",
+]

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..data.cache import CachedImages, ImageGeometry, build_image_cache, read_pixels
-from ..data.manifest import Manifest, manifest_from_hf_dataset, read_manifests, with_root_options
+from ..data.cache import CachedImages, read_pixels
+from ..data.loading import cache_records, read_training_manifests
+from ..data.manifest import Manifest
 from ..data.sampler import StepSampler
+from ..data.transforms import augment_and_normalize
 from ..data.validation import DataValidationError, ValidationReport, check_records
 from .config import DataSection
 
@@ -40,55 +42,10 @@ class Stream:
         return len(self.rows)
 
 
-def read_training_manifests(
-    specs: list[dict], *, allowed_roots: list[str] | None = None, allow_outside_data_roots: bool = False
-) -> list[Manifest]:
-    """Manifests of `data.train`: file specs (`path` + `read_manifest` options) or Hugging Face datasets
-    (`hf_dataset`: a `save_to_disk` directory or a Hub dataset id, with `split`, default "train", plus the
-    `manifest_from_hf_dataset` options).
-
-    `allowed_roots` / `allow_outside_data_roots` (the run's `data.allowed_roots` /
-    `data.allow_outside_data_roots`) add to every spec's own data-root settings (`retvlp.data.roots`)."""
-    import datasets
-
-    manifests = []
-    for spec in specs:
-        spec = with_root_options(spec, allowed_roots, allow_outside_data_roots)
-        if "hf_dataset" not in spec:
-            manifests.extend(read_manifests([spec]))
-            continue
-        options = dict(spec)
-        source, split = options.pop("hf_dataset"), options.pop("split", "train")
-        if Path(source).is_dir():
-            loaded = datasets.load_from_disk(source)
-            dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        else:
-            dataset = datasets.load_dataset(source, split=split)
-        options.setdefault("name", f"{source}:{split}")
-        manifests.append(manifest_from_hf_dataset(dataset, **options))
-    return manifests
-
-
 def discover_classes(manifests: list[Manifest], configured: list[str] | None) -> list[str]:
     if configured:
         return list(configured)
     return sorted({label for manifest in manifests for record in manifest.records for label in record.labels})
-
-
-def cache_records(records, data: DataSection, show_progress: bool = True) -> CachedImages:
-    """The cached uint8 store of `records` at the run's image geometry and checks (built once, then reused)."""
-    geometry = ImageGeometry(
-        size=data.image_size, pad_to_square=data.pad_to_square, crop_to_fov=data.crop_to_fov
-    )
-    return build_image_cache(
-        records,
-        geometry,
-        data.cache_dir,
-        min_size=data.min_image_size,
-        max_pixels=data.max_image_pixels,
-        num_proc=data.preprocessing_workers,
-        show_progress=show_progress,
-    )
 
 
 def skipped_entries(manifests: list[Manifest], records, report: ValidationReport) -> list[dict]:
@@ -209,38 +166,6 @@ def prepare_streams(
     return streams, report
 
 
-def augment_and_normalize(
-    pixels: np.ndarray,
-    crops: np.ndarray | None,
-    flips: np.ndarray | None,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-) -> torch.Tensor:
-    """`(B, S, S, 3)` uint8 → normalised `(B, 3, S, S)` float32, cropping and flipping on the fly.
-
-    Args:
-        crops: `(B, 3)` rows of (side fraction, centre x, centre y) in [-1, 1] coordinates, or None.
-        flips: `(B,)` bool, or None.
-    """
-    images = (
-        torch.from_numpy(pixels.astype(np.float32)).permute(0, 3, 1, 2).div_(255.0)
-    )  # Arrow buffers are read-only
-    if crops is not None or flips is not None:
-        batch = images.shape[0]
-        theta = torch.zeros(batch, 2, 3)
-        side = torch.from_numpy(crops[:, 0]).float() if crops is not None else torch.ones(batch)
-        theta[:, 0, 0] = side * (
-            torch.from_numpy(np.where(flips, -1.0, 1.0)).float() if flips is not None else 1
-        )
-        theta[:, 1, 1] = side
-        if crops is not None:
-            theta[:, 0, 2] = torch.from_numpy(crops[:, 1]).float()
-            theta[:, 1, 2] = torch.from_numpy(crops[:, 2]).float()
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-
-
 class StepBatches(torch.utils.data.Dataset):
     """Item `i` is this process's complete batch for micro-step `i` (use with `batch_size=None`).
 
@@ -289,6 +214,31 @@ class StepBatches(torch.utils.data.Dataset):
     def images_per_micro_step(self) -> int:
         """Images in one micro-step over all processes."""
         return sum(sampler.global_batch_size for sampler in self.samplers.values())
+
+    # ------------------------------------------------------------------ what the loop asks of any step batches
+    # (`MLMStepBatches` answers the same four questions for a text corpus)
+    def samples_per_micro_step(self) -> int:
+        return self.images_per_micro_step()
+
+    def micro_steps_per_epoch(self) -> int:
+        """One epoch = every row of every stream seen at least once: the slowest stream's micro-steps."""
+        return max(
+            math.ceil(len(self.streams[name]) / sampler.global_batch_size)
+            for name, sampler in self.samplers.items()
+        )
+
+    def log_epochs(self, micro_step: int) -> dict[str, float]:
+        """The epoch fields of a log line: `epoch` (the slowest stream's passes, docs/training.md) and
+        `epoch_<stream>` for each stream."""
+        epochs = self.epochs(micro_step)
+        return {
+            "epoch": round(min(epochs.values()), 4),
+            **{f"epoch_{name}": round(value, 4) for name, value in epochs.items()},
+        }
+
+    def state_epochs(self, micro_step: int) -> dict:
+        """The epoch fields of a checkpoint's trainer state."""
+        return {"epochs": self.epochs(micro_step)}
 
     # ------------------------------------------------------------------ pieces
     def _random_geometry(self, rng: np.random.Generator, count: int):

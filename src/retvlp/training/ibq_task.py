@@ -4,8 +4,8 @@ is what `KeepFitConfig.ibq_tokenizer_path` points at."""
 
 from __future__ import annotations
 
+from ..common.image_processing_fundus import FundusImageProcessor
 from ..ibq import IBQTokenizerConfig, IBQTokenizerModel
-from ..maskedclip import FundusImageProcessor
 from .config import PretrainConfig
 from .data import StepBatches
 from .task import PretrainTask, build_model_config
@@ -37,7 +37,7 @@ class IBQTokenizerTask(PretrainTask):
     has_image_encoder = False  # a tokenizer: no pooled features to probe
 
     def batch_sizes(self, config):
-        return {"images": config.data.image_batch_size}
+        return {"images": config.family_settings.image_batch_size}
 
     def build_processor(self, config, tokenizer):
         data = config.data

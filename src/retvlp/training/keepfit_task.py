@@ -22,10 +22,10 @@ KEEPFIT_ROUTING = {"categorical": "categorical", "paired": "paired", "unpaired":
 
 
 def load_knowledge(config: PretrainConfig) -> ExpertKnowledge:
-    """The shipped expert-knowledge dictionary, extended/overridden by `data.expert_knowledge` if given."""
+    """The shipped expert-knowledge dictionary, extended/overridden by `keepfit.expert_knowledge` if given."""
     knowledge = ExpertKnowledge.load()
-    if config.data.expert_knowledge:
-        knowledge = knowledge.merged(config.data.expert_knowledge)
+    if config.family_settings.expert_knowledge:
+        knowledge = knowledge.merged(config.family_settings.expert_knowledge)
     return knowledge
 
 
@@ -98,16 +98,18 @@ class KeepFitTask(PretrainTask):
     )
     routing = KEEPFIT_ROUTING
     required_streams = ("categorical", "paired")
+    end_of_run_evaluation = True
 
     def batch_sizes(self, config):
-        return {"categorical": config.data.categorical_batch_size, "paired": config.data.paired_batch_size}
+        settings = config.family_settings
+        return {"categorical": settings.categorical_batch_size, "paired": settings.paired_batch_size}
 
     def text_corpus(self, streams, class_names, config):
         knowledge = load_knowledge(config)
         prompts = [
             p
             for name in class_names
-            for p in class_prompts(name, modality=config.data.modality, knowledge=knowledge)
+            for p in class_prompts(name, modality=config.family_settings.modality, knowledge=knowledge)
         ]
         return [t for t in streams["paired"].texts if t] + prompts
 
@@ -174,7 +176,6 @@ class KeepFitTask(PretrainTask):
         return model
 
     def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
-        data = config.data
         return KeepFitStepBatches(
             streams,
             self.batch_sizes(config),
@@ -182,33 +183,20 @@ class KeepFitTask(PretrainTask):
             class_names=class_names,
             max_length=config.model.max_text_length,
             knowledge=load_knowledge(config),
-            modality=data.modality,
-            label_augmentation=data.label_augmentation,
+            modality=config.family_settings.modality,
+            label_augmentation=config.family_settings.label_augmentation,
             **self.common_batch_kwargs(processor.image_processor, config, rank, world_size),
         )
 
     def after_optimizer_step(self, model: KeepFitForPreTraining) -> None:
         model.clamp_logit_scale_()
 
-    def evaluate(self, model, processor, specs, config, class_names, show_progress=True):
-        from ..evaluation.quick import evaluate_pretrained
-
-        knowledge = load_knowledge(config)
-        return evaluate_pretrained(
-            model,
-            processor,
-            specs,
-            config,
-            class_names,
-            show_progress=show_progress,
-            prompts_for=lambda name: class_prompts(name, modality=config.data.modality, knowledge=knowledge),
-        )
-
     def zero_shot_prompts(self, config, class_names):
-        """The expert-knowledge prompt ensembles, as the end-of-run check uses."""
+        """The expert-knowledge prompt ensembles (the evaluations during pretraining and at its end)."""
         knowledge = load_knowledge(config)
         return [
-            class_prompts(name, modality=config.data.modality, knowledge=knowledge) for name in class_names
+            class_prompts(name, modality=config.family_settings.modality, knowledge=knowledge)
+            for name in class_names
         ]
 
 

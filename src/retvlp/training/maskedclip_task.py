@@ -4,38 +4,13 @@ after each optimizer step."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPForPreTraining, MaskedCLIPProcessor
-from ..tokenization import build_wordpiece_tokenizer
 from .config import PretrainConfig
 from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, label_tensor
 from .task import PretrainTask, build_model_config
-
-
-def load_or_build_tokenizer(config: PretrainConfig, corpus: list[str], output_dir: Path, accelerator):
-    """The run's tokenizer: `model.tokenizer` (a directory or Hub id), the pretrained text tower's, or —
-    with `tokenizer: build` — a WordPiece vocabulary trained on the run's texts, built once on the main
-    process and saved in `<output_dir>/tokenizer` so every process and every resume use the same one."""
-    from transformers import AutoTokenizer
-
-    source = config.model.tokenizer or config.model.text_pretrained or config.model.pretrained
-    if source != "build":
-        if source is None:
-            raise ValueError(
-                f"{config.source}: model.tokenizer is not set and there is no pretrained text model to take it "
-                "from; set model.tokenizer to a directory / Hub id (e.g. emilyalsentzer/Bio_ClinicalBERT) or "
-                "'build'."
-            )
-        return AutoTokenizer.from_pretrained(source)
-    saved = output_dir / "tokenizer"
-    if accelerator.is_main_process and not (saved / "tokenizer.json").exists():
-        build_wordpiece_tokenizer(corpus, vocab_size=config.model.tokenizer_vocab_size).save_pretrained(saved)
-    accelerator.wait_for_everyone()
-    return AutoTokenizer.from_pretrained(saved)
 
 
 def build_processor(config: PretrainConfig, tokenizer) -> MaskedCLIPProcessor:
@@ -136,6 +111,7 @@ class MaskedCLIPTask(PretrainTask):
     loss_terms = ("loss", "loss_mim", "loss_clip", "loss_mfd")
     routing = MASKEDCLIP_ROUTING
     required_streams = ("paired",)
+    end_of_run_evaluation = True
     contrastive_fields = (("loss_clip", "image_embeds", "text_embeds", "labels"),)
     collapse_knobs = (
         "a lower optim.lr or a longer optim.warmup_steps; model.config.text_pooling: mean for a text tower "
@@ -144,11 +120,14 @@ class MaskedCLIPTask(PretrainTask):
     )
 
     def batch_sizes(self, config):
-        return {"paired": config.data.paired_batch_size, "unpaired": config.data.unpaired_batch_size}
+        settings = config.family_settings
+        return {"paired": settings.paired_batch_size, "unpaired": settings.unpaired_batch_size}
 
     def text_corpus(self, streams, class_names, config):
         return [t for t in streams["paired"].texts if t] + [
-            template.format(name) for template in config.data.prompt_templates for name in class_names
+            template.format(name)
+            for template in config.family_settings.prompt_templates
+            for name in class_names
         ]
 
     def build_processor(self, config, tokenizer):
@@ -158,7 +137,6 @@ class MaskedCLIPTask(PretrainTask):
         return build_model(config, tokenizer)
 
     def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
-        data = config.data
         return MaskedCLIPStepBatches(
             streams,
             self.batch_sizes(config),
@@ -166,7 +144,7 @@ class MaskedCLIPTask(PretrainTask):
             class_names=class_names,
             num_patches=model.config.vision_config.num_patches,
             max_length=config.model.max_text_length,
-            prompt_templates=data.prompt_templates,
+            prompt_templates=config.family_settings.prompt_templates,
             **self.common_batch_kwargs(processor.image_processor, config, rank, world_size),
         )
 
@@ -177,7 +155,7 @@ class MaskedCLIPTask(PretrainTask):
         with torch.no_grad():
             model.released_model.logit_scale.clamp_(0.0, model.config.logit_scale_max)
 
-    def evaluate(self, model, processor, specs, config, class_names, show_progress=True):
-        from ..evaluation.quick import evaluate_pretrained
-
-        return evaluate_pretrained(model, processor, specs, config, class_names, show_progress=show_progress)
+    def zero_shot_prompts(self, config, class_names):
+        """`maskedclip.prompt_templates` filled with each class name."""
+        templates = config.family_settings.prompt_templates
+        return [[template.format(name) for template in templates] for name in class_names]

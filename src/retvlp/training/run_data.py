@@ -1,0 +1,129 @@
+"""The data a pretraining run trains on, as a task's `prepare_data` hands it to the loop: for the image
+families, the validated and cached streams of `data.train` (or of the synthetic demo data) and the evaluation
+specs; a text corpus task keeps its corpus itself and hands over only the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.manifest import Manifest, with_root_options
+from ..data.validation import ValidationReport
+from ..synthetic import resolve_synthetic_spec
+from .config import PretrainConfig
+from .data import Stream, discover_classes, prepare_streams, read_training_manifests
+from .progress import phase
+
+
+@dataclass
+class RunData:
+    """What the loop needs to know about a run's data.
+
+    Attributes:
+        report: the validation report (`bad_records` are the skipped samples of the summary and checkpoints).
+        class_names: the run's classes (empty for a text corpus).
+        evaluation_specs: `run.evaluation` (plus the synthetic split), with the run's data roots.
+        streams / manifests: the image families' streams and the manifests they index (None for text).
+        held_out: what the evaluation hooks' `hold_out` returned (None: nothing held out).
+    """
+
+    report: ValidationReport
+    class_names: list[str] = field(default_factory=list)
+    evaluation_specs: dict = field(default_factory=dict)
+    streams: dict[str, Stream] | None = None
+    manifests: list[Manifest] | None = None
+    held_out: Any = None
+
+    def rows_per_stream(self) -> dict[str, int]:
+        return {name: len(stream) for name, stream in (self.streams or {}).items()}
+
+
+def synthetic_manifest_specs(config: PretrainConfig) -> tuple[list[dict], dict]:
+    """Generate (or reuse) the procedural demo data and return its training manifests + evaluation specs."""
+    dataset = resolve_synthetic_spec(config.data.synthetic, config.data.cache_dir or "outputs/cache")
+    return dataset.training_specs(), dataset.evaluation_specs()
+
+
+def with_run_roots(evaluation_specs: dict, data) -> dict:
+    """`run.evaluation` with the run's `data.allowed_roots` / `allow_outside_data_roots` added to each manifest
+    spec (`test`, `probe_train`: one spec or a list), so evaluation data obey the same containment."""
+
+    def add(spec):
+        return with_root_options(spec, data.allowed_roots, data.allow_outside_data_roots)
+
+    out = dict(evaluation_specs)
+    for side in ("test", "probe_train"):
+        specs = out.get(side)
+        if isinstance(specs, dict):
+            out[side] = add(specs)
+        elif isinstance(specs, (list, tuple)):
+            out[side] = [add(spec) if isinstance(spec, dict) else spec for spec in specs]
+    return out
+
+
+def main_process_first(accelerator, function, *args, **kwargs):
+    """Run `function` on the main process first (it builds shared caches), then on the others.
+
+    An exception on the main process is re-raised only after the barrier, so the other processes are
+    released, run the same deterministic step, meet the same error and stop too instead of waiting forever.
+    """
+    error = result = None
+    with accelerator.main_process_first():
+        try:
+            result = function(*args, **kwargs)
+        except Exception as caught:  # noqa: BLE001 - re-raised below, after the barrier
+            if not accelerator.is_main_process or accelerator.num_processes == 1:
+                raise
+            error = caught
+    if error is not None:
+        raise error
+    return result
+
+
+def prepare_image_data(
+    task, config: PretrainConfig, accelerator, output_dir: Path, show_progress: bool
+) -> RunData:
+    """Read `data.train` (and the synthetic demo data), discover the classes, validate and cache every image
+    and route the records into `task`'s streams (`task.routing`, `task.required_streams`)."""
+    data, main = config.data, accelerator.is_main_process
+    train_specs, evaluation_specs = list(data.train), dict(config.run.evaluation)
+    if data.synthetic is not None:
+        synthetic_train, synthetic_eval = main_process_first(accelerator, synthetic_manifest_specs, config)
+        train_specs = synthetic_train + train_specs
+        evaluation_specs = {**synthetic_eval, **evaluation_specs}
+    evaluation_specs = with_run_roots(evaluation_specs, data)
+    manifests = read_training_manifests(
+        train_specs, allowed_roots=data.allowed_roots, allow_outside_data_roots=data.allow_outside_data_roots
+    )
+    class_names = discover_classes(manifests, data.classes)
+    phase(
+        "Validating and caching %d images of %d manifest(s) (%s; a first run decodes every image, later ones "
+        "reuse the cache).",
+        sum(len(m.records) for m in manifests),
+        len(manifests),
+        data.cache_dir or "outputs/cache",
+        enabled=main,
+    )
+    streams, report = main_process_first(
+        accelerator,
+        prepare_streams,
+        manifests,
+        data,
+        class_names,
+        output_dir,
+        routing=task.routing,
+        required=task.required_streams,
+        is_main_process=main,
+        show_progress=show_progress and main,
+    )
+    return RunData(report, class_names, evaluation_specs, streams, manifests)
+
+
+__all__ = [
+    "RunData",
+    "main_process_first",
+    "prepare_image_data",
+    "synthetic_manifest_specs",
+    "with_run_roots",
+]
