@@ -34,8 +34,10 @@ from typing import Any
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import OfflineModeIsEnabled
 
+from .evaluation.finetune import save_finetuned
+from .families import family_of_model_type
 from .model_card import (
-    SUPPORTED_MODEL_TYPES,
+    card_families,
     find_run_config,
     is_hub_id,
     render_adapter_card,
@@ -313,8 +315,6 @@ def _stage(destination: Path, model, processor, folder, card, base_model, kwargs
     elif hasattr(model, "peft_config"):
         # A live PeftModel: staged as `retvlp evaluate` saves adapters (PEFT files + the classifier's config with
         # the class names, its code and the image processor), not as PEFT's bare files.
-        from .evaluation.finetune import save_finetuned
-
         if not (base_model or kwargs.get("base_model")):
             raise ValueError("pushing a PEFT model needs base_model= (the base checkpoint's Hub id)")
         save_finetuned(
@@ -345,7 +345,7 @@ def _stage(destination: Path, model, processor, folder, card, base_model, kwargs
         _write_card(render_adapter_card(destination, base_model=base_model, **kwargs), destination)
     elif kind == "classifier":
         _write_card(render_classifier_card(destination, base_model=base_model, **kwargs), destination)
-    elif _read_json(destination / "config.json").get("model_type") in SUPPORTED_MODEL_TYPES:
+    elif _read_json(destination / "config.json").get("model_type") in card_families():
         if source is not None and "run_config" not in kwargs:
             kwargs["run_config"] = find_run_config(source)  # the run directory above a `final/` folder
         _write_card(render_model_card(destination, base_model=base_model, **kwargs), destination)
@@ -477,8 +477,8 @@ def _default_message(staged: Path) -> str:
     if kind == "adapter":
         return "Upload LoRA adapter and adapter card (retvlp)"
     model_type = _read_json(staged / "config.json").get("model_type", "")
-    family = next((f for f in SUPPORTED_MODEL_TYPES if str(model_type).startswith(f)), None)
-    what = {"maskedclip": "MaskedCLIP", "keepfit": "KeepFIT V2"}.get(family, "model")
+    family = family_of_model_type(str(model_type))
+    what = family.title if family is not None and family.card_template else "model"
     if kind == "classifier":
         return f"Upload fine-tuned {what} classifier + image processor, remote code and model card (retvlp)"
     extra = " + processor" if (staged / "processor_config.json").is_file() else ""

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data.cache import CachedImages, ImageGeometry, build_image_cache, read_pixels
+from ..data.loading import read_training_manifests
 from ..data.manifest import LABEL_FALLBACKS, Manifest, ManifestRecord, manifest_from_hf_dataset
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,6 @@ def _class_label_names(dataset, label_column: str | None) -> list[str] | None:
 def _read_manifests(specs: list[dict]) -> tuple[list[Manifest], list[tuple[str, list[str]]]]:
     """Manifests of every spec, and `(spec name, ClassLabel names)` of the Hugging Face datasets that declare
     their classes."""
-    from ..training.data import read_training_manifests
 
     manifests, declared = [], []
     for spec in specs:

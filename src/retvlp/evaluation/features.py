@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..families import family_of_model_type
 from .data import ImageStore, prefetched_batches
 
 FEATURE_FORMAT_VERSION = 1
@@ -58,8 +59,15 @@ def has_text_tower(model) -> bool:
 
 
 def _is_retvlp_dual_encoder(model) -> bool:
-    # MaskedCLIPModel / KeepFitModel: one forward gives the probe feature and the embedding (public API).
-    return _model_type(model) in ("maskedclip", "keepfit") and hasattr(model, "get_image_features")
+    # A registered family's released dual encoder (MaskedCLIPModel, KeepFitModel, also loaded as remote code):
+    # one forward gives the probe feature and the embedding (public API). Its config carries the family's
+    # main model_type; the family's vision-only configs do not.
+    family = family_of_model_type(_model_type(model))
+    return (
+        family is not None
+        and _model_type(model) == family.model_types[0]
+        and hasattr(model, "get_image_features")
+    )
 
 
 def _pooled(output) -> torch.Tensor:

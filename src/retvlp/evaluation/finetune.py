@@ -32,19 +32,17 @@ import logging
 import math
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data.transforms import augment_and_normalize
+from ..families import FamilySpec, family_of_model_type
 from .data import ImageStore, LabelledRecords, to_model_input
 
-FAMILY_LORA_TARGETS = {
-    "maskedclip": r".*vision_model\.layers\.\d+\.attention\.(q_proj|k_proj|v_proj|o_proj)",
-    "keepfit": r".*vision_model\.encoder\.stages\.\d+\.layers\.\d+\.layer\.\d+\.convolution",
-}
-FAMILY_HEAD_MODULES = {"maskedclip": ["classifier", "fc_norm"], "keepfit": ["classifier"]}
 METHODS = ("full", "lora")
 
 TRAINING_SUMMARY_NAME = "training_summary.json"
@@ -108,22 +106,15 @@ class FinetuneResult:
     saved_to: Path | None = None
 
 
-def family_of(config) -> str:
-    model_type = getattr(config, "model_type", "")
-    if model_type.startswith("maskedclip"):
-        return "maskedclip"
-    if model_type.startswith("keepfit"):
-        return "keepfit"
-    return model_type
+def family_of(config) -> FamilySpec | None:
+    """The registered family of a checkpoint's config (None for any other model, e.g. a stock ViT)."""
+    return family_of_model_type(getattr(config, "model_type", ""))
 
 
 def build_classifier(source, class_names: list[str], *, multi_label: bool, settings: FinetuneSettings):
     """The classification model for `source` (a checkpoint directory or Hub id; a model instance is saved to a
     temporary directory first) with a fresh head for `class_names`."""
     from transformers import AutoConfig, AutoModelForImageClassification
-
-    from ..keepfit import KeepFitForImageClassification
-    from ..maskedclip import MaskedCLIPForImageClassification
 
     if isinstance(source, torch.nn.Module):
         with tempfile.TemporaryDirectory() as staging:
@@ -140,10 +131,11 @@ def build_classifier(source, class_names: list[str], *, multi_label: bool, setti
         label2id={name: i for i, name in enumerate(class_names)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
     )
-    if family == "maskedclip":
-        cls, kwargs = MaskedCLIPForImageClassification, {**kwargs, "drop_path_rate": settings.drop_path_rate}
-    elif family == "keepfit":
-        cls = KeepFitForImageClassification
+    classifier = family.load("classifier") if family is not None else None
+    if classifier is not None:
+        # The fine-tuning settings the family's classifier config reads (MaskedCLIP: drop_path_rate).
+        options = family.extra.get("classifier_settings", ())
+        cls, kwargs = classifier, {**kwargs, **{name: getattr(settings, name) for name in options}}
     else:
         cls, kwargs = AutoModelForImageClassification, {**kwargs, "ignore_mismatched_sizes": True}
     model = cls.from_pretrained(source, **kwargs)
@@ -167,7 +159,8 @@ def lora_wrap(model, settings: FinetuneSettings):
     from peft import LoraConfig, get_peft_model
 
     family = family_of(model.config)
-    targets = settings.lora_target_modules or FAMILY_LORA_TARGETS.get(family)
+    defaults = family.lora if family is not None else None
+    targets = settings.lora_target_modules or (defaults.target_modules if defaults else None)
     if targets is None:
         raise ValueError(
             f"No default LoRA target modules for model_type {model.config.model_type!r}: pass "
@@ -178,7 +171,7 @@ def lora_wrap(model, settings: FinetuneSettings):
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
         target_modules=targets,
-        modules_to_save=FAMILY_HEAD_MODULES.get(family, ["classifier"]),
+        modules_to_save=list(defaults.modules_to_save) if defaults else ["classifier"],
         task_type=None,
     )
     wrapped = get_peft_model(model, config)
@@ -295,8 +288,6 @@ def finetune(
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
-
-    from ..training.data import augment_and_normalize
 
     settings = settings or FinetuneSettings()
     if len(train_indices) == 0 or len(test_indices) == 0:
@@ -454,6 +445,29 @@ def _is_peft_model(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
+@dataclass
+class ArtifactHooks:
+    """What the layers above evaluation add to a saved artifact: the model card (`retvlp.model_card`) and the
+    portability check (`retvlp.hub`). They install themselves when `retvlp` is imported (the package root
+    calls :func:`install_artifact_hooks`), so evaluation never imports the card or hub layer."""
+
+    render_card: Callable[[Path], object] | None = None
+    portability_problems: Callable[[Path], list[str]] | None = None
+
+
+ARTIFACT_HOOKS = ArtifactHooks()
+
+
+def install_artifact_hooks(render_card, portability_problems) -> None:
+    ARTIFACT_HOOKS.render_card = render_card
+    ARTIFACT_HOOKS.portability_problems = portability_problems
+
+
+def _write_card(directory: Path) -> None:
+    if ARTIFACT_HOOKS.render_card is not None:
+        (directory / "README.md").write_text(str(ARTIFACT_HOOKS.render_card(directory)), encoding="utf-8")
+
+
 def save_finetuned(
     model,
     directory: str | Path,
@@ -469,9 +483,6 @@ def save_finetuned(
     PEFT files next to them, with `base_model_name_or_path` set to `base_model` (required: a Hub id or an absolute
     path; the classifier config saved with it carries the class names that the base checkpoint lacks).
     """
-    from ..hub import portability_problems
-    from ..model_card import render_finetuned_card
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if _is_peft_model(model):
@@ -495,8 +506,8 @@ def save_finetuned(
         portable_image_processor(image_processor).save_pretrained(directory)
     if summary is not None:
         _write_json(directory / TRAINING_SUMMARY_NAME, summary)
-    (directory / "README.md").write_text(str(render_finetuned_card(directory)), encoding="utf-8")
-    problems = portability_problems(directory)
+    _write_card(directory)
+    problems = ARTIFACT_HOOKS.portability_problems(directory) if ARTIFACT_HOOKS.portability_problems else []
     if problems:
         logger.warning("%s will not load everywhere: %s", directory, "; ".join(problems))
     return directory
@@ -505,11 +516,9 @@ def save_finetuned(
 def record_evaluation(directory: str | Path, evaluation: dict) -> None:
     """Store a saved artifact's own test results (`eval_results.json`, evaluation-suite layout) and re-render its
     model card so that the card and its `model-index` report them."""
-    from ..model_card import render_finetuned_card
-
     directory = Path(directory)
     _write_json(directory / EVAL_RESULTS_NAME, evaluation)
-    (directory / "README.md").write_text(str(render_finetuned_card(directory)), encoding="utf-8")
+    _write_card(directory)
 
 
 def _write_json(path: Path, data: dict) -> None:

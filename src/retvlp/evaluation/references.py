@@ -11,8 +11,8 @@
   average precision of a random ranking, up to a small-sample excess; macro mean over the classes that have
   positives and negatives), κ 0. Macro F1 has no closed form here and is left out.
 
-Both are `{"metrics": {name: value}}` (plus `"predicts"`, the majority predictor's class name(s)), keyed like
-the result rows' metrics, in `results["references"]`.
+Both are `results.Reference` documents (`{"metrics": {name: value}}`, plus `"predicts"`, the majority
+predictor's class name(s)), keyed like the result rows' metrics, in `results["references"]`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .metrics import METRIC_NAMES, classification_metrics
+from .results import Reference
 
 CHANCE_FREE_METRICS = ("f1_macro",)  # no closed-form chance level
 
@@ -49,7 +50,7 @@ def majority_reference(
         predicts = [str(c) for c, p in zip(class_names, prior, strict=True) if p >= 0.5]
     else:
         predicts = str(class_names[int(prior.argmax())])
-    return {"predicts": predicts, "metrics": metrics}
+    return Reference(metrics, predicts).to_json()
 
 
 def _chance_pr_auc(test_targets: np.ndarray, num_classes: int) -> float:
@@ -81,7 +82,7 @@ def chance_reference(
     metrics = {name: levels[name] for name in names if name in levels}
     if multi_label:
         metrics.pop("quadratic_kappa", None)
-    return {"metrics": metrics}
+    return Reference(metrics).to_json()
 
 
 def reference_levels(

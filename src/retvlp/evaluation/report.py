@@ -9,14 +9,37 @@ that does not beat the majority class is flagged with †)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from .results import (
+    DatasetInfo,
+    EvaluationResults,
+    MetricSummary,
+    Reference,
+    ResultRow,
+    not_above_majority,
+    read_references,
+    read_results,
+)
+
+__all__ = [
+    "describe_dataset",
+    "majority_accuracy",
+    "markdown_table",
+    "metric_header",
+    "not_above_majority",
+    "plot_label_efficiency",
+    "plot_roc",
+    "reference_lines",
+    "write_report",
+]
 
 METRIC_LABELS = {
     "accuracy": "ACC",
@@ -27,28 +50,37 @@ METRIC_LABELS = {
     "f1_macro": "macro F1",
 }
 CURVE_TASKS = ("linear-probe", "finetune", "lora")
+REFERENCE_LABELS = (("majority", "majority class"), ("chance", "chance"))
 
 
-def _setting(row: dict) -> str:
-    if row["task"] == "few-shot":
-        return f"{row['method']}, {row['shots']} shot{'s' if row['shots'] != 1 else ''}"
-    if row["fraction"] is not None:
-        return f"{row['fraction'] * 100:g} % labels"
+def _setting_text(task: str, method, fraction, shots) -> str:
+    if task == "few-shot":
+        return f"{method}, {shots} shot{'s' if shots != 1 else ''}"
+    if fraction is not None:
+        return f"{fraction * 100:g} % labels"
     return "—"
 
 
-def _cell(entry: dict | None) -> str:
-    if entry is None or entry["mean"] is None or math.isnan(entry["mean"]):
+def _setting(row: ResultRow) -> str:
+    return _setting_text(row.task, row.method, row.fraction, row.shots)
+
+
+def _cell(entry: MetricSummary | None) -> str:
+    if entry is None or entry.mean is None or math.isnan(entry.mean):
         return "n/a"
-    if len(entry["values"]) > 1:
-        return f"{entry['mean']:.3f} ± {entry['std']:.3f}"
-    return f"{entry['mean']:.3f}"
+    if len(entry.values or ()) > 1:
+        return f"{entry.mean:.3f} ± {entry.std:.3f}"
+    return f"{entry.mean:.3f}"
 
 
-def metric_header(metric: str, dataset: dict) -> str:
+def _dataset(dataset: DatasetInfo | Mapping) -> DatasetInfo:
+    return dataset if isinstance(dataset, DatasetInfo) else DatasetInfo.from_json(dataset)
+
+
+def metric_header(metric: str, dataset: DatasetInfo | Mapping) -> str:
     """Column header of a metric; PR-AUC of a binary task names its positive class."""
     label = METRIC_LABELS.get(metric, metric)
-    positive = dataset.get("positive_class")
+    positive = _dataset(dataset).positive_class
     if metric == "pr_auc" and positive is not None:
         return f"{label} (positive: {positive})"
     return label
@@ -67,40 +99,40 @@ def _order_origin(order: str) -> str:
     return _ORDER_ORIGINS.get(base, base) + (f", {rest}" if rest else "")
 
 
-def describe_dataset(data: dict) -> str:
+def describe_dataset(data: DatasetInfo | Mapping) -> str:
     """One sentence: classes in the order every metric uses, task kind, positive class, split sizes."""
-    order = data.get("class_order")
-    origin = f" ({_order_origin(order)})" if order else ""
-    kind = "multi-label" if data["multi_label"] else "single-label"
-    if data.get("ordinal"):
+    data = _dataset(data)
+    origin = f" ({_order_origin(data.class_order)})" if data.class_order else ""
+    kind = "multi-label" if data.multi_label else "single-label"
+    if data.ordinal:
         kind += ", ordinal (quadratic κ over this order)"
-    elif not data["multi_label"] and "ordinal" in data and len(data["classes"]) > 2:
+    elif not data.multi_label and data.ordinal is not None and len(data.classes) > 2:
         kind += ", nominal (no κ: pass --ordinal for ordered grades)"
-    if data.get("positive_class") is not None:
-        kind += f", binary with positive class **{data['positive_class']}** (PR-AUC)"
+    if data.positive_class is not None:
+        kind += f", binary with positive class **{data.positive_class}** (PR-AUC)"
     return (
-        f"**{data['name']}**: {len(data['classes'])} classes in this order: {', '.join(data['classes'])}"
-        f"{origin}; {kind}; {data['num_train']} training-pool / {data['num_test']} test images "
-        f"(test split: {data['test_split']})."
+        f"**{data.name}**: {len(data.classes)} classes in this order: {', '.join(data.classes)}"
+        f"{origin}; {kind}; {data.num_train} training-pool / {data.num_test} test images "
+        f"(test split: {data.test_split})."
     )
 
 
-def _reference_setting(name: str, reference: dict) -> str:
+def _reference_setting(name: str, reference: Reference) -> str:
     if name == "chance":
         return "uniform random guess (expected)"
-    predicts = reference.get("predicts")
+    predicts = reference.predicts
     if isinstance(predicts, list):
         return f"each label's training-pool majority (positive: {', '.join(predicts) or 'none'})"
     return f"always `{predicts}` (training-pool majority)"
 
 
-def _reference_rows(results: dict, metrics: list[str]) -> list[str]:
+def _reference_rows(references: Mapping[str, Reference], metrics: list[str]) -> list[str]:
     lines = []
-    for name, label in (("majority", "majority class"), ("chance", "chance")):
-        reference = (results.get("references") or {}).get(name)
+    for name, label in REFERENCE_LABELS:
+        reference = references.get(name)
         if not reference:
             continue
-        cells = [_value(reference["metrics"].get(m)) for m in metrics]
+        cells = [_value(reference.metrics.get(m)) for m in metrics]
         lines.append(
             f"| *{label}* | reference | {_reference_setting(name, reference)} | — | — | "
             + " | ".join(cells)
@@ -113,26 +145,30 @@ def _value(value) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-def majority_accuracy(results: dict) -> float | None:
+def majority_accuracy(results: EvaluationResults | Mapping) -> float | None:
     """The majority-class accuracy of the test set, when the results carry references."""
-    reference = (results.get("references") or {}).get("majority") or {}
-    return (reference.get("metrics") or {}).get("accuracy")
+    reference = read_references(results).get("majority")
+    return None if reference is None else reference.metrics.get("accuracy")
 
 
-def not_above_majority(entry: dict | None, majority: float | None) -> bool:
-    """Whether a row's mean accuracy does not beat the majority-class accuracy (the † flag)."""
-    if entry is None or majority is None or entry.get("mean") is None or math.isnan(entry["mean"]):
-        return False
-    return entry["mean"] <= majority + 1e-9
+def _row_line(row: ResultRow, metrics: list[str]) -> str:
+    cells = [_cell(row.metrics.get(m)) for m in metrics]
+    if "accuracy" in metrics and row.not_above_majority:
+        cells[metrics.index("accuracy")] += " †"
+    return (
+        f"| {row.model} | {row.task} | {_setting(row)} | {row.num_train:.0f} | {len(row.seeds)} | "
+        + " | ".join(cells)
+        + " |"
+    )
 
 
-def markdown_table(results: dict) -> str:
+def markdown_table(results: EvaluationResults | Mapping) -> str:
     """One Markdown table of every result row, metrics as mean ± std over seeds, below the majority-class and
     chance reference rows; † marks an accuracy that does not beat the majority class."""
-    rows = results["results"]
-    metrics = [m for m in METRIC_LABELS if any(m in r["metrics"] for r in rows)]
-    data = results["dataset"]
-    majority = majority_accuracy(results)
+    document = read_results(results)
+    rows = document.annotated_rows()
+    metrics = [m for m in METRIC_LABELS if any(m in r.metrics for r in rows)]
+    data = document.dataset
     lines = [
         describe_dataset(data),
         "",
@@ -140,34 +176,22 @@ def markdown_table(results: dict) -> str:
         + " | ".join(metric_header(m, data) for m in metrics)
         + " |",
         "|---|---|---|---|---|" + "---|" * len(metrics),
-        *_reference_rows(results, metrics),
+        *_reference_rows(document.references, metrics),
+        *(_row_line(row, metrics) for row in rows),
     ]
-    flagged = False
-    for r in rows:
-        cells = [_cell(r["metrics"].get(m)) for m in metrics]
-        if "accuracy" in metrics and not_above_majority(r["metrics"].get("accuracy"), majority):
-            cells[metrics.index("accuracy")] += " †"
-            flagged = True
-        lines.append(
-            f"| {r['model']} | {r['task']} | {_setting(r)} | {r['num_train']:.0f} | {len(r['seeds'])} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    if flagged:
+    if "accuracy" in metrics and any(row.not_above_majority for row in rows):
         lines += [
             "",
-            f"† accuracy not above the majority class ({majority:.3f}, predicting "
-            f"`{results['references']['majority'].get('predicts')}` for every image): read balanced accuracy "
-            "and ROC-AUC.",
+            f"† accuracy not above the majority class ({document.majority_accuracy:.3f}, predicting "
+            f"`{document.majority.predicts}` for every image): read balanced accuracy and ROC-AUC.",
         ]
-    for name, info in (results.get("models") or {}).items():
-        for problem in info.get("skipped_tasks") or []:
-            lines += ["", f"Not run for {name}: {problem['task']} ({problem['reason']})."]
-    excluded = data.get("excluded") or {}
-    if excluded:
+    for name, info in document.models.items():
+        for problem in info.skipped_tasks:
+            lines += ["", f"Not run for {name}: {problem.task} ({problem.reason})."]
+    if data.excluded:
         lines += [
             "",
-            f"Left out of the data: {excluded} (listed in results.json, `dataset.excluded_examples`).",
+            f"Left out of the data: {data.excluded} (listed in results.json, `dataset.excluded_examples`).",
         ]
     return "\n".join(lines) + "\n"
 
@@ -183,32 +207,33 @@ def _slug(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(str(p) for p in parts if p is not None)).strip("-")
 
 
-def plot_label_efficiency(results: dict, metric: str, path: Path) -> bool:
+def plot_label_efficiency(results: EvaluationResults | Mapping, metric: str, path: Path) -> bool:
     """Metric vs label fraction (log axis), one line (± std band) per (model, protocol). False: nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    document = read_results(results)
     curves: dict[tuple[str, str], list] = {}
-    for r in results["results"]:
-        if r["task"] in CURVE_TASKS and r["fraction"] is not None and metric in r["metrics"]:
-            curves.setdefault((r["model"], r["task"]), []).append((r["fraction"], r["metrics"][metric]))
+    for r in document.rows:
+        if r.task in CURVE_TASKS and r.fraction is not None and metric in r.metrics:
+            curves.setdefault((r.model, r.task), []).append((r.fraction, r.metrics[metric]))
     if not curves:
         return False
     figure, axis = plt.subplots(figsize=(5.5, 4))
-    _reference_lines(axis, results, metric)
-    for (model, task), points in sorted(curves.items()):
-        points.sort()
+    _reference_lines(axis, document, metric)
+    for (model, task), points in sorted(curves.items(), key=lambda item: item[0]):
+        points.sort(key=lambda point: point[0])
         x = np.array([p[0] * 100 for p in points])
-        mean = np.array([p[1]["mean"] for p in points])
-        std = np.array([p[1]["std"] for p in points])
+        mean = np.array([p[1].mean for p in points])
+        std = np.array([p[1].std for p in points])
         (line,) = axis.plot(x, mean, marker="o", label=f"{model} ({task})")
         axis.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     axis.set_xscale("log")
     axis.set_xlabel("training labels used (%)")
-    axis.set_ylabel(metric_header(metric, results["dataset"]))
-    axis.set_title(f"Label efficiency on {results['dataset']['name']}")
+    axis.set_ylabel(metric_header(metric, document.dataset))
+    axis.set_title(f"Label efficiency on {document.dataset.name}")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -217,12 +242,13 @@ def plot_label_efficiency(results: dict, metric: str, path: Path) -> bool:
     return True
 
 
-def reference_lines(results: dict, metric: str) -> list[tuple[str, float]]:
+def reference_lines(results: EvaluationResults | Mapping, metric: str) -> list[tuple[str, float]]:
     """`[(label, level)]` of the horizontal reference lines of a metric's plot: majority class and chance,
     merged into one line when they coincide (e.g. ROC-AUC 0.5)."""
     levels = []
-    for name, label in (("majority", "majority class"), ("chance", "chance")):
-        value = ((results.get("references") or {}).get(name) or {}).get("metrics", {}).get(metric)
+    references = read_references(results)
+    for name, label in REFERENCE_LABELS:
+        value = references[name].metrics.get(metric) if name in references else None
         if value is None or math.isnan(value):
             continue
         if levels and abs(levels[-1][1] - value) < 1e-9:
@@ -271,20 +297,24 @@ def plot_roc(
     return True
 
 
-def write_report(results: dict, predictions: dict, test_targets: np.ndarray, output_dir: str | Path) -> dict:
+def write_report(
+    results: EvaluationResults | Mapping, predictions: dict, test_targets: np.ndarray, output_dir: str | Path
+) -> dict:
     """Write results.json, results.md, the plots and predictions/*.npz; returns `{what: path}`."""
     output = Path(output_dir)
     (output / "predictions").mkdir(parents=True, exist_ok=True)
     written = {}
-    serialisable = {k: v for k, v in results.items() if k not in ("predictions", "test_targets")}
-    _atomic_write(output / "results.json", json.dumps(serialisable, indent=2, default=str) + "\n")
-    _atomic_write(output / "results.md", markdown_table(serialisable))
+    if not isinstance(results, EvaluationResults):
+        results = {k: v for k, v in results.items() if k not in ("predictions", "test_targets")}
+    document = read_results(results)
+    _atomic_write(output / "results.json", document.dumps())
+    _atomic_write(output / "results.md", markdown_table(document))
     written.update(json=output / "results.json", markdown=output / "results.md")
     for metric in ("roc_auc", "accuracy", "pr_auc"):
         path = output / f"label_efficiency_{metric}.png"
-        if plot_label_efficiency(serialisable, metric, path):
+        if plot_label_efficiency(document, metric, path):
             written[f"label_efficiency_{metric}"] = path
-    classes = results["dataset"]["classes"]
+    classes = document.dataset.classes
     for (model, task, method, fraction, shots), probabilities in predictions.items():
         name = _slug(
             model,
@@ -303,7 +333,7 @@ def write_report(results: dict, predictions: dict, test_targets: np.ndarray, out
                 test_targets,
                 probabilities,
                 classes,
-                f"{model}: {task} ({_setting({'task': task, 'method': method, 'fraction': fraction, 'shots': shots})})",
+                f"{model}: {task} ({_setting_text(task, method, fraction, shots)})",
                 path,
             ):
                 written[f"roc_{name}"] = path

@@ -8,8 +8,9 @@ test manifest, or a seeded group-aware stratified split) → per model extract f
 task over its seeds / label fractions / shots on those features (fine-tuning trains on the cached pixels) →
 metrics per run → mean ± std rows. `retvlp evaluate` is a thin CLI over `evaluate_models`.
 
-Result rows (`results["results"]`): `{"model", "task", "method", "fraction", "shots", "seeds", "num_train",
-"metrics": {name: {"mean", "std", "values"}}}`; std is the sample standard deviation over seeds (0 for one).
+Result rows are `results.ResultRow`s and the document an `results.EvaluationResults` (`results.py` holds the
+schema; `results["results"]` of the returned dict is its rows as JSON); std is the sample standard deviation
+over seeds (0 for one).
 A deterministic setting (the linear probe on 100 % of the labels: the same rows and a deterministic solver
 for every seed) is run once, for the first seed.
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,15 @@ from .finetune import FinetuneSettings, finetune, record_evaluation
 from .linear_probe import DEFAULT_C, linear_probe_probabilities
 from .metrics import METRIC_NAMES, classification_metrics
 from .references import reference_levels
+from .results import (
+    DatasetInfo,
+    EvaluationResults,
+    MetricSummary,
+    ModelInfo,
+    Reference,
+    ResultRow,
+    SkippedTask,
+)
 from .splits import few_shot_indices, group_stratified_split, nested_label_fractions, order_free_targets
 from .zero_shot import multi_label_threshold, prompt_ensembles, zero_shot_probabilities
 
@@ -209,29 +219,16 @@ def random_init_copy(loaded: LoadedModel, seed: int) -> LoadedModel:
 
 # ---------------------------------------------------------------------------------------------- results
 def summarize(values: list[dict[str, float]]) -> dict[str, dict]:
-    """Per metric: mean, std (sample std over runs; 0 for one run) and the run values."""
-    out = {}
-    for name in values[0]:
-        runs = np.asarray([v[name] for v in values], dtype=np.float64)
-        out[name] = {
-            "mean": float(np.nanmean(runs)) if not np.isnan(runs).all() else float("nan"),
-            "std": float(np.nanstd(runs, ddof=1)) if np.isfinite(runs).sum() > 1 else 0.0,
-            "values": [float(v) for v in runs],
-        }
-    return out
+    """Per metric: mean, std (sample std over runs; 0 for one run) and the run values (as JSON)."""
+    return {name: MetricSummary.of_runs([v[name] for v in values]).to_json() for name in values[0]}
 
 
-def _row(model, task, metrics_per_seed, seeds, num_train, method=None, fraction=None, shots=None) -> dict:
-    return {
-        "model": model,
-        "task": task,
-        "method": method,
-        "fraction": fraction,
-        "shots": shots,
-        "seeds": list(seeds),
-        "num_train": num_train,
-        "metrics": summarize(metrics_per_seed),
-    }
+def _row(
+    model, task, metrics_per_seed, seeds, num_train, method=None, fraction=None, shots=None
+) -> ResultRow:
+    return ResultRow.of_runs(
+        model, task, metrics_per_seed, seeds, num_train, method=method, fraction=fraction, shots=shots
+    )
 
 
 def metric_names(*, multi_label: bool, ordinal: bool) -> tuple[str, ...]:
@@ -249,7 +246,8 @@ class _Context:
     settings: EvaluationSettings
     metrics: tuple[str, ...] = METRIC_NAMES
     predictions: dict = field(default_factory=dict)  # (model, task, method, fraction, shots) → probabilities
-    references: dict = field(default_factory=dict)
+    references: dict[str, Reference] = field(default_factory=dict)
+    prompts: list[list[str]] | None = None  # zero-shot prompts per class (default: the prompt ensembles)
 
     @property
     def strata_targets(self) -> np.ndarray:
@@ -270,11 +268,11 @@ class _Context:
 
 
 # ---------------------------------------------------------------------------------------------- tasks
-def run_zero_shot(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
+def run_zero_shot(loaded: LoadedModel, features, ctx: _Context) -> list[ResultRow]:
     if features.embeds is None or loaded.tokenizer is None:
         raise ValueError(f"{loaded.name}: zero-shot needs a text encoder and a tokenizer.")
     s = ctx.settings
-    prompts = prompt_ensembles(
+    prompts = ctx.prompts or prompt_ensembles(
         ctx.labelled.class_names,
         modality=s.modality,
         templates=s.templates,
@@ -295,7 +293,7 @@ def _probe_seeds(fraction: float, seeds: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(seeds[:1]) if fraction >= 1.0 else tuple(seeds)
 
 
-def run_linear_probe(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
+def run_linear_probe(loaded: LoadedModel, features, ctx: _Context) -> list[ResultRow]:
     from tqdm.auto import tqdm
 
     s, labelled = ctx.settings, ctx.labelled
@@ -336,7 +334,7 @@ def run_linear_probe(loaded: LoadedModel, features, ctx: _Context) -> list[dict]
     ]
 
 
-def run_few_shot(loaded: LoadedModel, features, ctx: _Context) -> list[dict]:
+def run_few_shot(loaded: LoadedModel, features, ctx: _Context) -> list[ResultRow]:
     from tqdm.auto import tqdm
 
     from .few_shot import FEW_SHOT_METHODS as methods
@@ -389,9 +387,9 @@ def _few_shot_rows(loaded: LoadedModel, features, prototypes, ctx: _Context, met
     return rows
 
 
-def run_finetune(loaded: LoadedModel, task: str, store, mean, std, ctx: _Context, output_dir) -> list[dict]:
-    from dataclasses import replace
-
+def run_finetune(
+    loaded: LoadedModel, task: str, store, mean, std, ctx: _Context, output_dir
+) -> list[ResultRow]:
     s, labelled = ctx.settings, ctx.labelled
     base = replace(s.finetune, method="lora" if task == "lora" else "full")
     if loaded.name == "random_init":
@@ -431,37 +429,30 @@ def run_finetune(loaded: LoadedModel, task: str, store, mean, std, ctx: _Context
             if result.saved_to is not None and int(os.environ.get("RANK", "0")) == 0:
                 # The artifact's card reports this run (its seed), not the mean over seeds of the whole protocol;
                 # one run has no spread (std None, not 0).
-                row = _row(loaded.name, task, [metrics], [seed], len(train), fraction=fraction)
-                row["metrics"] = {name: {**value, "std": None} for name, value in row["metrics"].items()}
-                record_evaluation(
-                    result.saved_to,
-                    {"dataset": _dataset_block(ctx), "references": ctx.references, "results": [row]},
-                )
+                row = _row(loaded.name, task, [metrics], [seed], len(train), fraction=fraction).single_run()
+                own = EvaluationResults(_dataset_info(ctx), [row], references=ctx.references)
+                record_evaluation(result.saved_to, own.to_json())
     rows += [
         _row(loaded.name, task, runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f) for f in s.fractions
     ]
     return rows
 
 
-def _dataset_block(ctx: _Context) -> dict:
+def _dataset_info(ctx: _Context, **details) -> DatasetInfo:
+    """What the metrics are computed over: the class order (and its origin), ordinality, positive class, the
+    split sizes, and the `details` of the full report (test split, counts, exclusions)."""
     labelled = ctx.labelled
-    return {
-        "name": labelled.name,
-        **_meaning(labelled, "quadratic_kappa" in ctx.metrics),
-        "multi_label": bool(labelled.multi_label),
-        "num_train": int(len(ctx.pool)),
-        "num_test": int(len(ctx.test)),
-    }
-
-
-def _meaning(labelled: LabelledRecords, ordinal: bool) -> dict:
-    """What the metrics are computed over: the class order (and its origin), ordinality, positive class."""
-    return {
-        "classes": list(labelled.class_names),
-        "class_order": labelled.class_order,
-        "ordinal": bool(ordinal),
-        "positive_class": positive_class_of(labelled),
-    }
+    return DatasetInfo(
+        name=labelled.name,
+        classes=list(labelled.class_names),
+        class_order=labelled.class_order,
+        ordinal="quadratic_kappa" in ctx.metrics,
+        positive_class=positive_class_of(labelled),
+        multi_label=bool(labelled.multi_label),
+        num_train=int(len(ctx.pool)),
+        num_test=int(len(ctx.test)),
+        **details,
+    )
 
 
 def _check_ordinal(labelled: LabelledRecords) -> None:
@@ -565,70 +556,37 @@ def evaluate_models(
     for source in models.values():  # before reading any data: a wrong path fails in seconds
         if isinstance(source, (str, os.PathLike)):
             check_model_source(os.fspath(source))
-    labelled = read_labelled_records(data, class_names, multi_label=multi_label, name=dataset_name)
-    if positive_class is not None:
-        labelled = with_positive_class(labelled, str(positive_class))
-    if ordinal:
-        _check_ordinal(labelled)
-    num_pool = None
-    if test_data is not None:
-        test = read_labelled_records(test_data, labelled.class_names, multi_label=labelled.multi_label)
-        num_pool, labelled = len(labelled), _concatenate(labelled, test)
+    labelled, num_pool = _read_data(
+        data, test_data, class_names, multi_label, ordinal, positive_class, dataset_name
+    )
     if device is None and torch.cuda.is_available():  # under `accelerate launch`: this process's GPU
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     loaded = [load_model(name, source, device) for name, source in models.items()]
     if random_init:
         loaded.append(random_init_copy(loaded[0], settings.split_seed))
-    geometries = dict.fromkeys(geometry_of(entry.image_processor) for entry in loaded)
-    stores = {
-        g: cache_images(labelled, g, cache_dir=settings.cache_dir, show_progress=settings.show_progress)
-        for g in geometries
-    }
-    if num_pool is not None:  # bad images leave the pool and the given test set alike
-        usable = np.logical_and.reduce([store.ok for store in stores.values()])
-        num_pool = int(usable[:num_pool].sum())
-    labelled, kept_stores = drop_bad_images(labelled, list(stores.values()))
-    stores = dict(zip(stores, kept_stores, strict=True))
+    labelled, stores, num_pool = _cache_pixels(labelled, loaded, num_pool, settings)
     pool, test = fixed_split(labelled, num_pool, settings)
     names = metric_names(multi_label=labelled.multi_label, ordinal=ordinal)
     ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings, metrics=names)
-    ctx.references = reference_levels(
-        labelled.targets[ctx.pool],
-        labelled.targets[ctx.test],
-        labelled.class_names,
-        multi_label=labelled.multi_label,
-        names=names,
-    )
-    results = {
-        "dataset": {
-            "name": labelled.name,
-            **_meaning(labelled, "quadratic_kappa" in names),
-            "multi_label": labelled.multi_label,
-            "num_train": int(len(pool)),
-            "num_test": int(len(test)),
-            "test_split": "given"
+    ctx.references = _references(ctx)
+    document = EvaluationResults(
+        dataset=_dataset_info(
+            ctx,
+            test_split="given"
             if test_data is not None
             else f"group-aware stratified {settings.test_fraction:g}",
-            "split_seed": settings.split_seed,
-            "train_counts": summarize_counts(labelled, ctx.pool),
-            "test_counts": summarize_counts(labelled, ctx.test),
-            "excluded": labelled.excluded,
-            "excluded_examples": labelled.excluded_examples,
-        },
-        "references": ctx.references,
-        "models": {},
-        "settings": _jsonable(asdict(settings)),
-        "results": [],
-    }
+            split_seed=settings.split_seed,
+            train_counts=summarize_counts(labelled, ctx.pool),
+            test_counts=summarize_counts(labelled, ctx.test),
+            excluded=labelled.excluded,
+            excluded_examples=labelled.excluded_examples,
+        ),
+        references=ctx.references,
+        settings=_jsonable(asdict(settings)),
+    )
     for entry in loaded:
         store = stores[geometry_of(entry.image_processor)]
         mean, std = normalization_of(entry.image_processor)
-        results["models"][entry.name] = {
-            "source": entry.source if isinstance(entry.source, str) else type(entry.source).__name__,
-            "class": type(entry.model).__name__,
-            "model_type": getattr(entry.model.config, "model_type", None),
-        }
-        needs_features = any(t in settings.tasks for t in ("zero-shot", "few-shot", "linear-probe"))
         features = (
             extract_image_features(
                 entry.model,
@@ -640,42 +598,129 @@ def evaluate_models(
                 show_progress=settings.show_progress,
                 description=f"{entry.name} features",
             )
-            if needs_features
+            if needs_features(settings.tasks)
             else None
         )
-        for task in settings.tasks:
-            if task in ("zero-shot", "few-shot") and (features.embeds is None or entry.tokenizer is None):
-                logger.warning("%s: skipping %s (no text encoder / tokenizer)", entry.name, task)
-                results["models"][entry.name].setdefault("skipped_tasks", []).append(
-                    {"task": task, "reason": "no text encoder / tokenizer"}
-                )
-                continue
-            try:
-                if task == "zero-shot":
-                    rows = run_zero_shot(entry, features, ctx)
-                elif task == "linear-probe":
-                    rows = run_linear_probe(entry, features, ctx)
-                elif task == "few-shot":
-                    rows = run_few_shot(entry, features, ctx)
-                else:
-                    save = output_dir is not None and settings.save_models
-                    finetune_dir = Path(output_dir) / "finetuned" if save else None
-                    rows = run_finetune(entry, task, store, mean, std, ctx, finetune_dir)
-            except ValueError as exc:  # e.g. few-shot on multi-label data: report it, keep the other results
-                logger.error("%s: %s failed: %s", entry.name, task, exc)
-                results["models"][entry.name].setdefault("skipped_tasks", []).append(
-                    {"task": task, "reason": str(exc)}
-                )
-                continue
-            results["results"] += rows
-    if not results["results"]:
-        problems = {name: info.get("skipped_tasks") for name, info in results["models"].items()}
+        finetune_dir = (
+            Path(output_dir) / "finetuned" if output_dir is not None and settings.save_models else None
+        )
+        run_tasks(entry, features, ctx, document, finetune=(store, mean, std, finetune_dir))
+    if not document.rows:
+        problems = {
+            name: [t.to_json() for t in info.skipped_tasks] or None for name, info in document.models.items()
+        }
         raise ValueError(f"No task could be run: {problems}")
     if output_dir is not None and int(os.environ.get("RANK", "0")) == 0:
-        write_report(results, ctx.predictions, labelled.targets[ctx.test], output_dir)
+        write_report(document, ctx.predictions, labelled.targets[ctx.test], output_dir)
+    results = document.to_json()
     results["predictions"] = ctx.predictions
     results["test_targets"] = labelled.targets[ctx.test]
     return results
+
+
+def _read_data(data, test_data, class_names, multi_label, ordinal, positive_class, dataset_name):
+    """`(labelled records, number of training-pool records or None)`: the pool followed by the given test
+    records, in the pool's class order (with the positive class applied and an ordinal order checked)."""
+    labelled = read_labelled_records(data, class_names, multi_label=multi_label, name=dataset_name)
+    if positive_class is not None:
+        labelled = with_positive_class(labelled, str(positive_class))
+    if ordinal:
+        _check_ordinal(labelled)
+    if test_data is None:
+        return labelled, None
+    test = read_labelled_records(test_data, labelled.class_names, multi_label=labelled.multi_label)
+    return _concatenate(labelled, test), len(labelled)
+
+
+def _cache_pixels(labelled: LabelledRecords, loaded: list[LoadedModel], num_pool, settings):
+    """Cache the pixels once per image geometry of the models and drop the records whose image failed its
+    checks (from the pool and the given test set alike): `(labelled, {geometry: store}, num_pool)`."""
+    geometries = dict.fromkeys(geometry_of(entry.image_processor) for entry in loaded)
+    stores = {
+        g: cache_images(labelled, g, cache_dir=settings.cache_dir, show_progress=settings.show_progress)
+        for g in geometries
+    }
+    if num_pool is not None:
+        usable = np.logical_and.reduce([store.ok for store in stores.values()])
+        num_pool = int(usable[:num_pool].sum())
+    labelled, kept_stores = drop_bad_images(labelled, list(stores.values()))
+    return labelled, dict(zip(stores, kept_stores, strict=True)), num_pool
+
+
+def _references(ctx: _Context) -> dict[str, Reference]:
+    labelled = ctx.labelled
+    levels = reference_levels(
+        labelled.targets[ctx.pool],
+        labelled.targets[ctx.test],
+        labelled.class_names,
+        multi_label=labelled.multi_label,
+        names=ctx.metrics,
+    )
+    return {name: Reference.from_json(level, key=f"references.{name}") for name, level in levels.items()}
+
+
+def needs_features(tasks) -> bool:
+    """Whether any of `tasks` runs on frozen features (everything but fine-tuning)."""
+    return any(t in tasks for t in ("zero-shot", "few-shot", "linear-probe"))
+
+
+def model_info(entry: LoadedModel) -> ModelInfo:
+    return ModelInfo(
+        source=entry.source if isinstance(entry.source, str) else type(entry.source).__name__,
+        class_name=type(entry.model).__name__,
+        model_type=getattr(entry.model.config, "model_type", None),
+    )
+
+
+def run_tasks(
+    entry: LoadedModel, features, ctx: _Context, document: EvaluationResults, *, finetune=None
+) -> None:
+    """Run `ctx.settings.tasks` for one model on its frozen `features` (and, for fine-tuning, `finetune =
+    (store, mean, std, output_dir)`), appending its rows and model entry to `document`. A task that cannot run
+    on the data is recorded under the model's `skipped_tasks`; the other tasks still run."""
+    info = document.models.setdefault(entry.name, model_info(entry))
+    for task in ctx.settings.tasks:
+        if task in ("zero-shot", "few-shot") and (features.embeds is None or entry.tokenizer is None):
+            logger.warning("%s: skipping %s (no text encoder / tokenizer)", entry.name, task)
+            info.skipped_tasks.append(SkippedTask(task, "no text encoder / tokenizer"))
+            continue
+        try:
+            if task == "zero-shot":
+                rows = run_zero_shot(entry, features, ctx)
+            elif task == "linear-probe":
+                rows = run_linear_probe(entry, features, ctx)
+            elif task == "few-shot":
+                rows = run_few_shot(entry, features, ctx)
+            else:
+                store, mean, std, finetune_dir = finetune
+                rows = run_finetune(entry, task, store, mean, std, ctx, finetune_dir)
+        except ValueError as exc:  # e.g. few-shot on multi-label data: report it, keep the other results
+            logger.error("%s: %s failed: %s", entry.name, task, exc)
+            info.skipped_tasks.append(SkippedTask(task, str(exc)))
+            continue
+        document.rows += rows
+
+
+def evaluate_features(
+    entries: list[tuple[LoadedModel, object]],
+    labelled: LabelledRecords,
+    pool: np.ndarray,
+    test: np.ndarray,
+    settings: EvaluationSettings,
+    *,
+    prompts: list[list[str]] | None = None,
+    metrics: tuple[str, ...] | None = None,
+) -> EvaluationResults:
+    """The frozen-feature protocols of `settings` for already extracted features: `entries` are
+    `(model, ImageFeatures over the records of labelled)` pairs, `pool` / `test` record indices. The document
+    has no references (the caller knows what its numbers are read against). The pretraining quick check is this
+    with a fixed setting (`quick.QUICK_TASKS`)."""
+    names = metrics or metric_names(multi_label=labelled.multi_label, ordinal=False)
+    ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings, metrics=names, prompts=prompts)
+    document = EvaluationResults(dataset=_dataset_info(ctx))
+    for entry, features in entries:
+        run_tasks(entry, features, ctx, document)
+    return document
 
 
 def _jsonable(value):

@@ -1,1 +1,1 @@
-"""Jinja templates of the retvlp model cards (rendered by `retvlp.model_card`)."""
+"""Jinja templates of the retvlp model cards (rendered by `retvlp.model_card.render`)."""
