@@ -205,9 +205,9 @@ def test_config_fields_are_checked(tmp_path):
     assert config.data.allowed_roots == ["/data/x"] and config.data.allow_outside_data_roots is False
     opted_out = PretrainConfig.from_dict({"data": {**base, "allow_outside_data_roots": True}})
     assert opted_out.data.allow_outside_data_roots is True
-    with pytest.raises(ConfigError, match="data.allowed_roots must be a list"):
+    with pytest.raises(ConfigError, match="data.allowed_roots expects a list of strings, got str"):
         PretrainConfig.from_dict({"data": {**base, "allowed_roots": "/data/x"}})
-    with pytest.raises(ConfigError, match="data.allow_outside_data_roots must be true or false"):
+    with pytest.raises(ConfigError, match="data.allow_outside_data_roots expects bool, got str"):
         PretrainConfig.from_dict({"data": {**base, "allow_outside_data_roots": "yes"}})
 
 

@@ -5,6 +5,8 @@ Importing the package registers every model family with transformers' Auto class
 checkpoints; each saved checkpoint also carries its own code for `trust_remote_code=True` loading.
 """
 
+from .evaluation.finetune import install_artifact_hooks
+from .hub import portability_problems
 from .ibq import IBQTokenizerConfig, IBQTokenizerModel
 from .keepfit import (
     KeepFitConfig,
@@ -24,9 +26,12 @@ from .maskedclip import (
     MaskedCLIPVisionConfig,
     MaskedCLIPVisionModel,
 )
+from .model_card import render_finetuned_card
 from .registration import register_auto_classes
 
 register_auto_classes()
+# Saved fine-tuned artifacts get their card and portability check from the layers above evaluation.
+install_artifact_hooks(render_finetuned_card, portability_problems)
 
 __version__ = "0.1.0"
 

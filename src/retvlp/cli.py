@@ -294,18 +294,33 @@ def _models(entries: list[str]) -> dict[str, str]:
     return models
 
 
+# The pretraining demo's run config, the source of truth for the demo data set (its `data.synthetic` spec).
+# Found in a source checkout or an editable install; a wheel carries a checked copy of the spec instead.
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "maskedclip_tiny_cpu.yaml"
+DEMO_SPEC_COPY = Path(__file__).resolve().parent / "synthetic" / "demo_spec.json"
+
+
+def _demo_synthetic_spec() -> dict:
+    """`data.synthetic` of the demo run config (read through the run-config loader), or its packaged copy."""
+    if DEMO_CONFIG.is_file():
+        from .training.config import ConfigError, PretrainConfig
+
+        try:
+            spec = PretrainConfig.from_yaml(DEMO_CONFIG).data.synthetic
+        except ConfigError as error:
+            raise UsageError(f"cannot read the demo data set from {DEMO_CONFIG}: {error}") from None
+        if spec is None:
+            raise UsageError(f"{DEMO_CONFIG} has no data.synthetic section: no demo data set to evaluate on")
+        return dict(spec)
+    return dict(json.loads(DEMO_SPEC_COPY.read_text(encoding="utf-8"))["synthetic"])
+
+
 def _demo_data(cache_dir: str) -> tuple[list[dict], list[dict], str]:
     """The embedded synthetic demo data set (generated if missing, like the pretraining demo's)."""
-    from .data.synthetic import generate_synthetic_dataset
+    from .synthetic import resolve_synthetic_spec
 
-    dataset = generate_synthetic_dataset(
-        Path(cache_dir) / "synthetic", num_patients=600, image_size=64, seed=0
-    )
-    return (
-        [{"path": str(dataset.paired)}, {"path": str(dataset.categorical)}],
-        [{"path": str(dataset.test)}],
-        "synthetic-demo",
-    )
+    specs = resolve_synthetic_spec(_demo_synthetic_spec(), cache_dir).evaluation_specs()
+    return specs["probe_train"], specs["test"], "synthetic-demo"
 
 
 def _data_specs(paths: list[str], args: argparse.Namespace) -> list[dict]:
