@@ -373,7 +373,7 @@ def render_adapter_card(
     )
     name = model_name or _artifact_name(adapter_dir, repo_id)
     base_class = (adapter_config.get("auto_mapping") or {}).get("base_model_class") or (
-        (config or {}).get("architectures") or ["MaskedCLIPForImageClassification"]
+        (config or {}).get("architectures") or [card_family(family).classifier.rpartition(":")[2]]
     )[0]
     peft_type = str(adapter_config.get("peft_type", "LORA"))
     classification = base_class.endswith("ForImageClassification")
