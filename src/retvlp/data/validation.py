@@ -414,139 +414,187 @@ def load_checked_image(
         return _load_checked_image(image, min_size=min_size, max_pixels=max_pixels, source=source, row=row)
 
 
+class _ImageRejected(Exception):
+    """A problem after which the image cannot be checked further: `(kind, message)`, the last one found."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.found = (kind, message)
+
+
 def _load_checked_image(
     image: Any, *, min_size: int, max_pixels: int, source: str, row: int
 ) -> tuple[DecodedImage | None, list[DataProblem]]:
-    problems: list[DataProblem] = []
+    """`load_checked_image` inside an `image_checking()` block: the source is opened, its size checked from the
+    header, its pixels loaded and decoded, each step adding its `(kind, message)` problems; an error that ends
+    the checks early raises `_ImageRejected` in the step that finds it."""
     try:
         raw, name = _open_source(image)
     except Exception as exc:  # an HF dataset row that cannot be read
         return None, [
             make_problem(source, row, image, "unreadable-image", f"could not read the image: {exc!r}")
         ]
+    found: list[tuple[str, str]] = []
+    try:
+        decoded = _check_and_decode(raw, min_size=min_size, max_pixels=max_pixels, found=found)
+    except _ImageRejected as rejected:
+        found.append(rejected.found)
+        decoded = None
+    return decoded, [make_problem(source, row, name, kind, message) for kind, message in found]
 
-    def problem(kind: str, message: str) -> DataProblem:
-        found = make_problem(source, row, name, kind, message)
-        problems.append(found)
-        return found
 
+def _check_and_decode(
+    raw: Any, *, min_size: int, max_pixels: int, found: list[tuple[str, str]]
+) -> DecodedImage | None:
+    """The decoded image, or None when any problem appended to `found` is an error. The tiny-image check and
+    the pixel load both run before giving up, so one pass reports a small image that is also truncated."""
     if isinstance(raw, dict):  # an HF Image feature value that was not decoded
         raw = raw.get("bytes") or raw.get("path")
     if raw is None:
-        problem("missing-file", "no image data (the image value is empty); fill it in or remove the row")
-        return None, problems
-
-    file_size = None
+        raise _ImageRejected(
+            "missing-file", "no image data (the image value is empty); fill it in or remove the row"
+        )
     if isinstance(raw, Image.Image):
-        opened = raw
+        opened, file_size = raw, None
     else:
-        if isinstance(raw, (str, os.PathLike)):
-            path = os.fspath(raw)
-            if not os.path.exists(path):
-                problem(
-                    "missing-file",
-                    f"image file not found: {path}; fix the path (relative paths are resolved against "
-                    "--image-root, else the manifest's folder) or remove the row",
-                )
-                return None, problems
-            if os.path.isdir(path):
-                problem("unreadable-image", "the image path is a directory, not a file; fix the path")
-                return None, problems
-            try:
-                with open(path, "rb") as handle:
-                    data = handle.read()
-            except OSError as exc:
-                problem(
-                    "unreadable-image", f"cannot read the file ({exc.strerror or exc}); check its permissions"
-                )
-                return None, problems
-        elif isinstance(raw, (bytes, bytearray, memoryview)):
-            data = bytes(raw)
-        else:
-            problem(
-                "unreadable-image", f"image value of type {type(raw).__name__} is neither a path nor bytes"
-            )
-            return None, problems
-        file_size = len(data)
-        if not data:
-            problem("unreadable-image", "the image file is empty (0 bytes); re-export it or remove the row")
-            return None, problems
-        try:
-            opened = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            problem("decompression-bomb", _pillow_bomb_message(exc, max_pixels))
-            return None, problems
-        except UnidentifiedImageError:
-            problem(
-                "unreadable-image",
-                f"not an image Pillow can read ({_describe_unknown(data)}); re-export it as PNG/JPEG or remove "
-                "the row",
-            )
-            return None, problems
-        except Exception as exc:
-            if "truncated" in str(exc).lower():
-                problem(
-                    "truncated-image",
-                    f"image file is truncated (only {file_size} bytes; even the header is incomplete: "
-                    f"{_pillow_error_text(exc)}); re-export or re-download the image, or remove the row",
-                )
-            else:
-                problem(
-                    "unreadable-image",
-                    f"cannot open the image ({_pillow_error_text(exc)}); re-export it or remove the row",
-                )
-            return None, problems
+        data = _read_image_bytes(raw)
+        opened, file_size = _open_image_bytes(data, max_pixels), len(data)
+    found.extend(_check_dimensions(opened, min_size=min_size, max_pixels=max_pixels))
+    found.extend(_load_pixels(opened, file_size))
+    if any(PROBLEM_KINDS[kind] == "error" for kind, _ in found):
+        return None
+    return _decode_checked(opened, found)
 
+
+def _read_image_bytes(raw: Any) -> bytes:
+    """The bytes of a path or bytes-like image value (non-empty); `_ImageRejected` when there are none."""
+    if isinstance(raw, (str, os.PathLike)):
+        path = os.fspath(raw)
+        if not os.path.exists(path):
+            raise _ImageRejected(
+                "missing-file",
+                f"image file not found: {path}; fix the path (relative paths are resolved against "
+                "--image-root, else the manifest's folder) or remove the row",
+            )
+        if os.path.isdir(path):
+            raise _ImageRejected(
+                "unreadable-image", "the image path is a directory, not a file; fix the path"
+            )
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise _ImageRejected(
+                "unreadable-image", f"cannot read the file ({exc.strerror or exc}); check its permissions"
+            ) from None
+    elif isinstance(raw, (bytes, bytearray, memoryview)):
+        data = bytes(raw)
+    else:
+        raise _ImageRejected(
+            "unreadable-image", f"image value of type {type(raw).__name__} is neither a path nor bytes"
+        )
+    if not data:
+        raise _ImageRejected(
+            "unreadable-image", "the image file is empty (0 bytes); re-export it or remove the row"
+        )
+    return data
+
+
+def _open_image_bytes(data: bytes, max_pixels: int) -> Image.Image:
+    """`Image.open` of `data` (the header only: pixels are loaded later); `_ImageRejected` naming why Pillow
+    refused it (a decompression bomb, not an image, a header cut short, anything else)."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise _ImageRejected("decompression-bomb", _pillow_bomb_message(exc, max_pixels)) from None
+    except UnidentifiedImageError:
+        raise _ImageRejected(
+            "unreadable-image",
+            f"not an image Pillow can read ({_describe_unknown(data)}); re-export it as PNG/JPEG or remove "
+            "the row",
+        ) from None
+    except Exception as exc:
+        if "truncated" in str(exc).lower():
+            raise _ImageRejected(
+                "truncated-image",
+                f"image file is truncated (only {len(data)} bytes; even the header is incomplete: "
+                f"{_pillow_error_text(exc)}); re-export or re-download the image, or remove the row",
+            ) from None
+        raise _ImageRejected(
+            "unreadable-image",
+            f"cannot open the image ({_pillow_error_text(exc)}); re-export it or remove the row",
+        ) from None
+
+
+def _check_dimensions(opened: Image.Image, *, min_size: int, max_pixels: int) -> list[tuple[str, str]]:
+    """The header's size against `max_pixels` (`_ImageRejected`: never decoded) and `min_size` (a problem)."""
     width, height = opened.size
     if width * height > max_pixels:
-        problem(
+        raise _ImageRejected(
             "decompression-bomb",
             f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
             "(--max-pixels); downscale it, remove the row, or raise --max-pixels if it is genuine",
         )
-        return None, problems
     if min(width, height) < min_size:
-        problem(
-            "tiny-image",
-            f"image is only {width}x{height} pixels (smaller than --min-size {min_size}); probably a thumbnail "
-            "or placeholder: replace it with the full image or remove the row",
-        )
+        return [
+            (
+                "tiny-image",
+                f"image is only {width}x{height} pixels (smaller than --min-size {min_size}); probably a "
+                "thumbnail or placeholder: replace it with the full image or remove the row",
+            )
+        ]
+    return []
+
+
+def _load_pixels(opened: Image.Image, file_size: int | None) -> list[tuple[str, str]]:
+    """Decode every pixel of `opened` (`Image.load`, truncated files raising): the problem it meets, if any."""
     try:
         opened.load()
     except Image.DecompressionBombError as exc:
-        problem(
-            "decompression-bomb",
-            f"Pillow refuses to decode it: {_pillow_error_text(exc)} Downscale the image or remove the row",
-        )
+        return [
+            (
+                "decompression-bomb",
+                f"Pillow refuses to decode it: {_pillow_error_text(exc)} Downscale the image or remove the row",
+            )
+        ]
     except Exception as exc:
         if isinstance(exc, OSError) and "truncated" in str(exc).lower():
-            problem(
-                "truncated-image",
-                f"image file is truncated (the {file_size}-byte file ends before the {width}x{height} "
-                f"image data does; Pillow: {_pillow_error_text(exc)}); re-export or re-download the image, "
-                "or remove the row",
-            )
-        else:
-            problem(
+            width, height = opened.size
+            return [
+                (
+                    "truncated-image",
+                    f"image file is truncated (the {file_size}-byte file ends before the {width}x{height} "
+                    f"image data does; Pillow: {_pillow_error_text(exc)}); re-export or re-download the "
+                    "image, or remove the row",
+                )
+            ]
+        return [
+            (
                 "unreadable-image",
                 f"the image data cannot be decoded ({type(exc).__name__}: {_pillow_error_text(exc)}); "
                 "re-export it or remove the row",
             )
-    if any(p.severity == "error" for p in problems):
-        return None, problems
+        ]
+    return []
+
+
+def _decode_checked(opened: Image.Image, found: list[tuple[str, str]]) -> DecodedImage:
+    """The canonical decode of a loaded image (`to_rgb`); a non-RGB source adds a `converted-mode` warning to
+    `found`, values the decode refuses raise `_ImageRejected`."""
     mode = opened.mode
     try:
         decoded, detail = to_rgb(opened)
     except Exception as exc:
-        problem("unreadable-image", f"image mode {mode} cannot be decoded: {exc}")
-        return None, problems
+        raise _ImageRejected("unreadable-image", f"image mode {mode} cannot be decoded: {exc}") from None
     if detail is not None:
-        problem(
-            "converted-mode",
-            f"image mode is {mode}, not RGB: {detail}; fine for training (inference decodes it the same way), "
-            "re-save it as 8-bit RGB to silence this",
+        found.append(
+            (
+                "converted-mode",
+                f"image mode is {mode}, not RGB: {detail}; fine for training (inference decodes it the same "
+                "way), re-save it as 8-bit RGB to silence this",
+            )
         )
-    return decoded, problems
+    return decoded
 
 
 def validate_records(

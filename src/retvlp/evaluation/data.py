@@ -295,22 +295,9 @@ def read_labelled_records(
     if not specs:
         raise ValueError("No evaluation data: give at least one manifest (--data).")
     manifests, declared = _read_manifests(specs)
-    if not any(m.records for m in manifests) and _unread_rows_note(manifests):
-        raise ValueError(
-            f"No row of {[_spec_name(s) for s in specs]} could be read." + _unread_rows_note(manifests)
-        )
-    found = sorted({label for m in manifests for r in m.records for label in r.labels})
-    class_names, class_order = _class_order(class_names, found, declared)
-    if len(set(class_names)) != len(class_names):
-        raise ValueError(f"Class names must be unique, got {class_names}.")
-    if len(class_names) < 2:
-        raise ValueError(
-            f"Evaluation needs at least 2 classes, found {class_names} in {[_spec_name(s) for s in specs]}: "
-            "check the label column (--label-column) or pass --classes." + _unread_rows_note(manifests)
-        )
+    class_names, class_order = _checked_class_names(specs, manifests, class_names, declared)
     if multi_label is None:
         multi_label = any(len(r.labels) > 1 for m in manifests for r in m.records)
-    index = {c: i for i, c in enumerate(class_names)}
     result = LabelledRecords(
         records=[],
         class_names=class_names,
@@ -320,35 +307,7 @@ def read_labelled_records(
         name=name or Path(_spec_name(specs[0])).stem,
         class_order=class_order,
     )
-    targets, groups = [], []
-    for manifest in manifests:
-        for problem in manifest.problems:
-            if problem.severity != "error":
-                continue
-            reason = "outside_data_root" if problem.kind == "outside-data-root" else "unparseable_rows"
-            result._exclude(
-                reason, {"source": problem.source, "row": problem.row, "message": problem.message}
-            )
-        for record in manifest.records:
-            where = {"source": record.source, "row": record.row, "image": str(record.image)}
-            if not record.labels:
-                result._exclude("unlabelled", where)
-                continue
-            unknown = [label for label in record.labels if label not in index]
-            if unknown:
-                result._exclude("unknown_label", {**where, "labels": unknown})
-                continue
-            if not multi_label and len(record.labels) > 1:
-                result._exclude("several_labels", {**where, "labels": list(record.labels)})
-                continue
-            result.records.append(record)
-            if multi_label:
-                row = np.zeros(len(class_names), dtype=np.float32)
-                row[[index[label] for label in record.labels]] = 1.0
-                targets.append(row)
-            else:
-                targets.append(index[record.labels[0]])
-            groups.append(record.group if record.group is not None else f"image:{record.image}")
+    targets, groups = _keep_labelled(result, manifests)
     if not result.records:
         raise ValueError(
             f"No usable labelled records in {[_spec_name(s) for s in specs]} "
@@ -363,6 +322,80 @@ def read_labelled_records(
             "%s: left out %s (listed in the report's `excluded_examples`)", result.name, result.excluded
         )
     return result
+
+
+def _checked_class_names(
+    specs: list[dict],
+    manifests: list[Manifest],
+    class_names: Sequence[str] | None,
+    declared: list[tuple[str, list[str]]],
+) -> tuple[list[str], str]:
+    """`(class names in order, where the order comes from)` (see `_class_order`), refused unless they are
+    unique and at least two. Data whose every row failed to read is refused first, naming why: its "found"
+    classes would otherwise be reported as the problem."""
+    if not any(m.records for m in manifests) and _unread_rows_note(manifests):
+        raise ValueError(
+            f"No row of {[_spec_name(s) for s in specs]} could be read." + _unread_rows_note(manifests)
+        )
+    found = sorted({label for m in manifests for r in m.records for label in r.labels})
+    class_names, class_order = _class_order(class_names, found, declared)
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"Class names must be unique, got {class_names}.")
+    if len(class_names) < 2:
+        raise ValueError(
+            f"Evaluation needs at least 2 classes, found {class_names} in {[_spec_name(s) for s in specs]}: "
+            "check the label column (--label-column) or pass --classes." + _unread_rows_note(manifests)
+        )
+    return class_names, class_order
+
+
+def _keep_labelled(result: LabelledRecords, manifests: list[Manifest]) -> tuple[list, list]:
+    """Append the usable records of `manifests` to `result.records` (counting every row left out, in manifest
+    order: its unread rows, then its records) and return their `(targets, groups)`, one entry per kept record."""
+    index = {c: i for i, c in enumerate(result.class_names)}
+    targets, groups = [], []
+    for manifest in manifests:
+        for problem in manifest.problems:
+            if problem.severity != "error":
+                continue
+            reason = "outside_data_root" if problem.kind == "outside-data-root" else "unparseable_rows"
+            result._exclude(
+                reason, {"source": problem.source, "row": problem.row, "message": problem.message}
+            )
+        for record in manifest.records:
+            left_out = _why_left_out(record, index, result.multi_label)
+            if left_out is not None:
+                result._exclude(*left_out)
+                continue
+            result.records.append(record)
+            targets.append(_target_of(record, index, result.multi_label))
+            groups.append(record.group if record.group is not None else f"image:{record.image}")
+    return targets, groups
+
+
+def _why_left_out(
+    record: ManifestRecord, index: dict[str, int], multi_label: bool
+) -> tuple[str, dict] | None:
+    """`(reason, example)` when `record` cannot be scored (no label, a label outside the classes, several
+    labels in single-label data); None when it is kept."""
+    where = {"source": record.source, "row": record.row, "image": str(record.image)}
+    if not record.labels:
+        return "unlabelled", where
+    unknown = [label for label in record.labels if label not in index]
+    if unknown:
+        return "unknown_label", {**where, "labels": unknown}
+    if not multi_label and len(record.labels) > 1:
+        return "several_labels", {**where, "labels": list(record.labels)}
+    return None
+
+
+def _target_of(record: ManifestRecord, index: dict[str, int], multi_label: bool):
+    """The class id of a kept record, or its `(C,)` float32 multi-hot row."""
+    if not multi_label:
+        return index[record.labels[0]]
+    row = np.zeros(len(index), dtype=np.float32)
+    row[[index[label] for label in record.labels]] = 1.0
+    return row
 
 
 def geometry_of(image_processor) -> ImageGeometry:

@@ -286,14 +286,77 @@ def finetune(
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     settings = settings or FinetuneSettings()
     if len(train_indices) == 0 or len(test_indices) == 0:
         raise ValueError("Fine-tuning needs non-empty training and test indices.")
     accelerator = Accelerator(mixed_precision=settings.mixed_precision)
+    # Seeded before the model is built: the new head's (and LoRA's) initial weights come from this seed.
     set_seed(settings.seed)
+    model, base_model, image_processor = _model_to_train(
+        source,
+        labelled,
+        train_indices,
+        settings,
+        accelerator,
+        output_dir=output_dir,
+        image_processor=image_processor,
+        run_info=run_info,
+    )
+    optimizer = torch.optim.AdamW(parameter_groups(model, settings), lr=settings.lr, betas=settings.betas)
+    train_loader, test_loader = _data_loaders(
+        store, labelled, train_indices, test_indices, settings, accelerator.num_processes
+    )
+    model, optimizer, train_loader, test_loader = accelerator.prepare(
+        model, optimizer, train_loader, test_loader
+    )
+    total, warmup = _schedule_lengths(settings, max(1, len(train_loader)))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(0, warmup), total)
+    losses = _train(
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        accelerator,
+        total=total,
+        settings=settings,
+        multi_label=labelled.multi_label,
+        mean=mean,
+        std=std,
+        show_progress=show_progress,
+    )
+    probabilities = predict(model, test_loader, accelerator, mean, std, labelled.multi_label)
+    unwrapped = accelerator.unwrap_model(model)
+    accelerator.wait_for_everyone()  # on every rank, so the collectives of the next run stay in step
+    saved_to = None
+    if output_dir is not None:
+        saved_to = Path(output_dir) / ("adapter" if settings.method == "lora" else "model")
+        if accelerator.is_main_process:
+            save_finetuned(
+                unwrapped,
+                saved_to,
+                image_processor=image_processor,
+                base_model=base_model,
+                summary=_summary(settings, labelled, train_indices, run_info, base_model, total),
+            )
+    return FinetuneResult(probabilities=probabilities, losses=losses, model=unwrapped, saved_to=saved_to)
+
+
+def _model_to_train(
+    source,
+    labelled: LabelledRecords,
+    train_indices: np.ndarray,
+    settings: FinetuneSettings,
+    accelerator,
+    *,
+    output_dir: str | Path | None,
+    image_processor,
+    run_info: dict | None,
+):
+    """`(model to train, base a saved adapter names, image processor to save)`: the classifier of `source`
+    (LoRA-wrapped for method "lora"). A LoRA base that exists only here (random init, a model instance) is
+    saved to `output_dir/base/` first, so the adapter can name it."""
     model = build_classifier(
         source, labelled.class_names, multi_label=labelled.multi_label, settings=settings
     )
@@ -317,28 +380,60 @@ def finetune(
                 )
             base_model = str(base_dir.resolve())
         model = lora_wrap(model, settings)
-    optimizer = torch.optim.AdamW(parameter_groups(model, settings), lr=settings.lr, betas=settings.betas)
+    return model, base_model, image_processor
+
+
+def _data_loaders(
+    store: ImageStore,
+    labelled: LabelledRecords,
+    train_indices: np.ndarray,
+    test_indices: np.ndarray,
+    settings: FinetuneSettings,
+    num_processes: int,
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """`(training loader, test loader)` over record indices, batches of cached uint8 pixels and targets. The
+    training loader shuffles with its own seeded generator; it keeps a last partial batch only when the data
+    does not fill one batch per process (dropping it would leave no step to run)."""
     generator = torch.Generator().manual_seed(settings.seed)
     collate = _collate(store, labelled)
     train_loader = torch.utils.data.DataLoader(
         _Rows(train_indices),
         batch_size=settings.batch_size,
         shuffle=True,
-        drop_last=len(train_indices) >= settings.batch_size * accelerator.num_processes,
+        drop_last=len(train_indices) >= settings.batch_size * num_processes,
         generator=generator,
         collate_fn=collate,
     )
     test_loader = torch.utils.data.DataLoader(
         _Rows(test_indices), batch_size=settings.eval_batch_size, collate_fn=collate
     )
-    model, optimizer, train_loader, test_loader = accelerator.prepare(
-        model, optimizer, train_loader, test_loader
-    )
-    steps_per_epoch = max(1, len(train_loader))
+    return train_loader, test_loader
+
+
+def _schedule_lengths(settings: FinetuneSettings, steps_per_epoch: int) -> tuple[int, int]:
+    """`(total steps, warm-up steps)`: `max_steps`, else `epochs` of `steps_per_epoch` (at least one step)."""
     total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     # Warm-up is the same share of the run with max_steps as with epochs (10 of 50 epochs: 20 %).
     warmup = min(total - 1, round(total * min(1.0, settings.warmup_epochs / max(settings.epochs, 1e-9))))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, max(0, warmup), total)
+    return total, warmup
+
+
+def _train(
+    model,
+    optimizer,
+    scheduler,
+    train_loader,
+    accelerator,
+    *,
+    total: int,
+    settings: FinetuneSettings,
+    multi_label: bool,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    show_progress: bool,
+) -> list[float]:
+    """Run `total` optimisation steps (epochs over `train_loader` as often as needed); the loss per step."""
+    from tqdm.auto import tqdm
 
     losses: list[float] = []
     progress = tqdm(
@@ -356,21 +451,7 @@ def finetune(
         for batch in train_loader:
             if step >= total:
                 break
-            rng = np.random.default_rng([settings.seed, step, accelerator.process_index])
-            crops, flips = (
-                _random_crops(rng, len(batch["pixels"]), settings.min_crop)
-                if settings.augment
-                else (None, None)
-            )
-            pixel_values = augment_and_normalize(batch["pixels"].cpu().numpy(), crops, flips, mean, std)
-            labels = batch["labels"].float() if labelled.multi_label else batch["labels"]
-            with accelerator.autocast():
-                loss = model(pixel_values=pixel_values.to(accelerator.device), labels=labels).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"Fine-tuning loss is {loss.item()} at step {step}: lower the learning rate (now "
-                    f"{settings.lr}) or use mixed_precision='no'."
-                )
+            loss = _training_loss(model, batch, step, accelerator, settings, multi_label, mean, std)
             accelerator.backward(loss)
             if settings.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
@@ -382,22 +463,29 @@ def finetune(
             progress.update(1)
             step += 1
     progress.close()
+    return losses
 
-    probabilities = predict(model, test_loader, accelerator, mean, std, labelled.multi_label)
-    unwrapped = accelerator.unwrap_model(model)
-    saved_to = None
-    accelerator.wait_for_everyone()  # on every rank, so the collectives of the next run stay in step
-    if output_dir is not None:
-        saved_to = Path(output_dir) / ("adapter" if settings.method == "lora" else "model")
-        if accelerator.is_main_process:
-            save_finetuned(
-                unwrapped,
-                saved_to,
-                image_processor=image_processor,
-                base_model=base_model,
-                summary=_summary(settings, labelled, train_indices, run_info, base_model, total),
-            )
-    return FinetuneResult(probabilities=probabilities, losses=losses, model=unwrapped, saved_to=saved_to)
+
+def _training_loss(
+    model, batch, step: int, accelerator, settings: FinetuneSettings, multi_label: bool, mean, std
+) -> torch.Tensor:
+    """The loss of one training batch, augmented (random crop and flip) and normalised on the way;
+    `FloatingPointError` when it is not finite."""
+    # Drawn from (seed, step, process): the same crops on a rerun, different ones on each process.
+    rng = np.random.default_rng([settings.seed, step, accelerator.process_index])
+    crops, flips = (
+        _random_crops(rng, len(batch["pixels"]), settings.min_crop) if settings.augment else (None, None)
+    )
+    pixel_values = augment_and_normalize(batch["pixels"].cpu().numpy(), crops, flips, mean, std)
+    labels = batch["labels"].float() if multi_label else batch["labels"]
+    with accelerator.autocast():
+        loss = model(pixel_values=pixel_values.to(accelerator.device), labels=labels).loss
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"Fine-tuning loss is {loss.item()} at step {step}: lower the learning rate (now "
+            f"{settings.lr}) or use mixed_precision='no'."
+        )
+    return loss
 
 
 def _summary(settings, labelled, train_indices, run_info, base_model, steps) -> dict:

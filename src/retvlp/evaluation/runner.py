@@ -547,64 +547,20 @@ def evaluate_models(
     from .report import write_report
 
     settings = settings or EvaluationSettings()
-    if not models:
-        raise ValueError("Give at least one model to evaluate.")
-    if "random_init" in models:
-        raise ValueError(
-            '"random_init" is the name of the random-weights baseline: call the model differently.'
-        )
-    for source in models.values():  # before reading any data: a wrong path fails in seconds
-        if isinstance(source, (str, os.PathLike)):
-            check_model_source(os.fspath(source))
+    _check_models(models)
     labelled, num_pool = _read_data(
         data, test_data, class_names, multi_label, ordinal, positive_class, dataset_name
     )
-    if device is None and torch.cuda.is_available():  # under `accelerate launch`: this process's GPU
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    loaded = [load_model(name, source, device) for name, source in models.items()]
-    if random_init:
-        loaded.append(random_init_copy(loaded[0], settings.split_seed))
+    loaded = _load_models(models, device, random_init=random_init, seed=settings.split_seed)
     labelled, stores, num_pool = _cache_pixels(labelled, loaded, num_pool, settings)
     pool, test = fixed_split(labelled, num_pool, settings)
     names = metric_names(multi_label=labelled.multi_label, ordinal=ordinal)
     ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings, metrics=names)
     ctx.references = _references(ctx)
-    document = EvaluationResults(
-        dataset=_dataset_info(
-            ctx,
-            test_split="given"
-            if test_data is not None
-            else f"group-aware stratified {settings.test_fraction:g}",
-            split_seed=settings.split_seed,
-            train_counts=summarize_counts(labelled, ctx.pool),
-            test_counts=summarize_counts(labelled, ctx.test),
-            excluded=labelled.excluded,
-            excluded_examples=labelled.excluded_examples,
-        ),
-        references=ctx.references,
-        settings=_jsonable(asdict(settings)),
-    )
+    document = _results_document(ctx, given_test=test_data is not None)
+    finetune_dir = Path(output_dir) / "finetuned" if output_dir is not None and settings.save_models else None
     for entry in loaded:
-        store = stores[geometry_of(entry.image_processor)]
-        mean, std = normalization_of(entry.image_processor)
-        features = (
-            extract_image_features(
-                entry.model,
-                store,
-                mean,
-                std,
-                batch_size=settings.batch_size,
-                cache_dir=settings.cache_dir,
-                show_progress=settings.show_progress,
-                description=f"{entry.name} features",
-            )
-            if needs_features(settings.tasks)
-            else None
-        )
-        finetune_dir = (
-            Path(output_dir) / "finetuned" if output_dir is not None and settings.save_models else None
-        )
-        run_tasks(entry, features, ctx, document, finetune=(store, mean, std, finetune_dir))
+        _evaluate_model(entry, stores, ctx, document, finetune_dir)
     if not document.rows:
         problems = {
             name: [t.to_json() for t in info.skipped_tasks] or None for name, info in document.models.items()
@@ -616,6 +572,75 @@ def evaluate_models(
     results["predictions"] = ctx.predictions
     results["test_targets"] = labelled.targets[ctx.test]
     return results
+
+
+def _check_models(models: dict) -> None:
+    """Refuse no models, a model named like the random-weights baseline, and a model path that does not exist
+    (before any data is read: a wrong path fails in seconds)."""
+    if not models:
+        raise ValueError("Give at least one model to evaluate.")
+    if "random_init" in models:
+        raise ValueError(
+            '"random_init" is the name of the random-weights baseline: call the model differently.'
+        )
+    for source in models.values():
+        if isinstance(source, (str, os.PathLike)):
+            check_model_source(os.fspath(source))
+
+
+def _load_models(models: dict, device: str | None, *, random_init: bool, seed: int) -> list[LoadedModel]:
+    """Every model of `models`, in order, then (with `random_init`) the first one's architecture at weights
+    seeded with `seed`."""
+    if device is None and torch.cuda.is_available():  # under `accelerate launch`: this process's GPU
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    loaded = [load_model(name, source, device) for name, source in models.items()]
+    if random_init:
+        loaded.append(random_init_copy(loaded[0], seed))
+    return loaded
+
+
+def _results_document(ctx: _Context, *, given_test: bool) -> EvaluationResults:
+    """The results document before any row: what the data is (split, counts, exclusions), the reference
+    levels and the settings."""
+    labelled, settings = ctx.labelled, ctx.settings
+    return EvaluationResults(
+        dataset=_dataset_info(
+            ctx,
+            test_split="given" if given_test else f"group-aware stratified {settings.test_fraction:g}",
+            split_seed=settings.split_seed,
+            train_counts=summarize_counts(labelled, ctx.pool),
+            test_counts=summarize_counts(labelled, ctx.test),
+            excluded=labelled.excluded,
+            excluded_examples=labelled.excluded_examples,
+        ),
+        references=ctx.references,
+        settings=_jsonable(asdict(settings)),
+    )
+
+
+def _evaluate_model(
+    entry: LoadedModel, stores: dict, ctx: _Context, document: EvaluationResults, finetune_dir: Path | None
+) -> None:
+    """Run every task for one model on the pixels cached at its geometry: frozen features are extracted once
+    (only when a feature task runs), fine-tuning trains on the pixels (saving under `finetune_dir`)."""
+    settings = ctx.settings
+    store = stores[geometry_of(entry.image_processor)]
+    mean, std = normalization_of(entry.image_processor)
+    features = (
+        extract_image_features(
+            entry.model,
+            store,
+            mean,
+            std,
+            batch_size=settings.batch_size,
+            cache_dir=settings.cache_dir,
+            show_progress=settings.show_progress,
+            description=f"{entry.name} features",
+        )
+        if needs_features(settings.tasks)
+        else None
+    )
+    run_tasks(entry, features, ctx, document, finetune=(store, mean, std, finetune_dir))
 
 
 def _read_data(data, test_data, class_names, multi_label, ordinal, positive_class, dataset_name):

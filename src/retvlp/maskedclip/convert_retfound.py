@@ -40,7 +40,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -238,6 +238,27 @@ def _shape_error(key: str, got: tuple[int, ...], expected: tuple[int, ...], size
     return ValueError(f"shape mismatch for {key!r}: checkpoint has {got}, expected {expected} ({sizes}).")
 
 
+class _EncoderSizes(NamedTuple):
+    """The encoder sizes a timm ViT state dict implies (a plain tuple, not a dataclass: the tests load this
+    module from its file, outside `sys.modules`, where dataclasses cannot resolve their annotations). The head
+    count is not among them: the weights do not hold it."""
+
+    hidden: int
+    channels: int
+    patch: int
+    num_patches: int
+    image_size: int
+    intermediate: int
+    depth: int
+
+    def describe(self) -> str:
+        """The sizes a shape-mismatch message quotes."""
+        return (
+            f"hidden_size={self.hidden}, intermediate_size={self.intermediate}, patch_size={self.patch}, "
+            f"num_channels={self.channels}"
+        )
+
+
 def convert_retfound_to_vitmae(
     state_dict: Mapping[str, torch.Tensor],
     *,
@@ -271,7 +292,38 @@ def convert_retfound_to_vitmae(
         checkpoint could not provide) and ``final_norm_source`` (``"norm"``, ``"fc_norm"`` or ``None``).
     """
     sd = _unwrap_state_dict(state_dict, "state_dict")
+    sizes = _encoder_sizes(sd, num_attention_heads, image_size)
+    enc = "vit." if include_decoder else ""
+    plan, missing, final_norm = _encoder_plan(sd, sizes, enc, use_fc_norm_as_final_norm)
+    info: dict[str, Any] = {
+        "hidden_size": sizes.hidden,
+        "num_hidden_layers": sizes.depth,
+        "num_attention_heads": num_attention_heads,
+        "intermediate_size": sizes.intermediate,
+        "patch_size": sizes.patch,
+        "image_size": sizes.image_size,
+        "num_channels": sizes.channels,
+        "final_norm_source": final_norm,
+        "layout": "ViTMAEForPreTraining" if include_decoder else "ViTMAEModel",
+    }
+    described = sizes.describe()
+    if include_decoder:
+        decoder_plan, decoder_info, decoder_sizes = _decoder_plan(sd, sizes, decoder_num_attention_heads)
+        plan += decoder_plan
+        info.update(decoder_info)
+        described += decoder_sizes
+    # Every shape is checked before anything is converted, so a bad checkpoint yields nothing half-mapped.
+    converted, consumed, unprovided = _apply_plan(sd, plan, described)
+    info["unused_keys"] = _unused_keys(sd, consumed, strict)
+    info["missing_keys"] = sorted(missing + unprovided)
+    return converted, info
 
+
+def _encoder_sizes(
+    sd: Mapping[str, torch.Tensor], num_attention_heads: int, image_size: int | None
+) -> _EncoderSizes:
+    """The encoder sizes, read from the fused qkv, patch-embedding, position-table and first MLP weights;
+    `ValueError` when a shape is not a ViT's or `image_size` disagrees with the position table."""
     qkv = sd[_ANCHOR_KEY]
     if qkv.ndim != 2 or qkv.shape[0] != 3 * qkv.shape[1]:
         raise ValueError(f"{_ANCHOR_KEY!r} has shape {tuple(qkv.shape)}; expected (3 * hidden, hidden).")
@@ -286,7 +338,23 @@ def convert_retfound_to_vitmae(
             f"({dim}, channels, patch, patch)."
         )
     channels, patch = int(patch_w.shape[1]), int(patch_w.shape[2])
+    num_patches, inferred_image_size = _patch_grid(sd, dim, patch, image_size)
+    inter = int(_require(sd, "blocks.0.mlp.fc1.weight", "the intermediate size").shape[0])
+    return _EncoderSizes(
+        hidden=dim,
+        channels=channels,
+        patch=patch,
+        num_patches=num_patches,
+        image_size=inferred_image_size,
+        intermediate=inter,
+        depth=_num_blocks(sd, _BLOCK_RE),
+    )
 
+
+def _patch_grid(
+    sd: Mapping[str, torch.Tensor], dim: int, patch: int, image_size: int | None
+) -> tuple[int, int]:
+    """`(number of patch positions, image size)` from ``pos_embed``: a class-token slot plus a square grid."""
     pos = _require(sd, "pos_embed", "the image size")
     if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != dim:
         raise _shape_error("pos_embed", tuple(pos.shape), (1, -1, dim), f"hidden_size={dim}")
@@ -305,15 +373,18 @@ def convert_retfound_to_vitmae(
             f"image_size={inferred_image_size} in the vision config (position-embedding interpolation is "
             "not done by this converter)."
         )
+    return num_patches, inferred_image_size
 
-    inter = int(_require(sd, "blocks.0.mlp.fc1.weight", "the intermediate size").shape[0])
-    depth = _num_blocks(sd, _BLOCK_RE)
-    sizes = f"hidden_size={dim}, intermediate_size={inter}, patch_size={patch}, num_channels={channels}"
 
-    enc = "vit." if include_decoder else ""
+def _encoder_plan(
+    sd: Mapping[str, torch.Tensor], sizes: _EncoderSizes, enc: str, use_fc_norm_as_final_norm: bool
+) -> tuple[Plan, list[str], str | None]:
+    """`(plan, target keys no checkpoint key can provide, final norm source)` for the encoder under `enc`:
+    embeddings, every block, and the final norm (``norm``; else ``fc_norm`` when asked; else missing)."""
+    dim, patch, channels = sizes.hidden, sizes.patch, sizes.channels
     plan: Plan = [
         ("cls_token", (1, 1, dim), [(f"{enc}embeddings.cls_token", None)]),
-        ("pos_embed", (1, num_patches + 1, dim), [(f"{enc}embeddings.position_embeddings", None)]),
+        ("pos_embed", (1, sizes.num_patches + 1, dim), [(f"{enc}embeddings.position_embeddings", None)]),
         (
             "patch_embed.proj.weight",
             (dim, channels, patch, patch),
@@ -321,8 +392,8 @@ def convert_retfound_to_vitmae(
         ),
         ("patch_embed.proj.bias", (dim,), [(f"{enc}embeddings.patch_embeddings.projection.bias", None)]),
     ]
-    for i in range(depth):
-        plan += _layer_plan(f"blocks.{i}", f"{enc}layers.{i}", dim, inter)
+    for i in range(sizes.depth):
+        plan += _layer_plan(f"blocks.{i}", f"{enc}layers.{i}", dim, sizes.intermediate)
 
     has_norm = "norm.weight" in sd or "norm.bias" in sd
     has_fc_norm = "fc_norm.weight" in sd or "fc_norm.bias" in sd
@@ -333,63 +404,63 @@ def convert_retfound_to_vitmae(
             plan.append((f"{final_norm}.{name}", (dim,), [(f"{enc}layernorm.{name}", None)]))
     else:
         missing += [f"{enc}layernorm.weight", f"{enc}layernorm.bias"]
+    return plan, missing, final_norm
 
-    info: dict[str, Any] = {
-        "hidden_size": dim,
-        "num_hidden_layers": depth,
-        "num_attention_heads": num_attention_heads,
-        "intermediate_size": inter,
-        "patch_size": patch,
-        "image_size": inferred_image_size,
-        "num_channels": channels,
-        "final_norm_source": final_norm,
-        "layout": "ViTMAEForPreTraining" if include_decoder else "ViTMAEModel",
+
+def _decoder_plan(
+    sd: Mapping[str, torch.Tensor], sizes: _EncoderSizes, decoder_num_attention_heads: int
+) -> tuple[Plan, dict[str, int], str]:
+    """`(plan, decoder_* info, the decoder sizes for shape messages)` for the MAE pixel decoder under
+    ``decoder.``; `ValueError` when the checkpoint has no decoder or its sizes do not fit the encoder's."""
+    if "decoder_embed.weight" not in sd:
+        raise ValueError(
+            "include_decoder=True but the checkpoint has no MAE decoder (no 'decoder_embed.weight'); "
+            "fine-tuned RETFound checkpoints only contain the encoder."
+        )
+    dim, patch, channels = sizes.hidden, sizes.patch, sizes.channels
+    dec_w = sd["decoder_embed.weight"]
+    if dec_w.ndim != 2 or dec_w.shape[1] != dim:
+        raise _shape_error("decoder_embed.weight", tuple(dec_w.shape), (-1, dim), sizes.describe())
+    ddim = int(dec_w.shape[0])
+    if decoder_num_attention_heads <= 0 or ddim % decoder_num_attention_heads:
+        raise ValueError(
+            f"decoder hidden size {ddim} is not divisible by "
+            f"decoder_num_attention_heads={decoder_num_attention_heads}."
+        )
+    dinter = int(_require(sd, "decoder_blocks.0.mlp.fc1.weight", "the decoder intermediate size").shape[0])
+    ddepth = _num_blocks(sd, _DECODER_BLOCK_RE)
+    plan: Plan = [
+        ("decoder_embed.weight", (ddim, dim), [("decoder.decoder_embed.weight", None)]),
+        ("decoder_embed.bias", (ddim,), [("decoder.decoder_embed.bias", None)]),
+        ("mask_token", (1, 1, ddim), [("decoder.mask_token", None)]),
+        ("decoder_pos_embed", (1, sizes.num_patches + 1, ddim), [("decoder.decoder_pos_embed", None)]),
+    ]
+    for j in range(ddepth):
+        plan += _layer_plan(f"decoder_blocks.{j}", f"decoder.decoder_layers.{j}", ddim, dinter)
+    pred_out = patch * patch * channels
+    plan += [
+        ("decoder_norm.weight", (ddim,), [("decoder.decoder_norm.weight", None)]),
+        ("decoder_norm.bias", (ddim,), [("decoder.decoder_norm.bias", None)]),
+        ("decoder_pred.weight", (pred_out, ddim), [("decoder.decoder_pred.weight", None)]),
+        ("decoder_pred.bias", (pred_out,), [("decoder.decoder_pred.bias", None)]),
+    ]
+    info = {
+        "decoder_hidden_size": ddim,
+        "decoder_num_hidden_layers": ddepth,
+        "decoder_num_attention_heads": decoder_num_attention_heads,
+        "decoder_intermediate_size": dinter,
     }
+    return plan, info, f", decoder_hidden_size={ddim}, decoder_intermediate_size={dinter}"
 
-    if include_decoder:
-        if "decoder_embed.weight" not in sd:
-            raise ValueError(
-                "include_decoder=True but the checkpoint has no MAE decoder (no 'decoder_embed.weight'); "
-                "fine-tuned RETFound checkpoints only contain the encoder."
-            )
-        dec_w = sd["decoder_embed.weight"]
-        if dec_w.ndim != 2 or dec_w.shape[1] != dim:
-            raise _shape_error("decoder_embed.weight", tuple(dec_w.shape), (-1, dim), sizes)
-        ddim = int(dec_w.shape[0])
-        if decoder_num_attention_heads <= 0 or ddim % decoder_num_attention_heads:
-            raise ValueError(
-                f"decoder hidden size {ddim} is not divisible by "
-                f"decoder_num_attention_heads={decoder_num_attention_heads}."
-            )
-        dinter = int(
-            _require(sd, "decoder_blocks.0.mlp.fc1.weight", "the decoder intermediate size").shape[0]
-        )
-        ddepth = _num_blocks(sd, _DECODER_BLOCK_RE)
-        sizes += f", decoder_hidden_size={ddim}, decoder_intermediate_size={dinter}"
-        plan += [
-            ("decoder_embed.weight", (ddim, dim), [("decoder.decoder_embed.weight", None)]),
-            ("decoder_embed.bias", (ddim,), [("decoder.decoder_embed.bias", None)]),
-            ("mask_token", (1, 1, ddim), [("decoder.mask_token", None)]),
-            ("decoder_pos_embed", (1, num_patches + 1, ddim), [("decoder.decoder_pos_embed", None)]),
-        ]
-        for j in range(ddepth):
-            plan += _layer_plan(f"decoder_blocks.{j}", f"decoder.decoder_layers.{j}", ddim, dinter)
-        pred_out = patch * patch * channels
-        plan += [
-            ("decoder_norm.weight", (ddim,), [("decoder.decoder_norm.weight", None)]),
-            ("decoder_norm.bias", (ddim,), [("decoder.decoder_norm.bias", None)]),
-            ("decoder_pred.weight", (pred_out, ddim), [("decoder.decoder_pred.weight", None)]),
-            ("decoder_pred.bias", (pred_out,), [("decoder.decoder_pred.bias", None)]),
-        ]
-        info.update(
-            decoder_hidden_size=ddim,
-            decoder_num_hidden_layers=ddepth,
-            decoder_num_attention_heads=decoder_num_attention_heads,
-            decoder_intermediate_size=dinter,
-        )
 
+def _apply_plan(
+    sd: Mapping[str, torch.Tensor], plan: Plan, sizes: str
+) -> tuple[dict[str, torch.Tensor], set[str], list[str]]:
+    """`(converted tensors, checkpoint keys used, target keys whose source key is absent)`; a source of the
+    wrong shape raises (`sizes` says what was inferred)."""
     converted: dict[str, torch.Tensor] = {}
     consumed: set[str] = set()
+    missing: list[str] = []
     for src, expected, targets in plan:
         if src not in sd:
             missing.extend(dst for dst, _ in targets)
@@ -402,7 +473,12 @@ def convert_retfound_to_vitmae(
             part = tensor if rows is None else tensor[rows]
             # clone: the q/k/v views share storage, which safetensors refuses to save
             converted[dst] = part.detach().clone().contiguous()
+    return converted, consumed, missing
 
+
+def _unused_keys(sd: Mapping[str, torch.Tensor], consumed: set[str], strict: bool) -> list[str]:
+    """The checkpoint keys not converted, sorted; with `strict`, any that is not a known leftover (decoder,
+    classification head, fc_norm, an unused final norm) raises: dropping it could change the model."""
     unused = sorted(set(sd) - consumed)
     unknown = [k for k in unused if not (_is_decoder_key(k) or k.startswith(("head.", "fc_norm.", "norm.")))]
     if unknown and strict:
@@ -410,9 +486,7 @@ def convert_retfound_to_vitmae(
             f"checkpoint keys this converter does not know how to map (dropping them could change the "
             f"model): {unknown}. Pass strict=False to ignore them."
         )
-    info["unused_keys"] = unused
-    info["missing_keys"] = sorted(missing)
-    return converted, info
+    return unused
 
 
 def retfound_vision_config_kwargs(info: Mapping[str, Any]) -> dict[str, Any]:
