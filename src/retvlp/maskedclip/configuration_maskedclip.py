@@ -152,6 +152,15 @@ class MaskedCLIPConfig(PreTrainedConfig):
     gather_distributed (`bool`, defaults to `True`):
         Under torch.distributed, compute the contrastive loss over the global batch (embeddings and labels
         gathered from every process, with gradients). `False` contrasts within each process only.
+    clip_mask_ratio (`float`, defaults to 0.0):
+        Beyond both papers (FLIP, Li et al. 2023): the fraction of the paired image's patches left out of the
+        contrastive branch's pass (E_I + B on a random subset, MAE masking with its own noise). 0 encodes the
+        whole image, as the paper does; 0.5 halves that pass's encoder work. Inference always sees the whole
+        image.
+    mfd_teacher_mask_ratio (`float`, defaults to 0.0):
+        Beyond both papers: the fraction of patches left out of the momentum teacher's pass that makes the
+        L_mfd targets; L_mfd is then averaged over the patches the teacher saw. 0 (the paper) gives a target
+        for every patch.
     """
 
     model_type = "maskedclip"
@@ -180,6 +189,8 @@ class MaskedCLIPConfig(PreTrainedConfig):
     use_bridge: bool = True
     use_mfd: bool = True
     gather_distributed: bool = True
+    clip_mask_ratio: float | int = 0.0
+    mfd_teacher_mask_ratio: float | int = 0.0
     initializer_range: float = 0.02
 
     def validate_architecture(self):
@@ -214,6 +225,15 @@ class MaskedCLIPConfig(PreTrainedConfig):
                 f"logit_scale_init_value ({self.logit_scale_init_value}) exceeds logit_scale_max "
                 f"({self.logit_scale_max}); the clamp would hide the initial temperature."
             )
+        for name in ("clip_mask_ratio", "mfd_teacher_mask_ratio"):
+            ratio = getattr(self, name)
+            if not 0.0 <= ratio < 1.0:
+                raise ValueError(f"MaskedCLIPConfig.{name} must be in [0, 1) (0: the paper), got {ratio}.")
+            if int(self.vision_config.num_patches * (1 - ratio)) < 1:
+                raise ValueError(
+                    f"MaskedCLIPConfig.{name}={ratio} keeps no patch of the {self.vision_config.num_patches} "
+                    "patches; lower it."
+                )
         if self.vision_config.mask_ratio == 0.0 and (self.use_mim or self.use_mfd):
             raise ValueError("vision_config.mask_ratio=0 leaves nothing to reconstruct for use_mim/use_mfd.")
 

@@ -504,11 +504,20 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
 
     # ------------------------------------------------------------------ towers
     def _vision_outputs(
-        self, pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions
+        self,
+        pixel_values,
+        interpolate_pos_encoding,
+        output_hidden_states,
+        output_attentions,
+        mask_ratio: float = 0.0,
+        noise: torch.Tensor | None = None,
     ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
-        """E_I's output (pooled: the probe feature) and the CLIP-space tokens z = B(E_I(x))."""
+        """E_I's output (pooled: the probe feature) and the CLIP-space tokens z = B(E_I(x)); `mask_ratio > 0`
+        encodes a random subset of the patches (the FLIP-style pretraining pass, `noise` fixes it)."""
         encoded = self.vision_model(
             pixel_values,
+            mask_ratio=mask_ratio,
+            noise=noise,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
@@ -579,6 +588,19 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
             hidden_states=vision_output.hidden_states,
             attentions=vision_output.attentions,
         )
+
+    def masked_image_features(
+        self, pixel_values: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """FLIP-style projected (not normalised) image embedding `(batch, projection_dim)` from a random
+        `1 − mask_ratio` share of each image's patches (`noise` `(batch, num_patches)` fixes the subset, as in
+        MAE masking); `mask_ratio=0` equals `get_image_features(...).pooler_output`. Pretraining only
+        (`config.clip_mask_ratio`)."""
+        self._require_clip("masked_image_features")
+        _, tokens = self._vision_outputs(
+            pixel_values, False, False, False, mask_ratio=mask_ratio, noise=noise
+        )
+        return self.visual_projection(pool_image_tokens(tokens, self.config.clip_image_pooling))
 
     @can_return_tuple
     def get_text_features(
@@ -853,6 +875,8 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         unpaired_pixel_values: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        clip_noise: torch.Tensor | None = None,
+        teacher_noise: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         **kwargs,
@@ -866,6 +890,10 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
             for none): optional categorical labels of the pairs; pairs with equal labels are positives in
             L_lg_clip.
         noise (`(paired_batch + unpaired_batch, num_patches)`): masking noise, for reproducible masks.
+        clip_noise (`(paired_batch, num_patches)`): with `config.clip_mask_ratio > 0`, the noise that picks the
+            paired images' patches the contrastive pass sees (drawn here when not given).
+        teacher_noise (`(paired_batch + unpaired_batch, num_patches)`): with `config.mfd_teacher_mask_ratio > 0`,
+            the noise that picks the patches the momentum teacher sees (drawn here when not given).
         """
         if "return_loss" in kwargs:
             raise TypeError(
@@ -912,9 +940,12 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
                 )
             if config.use_mfd:
                 predicted_features = self.feature_decoder(latent, ids_restore).logits
-                terms["mfd"] = masked_feature_distillation_loss(
-                    predicted_features, self._momentum_targets(all_pixels)
-                )
+                targets, kept = self._momentum_targets(all_pixels, teacher_noise)
+                if kept is not None:  # the teacher saw a subset: distil only where it gave a target
+                    predicted_features = torch.gather(
+                        predicted_features, 1, kept.unsqueeze(-1).expand(-1, -1, predicted_features.shape[-1])
+                    )
+                terms["mfd"] = masked_feature_distillation_loss(predicted_features, targets)
 
         image_embeds = text_embeds = logits_per_image = logits_per_text = None
         has_pairs = pixel_values is not None and pixel_values.shape[0] > 0
@@ -924,9 +955,13 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
                     "pixel_values are the paired images and need their texts (input_ids); pass image-only "
                     "samples as unpaired_pixel_values."
                 )
-            image_embeds = F.normalize(
-                released.get_image_features(pixel_values, return_dict=True).pooler_output, dim=-1
-            )
+            if config.clip_mask_ratio > 0:
+                image_features = released.masked_image_features(
+                    pixel_values, config.clip_mask_ratio, clip_noise
+                )
+            else:
+                image_features = released.get_image_features(pixel_values, return_dict=True).pooler_output
+            image_embeds = F.normalize(image_features, dim=-1)
             text_embeds = F.normalize(
                 released.get_text_features(
                     input_ids, attention_mask, token_type_ids, position_ids, return_dict=True
@@ -959,12 +994,27 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         )
 
     @torch.no_grad()
-    def _momentum_targets(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """M̂(x): momentum E_I (+ B) on the whole image, patch tokens after the last LayerNorm, `(B, N, D)`."""
-        tokens = self.momentum_vision_model(pixel_values).last_hidden_state
+    def _momentum_targets(
+        self, pixel_values: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """M̂(x): momentum E_I (+ B) patch tokens after the last LayerNorm, and which patches they are.
+
+        On the whole image (the paper): `((B, N, D), None)`. With `config.mfd_teacher_mask_ratio > 0` the
+        teacher sees a random `N' = N·(1 − ratio)` patches: `((B, N', D), (B, N') patch indices)`, the tokens in
+        the order of the indices."""
+        ratio = self.config.mfd_teacher_mask_ratio
+        kept = None
+        if ratio > 0:
+            num_patches = self.config.vision_config.num_patches
+            if noise is None:
+                noise = torch.rand(pixel_values.shape[0], num_patches, device=pixel_values.device)
+            noise = noise.to(pixel_values.device)
+            # random_masking keeps the lowest-noise patches in this order (the same argsort).
+            kept = torch.argsort(noise, dim=1)[:, : int(num_patches * (1 - ratio))]
+        tokens = self.momentum_vision_model(pixel_values, mask_ratio=ratio, noise=noise).last_hidden_state
         if self.momentum_bridge is not None:
             tokens = self.momentum_bridge(tokens)
-        return tokens[:, 1:]
+        return tokens[:, 1:], kept
 
 
 class MaskedCLIPVisionModel(MaskedCLIPPreTrainedModel):

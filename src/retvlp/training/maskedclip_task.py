@@ -10,7 +10,7 @@ import torch
 from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPForPreTraining, MaskedCLIPProcessor
 from .config import PretrainConfig
 from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, label_tensor
-from .task import PretrainTask, build_model_config
+from .task import PretrainTask, build_model_config, seed_from
 
 
 def build_processor(config: PretrainConfig, tokenizer) -> MaskedCLIPProcessor:
@@ -66,9 +66,24 @@ class MaskedCLIPStepBatches(StepBatches):
     unpaired stream, and the MAE masking noise of every image (paired first)."""
 
     def __init__(
-        self, streams, batch_sizes, *, tokenizer, class_names, num_patches, max_length, prompt_templates, **kw
+        self,
+        streams,
+        batch_sizes,
+        *,
+        tokenizer,
+        class_names,
+        num_patches,
+        max_length,
+        prompt_templates,
+        clip_noise: bool = False,
+        teacher_noise: bool = False,
+        **kw,
     ):
         super().__init__(streams, batch_sizes, **kw)
+        # Noise of the FLIP-style contrastive pass / the masked teacher pass (config.clip_mask_ratio,
+        # config.mfd_teacher_mask_ratio): drawn here, like the MAE noise, so a step's subsets depend only on
+        # the seed and the step, not on the rank or on a resume.
+        self.clip_noise, self.teacher_noise = clip_noise, teacher_noise
         self.tokenizer = tokenizer
         self.class_index = {name: i for i, name in enumerate(class_names)}
         self.multi_label = any(len(labels) > 1 for labels in streams["paired"].labels)
@@ -103,7 +118,24 @@ class MaskedCLIPStepBatches(StepBatches):
             batch["unpaired_pixel_values"] = unpaired_pixels
             noises.append(unpaired_noise)
         batch["noise"] = torch.cat(noises)
+        if self.clip_noise:
+            batch["clip_noise"] = self._noise(micro_step, 2, "paired")
+        if self.teacher_noise:
+            batch["teacher_noise"] = torch.cat(
+                [
+                    self._noise(micro_step, 3 + k, name)
+                    for k, name in enumerate(("paired", "unpaired"))
+                    if name in self.samplers
+                ]
+            )
         return batch
+
+    def _noise(self, micro_step: int, stream_id: int, name: str) -> torch.Tensor:
+        """`(local batch of stream name, num_patches)` uniform noise, drawn for the global batch and sliced."""
+        sampler = self.samplers[name]
+        generator = torch.Generator().manual_seed(seed_from(self.seed, micro_step, 1000 + stream_id))
+        noise = torch.rand(sampler.global_batch_size, self.num_patches, generator=generator)
+        return noise[self.rank * sampler.batch_size : (self.rank + 1) * sampler.batch_size]
 
 
 class MaskedCLIPTask(PretrainTask):
@@ -145,6 +177,8 @@ class MaskedCLIPTask(PretrainTask):
             num_patches=model.config.vision_config.num_patches,
             max_length=config.model.max_text_length,
             prompt_templates=config.family_settings.prompt_templates,
+            clip_noise=model.config.clip_mask_ratio > 0,
+            teacher_noise=model.config.mfd_teacher_mask_ratio > 0 and model.config.use_mfd,
             **self.common_batch_kwargs(processor.image_processor, config, rank, world_size),
         )
 
