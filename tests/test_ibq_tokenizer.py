@@ -449,3 +449,23 @@ def test_auto_classes_load_a_saved_tokenizer_without_remote_code(tmp_path):
     loaded = AutoModel.from_pretrained(tmp_path)
     assert type(loaded) is IBQTokenizerModel
     assert torch.equal(loaded.get_codebook(), model.get_codebook())
+
+
+def test_straight_through_gradient_under_bf16_autocast_matches_the_literal_formula():
+    z, codebook = _random_problem(seed=4)
+    upstream = torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for literal in (False, True):
+        z1 = z.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if literal:
+                logits = z1 @ codebook.t()
+                soft = logits.softmax(-1)
+                hard = F.one_hot(logits.argmax(-1), 16).to(soft.dtype)
+                quantized = (hard - soft.detach() + soft) @ codebook
+            else:
+                quantized = ibq_quantize(z1, codebook).quantized
+        (quantized.float() * upstream).sum().backward()
+        grads.append(z1.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=2e-2)

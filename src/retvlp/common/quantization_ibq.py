@@ -59,6 +59,30 @@ class IBQLosses:
     codebook: torch.Tensor
 
 
+class _SoftPathGradient(torch.autograd.Function):
+    """`hard_quantized + (soft − sg(soft))·C` without the product: its value is exactly zero, so the forward
+    returns the lookup as it is and only the backward does the `(N, K) × (K, D)` work.
+
+    Gradients: to `hard_quantized` the identity; to `soft` `g·Cᵀ` (what the product would give); to `C`
+    none through this path (`(soft − sg(soft))ᵀ·g` is exactly zero). The backward's matmul runs in the
+    autocast dtype of the forward, as the product would have."""
+
+    @staticmethod
+    def forward(ctx, hard_quantized, soft, codebook):
+        device_type = soft.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        ctx.matmul_dtype = torch.get_autocast_dtype(device_type) if autocast else soft.dtype
+        ctx.save_for_backward(codebook)
+        return hard_quantized.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (codebook,) = ctx.saved_tensors
+        dtype = ctx.matmul_dtype
+        grad_soft = grad_output.to(dtype) @ codebook.to(dtype).t() if ctx.needs_input_grad[1] else None
+        return grad_output, grad_soft, None
+
+
 def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 1.0) -> IBQQuantization:
     """Quantise `z` `(..., D)` against `codebook` `(K, D)` with IBQ's straight-through index.
 
@@ -76,9 +100,11 @@ def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 1
     Value: `soft − sg(soft)` is exactly zero, so q is exactly the lookup `C[argmax]` (no rounding at all,
     whereas `(hard − soft + soft)·C` is only equal up to float error). Gradient: the lookup is the `hard·C`
     term (its gradient reaches the chosen rows of C only, like `hardᵀ·g`), and `(soft − sg(soft))·C` has the
-    gradient of `soft·C` (to z and C through the softmax, and `softᵀ·g` to C directly with the value-zero
-    factor contributing `(soft − sg(soft))ᵀ·g = 0`), which is term by term the gradient of `index·C`. When
-    no gradient is needed (inference, or frozen codebook with z not requiring grad) the soft term is skipped.
+    gradient of `soft·C` through the softmax (to z and C), its direct gradient to C being
+    `(soft − sg(soft))ᵀ·g = 0`: term by term the gradient of `index·C`. The value-zero product is never
+    formed: `_SoftPathGradient` returns the lookup and supplies `g·Cᵀ` to the softmax in the backward (one
+    `(N, K) × (K, D)` matmul and an `(N, K)` subtraction fewer per forward). When no gradient is needed
+    (inference, or frozen codebook with z not requiring grad) the soft path is skipped.
 
     Args:
         z: features `(..., D)`.
@@ -103,7 +129,7 @@ def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 1
     indices = logits.argmax(dim=-1)
     hard_quantized = F.embedding(indices, codebook)
     needs_grad = torch.is_grad_enabled() and (z.requires_grad or codebook.requires_grad)
-    quantized = hard_quantized + (soft - soft.detach()) @ codebook if needs_grad else hard_quantized
+    quantized = _SoftPathGradient.apply(hard_quantized, soft, codebook) if needs_grad else hard_quantized
     num_codes = codebook.shape[0]
     return IBQQuantization(
         quantized=quantized.reshape(*leading, -1),
