@@ -290,6 +290,22 @@ def test_bf16_mixed_precision_run(tmp_path, synthetic):
     assert all(t.dtype == torch.float32 for t in weights.values())  # autocast: the weights stay fp32
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_units_warns(tmp_path, synthetic, monkeypatch, caplog, native):
+    import retvlp.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="retvlp.training.trainer"):
+        pretrain(
+            tiny_run(tmp_path, synthetic, optim={"max_steps": 1}, run={"mixed_precision": "bf16"}),
+            show_progress=False,
+        )
+    warned = "without native bf16 matrix units" in caplog.text
+    assert warned is (not native)
+    if warned:
+        assert "run.mixed_precision: no" in caplog.text
+
+
 def test_entry_point_reports_config_errors_without_traceback(tmp_path):
     import subprocess
     import sys

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 BAD_SAMPLE_POLICIES = ("error", "skip")
 MODALITIES = ("CFP", "FFA", "OCT")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+OPTIMIZER_IMPLEMENTATIONS = ("fused", "foreach", "for-loop")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COLLAPSE_GUARD_ACTIONS = ("warn", "stop", "off")
 
 
@@ -222,8 +224,15 @@ class OptimSection:
     schedule: str = "cosine"  # a transformers scheduler name: cosine, linear, constant_with_warmup, ...
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0  # None: no clipping
+    # AdamW's kernel: "fused" (one kernel over all parameters, CPU and CUDA), "foreach" (batched tensor ops) or
+    # "for-loop" (torch's reference per-parameter loop, the default before 0.3).
+    implementation: str = "fused"
 
     def validate(self, fail: Fail) -> None:
+        if self.implementation not in OPTIMIZER_IMPLEMENTATIONS:
+            fail(
+                f"optim.implementation={self.implementation!r}; choose one of {list(OPTIMIZER_IMPLEMENTATIONS)}."
+            )
         if self.max_steps is None and self.epochs is None:
             fail("set optim.max_steps or optim.epochs.")
         if self.max_steps is not None and self.max_steps <= 0:
@@ -265,6 +274,12 @@ class RunSection:
     eval_every: int | None = None
     eval_holdout_fraction: float = 0.1
     eval_max_images: int = 2000  # per split, drawn once (seeded) so every evaluation sees the same images
+    # torch.compile of the training model's forward (and so its backward) with `compile_backend` (inductor:
+    # generated C++ on CPU, Triton on CUDA); the first steps pay the compilation. Off by default: see
+    # docs/benchmarks.md for when it pays. Weights, checkpoints and resume are the same either way.
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str = "default"
 
     def validate(self, fail: Fail) -> None:
         if self.mixed_precision not in MIXED_PRECISION:
@@ -278,6 +293,8 @@ class RunSection:
                 "run.collapse_window must be >= 1, run.collapse_cosine in (0, 1] and "
                 "run.collapse_loss_margin >= 0."
             )
+        if self.compile_mode not in COMPILE_MODES:
+            fail(f"run.compile_mode={self.compile_mode!r}; choose one of {list(COMPILE_MODES)}.")
         if self.eval_every is not None and self.eval_every < 1:
             fail(f"run.eval_every must be >= 1 optimizer steps (or null: off), got {self.eval_every}.")
         if not 0.0 < self.eval_holdout_fraction < 1.0 or self.eval_max_images < 1:

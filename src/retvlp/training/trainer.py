@@ -209,7 +209,22 @@ def _start_accelerator(config: PretrainConfig, output_dir: Path):
         mixed_precision=run.mixed_precision, log_with=trackers, project_dir=str(output_dir)
     )
     configure_threads(run.num_threads)
+    if run.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bf16():
+        logger.warning(
+            "run.mixed_precision=bf16 on a CPU without native bf16 matrix units (no AVX512-BF16 / AMX; torch "
+            "reports %s): torch runs bf16 matmuls through a scalar fallback, about 50x slower than fp32 on such "
+            "a CPU (docs/benchmarks.md). Use run.mixed_precision: no here.",
+            torch.backends.cpu.get_cpu_capability(),
+        )
     return accelerator, trackers
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 path either
+        return False
 
 
 def _prepare_data(task, config, accelerator, output_dir, hooks, show_progress) -> RunData:
@@ -272,8 +287,18 @@ def _build_training(task, config, data: RunData, accelerator, output_dir: Path, 
     samples_per_step = batches.samples_per_micro_step() * optim.gradient_accumulation_steps
     lr = task.learning_rate(optim, samples_per_step)
     optimizer = torch.optim.AdamW(
-        task.parameter_groups(model, optim.weight_decay), lr=lr, betas=tuple(optim.betas), eps=optim.eps
+        task.parameter_groups(model, optim.weight_decay),
+        lr=lr,
+        betas=tuple(optim.betas),
+        eps=optim.eps,
+        **_optimizer_kernel(optim.implementation),
     )
+    if run.compile:
+        # In place (nn.Module.compile), so that parameter names, state dicts and checkpoints stay those of
+        # the eager model; DDP wraps the compiled module.
+        model.compile(
+            backend=run.compile_backend, mode=None if run.compile_mode == "default" else run.compile_mode
+        )
     scheduler = get_scheduler(
         optim.schedule,
         optimizer,
@@ -298,6 +323,15 @@ def _build_training(task, config, data: RunData, accelerator, output_dir: Path, 
         lr,
         trackers,
     )
+
+
+def _optimizer_kernel(implementation: str) -> dict:
+    """AdamW keyword arguments for `optim.implementation`."""
+    return {
+        "fused": {"fused": True},
+        "foreach": {"foreach": True},
+        "for-loop": {"foreach": False, "fused": False},
+    }[implementation]
 
 
 def _total_steps(config: PretrainConfig, batches) -> int:
