@@ -32,6 +32,17 @@ speed affects all alike; the matmul peak is re-measured after every round and th
     python benchmarks/train_step_benchmark.py --model keepfit  # KeepFIT suite, b = 2 at 512 px
     python benchmarks/train_step_benchmark.py --model keepfit --bf16 --batch-size 4 --steps 3
     python benchmarks/train_step_benchmark.py --steps 5 --precision bf16 --device cuda
+
+Variants, only when named in `--models`: `maskedclip-compiled`, `reference-compiled`, `keepfit-compiled` and
+`resnet-bert-cl-compiled` are the same models compiled in place with `torch.compile` (inductor; the warm-up
+steps pay the compilation, the script prints the TorchDynamo counters: graphs, graph breaks, recompiles);
+`maskedclip-flip` encodes half of the paired images' patches in the contrastive pass
+(`clip_mask_ratio=0.5`), `maskedclip-flip-teacher` also half of the patches in the momentum teacher's pass
+(`mfd_teacher_mask_ratio=0.5`). `--encoder vit-b|vit-l` sets the MaskedCLIP suite's encoder size (both
+models; default ViT-S/16):
+
+    python benchmarks/train_step_benchmark.py --models reference maskedclip reference-compiled maskedclip-compiled
+    python benchmarks/train_step_benchmark.py --models reference maskedclip maskedclip-flip maskedclip-flip-teacher
 """
 
 import argparse
@@ -59,6 +70,18 @@ VIT_S16 = dict(
     patch_size=16,
     layer_norm_eps=1e-6,
 )
+VIT_B16 = dict(VIT_S16, hidden_size=768, num_attention_heads=12, intermediate_size=3072)
+VIT_L16 = dict(
+    VIT_S16, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+)
+ENCODERS = {"vit-s": VIT_S16, "vit-b": VIT_B16, "vit-l": VIT_L16}
+# The MaskedCLIP suite's encoder (--encoder); a module global so that memory-probe children build the same.
+ENCODER = VIT_S16
+# Tower sizes and compile backend as module globals too, so that gpu_check.py --cpu-smoke can shrink them.
+TEXT_TOWER = dict(model_type="bert", vocab_size=28996)  # Bio_ClinicalBERT (cased BERT-base); both suites
+KEEPFIT_CONFIG: dict = {}  # KeepFitConfig overrides (default: the paper's ResNet-50 + BERT-base)
+COMPILE_BACKEND = "inductor"
+MEASURE_MEMORY = True
 PIXEL_DECODER = dict(
     decoder_hidden_size=384,
     decoder_num_hidden_layers=8,
@@ -85,6 +108,7 @@ class Suite:
 SUITES = {
     "maskedclip": Suite(
         members=("reference", "maskedclip"),
+        optional=("reference-compiled", "maskedclip-compiled", "maskedclip-flip", "maskedclip-flip-teacher"),
         ours="maskedclip",
         reference="reference",
         batch_size=16,
@@ -94,7 +118,14 @@ SUITES = {
     "keepfit": Suite(
         members=("resnet-bert-cl", "keepfit"),
         # the NCHW reference and the KeepFIT ablations: only when named in --models
-        optional=("resnet-bert", "keepfit-no-appearance", "keepfit-cls", "keepfit-backbones"),
+        optional=(
+            "resnet-bert",
+            "resnet-bert-cl-compiled",
+            "keepfit-compiled",
+            "keepfit-no-appearance",
+            "keepfit-cls",
+            "keepfit-backbones",
+        ),
         ours="keepfit",
         reference="resnet-bert-cl",
         batch_size=2,
@@ -159,6 +190,7 @@ def peak_memory_gib(model_key: str, precision: str, batch_size: int, image_size:
     ]
     if args.no_malloc_tuning:  # measure the child under the same allocator settings as the timings
         command.append("--no-malloc-tuning")
+    command += ["--encoder", args.encoder]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1]) / 2**20  # VmHWM is in KiB
 
@@ -175,16 +207,17 @@ def _memory_probe(model_key: str, precision: str, batch_size: int, image_size: i
 
 
 # ---------------------------------------------------------------------------------------------- models
-def build_maskedclip(device: str) -> MaskedCLIPForPreTraining:
+def build_maskedclip(device: str, **config_changes) -> MaskedCLIPForPreTraining:
     config = MaskedCLIPConfig(
-        vision_config={**VIT_S16, **PIXEL_DECODER},
-        text_config=dict(model_type="bert", vocab_size=BERT_VOCAB),  # Bio_ClinicalBERT size (BERT-base)
+        vision_config={**ENCODER, **PIXEL_DECODER},
+        text_config=dict(TEXT_TOWER),
+        **config_changes,
     )
     return MaskedCLIPForPreTraining(config).to(device).train()
 
 
 def build_reference(device: str) -> ViTMAEForPreTraining:
-    config = ViTMAEConfig(**VIT_S16, **PIXEL_DECODER, mask_ratio=0.75, norm_pix_loss=True)
+    config = ViTMAEConfig(**ENCODER, **PIXEL_DECODER, mask_ratio=0.75, norm_pix_loss=True)
     return ViTMAEForPreTraining(config).to(device).train()
 
 
@@ -192,7 +225,7 @@ def build_keepfit(device: str, **config_changes) -> KeepFitForPreTraining:
     """The paper's KeepFIT V2 pretraining model: the default config (ResNet-50, Bio_ClinicalBERT sizes, both
     knowledge branches, K = 16384 codebook, channels-last vision), random weights and the stand-in codebook
     (no `load_codebook`: a trained one costs the same); `config_changes` make the ablations."""
-    return KeepFitForPreTraining(KeepFitConfig(**config_changes)).to(device).train()
+    return KeepFitForPreTraining(KeepFitConfig(**{**KEEPFIT_CONFIG, **config_changes})).to(device).train()
 
 
 class ResNetBertReference(nn.Module):
@@ -201,7 +234,7 @@ class ResNetBertReference(nn.Module):
 
     def __init__(self, channels_last: bool):
         super().__init__()
-        config = KeepFitConfig()
+        config = KeepFitConfig(**KEEPFIT_CONFIG)
         self.vision_model = ResNetModel(config.vision_config)
         self.text_model = BertModel(config.text_config, add_pooling_layer=False)
         self.channels_last = channels_last
@@ -230,6 +263,14 @@ BUILDERS = {
         "ResNet-50 + BERT (reference, channels_last)",
         lambda device: build_resnet_bert(device, channels_last=True),
     ),
+    "maskedclip-flip": (
+        "MaskedCLIPForPreTraining (clip_mask_ratio 0.5)",
+        lambda device: build_maskedclip(device, clip_mask_ratio=0.5),
+    ),
+    "maskedclip-flip-teacher": (
+        "MaskedCLIPForPreTraining (clip + teacher mask 0.5)",
+        lambda device: build_maskedclip(device, clip_mask_ratio=0.5, mfd_teacher_mask_ratio=0.5),
+    ),
     "keepfit": ("KeepFitForPreTraining", build_keepfit),
     "keepfit-no-appearance": (
         "KeepFitForPreTraining (no appearance branch)",
@@ -248,18 +289,33 @@ BUILDERS = {
 }
 
 
+COMPILED_SUFFIX = "-compiled"
+for _key in ("reference", "maskedclip", "resnet-bert-cl", "keepfit"):
+    _name, _build = BUILDERS[_key]
+    BUILDERS[_key + COMPILED_SUFFIX] = (f"{_name}, compiled", _build)  # compiled after its FLOPs are counted
+
+
+def eager_key(model_key: str) -> str:
+    """The model a key builds (a compiled variant builds its eager model, compiled later)."""
+    return model_key.removesuffix(COMPILED_SUFFIX)
+
+
 def make_inputs(model_key: str, batch_size: int, image_size: int, device: str) -> dict:
     """The same random batch for every model of a suite: 2b images (b paired / categorical first, then b
     unpaired / elite), token ids drawn from BERT's vocabulary, all-ones attention masks."""
+    model_key = eager_key(model_key)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(2 * batch_size, 3, image_size, image_size, generator=generator).to(device)
 
     def tokens(length):
-        return torch.randint(1000, BERT_VOCAB, (batch_size, length), generator=generator).to(device)
+        vocab = TEXT_TOWER["vocab_size"]
+        return torch.randint(min(1000, vocab // 2), vocab, (batch_size, length), generator=generator).to(
+            device
+        )
 
     if model_key == "reference":
         return dict(pixel_values=images)
-    if model_key == "maskedclip":
+    if model_key.startswith("maskedclip"):
         return dict(
             pixel_values=images[:batch_size],
             unpaired_pixel_values=images[batch_size:],
@@ -322,6 +378,26 @@ def count_step_flops(step) -> int:
     return counter.get_total_flops()
 
 
+def compile_in_place(model: nn.Module, key: str) -> None:
+    """`torch.compile` the model's forward (inductor), counters reset so `report_dynamo` sees this model."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model.compile(backend=COMPILE_BACKEND)
+
+
+def report_dynamo(key: str) -> None:
+    """TorchDynamo's counters after the warm-up steps: graphs compiled and graph breaks (with reasons)."""
+    counters = torch._dynamo.utils.counters
+    breaks = sum(counters["graph_break"].values())
+    reasons = "; ".join(str(reason)[:120] for reason in list(counters["graph_break"])[:3])
+    print(
+        f"{BUILDERS[key][0]}: TorchDynamo compiled {counters['stats'].get('unique_graphs', 0)} graph(s) "
+        f"over {counters['stats'].get('calls_captured', 0)} captured calls, {breaks} graph break(s)"
+        + (f": {reasons}" if breaks else ""),
+        flush=True,
+    )
+
+
 def benchmark_interleaved(models: dict, args, sizes, device, precision, peaks: dict) -> list[dict]:
     """Time the models' steps alternately (A, B, A, B, ...) so that drift of the machine's speed over the
     run (frequency, other tenants) hits every model alike; report each model's median step. The matmul
@@ -334,9 +410,13 @@ def benchmark_interleaved(models: dict, args, sizes, device, precision, peaks: d
     }
     flops = {}
     for key, (step, _) in steps.items():
-        flops[key] = count_step_flops(step)
+        flops[key] = count_step_flops(step)  # eager: a compiled step does the same FLOPs
+        if key.endswith(COMPILED_SUFFIX):
+            compile_in_place(models[key], key)
         for _ in range(args.warmup):
             step()
+        if key.endswith(COMPILED_SUFFIX):
+            report_dynamo(key)
     times = {key: [] for key in steps}
     utilisation = {key: [] for key in steps}  # process CPU time / (wall time x threads): < 1 when shared
     for _ in range(args.steps):
@@ -379,8 +459,10 @@ def run_suite(name: str, args, device: str, peaks: dict) -> None:
     suite = SUITES[name]
     batch_size = args.batch_size or suite.batch_size
     image_size = args.image_size or suite.image_size
-    if name == "maskedclip" and image_size != 224:
-        raise SystemExit("The MaskedCLIP suite is fixed at 224 px (ViT-S/16 position embeddings).")
+    if name == "maskedclip" and image_size != ENCODER["image_size"]:
+        raise SystemExit(
+            f"The MaskedCLIP suite is fixed at {ENCODER['image_size']} px (the encoder's positions)."
+        )
     runnable = sorted([*suite.members, *suite.optional], key=list(BUILDERS).index)  # references first
     keys = [key for key in runnable if key in args.models] if args.models else list(suite.members)
     if not keys:
@@ -395,6 +477,8 @@ def run_suite(name: str, args, device: str, peaks: dict) -> None:
     for key in keys:
         torch.manual_seed(0)
         models[key] = BUILDERS[key][1](device)
+    if any(key.endswith(COMPILED_SUFFIX) for key in keys):
+        print("compiled variants: the warm-up steps include the compilation", flush=True)
     rows = []
     for precision in args.precision:
         rows_now = benchmark_interleaved(models, args, (batch_size, image_size), device, precision, peaks)
@@ -402,7 +486,13 @@ def run_suite(name: str, args, device: str, peaks: dict) -> None:
             f"{precision}: MFU against the best matmul rate of the run so far, {peaks[precision]:.1f} GFLOP/s"
         )
         for row in rows_now:
-            row["peak_mem_gib"] = peak_memory_gib(row["key"], precision, batch_size, image_size, args, device)
+            compiled_on_cpu = row["key"].endswith(COMPILED_SUFFIX) and device == "cpu"
+            # (a CPU memory probe would compile the model again in its child process: minutes, not measured)
+            row["peak_mem_gib"] = (
+                float("nan")
+                if compiled_on_cpu or not MEASURE_MEMORY
+                else peak_memory_gib(row["key"], precision, batch_size, image_size, args, device)
+            )
             rows.append(row)
             low, high = row["step_range"]
             print(
@@ -429,6 +519,28 @@ def run_suite(name: str, args, device: str, peaks: dict) -> None:
         k for k in runnable if k != suite.reference and not k.startswith(suite.ours)
     ]
     ablations = [k for k in runnable if k != suite.ours and k.startswith(suite.ours)]
+    # Compiled and FLIP variants of ours: their MFU and step time against the stock reference too.
+    variants = [k for k in ablations if k.endswith(COMPILED_SUFFIX) or "flip" in k]
+    for precision in args.precision:
+        ref, eager_ref = (
+            by.get((suite.reference, precision)),
+            by.get((suite.reference + COMPILED_SUFFIX, precision)),
+        )
+        for key in variants:
+            variant = by.get((key, precision))
+            if not (variant and ref):
+                continue
+            line = (
+                f"{precision}: {BUILDERS[key][0]} vs {BUILDERS[suite.reference][0]}: MFU ratio "
+                f"{variant['mfu'] / ref['mfu']:.3f}, step-time ratio (reference / variant) "
+                f"{ref['step_s'] / variant['step_s']:.3f}"
+            )
+            if key.endswith(COMPILED_SUFFIX) and eager_ref:
+                line += (
+                    f"; vs the compiled reference: MFU ratio {variant['mfu'] / eager_ref['mfu']:.3f}, "
+                    f"step-time ratio {eager_ref['step_s'] / variant['step_s']:.3f}"
+                )
+            print(line)
     for precision in args.precision:
         ours = by.get((suite.ours, precision))
         for reference_key in references:
@@ -489,6 +601,12 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast only (= --precision bf16)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
+        "--encoder",
+        default="vit-s",
+        choices=list(ENCODERS),
+        help="the MaskedCLIP suite's image encoder, for both models: ViT-S/16 (default), ViT-B/16, ViT-L/16",
+    )
+    parser.add_argument(
         "--models",
         nargs="+",
         choices=list(BUILDERS),
@@ -500,8 +618,14 @@ def main():
         action="store_true",
         help="keep glibc's default of returning freed memory to the OS (see retvlp.runtime)",
     )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory probes (each runs two more steps)"
+    )
     parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global ENCODER, MEASURE_MEMORY
+    ENCODER = ENCODERS[args.encoder]
+    MEASURE_MEMORY = not args.no_memory
     if args.memory_probe:
         _memory_probe(*args.memory_probe, args.batch_size, args.image_size)
         return
