@@ -367,6 +367,7 @@ def training_steps(device: str, smoke: bool) -> None:
         no_memory=False,
         encoder="vit-l",
     )
+    tsb.ENCODER = tsb.ENCODERS[args.encoder]  # run_suite reads the module global (main() sets it there)
     peaks = {
         p: tsb.measure_matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, device)
         for p in args.precision
@@ -422,7 +423,7 @@ def _benchmark_models(device: str, smoke: bool) -> dict:
             "MaskedCLIP": (tiny_maskedclip().to(device), _to(maskedclip_batch(), device)),
             "KeepFIT V2": (tiny_keepfit().to(device), _to(keepfit_batch(), device)),
         }
-    tsb.ENCODER = tsb.ENCODERS["vit-l"]
+    tsb.ENCODER = tsb.ENCODERS["vit-l"]  # build_maskedclip reads the module global
     batches = {
         "MaskedCLIP": ("maskedclip", tsb.build_maskedclip(device), 32, 224),
         "KeepFIT V2": ("keepfit", tsb.build_keepfit(device), 8, 512),

@@ -378,7 +378,7 @@ def count_step_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def compile_in_place(model: nn.Module, key: str) -> None:
+def compile_in_place(model: nn.Module) -> None:
     """`torch.compile` the model's forward (inductor), counters reset so `report_dynamo` sees this model."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -412,7 +412,7 @@ def benchmark_interleaved(models: dict, args, sizes, device, precision, peaks: d
     for key, (step, _) in steps.items():
         flops[key] = count_step_flops(step)  # eager: a compiled step does the same FLOPs
         if key.endswith(COMPILED_SUFFIX):
-            compile_in_place(models[key], key)
+            compile_in_place(models[key])
         for _ in range(args.warmup):
             step()
         if key.endswith(COMPILED_SUFFIX):
