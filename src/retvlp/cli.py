@@ -1,6 +1,8 @@
 """The `retvlp` command line.
 
     retvlp validate-data MANIFEST [MANIFEST ...] [options]
+    retvlp prepare-data MANIFEST [MANIFEST ...] --output DIR [--shard-size N] [--rank R --world-size W] [options]
+    retvlp cache info|prune [--max-size SIZE | --older-than DAYS | --all]
     retvlp push FOLDER --repo-id USER/NAME [--evaluation results.json] [--base-model ID] [--dry-run DIR]
     retvlp evaluate --model DIR|HUB_ID [--model NAME=DIR ...] --data MANIFEST|demo --task zero-shot,... [options]
 
@@ -91,17 +93,11 @@ def _describe_manifest(manifest) -> str:
     return text
 
 
-def _run_validate_data(args: argparse.Namespace) -> int:
+def _read_manifests_of(args: argparse.Namespace) -> list:
+    """The manifests named on the command line, read with the shared manifest options (one line printed
+    per manifest)."""
     from .data.manifest import read_manifest
-    from .data.validation import validate_manifests
 
-    if args.min_size < 1:
-        raise UsageError("--min-size must be at least 1")
-    if args.max_pixels < 1:
-        raise UsageError("--max-pixels must be at least 1")
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
-    class_names = _read_classes(args)
     manifests = []
     for path in args.manifests:
         try:
@@ -125,6 +121,20 @@ def _run_validate_data(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         manifests.append(manifest)
         print(_describe_manifest(manifest))
+    return manifests
+
+
+def _run_validate_data(args: argparse.Namespace) -> int:
+    from .data.validation import validate_manifests
+
+    if args.min_size < 1:
+        raise UsageError("--min-size must be at least 1")
+    if args.max_pixels < 1:
+        raise UsageError("--max-pixels must be at least 1")
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    class_names = _read_classes(args)
+    manifests = _read_manifests_of(args)
     if class_names is not None:
         print(f"Checking labels against {len(class_names)} classes: {', '.join(class_names)}")
     if args.no_progress and not args.skip_images:
@@ -177,19 +187,11 @@ def _add_data_root_options(parser) -> None:
     )
 
 
-def _add_validate_data_parser(subparsers) -> None:
+def _add_manifest_options(parser) -> None:
+    """The manifests and how to read and check them: shared by validate-data and prepare-data."""
     from .data.manifest import FORMATS, ROLES
     from .data.validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
 
-    parser = subparsers.add_parser(
-        "validate-data",
-        help="check manifests and every image before training",
-        description=(
-            "Read manifests (CSV/TSV with image + text and/or label columns, FLAIR CSV, JSON lines, or an "
-            "ImageFolder directory), decode every image and report each problem with its file and row. "
-            "Exit code 0: no errors (warnings allowed), 1: errors found, 2: usage error."
-        ),
-    )
     parser.add_argument(
         "manifests", nargs="+", metavar="MANIFEST", help="manifest file or ImageFolder directory"
     )
@@ -239,6 +241,20 @@ def _add_validate_data_parser(subparsers) -> None:
         default=DEFAULT_MAX_PIXELS,
         help=f"largest allowed width x height, checked before decoding (default: {DEFAULT_MAX_PIXELS})",
     )
+    _add_data_root_options(parser)
+
+
+def _add_validate_data_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "validate-data",
+        help="check manifests and every image before training",
+        description=(
+            "Read manifests (CSV/TSV with image + text and/or label columns, FLAIR CSV, JSON lines, or an "
+            "ImageFolder directory), decode every image and report each problem with its file and row. "
+            "Exit code 0: no errors (warnings allowed), 1: errors found, 2: usage error."
+        ),
+    )
+    _add_manifest_options(parser)
     parser.add_argument(
         "--skip-images",
         action="store_true",
@@ -254,13 +270,193 @@ def _add_validate_data_parser(subparsers) -> None:
     parser.add_argument(
         "--max-shown", type=int, default=50, help="print at most this many problems (default: 50; 0: all)"
     )
-    _add_data_root_options(parser)
     parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no progress bars (plain lines only, for logs and CI)",
     )
     parser.set_defaults(handler=_run_validate_data)
+
+
+# ---------------------------------------------------------------------------------------------- prepare-data
+def _rank_from_environment() -> tuple[int, int]:
+    """(rank, world size) of a launcher: torchrun / accelerate (RANK, WORLD_SIZE), SLURM (SLURM_PROCID,
+    SLURM_NTASKS), else (0, 1)."""
+    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank in os.environ and world in os.environ:
+            return int(os.environ[rank]), int(os.environ[world])
+    return 0, 1
+
+
+def _run_prepare_data(args: argparse.Namespace) -> int:
+    from .data.cache import ImageGeometry
+    from .data.shards import prepare_shards
+    from .data.validation import DataValidationError
+
+    if args.shard_size < 1 or args.image_size < 1:
+        raise UsageError("--shard-size and --image-size must be at least 1")
+    rank, world = _rank_from_environment()
+    rank = rank if args.rank is None else args.rank
+    world = world if args.world_size is None else args.world_size
+    if not 0 <= rank < world:
+        raise UsageError(f"--rank {rank} must be in 0..{world - 1} (--world-size {world})")
+    manifests = _read_manifests_of(args)
+    geometry = ImageGeometry(
+        size=args.image_size, pad_to_square=args.pad_to_square, crop_to_fov=args.crop_to_fov
+    )
+    try:
+        result = prepare_shards(
+            manifests,
+            args.output,
+            geometry=geometry,
+            shard_size=args.shard_size,
+            class_names=_read_classes(args),
+            on_bad_sample=args.on_bad_sample,
+            min_size=args.min_size,
+            max_pixels=args.max_pixels,
+            rank=rank,
+            world_size=world,
+            num_proc=args.num_proc,
+            shuffle_seed=None if args.no_shuffle else args.shuffle_seed,
+            max_shards=args.max_shards,
+            image_format=args.image_format,
+            show_progress=not args.no_progress,
+        )
+    except DataValidationError as exc:
+        print(exc.report.format(max_problems=50))
+        print(
+            f"Stopped: rows with errors (problems in {args.output}/problems.jsonl when images were decoded). Fix "
+            "them, or prepare with --on-bad-sample skip to leave them out; shards already written are kept."
+        )
+        return EXIT_FAILED
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(
+        f"rank {rank}/{world}: wrote {len(result.written)} shard(s), {result.already_done} already done, "
+        f"{result.num_shards} in the set."
+    )
+    if result.index is None:
+        print("Not every shard is done yet (other ranks, or --max-shards): run again to continue; the last one to "
+              "finish writes index.json.")  # fmt: skip
+        return EXIT_OK
+    report = result.report
+    print(report.summary())
+    skipped = len(report.bad_records)
+    if skipped:
+        print(f"{skipped} row(s) left out, listed in {args.output}/skipped_samples.jsonl")
+    print(f"Wrote {result.index}: train on it with data.train: [{{shards: {args.output}}}]")
+    return EXIT_OK
+
+
+def _add_prepare_data_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prepare-data",
+        help="validate, decode and resize manifests once into tar shards for streaming",
+        description=(
+            "Check every row and image (the checks of validate-data), decode and resize each image once, and "
+            "write webdataset tar shards with an index (docs/scale-out.md). Runs in parallel processes and, by "
+            "rank, on several machines; a killed preparation resumes when run again with the same arguments."
+        ),
+    )
+    _add_manifest_options(parser)
+    parser.add_argument("--output", required=True, metavar="DIR", help="the shard directory to write")
+    parser.add_argument("--shard-size", type=int, default=1024, help="rows per shard (default: 1024)")
+    parser.add_argument("--image-size", type=int, default=224, help="square side in pixels (default: 224)")
+    parser.add_argument("--pad-to-square", action="store_true", help="pad to square instead of resizing")
+    parser.add_argument("--crop-to-fov", action="store_true", help="crop to the camera's field of view first")
+    parser.add_argument(
+        "--on-bad-sample",
+        choices=("error", "skip"),
+        default="error",
+        help="rows with errors stop the preparation (error, the default) or are left out and listed (skip)",
+    )
+    parser.add_argument("--rank", type=int, help="this job's share (default: $RANK or $SLURM_PROCID, else 0)")
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        help="number of jobs sharing the work (default: $WORLD_SIZE or $SLURM_NTASKS, else 1)",
+    )
+    parser.add_argument("--num-proc", type=int, help="worker processes on this machine (default: the CPUs)")
+    parser.add_argument(
+        "--shuffle-seed", type=int, default=0, help="seed of the row order in the shards (default: 0)"
+    )
+    parser.add_argument("--no-shuffle", action="store_true", help="keep the manifest order in the shards")
+    parser.add_argument(
+        "--max-shards", type=int, help="write at most this many shards in this call (time-boxed jobs)"
+    )
+    parser.add_argument(
+        "--image-format",
+        choices=("png", "npy"),
+        default="png",
+        help="png: lossless, a third of the bytes (object storage); npy: raw, nothing to decode (local disks)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (plain lines only)")
+    parser.set_defaults(handler=_run_prepare_data)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def _format_bytes(count: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count} B"
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from .data.cache import cache_summary, default_cache_dir, parse_size, prune_cache
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.action == "info":
+        pools = cache_summary(cache_dir)
+        total = sum(pool.num_bytes for pool in pools)
+        print(f"{cache_dir}: {len(pools)} pool(s), {_format_bytes(total)}")
+        for pool in pools:
+            used = (
+                "never"
+                if pool.last_used is None
+                else time.strftime("%Y-%m-%d %H:%M", time.localtime(pool.last_used))
+            )
+            print(
+                f"  {pool.path.name}: {pool.images} image(s) ({pool.failed} failed checks) in {pool.shards} shard(s), "
+                f"{_format_bytes(pool.num_bytes)}, last used {used}; {json.dumps(pool.geometry)}"
+            )
+        return EXIT_OK
+    if args.max_size is None and args.older_than is None and not args.all:
+        raise UsageError("cache prune needs --max-size SIZE, --older-than DAYS or --all")
+    try:
+        limit = 0 if args.all or args.max_size is None else parse_size(args.max_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    removed, freed = prune_cache(cache_dir, max_bytes=limit, older_than_days=args.older_than)
+    print(f"{cache_dir}: removed {removed} shard(s), freed {_format_bytes(freed)}")
+    return EXIT_OK
+
+
+def _add_cache_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cache",
+        help="show or prune the shared image cache",
+        description=(
+            "The image cache holds each image once per geometry, shared by every run and evaluation "
+            "($RETVLP_CACHE/images or ~/.cache/retvlp/images). info: pools, images, size, last use. prune: "
+            "evict least recently used shards."
+        ),
+    )
+    parser.add_argument("action", choices=("info", "prune"))
+    parser.add_argument(
+        "--cache-dir", help="the cache folder (default: $RETVLP_CACHE/images or ~/.cache/retvlp/images)"
+    )
+    parser.add_argument(
+        "--max-size", help="prune: evict until each pool holds at most this much (e.g. 50GB, 800MiB)"
+    )
+    parser.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="prune: evict shards unused for DAYS days"
+    )
+    parser.add_argument("--all", action="store_true", help="prune: empty the cache (legacy stores too)")
+    parser.set_defaults(handler=_run_cache)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -671,6 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_validate_data_parser(subparsers)
+    _add_prepare_data_parser(subparsers)
+    _add_cache_parser(subparsers)
     _add_evaluate_parser(subparsers)
     _add_push_parser(subparsers)
     return parser

@@ -1,4 +1,4 @@
-"""Decode, validate and resize every image once into a memory-mapped Arrow store (uint8).
+"""Decode, validate and resize every image once into a shared, content-addressed uint8 store.
 
 Decoding and resizing are the package's canonical ones (`retvlp.common.image_processing_fundus`:
 `decode_image`, reached through the checks of `retvlp.data.validation.load_checked_image`, then
@@ -6,47 +6,57 @@ Decoding and resizing are the package's canonical ones (`retvlp.common.image_pro
 the processor at inference give identical uint8 pixels (16-bit and float sources are resized in float and
 rounded once, after the resize).
 
-Training epochs then read fixed-size uint8 arrays straight from the Arrow files: no JPEG decoding, no
-resampling, no Python image objects on the hot path. The store is keyed by the records (paths, file sizes
-and modification times, texts, labels) and by the image geometry, so editing a manifest, replacing an image
-or changing the resolution builds a new store and a stale one is never read.
+One entry per IMAGE, not per row set: an entry is keyed by the image's identity (its resolved path, file size
+and modification time; for a `datasets` image its dataset fingerprint, row and column) inside a pool keyed by
+the geometry and the checks. Every run, manifest and evaluation that reads the same file at the same geometry
+shares the entry; replacing a file (new size or mtime) gives a new key, so a stale entry is never read.
 
-Layout of one store (`<cache_dir>/<key>/`):
+Layout (`<cache_dir>/`, default `$RETVLP_CACHE/images` or `~/.cache/retvlp/images`):
 
-    shard-00000.arrow ...   rows in record order: pixels (size, size, 3) uint8, text, labels, group, role,
-                            source, row, ok (False when the image failed a check; its pixels are zeros)
-    problems.jsonl          every problem met while decoding (also the warnings)
-    cache_info.json         written last: the completion marker; a store without it is rebuilt
+    v3-<geometry hash>/        one pool per (format version, geometry, checks)
+        pool.json              the geometry and checks of the pool
+        pool.lock              advisory lock: builders and `prune` of one pool take turns
+        <shard id>.arrow       entries: key, pixels (size, size, 3) uint8, ok (False: failed a check; zeros)
+        <shard id>.json        the shard's keys, ok flags and per-image problems; written last (atomic
+                               rename), so a shard without it is unfinished and ignored; its mtime is the
+                               shard's last use (least recently used shards are evicted first)
 
-Shards are written by parallel worker processes (`num_proc`) into a temporary directory that is renamed
-into place when complete, so a killed build never leaves a store that looks finished.
+A build reads the pool's shard sidecars, decodes only the images it does not hold (parallel worker
+processes, `num_proc`) into new shards, and returns a read-only memory-mapped view whose row `i` is record
+`i`. Builders of one pool on one machine serialise on `pool.lock` (concurrent runs never decode an image
+twice nor see half-written shards); files are write-once and renamed into place, so a killed build leaves at
+most a stray temporary file. `prune_cache` (`retvlp cache prune`) evicts least recently used shards to a size
+limit; a view keeps its shards memory-mapped, so pruning under a running job does not disturb it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
-import tempfile
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
-from datasets import Dataset, Features, List, Value, concatenate_datasets
+from datasets import Dataset, Features, Value, concatenate_datasets
 from datasets.features import Array3D
 
 from ..common.image_processing_fundus import DecodedImage, FundusImageProcessor, fit_to_square
 from .manifest import HFImageRef, ManifestRecord
 from .validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, DataProblem, load_checked_image
 
+# 3: one entry per image (content-addressed, shared across row sets) instead of one store per row set.
 # 2: one canonical decode shared with the processor (16-bit / float sources resized in float and rounded once,
 # after the resize; float values outside [0, 1] and 32-bit integers outside 0..65535 refused, not stretched;
 # alpha composited with exact rounding).
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -104,125 +114,252 @@ class ImageGeometry:
 def cache_features(size: int) -> Features:
     return Features(
         {
+            "key": Value("string"),
             "pixels": Array3D(shape=(size, size, 3), dtype="uint8"),
-            "text": Value("string"),
-            "labels": List(Value("string")),
-            "group": Value("string"),
-            "role": Value("string"),
-            "source": Value("string"),
-            "row": Value("int64"),
             "ok": Value("bool"),
         }
     )
 
 
-def _image_identity(image: str | HFImageRef) -> list:
+# ---------------------------------------------------------------------------------------------- keys
+def image_identity(image: str | HFImageRef) -> list:
+    """What an entry's pixels depend on besides the geometry: the resolved path, size and mtime of a file (so
+    two manifests naming one file by different relative paths share it), or a `datasets` image's dataset
+    fingerprint, row and column."""
     if isinstance(image, HFImageRef):
-        fingerprint = getattr(image.dataset, "_fingerprint", None) or id(image.dataset)
+        fingerprint = getattr(image.dataset, "_fingerprint", None) or f"unfingerprinted-{id(image.dataset)}"
         return ["hf", str(fingerprint), image.index, image.column]
+    path = os.path.realpath(image)
     try:
-        stat = os.stat(image)
-        return [image, stat.st_size, stat.st_mtime_ns]
+        stat = os.stat(path)
+        return ["file", path, stat.st_size, stat.st_mtime_ns]
     except OSError:
-        return [image, None, None]
+        return ["file", path, None, None]
+
+
+def image_key(image: str | HFImageRef) -> str:
+    """The entry key of one image (hex digest of `image_identity`)."""
+    return hashlib.sha256(json.dumps(image_identity(image)).encode()).hexdigest()[:32]
+
+
+def pool_name(geometry: ImageGeometry, min_size: int, max_pixels: int) -> str:
+    """The pool directory of a geometry and check settings: `v<format>-<hash>`."""
+    header = {"geometry": asdict(geometry), "checks": [min_size, max_pixels]}
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
+    return f"v{CACHE_FORMAT_VERSION}-{digest}"
 
 
 def cache_key(
     records: Sequence[ManifestRecord], geometry: ImageGeometry, min_size: int, max_pixels: int
 ) -> str:
-    """A hash of everything the stored rows depend on: records, image files, geometry and checks."""
-    digest = hashlib.sha256()
-    header = {"version": CACHE_FORMAT_VERSION, "geometry": asdict(geometry), "checks": [min_size, max_pixels]}
-    digest.update(json.dumps(header, sort_keys=True).encode())
+    """A hash of what a view of `records` holds: its pool and the image of every record, in order."""
+    digest = hashlib.sha256(pool_name(geometry, min_size, max_pixels).encode())
     for record in records:
-        row = [
-            _image_identity(record.image),
-            record.text,
-            list(record.labels),
-            record.group,
-            record.role,
-            record.source,
-            record.row,
-        ]
-        digest.update(json.dumps(row).encode())
+        digest.update(image_key(record.image).encode())
     return digest.hexdigest()[:24]
 
 
-def resize_to_geometry(image: DecodedImage, geometry: ImageGeometry) -> np.ndarray:
-    """A decoded image → `(size, size, 3)` uint8 (`geometry.fit`)."""
-    return geometry.fit(image)
+# ---------------------------------------------------------------------------------------------- pool files
+@dataclass
+class ShardInfo:
+    """One finished shard of a pool, as its sidecar describes it."""
+
+    path: Path  # the .arrow file
+    keys: list[str]
+    ok: list[bool]
+    problems: dict[str, list[dict]]  # key -> problems without source / row (those belong to the records)
+    num_bytes: int
+    last_used: float  # seconds since the epoch (the sidecar's mtime)
+
+    @property
+    def sidecar(self) -> Path:
+        return self.path.with_suffix(".json")
 
 
-def _write_shard(args) -> list[dict]:
-    """Worker: decode, check and resize a contiguous slice of records into one Arrow file."""
+def read_shards(pool: Path) -> list[ShardInfo]:
+    """The finished shards of a pool, oldest first (an .arrow file without its sidecar is unfinished)."""
+    shards = []
+    for sidecar in sorted(pool.glob("*.json")):
+        if sidecar.name == "pool.json":
+            continue
+        arrow = sidecar.with_suffix(".arrow")
+        try:
+            meta = json.loads(sidecar.read_text())
+            size, used = arrow.stat().st_size, sidecar.stat().st_mtime
+        except (OSError, ValueError):  # evicted meanwhile, or foreign files: not part of the pool
+            continue
+        shards.append(ShardInfo(arrow, meta["keys"], meta["ok"], meta.get("problems", {}), size, used))
+    return sorted(shards, key=lambda shard: (shard.last_used, shard.path.name))
+
+
+@contextlib.contextmanager
+def pool_lock(pool: Path) -> Iterator[None]:
+    """Exclusive advisory lock of a pool (POSIX `flock`; elsewhere no lock: one builder at a time then)."""
+    pool.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(pool / "pool.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _write_json_atomic(path: Path, value) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary.write_text(json.dumps(value))
+    os.replace(temporary, path)
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def decode_to_geometry(record: ManifestRecord, geometry: ImageGeometry, min_size: int, max_pixels: int):
+    """`(pixels (size, size, 3) uint8 or None, problems)` of one record's image: the checks of
+    `load_checked_image`, then `geometry.fit`; problems as `{kind, message, severity}` dicts (the source and row
+    belong to the record, not to the image)."""
+    image, found = load_checked_image(record.image, min_size=min_size, max_pixels=max_pixels)
+    problems = [{"kind": p.kind, "message": p.message, "severity": p.severity} for p in found]
+    if image is None:
+        return None, problems
+    try:
+        return geometry.fit(image), problems
+    except (OSError, ValueError) as error:  # e.g. a field-of-view crop of an all-black image
+        problems.append(
+            {
+                "kind": "unreadable-image",
+                "message": f"could not be resized to the cache geometry: {error}",
+                "severity": "error",
+            }
+        )
+        return None, problems
+
+
+def _write_shard(args) -> str:
+    """Worker: decode, check and resize the images of `records` (one per key) into one new shard of `pool`;
+    returns the shard's file name once its sidecar is in place."""
     from datasets.arrow_writer import ArrowWriter
 
-    records, path, geometry, min_size, max_pixels = args
-    features = cache_features(geometry.size)
+    records, keys, pool, geometry, min_size, max_pixels = args
+    pool = Path(pool)
+    name = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    temporary = pool / f".{name}.arrow.tmp"
     blank = np.zeros((geometry.size, geometry.size, 3), np.uint8)
-    problems: list[dict] = []
-    with ArrowWriter(features=features, path=path) as writer:
-        for record in records:
-            image, found = load_checked_image(
-                record.image, min_size=min_size, max_pixels=max_pixels, source=record.source, row=record.row
-            )
-            problems.extend(asdict(p) for p in found)
-            pixels = blank
-            ok = image is not None
-            if ok:
-                try:
-                    pixels = geometry.fit(image)
-                except (OSError, ValueError) as error:  # e.g. a field-of-view crop of an all-black image
-                    ok = False
-                    problems.append(
-                        asdict(
-                            DataProblem(
-                                source=record.source,
-                                row=record.row,
-                                image=str(record.image),
-                                kind="unreadable-image",
-                                message=f"could not be resized to the cache geometry: {error}",
-                            )
-                        )
-                    )
-            writer.write(
-                {
-                    "pixels": pixels,
-                    "text": record.text,
-                    "labels": list(record.labels),
-                    "group": record.group,
-                    "role": record.role,
-                    "source": record.source,
-                    "row": record.row,
-                    "ok": ok,
-                }
-            )
-        writer.finalize()
-    return problems
+    oks, problems = [], {}
+    try:
+        with ArrowWriter(features=cache_features(geometry.size), path=str(temporary)) as writer:
+            for record, key in zip(records, keys, strict=True):
+                pixels, found = decode_to_geometry(record, geometry, min_size, max_pixels)
+                oks.append(pixels is not None)
+                if found:
+                    problems[key] = found
+                writer.write({"key": key, "pixels": blank if pixels is None else pixels, "ok": oks[-1]})
+            writer.finalize()
+        os.replace(temporary, pool / f"{name}.arrow")
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _write_json_atomic(pool / f"{name}.json", {"keys": list(keys), "ok": oks, "problems": problems})
+    return name
 
 
+def _decode_missing(
+    missing: list[tuple[str, ManifestRecord]],
+    pool: Path,
+    geometry: ImageGeometry,
+    min_size: int,
+    max_pixels: int,
+    num_proc: int | None,
+    rows_per_shard: int,
+    show_progress: bool,
+) -> None:
+    # at least one chunk per worker: a build smaller than workers × rows_per_shard still uses every worker
+    workers = max(1, num_proc or os.cpu_count() or 1)
+    step = max(1, min(rows_per_shard, -(-len(missing) // workers)))
+    chunks = [missing[i : i + step] for i in range(0, len(missing), step)]
+    jobs = [
+        (
+            [record for _, record in chunk],
+            [key for key, _ in chunk],
+            str(pool),
+            geometry,
+            min_size,
+            max_pixels,
+        )
+        for chunk in chunks
+    ]
+    workers = min(workers, len(jobs))
+    progress = _progress(len(missing), f"caching {len(missing)} images at {geometry.size} px", show_progress)
+    if workers == 1:
+        for job in jobs:
+            _write_shard(job)
+            progress.update(len(job[0]))
+    else:
+        # Records holding datasets.Dataset references cannot cross a spawn boundary cheaply; fork shares them.
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        with context.Pool(workers) as pool_workers:
+            for job, _ in zip(jobs, pool_workers.imap(_write_shard, jobs), strict=True):
+                progress.update(len(job[0]))
+    progress.close()
+
+
+# ---------------------------------------------------------------------------------------------- views
 @dataclass
 class CachedImages:
-    """A built store: the rows (a memory-mapped `datasets.Dataset`) and the problems met while building."""
+    """A view of the store: row `i` of `dataset` (memory-mapped; columns key, pixels, ok) is record `i`, and
+    `problems` are the records' problems met while decoding (with their source and row).
+
+    Attributes:
+        dataset: the view (the pool's shards concatenated, rows selected in record order).
+        problems: per-record problems (warnings too), in record order.
+        path: the pool directory the entries live in.
+        key: `cache_key` of the records (what the view holds; equal keys, equal pixels).
+    """
 
     dataset: Dataset
     problems: list[DataProblem]
     path: Path
+    key: str = ""
 
     def __len__(self) -> int:
         return len(self.dataset)
 
 
-def _load_store(path: Path) -> CachedImages:
-    info = json.loads((path / "cache_info.json").read_text())
-    shards = [Dataset.from_file(str(path / name)) for name in info["shards"]]
-    dataset = concatenate_datasets(shards) if len(shards) > 1 else shards[0]
-    problems = [
-        DataProblem(**json.loads(line))
-        for line in (path / "problems.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    return CachedImages(dataset=dataset, problems=problems, path=path)
+def _open_view(records, keys: list[str], shards: list[ShardInfo], pool: Path, key: str) -> CachedImages:
+    where: dict[str, tuple[int, int]] = {}
+    for number, shard in enumerate(shards):
+        for row, entry in enumerate(shard.keys):
+            where.setdefault(entry, (number, row))
+    used = sorted({where[k][0] for k in keys})
+    offsets, total = {}, 0
+    for number in used:
+        offsets[number] = total
+        total += len(shards[number].keys)
+    parts = [Dataset.from_file(str(shards[number].path)) for number in used]
+    combined = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    positions = [offsets[where[k][0]] + where[k][1] for k in keys]
+    identity = positions == list(range(len(combined)))
+    dataset = combined if identity else combined.select(positions)
+    now = time.time()
+    for number in used:  # last use, for least-recently-used eviction
+        with contextlib.suppress(OSError):
+            os.utime(shards[number].sidecar, (now, now))
+    problems = []
+    for record, entry in zip(records, keys, strict=True):
+        for found in shards[where[entry][0]].problems.get(entry, []):
+            problems.append(
+                DataProblem(
+                    source=record.source,
+                    row=record.row,
+                    image=str(record.image),
+                    kind=found["kind"],
+                    message=found["message"],
+                    severity=found.get("severity", "error"),
+                )
+            )
+    return CachedImages(dataset=dataset, problems=problems, path=pool, key=key)
 
 
 def default_cache_dir() -> Path:
@@ -241,17 +378,20 @@ def build_image_cache(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     num_proc: int | None = None,
     rows_per_shard: int = 2048,
+    max_bytes: int | None = None,
     show_progress: bool = True,
 ) -> CachedImages:
-    """Decode, check and resize `records` once; reuse the store on later calls with the same inputs.
+    """Decode, check and resize the images of `records` that the store does not hold yet; return the view.
 
     Args:
-        records: manifest records (any roles), stored in this order.
+        records: manifest records (any roles); row `i` of the view is record `i`.
         geometry: output size and resizing rules.
-        cache_dir: parent directory of the stores (default `$RETVLP_CACHE/images` or `~/.cache/retvlp/images`).
+        cache_dir: parent directory of the pools (default `$RETVLP_CACHE/images` or `~/.cache/retvlp/images`).
         min_size / max_pixels: the image checks of `load_checked_image` (tiny images, decompression bombs).
         num_proc: worker processes for decoding (default: the CPU count).
-        rows_per_shard: records per Arrow file (and per work unit).
+        rows_per_shard: images per new shard file (and per work unit).
+        max_bytes: after building, evict least recently used shards this view does not use until the pool's
+            shards total at most this many bytes (None: no limit; `retvlp cache prune` does it by hand).
 
     Returns:
         `CachedImages`; rows whose image failed a check have `ok=False` and are listed in `problems`.
@@ -262,58 +402,166 @@ def build_image_cache(
             "an image outside the allowed data roots); see the manifests' problems."
         )
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = cache_key(records, geometry, min_size, max_pixels)
-    final = cache_dir / key
-    if (final / "cache_info.json").exists():
-        return _load_store(final)
+    pool = cache_dir / pool_name(geometry, min_size, max_pixels)
+    keys = [image_key(record.image) for record in records]
+    with pool_lock(pool):
+        if not (pool / "pool.json").exists():
+            _write_json_atomic(
+                pool / "pool.json",
+                {
+                    "version": CACHE_FORMAT_VERSION,
+                    "geometry": asdict(geometry),
+                    "checks": [min_size, max_pixels],
+                },
+            )
+        held = {entry for shard in read_shards(pool) for entry in shard.keys}
+        missing: dict[str, ManifestRecord] = {}
+        for record, entry in zip(records, keys, strict=True):
+            if entry not in held:
+                missing.setdefault(entry, record)
+        if missing:
+            _decode_missing(
+                list(missing.items()),
+                pool,
+                geometry,
+                min_size,
+                max_pixels,
+                num_proc,
+                rows_per_shard,
+                show_progress,
+            )
+        shards = read_shards(pool)
+        # opened under the lock: the memory maps outlive any later eviction of these files
+        view = _open_view(records, keys, shards, pool, cache_key(records, geometry, min_size, max_pixels))
+        if max_bytes is not None:
+            in_use = {shard.path for shard in shards if shard.path.name in _view_files(view)}
+            _evict(read_shards(pool), max_bytes, keep=in_use)
+    return view
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+
+def _view_files(view: CachedImages) -> set[str]:
+    return {Path(item["filename"]).name for item in view.dataset.cache_files}
+
+
+# ---------------------------------------------------------------------------------------------- info / prune
+@dataclass
+class PoolSummary:
+    """What `retvlp cache info` prints for one pool."""
+
+    path: Path
+    geometry: dict
+    shards: int
+    images: int
+    failed: int
+    num_bytes: int
+    last_used: float | None
+
+
+def cache_summary(cache_dir: str | os.PathLike | None = None) -> list[PoolSummary]:
+    """One `PoolSummary` per pool of `cache_dir` (legacy per-row-set stores of format 2 show as geometry
+    `{"legacy": ...}` and are removed by `prune_cache(..., max_bytes=0)`)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = []
+    for pool in sorted(p for p in cache_dir.glob("*") if p.is_dir()):
+        if (pool / "pool.json").exists():
+            meta = json.loads((pool / "pool.json").read_text())
+            shards = read_shards(pool)
+            out.append(
+                PoolSummary(
+                    path=pool,
+                    geometry=dict(meta["geometry"], checks=meta["checks"]),
+                    shards=len(shards),
+                    images=sum(len(shard.keys) for shard in shards),
+                    failed=sum(len(shard.ok) - sum(shard.ok) for shard in shards),
+                    num_bytes=sum(shard.num_bytes for shard in shards),
+                    last_used=max((shard.last_used for shard in shards), default=None),
+                )
+            )
+        elif (pool / "cache_info.json").exists():
+            info = json.loads((pool / "cache_info.json").read_text())
+            files = [pool / name for name in info.get("shards", [])]
+            out.append(
+                PoolSummary(
+                    path=pool,
+                    geometry={"legacy": f"format {info.get('version')} store of one row set"},
+                    shards=len(files),
+                    images=int(info.get("num_rows", 0)),
+                    failed=0,
+                    num_bytes=sum(f.stat().st_size for f in files if f.exists()),
+                    last_used=(pool / "cache_info.json").stat().st_mtime,
+                )
+            )
+    return out
+
+
+def _evict(shards: list[ShardInfo], max_bytes: int, keep: set[Path] = frozenset()) -> list[ShardInfo]:
+    """Delete least recently used shards (not in `keep`) until the rest total ≤ `max_bytes`; sidecar first, so
+    a half-deleted shard is unfinished, never a finished shard without its pixels."""
+    total = sum(shard.num_bytes for shard in shards)
+    removed = []
+    for shard in shards:  # oldest first
+        if total <= max_bytes:
+            break
+        if shard.path in keep:
+            continue
+        shard.sidecar.unlink(missing_ok=True)
+        shard.path.unlink(missing_ok=True)
+        total -= shard.num_bytes
+        removed.append(shard)
+    return removed
+
+
+def prune_cache(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    max_bytes: int = 0,
+    older_than_days: float | None = None,
+) -> tuple[int, int]:
+    """Evict least recently used shards until each pool totals at most `max_bytes` (0: empty every pool and
+    remove legacy stores); with `older_than_days`, evict only shards unused for that long. Returns (shards
+    removed, bytes freed). Takes each pool's lock, so a concurrent build never loses a shard it is writing."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    removed = freed = 0
+    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+    for pool in sorted(p for p in cache_dir.glob("*") if p.is_dir()):
+        if (pool / "pool.json").exists():
+            with pool_lock(pool):
+                shards = read_shards(pool)
+                if cutoff is not None:
+                    keep = {shard.path for shard in shards if shard.last_used >= cutoff}
+                    gone = _evict(shards, 0, keep=keep)
+                else:
+                    gone = _evict(shards, max_bytes)
+            removed += len(gone)
+            freed += sum(shard.num_bytes for shard in gone)
+        elif (pool / "cache_info.json").exists() and max_bytes == 0 and cutoff is None:
+            info = json.loads((pool / "cache_info.json").read_text())
+            freed += sum((pool / n).stat().st_size for n in info.get("shards", []) if (pool / n).exists())
+            removed += len(info.get("shards", []))
+            shutil.rmtree(pool, ignore_errors=True)
+    return removed, freed
+
+
+def parse_size(text: str | int) -> int:
+    """`"50GB"`, `"1.5 TiB"`, `"800M"`, `"0"` or an int → bytes (powers of 1000 for kB/MB/GB/TB, of 1024 for
+    KiB/MiB/GiB/TiB and single letters K/M/G/T)."""
+    if isinstance(text, int):
+        return text
+    units = {
+        "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+        "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    }  # fmt: skip
+    value = str(text).strip().lower().replace(" ", "")
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = value[len(number) :]
     try:
-        chunks = [list(records[i : i + rows_per_shard]) for i in range(0, len(records), rows_per_shard)]
-        names = [f"shard-{i:05d}.arrow" for i in range(len(chunks))]
-        jobs = [
-            (chunk, str(staging / name), geometry, min_size, max_pixels)
-            for chunk, name in zip(chunks, names, strict=False)
-        ]
-        workers = max(1, min(num_proc or os.cpu_count() or 1, len(jobs)))
-        progress = _progress(
-            len(records), f"caching {len(records)} images at {geometry.size} px", show_progress
-        )
-        problems: list[dict] = []
-        if workers == 1:
-            for job in jobs:
-                problems.extend(_write_shard(job))
-                progress.update(len(job[0]))
-        else:
-            # Records holding datasets.Dataset references cannot cross a spawn boundary cheaply; fork shares them.
-            context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            with context.Pool(workers) as pool:
-                for job, found in zip(jobs, pool.imap(_write_shard, jobs), strict=False):
-                    problems.extend(found)
-                    progress.update(len(job[0]))
-        progress.close()
-        with open(staging / "problems.jsonl", "w") as handle:
-            for problem in problems:
-                handle.write(json.dumps(problem) + "\n")
-        info = {
-            "version": CACHE_FORMAT_VERSION,
-            "geometry": asdict(geometry),
-            "num_rows": len(records),
-            "shards": names,
-            "checks": {"min_size": min_size, "max_pixels": max_pixels},
-        }
-        (staging / "cache_info.json").write_text(json.dumps(info, indent=2))
-        try:
-            os.replace(staging, final)
-        except OSError:  # another process finished the same store first
-            if not (final / "cache_info.json").exists():
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return _load_store(final)
+        if unit not in units:
+            raise ValueError
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise ValueError(
+            f"cannot read the size {text!r}: write e.g. 50GB, 800MiB or a number of bytes"
+        ) from None
 
 
 def _progress(total: int, description: str, enabled: bool):
@@ -332,13 +580,27 @@ def read_pixels(dataset: Dataset, indices: Sequence[int] | np.ndarray) -> np.nda
     return values.reshape(-1, size, size, 3)
 
 
+def resize_to_geometry(image: DecodedImage, geometry: ImageGeometry) -> np.ndarray:
+    """A decoded image → `(size, size, 3)` uint8 (`geometry.fit`)."""
+    return geometry.fit(image)
+
+
 __all__ = [
     "CACHE_FORMAT_VERSION",
     "CachedImages",
     "ImageGeometry",
+    "PoolSummary",
     "build_image_cache",
     "cache_key",
+    "cache_summary",
+    "decode_to_geometry",
     "default_cache_dir",
+    "image_identity",
+    "image_key",
+    "parse_size",
+    "pool_name",
+    "prune_cache",
     "read_pixels",
+    "read_shards",
     "resize_to_geometry",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from .cache import CachedImages, ImageGeometry, build_image_cache
+from .cache import CachedImages, ImageGeometry, build_image_cache, parse_size
 from .manifest import Manifest, manifest_from_hf_dataset, read_manifests, with_root_options
 
 
@@ -20,6 +20,7 @@ class ImageDataSettings(Protocol):
     min_image_size: int
     max_image_pixels: int | None
     preprocessing_workers: int | None
+    cache_max_size: str | None  # optional: a size limit of the shared cache (`parse_size`)
 
 
 def read_training_manifests(
@@ -63,6 +64,7 @@ def cache_records(records, data: ImageDataSettings, show_progress: bool = True) 
         min_size=data.min_image_size,
         max_pixels=data.max_image_pixels,
         num_proc=data.preprocessing_workers,
+        max_bytes=None if getattr(data, "cache_max_size", None) is None else parse_size(data.cache_max_size),
         show_progress=show_progress,
     )
 

@@ -55,6 +55,11 @@ PROBLEM_KINDS = {
     "unknown-label": "error",
     "missing-label": "error",
     "duplicate-row": "error",
+    # prepared shard sets (retvlp.data.shard_stream): a shard shorter / other than its index records, a member
+    # whose checksum or PNG decode fails
+    "truncated-shard": "error",
+    "corrupt-shard": "error",
+    "corrupt-member": "error",
 }
 
 # One threshold for the data checks and the image processor (which refuses smaller inputs the same way); it

@@ -434,7 +434,8 @@ class ImageStore:
 
     @property
     def key(self) -> str:
-        return self.cached.path.name
+        # what the view holds (its pool and every record's image), not the pool directory it reads from
+        return self.cached.key
 
     def pixels(self, indices: np.ndarray) -> np.ndarray:
         """`(len(indices), S, S, 3)` uint8 of the given record indices."""

@@ -168,6 +168,13 @@ def hold_out_eval_rows(
     if run.eval_every is None or evaluation_specs.get("test") or not task.has_image_encoder:
         return streams, None
     warn = logger.warning if is_main_process else logger.debug
+    if manifests is None or any(stream.cache is None for stream in streams.values()):
+        warn(
+            "run.eval_every is set and run.evaluation names no test set, but the run streams shard sets: holding "
+            "out rows of a stream is not supported; name a test manifest in run.evaluation.test to evaluate "
+            "during pretraining. No evaluation during pretraining."
+        )
+        return streams, None
     records = [record for manifest in manifests for record in manifest.records]
     caches = {id(stream.cache) for stream in streams.values()}
     if len(caches) != 1:

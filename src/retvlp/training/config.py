@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from ..data.cache import parse_size
 from ..data.validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
 from ..families import families, family_names, get_family
 
@@ -172,7 +173,9 @@ class DataSection:
 
     # Manifest specs: {path, role?, image_root?, image_column?, text_column?, label_column?, group_column?,
     # format?} — see `retvlp.data.manifest.read_manifest` — or {hf_dataset: dir or Hub id, split?, image_column?,
-    # ...} for a `datasets` dataset. Roles come from the rows unless `role` forces one.
+    # ...} for a `datasets` dataset. Roles come from the rows unless `role` forces one. Or shard sets written by
+    # `retvlp prepare-data`: {shards: directory or fsspec URL (file://, s3://, gs://, hf://, memory://),
+    # storage_options?: {...}} — read as a stream (docs/scale-out.md); all specs are shards, or none.
     train: list[dict[str, Any]] = field(default_factory=list)
     # Generate the procedural demo data instead of reading manifests: kwargs of `generate_synthetic_dataset`.
     synthetic: dict[str, Any] | None = None
@@ -193,13 +196,50 @@ class DataSection:
     horizontal_flip: bool = False  # off: captions may name the eye, and a flip moves the disc
     num_workers: int = 2  # DataLoader workers assembling step batches
     preprocessing_workers: int | None = None  # processes decoding images into the cache (default: CPUs)
+    # Size limit of the shared image cache (e.g. "200GB", "500GiB"): after a build, least recently used shards
+    # of the pool that this run does not use are evicted down to it (None: no limit; `retvlp cache prune`).
+    cache_max_size: str | None = None
+    # Shard streams (data.train with `shards` specs): readers per stream (a multiple of the process count that
+    # divides the stream's global batch; None: the largest such number up to 8, see ShardedStepSampler), rows
+    # per shuffle window of a reader, and how shards are checked when opened ("size": every shard exists with
+    # its recorded size; "full": read them all and check every member's checksum).
+    stream_readers: int | dict[str, int] | None = None  # e.g. 8, or {paired: 8, unpaired: 4}
+    shuffle_buffer: int = 1024  # rows
+    verify_shards: str = "size"
 
     def validate(self, fail: Fail) -> None:
         if not self.train and self.synthetic is None:
             fail("data.train lists no manifests (and data.synthetic is not set): nothing to train on.")
         for i, spec in enumerate(self.train):
-            if ("path" in spec) == ("hf_dataset" in spec):
-                fail(f"data.train[{i}] must be a mapping with a 'path' or an 'hf_dataset' (got {spec!r}).")
+            if (
+                not isinstance(spec, dict)
+                or sum(key in spec for key in ("path", "hf_dataset", "shards")) != 1
+            ):
+                fail(
+                    f"data.train[{i}] must be a mapping with one of 'path', 'hf_dataset' or 'shards' (got {spec!r})."
+                )
+        kinds = {"shards" in spec for spec in self.train if isinstance(spec, dict)}
+        if len(kinds) > 1 or (kinds == {True} and self.synthetic is not None):
+            fail(
+                "data.train mixes shard sets ('shards') with manifests (or data.synthetic): prepare the manifests "
+                "as shards too (`retvlp prepare-data`), or train every source from manifests."
+            )
+        counts = (
+            self.stream_readers.values() if isinstance(self.stream_readers, dict) else [self.stream_readers]
+        )
+        if any(count is not None and (not isinstance(count, int) or count < 1) for count in counts):
+            fail(
+                f"data.stream_readers must be a positive number of readers (or one per stream), got {self.stream_readers}."
+            )
+        if self.shuffle_buffer < 0:
+            fail(f"data.shuffle_buffer must be a number of rows >= 0, got {self.shuffle_buffer}.")
+        if self.verify_shards not in ("size", "full"):
+            fail(f"data.verify_shards={self.verify_shards!r}; choose 'size' or 'full'.")
+        if self.cache_max_size is not None:
+            try:
+                parse_size(self.cache_max_size)
+            except ValueError as error:
+                fail(f"data.cache_max_size: {error}.")
         if not all(root.strip() for root in self.allowed_roots):
             fail(f"data.allowed_roots must be a list of folder paths, got {self.allowed_roots!r}.")
         if self.on_bad_sample not in BAD_SAMPLE_POLICIES:

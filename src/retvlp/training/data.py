@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import torch
 
 from ..data.cache import CachedImages, read_pixels
 from ..data.loading import cache_records, read_training_manifests
-from ..data.manifest import Manifest
+from ..data.manifest import Manifest, ManifestRecord
 from ..data.sampler import StepSampler
+from ..data.shard_stream import ShardedStepSampler, ShardSet, combine_shard_sets, open_shard_set
 from ..data.transforms import augment_and_normalize
 from ..data.validation import DataValidationError, ValidationReport, check_records
 from .config import DataSection
@@ -30,16 +32,56 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Stream:
-    """One data stream (e.g. the paired or the unpaired images) after validation: good rows only."""
+    """One data stream (e.g. the paired or the unpaired images) after validation: good rows only.
+
+    Its pixels live in the local image cache (`cache`, the default) or in a prepared shard set read as a
+    stream (`shards`, when `data.train` names shard directories); `rows` index the one it has."""
 
     name: str
-    cache: CachedImages
-    rows: np.ndarray  # indices of the usable rows in `cache.dataset`
+    cache: CachedImages | None
+    rows: np.ndarray  # indices of the usable rows in `cache.dataset` (or in `shards`)
     texts: list[str | None]  # per usable row
     labels: list[tuple[str, ...]]  # per usable row
+    shards: ShardSet | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def pixels(self, positions: np.ndarray) -> np.ndarray:
+        """Stream positions → `(len(positions), S, S, 3)` uint8."""
+        rows = self.rows[positions]
+        if self.shards is not None:
+            return self.shards.read_pixels(rows)
+        return read_pixels(self.cache.dataset, rows)
+
+    def sampler(self, batch_size: int, world_size: int, seed: int, streaming: StreamingOptions | None = None):
+        """The step sampler of this stream: `StepSampler` over the cache, `ShardedStepSampler` (shard order,
+        readers, shuffle windows) over shards."""
+        if self.shards is None:
+            return StepSampler(len(self), batch_size, world_size, seed=seed)
+        streaming = streaming or StreamingOptions()
+        return ShardedStepSampler(
+            self.shards.shard_of[self.rows],
+            batch_size,
+            world_size,
+            seed=seed,
+            readers=streaming.readers_of(self.name),
+            shuffle_buffer=streaming.shuffle_buffer,
+            name=self.name,
+        )
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    """`data.stream_readers` / `data.shuffle_buffer`: how a shard stream is cut into readers and shuffled."""
+
+    readers: int | dict[str, int] | None = None  # one count for every stream, or one per stream name
+    shuffle_buffer: int = 1024
+
+    def readers_of(self, stream: str) -> int | None:
+        if isinstance(self.readers, dict):
+            return self.readers.get(stream)
+        return self.readers
 
 
 def discover_classes(manifests: list[Manifest], configured: list[str] | None) -> list[str]:
@@ -153,6 +195,121 @@ def prepare_streams(
                 texts=[records[i].text for i in indices],
                 labels=[records[i].labels for i in indices],
             )
+    _require_streams(streams, required, routing)
+    report.unused_roles = unused
+    return streams, report
+
+
+def open_training_shards(specs: list[dict], data: DataSection) -> ShardSet:
+    """The shard sets of `data.train` (`{shards: URL, storage_options?}` specs) opened and combined, checked
+    against the run's image geometry."""
+    sets = [
+        open_shard_set(
+            spec["shards"],
+            verify=data.verify_shards,
+            on_bad_sample=data.on_bad_sample,
+            storage_options=spec.get("storage_options"),
+        )
+        for spec in specs
+    ]
+    shards = combine_shard_sets(sets)
+    geometry = shards.index["geometry"]
+    wanted = {"size": data.image_size, "pad_to_square": data.pad_to_square, "crop_to_fov": data.crop_to_fov}
+    found = {key: geometry.get(key) for key in wanted}
+    if found != wanted:
+        raise ValueError(
+            f"{shards.url}: the shards were prepared with {found}, the run asks for {wanted} (data.image_size, "
+            "data.pad_to_square, data.crop_to_fov): prepare them again with matching --image-size / --pad-to-square "
+            "/ --crop-to-fov, or change the run's data section."
+        )
+    return shards
+
+
+def shard_records(shards: ShardSet) -> list[ManifestRecord]:
+    """The shard rows as records (image: the shard member), for the record-level checks and the reports."""
+    return [
+        ManifestRecord(
+            image=f"{shards.url}/{posixpath.basename(shards.shard_files[shard])}:{key}.{shards.image_format}",
+            text=text,
+            labels=tuple(labels),
+            group=group,
+            source=source,
+            row=row,
+            role=role,
+        )
+        for shard, key, text, labels, group, source, row, role in zip(
+            shards.shard_of.tolist(),
+            shards.keys,
+            shards.texts,
+            shards.labels,
+            shards.groups,
+            shards.sources,
+            shards.source_rows,
+            shards.roles,
+            strict=True,
+        )
+    ]
+
+
+def prepare_shard_streams(
+    shards: ShardSet,
+    data: DataSection,
+    class_names: list[str],
+    output_dir: Path,
+    *,
+    routing: dict[str, str | None] | None = None,
+    required: tuple[str, ...] = ("paired",),
+    is_main_process: bool = True,
+) -> tuple[dict[str, Stream], ValidationReport]:
+    """`prepare_streams` for a shard set: the rows were checked and decoded by `retvlp prepare-data` (its
+    problems and skipped rows are reported again here); the run adds its class check and what opening the
+    shards left out (`data.on_bad_sample`), and routes the rows into streams read from the shards."""
+    routing = MASKEDCLIP_ROUTING if routing is None else routing
+    records = shard_records(shards)
+    label_problems = [p for p in check_records(records, class_names=class_names) if p.kind != "duplicate-row"]
+    problems = shards.preparation_problems + shards.left_out + label_problems
+    report = ValidationReport(problems=problems, num_records=int(shards.index["num_records"]))
+    if is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if report.problems:
+            report.write_jsonl(output_dir / "data_problems.jsonl")
+    # Rows prepare-data skipped, and shards / members opening left out (`on_bad_sample: skip` there), are
+    # reported as skipped; the run's own policy decides only about what it checks itself: the class names.
+    label_errors = [p for p in label_problems if p.severity == "error"]
+    if label_errors and data.on_bad_sample == "error":
+        raise DataValidationError(ValidationReport(problems=label_problems, num_records=len(records)))
+    bad = {(p.source, p.row) for p in label_problems if p.severity == "error"}
+    keep, unused = {name: [] for name in routing.values() if name}, {}
+    for index, record in enumerate(records):
+        if (record.source, record.row) in bad:
+            continue
+        stream = routing.get(record.role)
+        if stream is None:
+            unused[record.role] = unused.get(record.role, 0) + 1
+            continue
+        keep[stream].append(index)
+    if unused:
+        logger.warning("Rows of roles this model family does not train on (not used): %s", unused)
+    if report.bad_records:
+        _report_skipped([], records, report, output_dir, is_main_process)
+    streams = {
+        name: Stream(
+            name=name,
+            cache=None,
+            rows=np.asarray(indices, dtype=np.int64),
+            texts=[records[i].text for i in indices],
+            labels=[records[i].labels for i in indices],
+            shards=shards,
+        )
+        for name, indices in keep.items()
+        if indices
+    }
+    _require_streams(streams, required, routing)
+    report.unused_roles = unused
+    return streams, report
+
+
+def _require_streams(streams: dict[str, Stream], required: tuple[str, ...], routing: dict) -> None:
     missing = [name for name in required if name not in streams]
     if missing:
         feeding = {
@@ -162,8 +319,6 @@ def prepare_streams(
             f"No usable samples for the stream(s) {missing} (fed by the record roles {feeding}): check the "
             "manifests' text/label columns and roles (and the skipped samples)."
         )
-    report.unused_roles = unused
-    return streams, report
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -192,10 +347,11 @@ class StepBatches(torch.utils.data.Dataset):
         crop_scale: tuple[float, float],
         horizontal_flip: bool,
         length: int,
+        streaming: StreamingOptions | None = None,
     ):
         self.streams = {name: s for name, s in streams.items() if batch_sizes.get(name, 0) > 0}
         self.samplers = {
-            name: StepSampler(len(s), batch_sizes[name], world_size, seed=seed + 7919 * k)
+            name: s.sampler(batch_sizes[name], world_size, seed + 7919 * k, streaming)
             for k, (name, s) in enumerate(sorted(self.streams.items()))
         }
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -237,8 +393,36 @@ class StepBatches(torch.utils.data.Dataset):
         }
 
     def state_epochs(self, micro_step: int) -> dict:
-        """The epoch fields of a checkpoint's trainer state."""
-        return {"epochs": self.epochs(micro_step)}
+        """The epoch fields of a checkpoint's trainer state; for shard streams also the stream position
+        (per reader its epoch, offset and next shard) and the shard set it reads."""
+        state = {"epochs": self.epochs(micro_step)}
+        positions = self.stream_positions(micro_step)
+        if positions:
+            state["stream_positions"] = positions
+        return state
+
+    def stream_positions(self, micro_step: int) -> dict:
+        """Per shard stream, where it stands before `micro_step` (`ShardedStepSampler.position`) and the
+        fingerprint of its shard set; empty for cached streams."""
+        return {
+            name: {"shard_set": self.streams[name].shards.fingerprint, **sampler.position(micro_step)}
+            for name, sampler in self.samplers.items()
+            if isinstance(sampler, ShardedStepSampler)
+        }
+
+    def check_resume_state(self, checkpoint, state: dict) -> None:
+        """Refuse to resume a shard stream from a checkpoint of another shard set or another stream layout:
+        the rows it would read would not be those of the straight run."""
+        saved = state.get("stream_positions", {})
+        expected = self.stream_positions(int(state.get("micro_step", 0)))
+        for name in sorted(set(saved) | set(expected)):
+            if saved.get(name) != expected.get(name):
+                raise ValueError(
+                    f"{checkpoint}: the stream {name!r} cannot resume exactly: the checkpoint recorded "
+                    f"{saved.get(name)}, this run's data gives {expected.get(name)} (a different shard set, "
+                    "data.stream_readers, data.shuffle_buffer or seed). Resume with the data and settings of the "
+                    "run that wrote it."
+                )
 
     # ------------------------------------------------------------------ pieces
     def _random_geometry(self, rng: np.random.Generator, count: int):
@@ -265,7 +449,7 @@ class StepBatches(torch.utils.data.Dataset):
         if noise_width is not None:
             generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
             noise = torch.rand(len(global_rows), noise_width, generator=generator)[local]
-        pixels = read_pixels(stream.cache.dataset, stream.rows[global_rows[local]])
+        pixels = stream.pixels(global_rows[local])
         images = augment_and_normalize(
             pixels,
             None if crops is None else crops[local],
@@ -322,6 +506,7 @@ __all__ = [
     "read_training_manifests",
     "StepBatches",
     "Stream",
+    "StreamingOptions",
     "augment_and_normalize",
     "discover_classes",
     "image_normalization",

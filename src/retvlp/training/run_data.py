@@ -12,7 +12,14 @@ from ..data.manifest import Manifest, with_root_options
 from ..data.validation import ValidationReport
 from ..synthetic import resolve_synthetic_spec
 from .config import PretrainConfig
-from .data import Stream, discover_classes, prepare_streams, read_training_manifests
+from .data import (
+    Stream,
+    discover_classes,
+    open_training_shards,
+    prepare_shard_streams,
+    prepare_streams,
+    read_training_manifests,
+)
 from .progress import phase
 
 
@@ -88,6 +95,10 @@ def prepare_image_data(
     and route the records into `task`'s streams (`task.routing`, `task.required_streams`)."""
     data, main = config.data, accelerator.is_main_process
     train_specs, evaluation_specs = list(data.train), dict(config.run.evaluation)
+    if train_specs and all("shards" in spec for spec in train_specs):
+        return prepare_streamed_data(
+            task, config, accelerator, output_dir, with_run_roots(evaluation_specs, data)
+        )
     if data.synthetic is not None:
         synthetic_train, synthetic_eval = main_process_first(accelerator, synthetic_manifest_specs, config)
         train_specs = synthetic_train + train_specs
@@ -120,8 +131,38 @@ def prepare_image_data(
     return RunData(report, class_names, evaluation_specs, streams, manifests)
 
 
+def prepare_streamed_data(
+    task, config: PretrainConfig, accelerator, output_dir: Path, evaluation_specs
+) -> RunData:
+    """`prepare_image_data` for `data.train` of shard sets: open them (every process reads the small indexes
+    itself; nothing is built, so no process waits for another), check them and route their rows."""
+    data, main = config.data, accelerator.is_main_process
+    shards = open_training_shards(list(data.train), data)
+    class_names = (
+        list(data.classes) if data.classes else sorted({lab for labels in shards.labels for lab in labels})
+    )
+    phase(
+        "Streaming %d rows of %d shard(s) from %s.",
+        len(shards),
+        len(shards.shard_files),
+        shards.url,
+        enabled=main,
+    )
+    streams, report = prepare_shard_streams(
+        shards,
+        data,
+        class_names,
+        output_dir,
+        routing=task.routing,
+        required=task.required_streams,
+        is_main_process=main,
+    )
+    return RunData(report, class_names, evaluation_specs, streams, None)
+
+
 __all__ = [
     "RunData",
+    "prepare_streamed_data",
     "main_process_first",
     "prepare_image_data",
     "synthetic_manifest_specs",

@@ -31,7 +31,7 @@ from ..common.contrastive import label_positive_mask
 from ..tokenization import build_wordpiece_tokenizer
 from .collapse import ContrastiveTerm, label_guided_floor
 from .config import ConfigError, PretrainConfig
-from .data import image_normalization
+from .data import StreamingOptions, image_normalization
 from .run_data import RunData, prepare_image_data
 
 
@@ -147,6 +147,7 @@ class PretrainTask:
             crop_scale=tuple(config.data.crop_scale),
             horizontal_flip=config.data.horizontal_flip,
             length=0,
+            streaming=StreamingOptions(config.data.stream_readers, config.data.shuffle_buffer),
         )
 
     def learning_rate(self, optim, samples_per_step: int) -> float:

@@ -105,6 +105,9 @@ class MLMStepBatches(torch.utils.data.Dataset):
     def state_epochs(self, micro_step: int) -> dict:
         return {"epoch": self.epoch(micro_step)}
 
+    def check_resume_state(self, checkpoint, state: dict) -> None:
+        """Nothing beyond the step: a corpus in memory resumes from the step alone."""
+
     def global_batch(self, micro_step: int) -> dict[str, Any]:
         """The whole global batch of `micro_step`: input_ids (masked), attention_mask, token_type_ids, labels
         (-100 except at selected tokens) and `rows` (corpus indices of the passages)."""

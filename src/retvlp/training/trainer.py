@@ -370,6 +370,7 @@ def _resume(r: _Run, resume: str | None, extend: bool, guard: CollapseGuard) -> 
         return None
     state = load_checkpoint(r.accelerator, checkpoint)
     r.task.check_resume(checkpoint, state)
+    r.batches.check_resume_state(checkpoint, state)
     check_resume_length(checkpoint, state, r.total_steps, extend=extend)
     r.scheduler.load_state_dict(state["scheduler"])
     guard.load_state_dict(state.get("collapse_guard", {}))
