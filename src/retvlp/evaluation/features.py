@@ -11,6 +11,10 @@ Features are cached in memory and on disk (`<cache_dir>/features/<key>.safetenso
 by a fingerprint of the model's weights and config, the image store and the rows, so zero-shot, few-shot,
 linear probe and every seed / label fraction reuse one extraction, and a second `retvlp evaluate` of the same
 checkpoint on the same data extracts nothing.
+
+Under `accelerate launch` (`processes=`, see `distributed.py`) each process encodes its share of whole
+batches and every process gets all features, in the original order and bit for bit those of a one-process run;
+the main process alone writes the disk cache.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 
 from ..families import family_of_model_type
 from .data import ImageStore, prefetched_batches
+from .distributed import SINGLE, Processes, shard_rows
 
 FEATURE_FORMAT_VERSION = 1
 
@@ -167,45 +172,123 @@ def extract_image_features(
     show_progress: bool = True,
     description: str = "features",
     cache: bool = True,
+    processes: Processes = SINGLE,
 ) -> ImageFeatures:
     """Features of the records `indices` (default: all) of `store`, extracted batch-wise in eval mode under
     `torch.inference_mode` on the model's device and dtype, or read back from the cache.
 
     `cache=False` neither reads nor writes any cache (nor hashes the weights): for weights about to change,
-    e.g. the evaluations during pretraining, whose entries would only pile up in memory."""
+    e.g. the evaluations during pretraining, whose entries would only pile up in memory.
+
+    `processes` (`distributed.evaluation_processes()` under `accelerate launch`; a collective then: every
+    process calls it with the same arguments): each process encodes its share of whole batches, every process
+    gets all features in the order of `indices`, identical to a one-process run, and only the main process
+    writes the disk cache. The default, one process, runs no collective."""
     indices = np.arange(len(store.rows)) if indices is None else np.asarray(indices, dtype=np.int64)
     key = _cache_key(model, store, indices, mean, std) if cache else None
     if key is not None and key in _MEMORY_CACHE:
         return _MEMORY_CACHE[key]
     path = Path(cache_dir) / "features" / f"{key}.safetensors" if cache_dir is not None and cache else None
     features = _load(path) if path is not None else None
-    if features is None:
-        from tqdm.auto import tqdm
-
-        was_training = model.training
-        model.eval()
-        parameter = next(model.parameters())
-        probes, embeds = [], []
-        progress = tqdm(
-            total=len(indices), desc=description, unit="img", disable=not show_progress, leave=False
+    # Extract unless every process read the file: one that extracts alone would wait forever in the gather.
+    if not processes.all(features is not None):
+        features, encoded = _extract_shared(
+            model,
+            store,
+            indices,
+            mean,
+            std,
+            batch_size=batch_size,
+            processes=processes,
+            show_progress=show_progress and processes.is_main,
+            description=description,
         )
-        for pixel_values in prefetched_batches(store, indices, batch_size, mean, std):
-            pixel_values = pixel_values.to(parameter.device, parameter.dtype, non_blocking=True)
-            probe, embed = encode_images(model, pixel_values)
-            probes.append(probe.float().cpu())
-            if embed is not None:
-                embeds.append(embed.float().cpu())
-            progress.update(len(pixel_values))
-        progress.close()
-        model.train(was_training)
-        features = ImageFeatures(
-            probe=torch.cat(probes).numpy(), embeds=torch.cat(embeds).numpy() if embeds else None
-        )
-        if path is not None:
+        wrote = path is not None and processes.is_main
+        if wrote:
             _save(path, features)
+        _note_extraction(description, encoded, processes, wrote_cache=wrote)
     if key is not None:
         _MEMORY_CACHE[key] = features
     return features
+
+
+def _extract_shared(
+    model, store, indices, mean, std, *, batch_size, processes, show_progress, description
+) -> tuple[ImageFeatures, int]:
+    """`(features of every row of indices, how many images this process encoded)`: this process's share
+    (`distributed.shard_rows`) encoded here, the shares of all processes gathered in process order."""
+    own = indices[shard_rows(len(indices), batch_size, processes)]
+    share = _encode_rows(
+        model,
+        store,
+        own,
+        mean,
+        std,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        description=description,
+    )
+    return _joined(processes.gather(share)), len(own)
+
+
+def _encode_rows(
+    model, store, indices, mean, std, *, batch_size, show_progress, description
+) -> ImageFeatures | None:
+    """Features of the records `indices` (`(len(indices), F)` probe, `(len(indices), P)` embeds or None), or
+    None for no records."""
+    if len(indices) == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    parameter = next(model.parameters())
+    probes, embeds = [], []
+    progress = tqdm(total=len(indices), desc=description, unit="img", disable=not show_progress, leave=False)
+    for pixel_values in prefetched_batches(store, indices, batch_size, mean, std):
+        pixel_values = pixel_values.to(parameter.device, parameter.dtype, non_blocking=True)
+        probe, embed = encode_images(model, pixel_values)
+        probes.append(probe.float().cpu())
+        if embed is not None:
+            embeds.append(embed.float().cpu())
+        progress.update(len(pixel_values))
+    progress.close()
+    model.train(was_training)
+    return ImageFeatures(
+        probe=torch.cat(probes).numpy(), embeds=torch.cat(embeds).numpy() if embeds else None
+    )
+
+
+def _joined(shares: list[ImageFeatures | None]) -> ImageFeatures:
+    """The shares of consecutive row ranges (None: no rows) as one `ImageFeatures`, in order."""
+    shares = [share for share in shares if share is not None]
+    if not shares:
+        raise ValueError("No images to extract features of.")
+    if len(shares) == 1:
+        return shares[0]
+    embeds = None if shares[0].embeds is None else np.concatenate([share.embeds for share in shares])
+    return ImageFeatures(probe=np.concatenate([share.probe for share in shares]), embeds=embeds)
+
+
+def _note_extraction(description: str, encoded: int, processes: Processes, *, wrote_cache: bool) -> None:
+    """With `RETVLP_DEBUG_FEATURE_COUNTS=<dir>`: append one JSON line `{"description", "rank", "processes",
+    "images", "wrote_cache"}` per extraction to `<dir>/feature-counts-rank<rank>.jsonl` (one file per process,
+    so no two processes write the same file). A debugging aid: the tests read it to check that each process
+    encoded only its share."""
+    directory = os.environ.get("RETVLP_DEBUG_FEATURE_COUNTS")
+    if not directory:
+        return
+    entry = {
+        "description": description,
+        "rank": processes.index,
+        "processes": processes.count,
+        "images": int(encoded),
+        "wrote_cache": wrote_cache,
+    }
+    log = Path(directory) / f"feature-counts-rank{processes.index}.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
 
 
 def clear_feature_cache() -> None:

@@ -46,6 +46,7 @@ from .data import (
     summarize_counts,
     with_positive_class,
 )
+from .distributed import SINGLE, Processes, evaluation_processes
 from .features import class_prototypes, extract_image_features, has_text_tower, logit_scale_of
 from .finetune import FinetuneSettings, finetune, record_evaluation
 from .linear_probe import DEFAULT_C, linear_probe_probabilities
@@ -551,8 +552,10 @@ def evaluate_models(
     labelled, num_pool = _read_data(
         data, test_data, class_names, multi_label, ordinal, positive_class, dataset_name
     )
+    processes = evaluation_processes()  # under `accelerate launch`: feature extraction is shared out
     loaded = _load_models(models, device, random_init=random_init, seed=settings.split_seed)
-    labelled, stores, num_pool = _cache_pixels(labelled, loaded, num_pool, settings)
+    with processes.main_first():  # the main process decodes the images; the others read its store
+        labelled, stores, num_pool = _cache_pixels(labelled, loaded, num_pool, settings)
     pool, test = fixed_split(labelled, num_pool, settings)
     names = metric_names(multi_label=labelled.multi_label, ordinal=ordinal)
     ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings, metrics=names)
@@ -560,13 +563,13 @@ def evaluate_models(
     document = _results_document(ctx, given_test=test_data is not None)
     finetune_dir = Path(output_dir) / "finetuned" if output_dir is not None and settings.save_models else None
     for entry in loaded:
-        _evaluate_model(entry, stores, ctx, document, finetune_dir)
+        _evaluate_model(entry, stores, ctx, document, finetune_dir, processes)
     if not document.rows:
         problems = {
             name: [t.to_json() for t in info.skipped_tasks] or None for name, info in document.models.items()
         }
         raise ValueError(f"No task could be run: {problems}")
-    if output_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+    if output_dir is not None and processes.is_main:  # every process holds the same results: one writes them
         write_report(document, ctx.predictions, labelled.targets[ctx.test], output_dir)
     results = document.to_json()
     results["predictions"] = ctx.predictions
@@ -619,10 +622,16 @@ def _results_document(ctx: _Context, *, given_test: bool) -> EvaluationResults:
 
 
 def _evaluate_model(
-    entry: LoadedModel, stores: dict, ctx: _Context, document: EvaluationResults, finetune_dir: Path | None
+    entry: LoadedModel,
+    stores: dict,
+    ctx: _Context,
+    document: EvaluationResults,
+    finetune_dir: Path | None,
+    processes: Processes = SINGLE,
 ) -> None:
     """Run every task for one model on the pixels cached at its geometry: frozen features are extracted once
-    (only when a feature task runs), fine-tuning trains on the pixels (saving under `finetune_dir`)."""
+    (only when a feature task runs; shared out over `processes`, every process gets all of them), fine-tuning
+    trains on the pixels (saving under `finetune_dir`)."""
     settings = ctx.settings
     store = stores[geometry_of(entry.image_processor)]
     mean, std = normalization_of(entry.image_processor)
@@ -636,6 +645,7 @@ def _evaluate_model(
             cache_dir=settings.cache_dir,
             show_progress=settings.show_progress,
             description=f"{entry.name} features",
+            processes=processes,
         )
         if needs_features(settings.tasks)
         else None
