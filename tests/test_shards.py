@@ -312,3 +312,48 @@ def test_reader_counts_are_checked():
         ShardedStepSampler(shard_of, batch_size=32, readers=32)
     assert default_stream_readers(720, 1, 10_000) == default_stream_readers(720, 4, 10_000) == 8
     assert default_stream_readers(6, 2, 100) == 6 and default_stream_readers(4, 1, 3) == 2
+
+
+def test_a_preparation_killed_by_sigkill_resumes_to_the_straight_result(tmp_path, synthetic):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    command = [
+        sys.executable,
+        "-m",
+        "retvlp.cli",
+        "prepare-data",
+        str(synthetic.paired),
+        str(synthetic.categorical),
+    ]
+    command += [
+        str(synthetic.unpaired),
+        "--image-size",
+        "32",
+        "--shard-size",
+        "1",
+        "--num-proc",
+        "1",
+        "--no-progress",
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    straight = _prepare(synthetic, tmp_path / "straight", shard_size=1)
+    output = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*command, "--output", str(output)], env=environment, stdout=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while len(list(output.glob("shard-*.json"))) < 3:
+        assert process.poll() is None and time.time() < deadline, "the preparation ended before the kill"
+        time.sleep(0.002)
+    process.kill()
+    process.wait()
+    done = len(list(output.glob("shard-*.json")))
+    assert not (output / "index.json").exists() and done < straight.num_shards
+    subprocess.run(
+        [*command, "--output", str(output)], env=environment, check=True, stdout=subprocess.DEVNULL
+    )
+    tree = {name: data for name, data in _tree(output).items() if not name.endswith(".tmp")}
+    assert tree == _tree(tmp_path / "straight")

@@ -279,3 +279,36 @@ def test_the_documented_accelerate_configs_load(name):
 
         wrapped = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")
         assert wrapped == [MaskedCLIPLayer.__name__, ViTMAELayer.__name__, BertLayer.__name__]
+
+
+@pytest.mark.parametrize("family", ["keepfit", "ibq-tokenizer"])
+def test_the_other_image_families_stream_and_resume_exactly(tmp_path, synthetic, family):
+    from test_pretrain_keepfit import ibq_dict, keepfit_dict
+
+    output = tmp_path / "shards"
+    manifests = read_manifests(
+        [
+            {"path": str(synthetic.paired)},
+            {"path": str(synthetic.categorical)},
+            {"path": str(synthetic.unpaired)},
+        ]
+    )
+    geometry = ImageGeometry(size=32, pad_to_square=family == "keepfit")
+    prepare_shards(manifests, output, geometry=geometry, shard_size=8, num_proc=1, show_progress=False)
+
+    def config(name: str) -> PretrainConfig:
+        raw = (keepfit_dict if family == "keepfit" else ibq_dict)(tmp_path, synthetic, name)
+        raw["data"]["train"] = [{"shards": f"file://{output}"}]
+        raw["data"]["shuffle_buffer"] = 5
+        raw["optim"].update(max_steps=4, gradient_accumulation_steps=1, warmup_steps=1)
+        raw["run"].update(save_every=2)
+        return PretrainConfig.from_dict(raw)
+
+    straight = pretrain(config("straight"), show_progress=False)
+    pretrain(config("resumed"), show_progress=False, stop_after=2)
+    resumed = pretrain(config("resumed"), resume="latest", show_progress=False)
+    assert "stream_positions" in json.loads(
+        (resumed.output_dir / "checkpoint-4" / "trainer_state.json").read_text()
+    )
+    a, b = _weights(straight.output_dir / "checkpoint-4"), _weights(resumed.output_dir / "checkpoint-4")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -20,7 +20,7 @@ shard stream with the same guarantees and the locality a stream needs:
   `r·R/W ... (r+1)·R/W − 1`, i.e. exactly its `b = G/W` rows, from its own shards: no row is read twice,
   and the union over processes is the 1-process batch of size `G` (R does not depend on W).
 - The rows of a step depend only on `(seed, step)`, so resuming at step `k` needs nothing but `k`; the
-  checkpoint records the stream position (`position(step)`: per reader its epoch, offset, shard and member)
+  checkpoint records the stream position (`position(step)`: per reader its epoch, offset and next shard)
   and the shard set's fingerprint, and a resume checks both.
 - DataLoader workers build whole steps (item `i` = micro-step `i`) and fetch only that step's members.
 
@@ -60,7 +60,7 @@ class ShardProblem:
 
     shard: str
     member: str  # "" for the whole shard
-    kind: str  # missing-shard, truncated-shard, corrupt-shard, corrupt-member
+    kind: str  # truncated-shard, corrupt-shard, corrupt-member
     message: str
     rows: int  # rows it takes out
 
@@ -76,7 +76,7 @@ class ShardSet:
     Attributes:
         url: the directory URL it was opened from.
         index: the parsed `index.json`.
-        shard_of / offset / size / crc32: `(rows,)` arrays locating each row's PNG member.
+        shard_of / offset / size / crc32: `(rows,)` arrays locating each row's image member.
         keys: member keys; texts / labels / groups / roles / sources / source_rows: the rows' metadata.
         problems: what opening left out (`on_bad_sample="skip"`), per shard or member.
         skipped_at_preparation: the rows `prepare-data` left out (its `skipped_samples.jsonl`).

@@ -400,7 +400,11 @@ def finalize_shards(
     shards = [json.loads((output / f"{shard_name(k)}.json").read_text()) for k in range(plan.num_shards)]
     problems = list(global_problems) + [DataProblem(**p) for shard in shards for p in shard["problems"]]
     report = ValidationReport(problems=problems, num_records=plan.num_records)
-    report.write_jsonl(output / "problems.jsonl")
+    # every file of the finish goes to a temporary that is renamed: two ranks finishing at once write the same
+    # content, and neither may read or leave the other's half-written file
+    temporary = output / f".problems.{uuid.uuid4().hex}.tmp"
+    report.write_jsonl(temporary)
+    os.replace(temporary, output / "problems.jsonl")
     skipped = sorted(report.bad_records)
     if report.errors and on_bad_sample == "error":
         raise DataValidationError(report)
@@ -409,7 +413,8 @@ def finalize_shards(
     for problem in report.errors:
         reasons.setdefault((problem.source, problem.row), []).append(f"{problem.kind}: {problem.message}")
         images.setdefault((problem.source, problem.row), problem.image)
-    with open(output / "skipped_samples.jsonl", "w", encoding="utf-8") as handle:
+    temporary = output / f".skipped_samples.{uuid.uuid4().hex}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
         for source, row in skipped:
             entry = {
                 "source": source,
@@ -418,6 +423,7 @@ def finalize_shards(
                 "problems": reasons[(source, row)],
             }
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    os.replace(temporary, output / "skipped_samples.jsonl")
     roles: dict[str, int] = {}
     for shard in shards:
         for row in shard["rows"]:
