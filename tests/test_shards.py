@@ -194,6 +194,16 @@ def test_opening_names_what_is_missing(tmp_path, synthetic):
         open_shard_set(str(tmp_path / "shards"), on_bad_sample="skip")  # missing: an error under any policy
 
 
+def test_an_index_naming_files_outside_its_directory_is_refused(tmp_path, synthetic):
+    _prepare(synthetic, tmp_path / "shards")
+    index_path = tmp_path / "shards" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["shards"][0]["name"] = "../outside.tar"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"names the file '\.\./outside\.tar'"):
+        open_shard_set(str(tmp_path / "shards"))
+
+
 def test_a_truncated_shard_is_fatal_or_left_out_by_the_policy(tmp_path, synthetic):
     _prepare(synthetic, tmp_path / "shards")
     path = tmp_path / "shards" / "shard-00002.tar"

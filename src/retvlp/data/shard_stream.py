@@ -251,6 +251,7 @@ def open_shard_set(
             f"{url}/index.json: format {index.get('format')!r} version {index.get('version')!r} is not a shard set "
             f"this version reads ({SHARD_FORMAT} ≤ {SHARD_FORMAT_VERSION})"
         )
+    _check_member_names(url, index)
     listing = _listing(fs, root)
     missing = [shard["name"] for shard in index["shards"] if shard["name"] not in listing]
     if missing:
@@ -272,6 +273,19 @@ def open_shard_set(
     for problem in problems:
         logger.warning("shard set %s: %s (left out)", url, problem.format())
     return _assemble(url, fs, root, index, shard_indexes, problems)
+
+
+def _check_member_names(url: str, index: dict) -> None:
+    """Every file index.json names must be a plain file name inside the shard directory: a name with a path
+    separator or `..` would make the reader open files outside the directory the user pointed at."""
+    for shard in index.get("shards", []):
+        for key in ("name", "index"):
+            name = str(shard.get(key, ""))
+            if not name or name in (".", "..") or "/" in name or "\\" in name:
+                raise ValueError(
+                    f"{url}/index.json names the file {name!r}: shard files must be plain names inside the shard "
+                    "directory. The index is damaged or was not written by `retvlp prepare-data`; prepare it again."
+                )
 
 
 def _fetch_shard_indexes(fs, root: str, index: dict) -> list[dict]:
