@@ -238,6 +238,19 @@ def test_cache_cli_info_and_prune(tmp_path, capsys):
     assert read_shards(_pool(cache_dir)) == [] and not legacy.exists()
 
 
+def test_legacy_stores_are_named_once_with_the_command_that_removes_them(tmp_path, caplog):
+    paths = _write_images(tmp_path / "img", 1)
+    cache_dir = tmp_path / "cache"
+    legacy = cache_dir / "0123456789abcdef01234567"
+    legacy.mkdir(parents=True)
+    (legacy / "cache_info.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="retvlp.data.cache"):
+        _build(_records(paths), cache_dir)
+        _build(_records(paths), cache_dir)
+    warnings = [r.getMessage() for r in caplog.records if "earlier cache format" in r.getMessage()]
+    assert len(warnings) == 1 and "retvlp cache prune --all" in warnings[0]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("50GB", 50 * 10**9), ("1.5 GiB", int(1.5 * 2**30)), ("800M", 800 * 2**20), ("0", 0), (123, 123)],

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -50,6 +51,8 @@ from datasets import Dataset, Features, Value, concatenate_datasets
 from ..common.image_processing_fundus import DecodedImage, FundusImageProcessor, fit_to_square
 from .manifest import HFImageRef, ManifestRecord
 from .validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, DataProblem, load_checked_image
+
+logger = logging.getLogger(__name__)
 
 # 3: one entry per image (content-addressed, shared across row sets) instead of one store per row set; pixels as
 # raw bytes (no list offsets: 2.3x smaller).
@@ -401,6 +404,7 @@ def build_image_cache(
         )
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     pool = cache_dir / pool_name(geometry, min_size, max_pixels)
+    _warn_about_legacy_stores(cache_dir)
     keys = [image_key(record.image) for record in records]
     with pool_lock(pool):
         if not (pool / "pool.json").exists():
@@ -435,6 +439,26 @@ def build_image_cache(
             in_use = {shard.path for shard in shards if shard.path.name in _view_files(view)}
             _evict(read_shards(pool), max_bytes, keep=in_use)
     return view
+
+
+_WARNED_LEGACY: set[Path] = set()
+
+
+def _warn_about_legacy_stores(cache_dir: Path) -> None:
+    """Once per cache directory and process: name the per-row-set stores of cache format 2 that this format
+    no longer reads, and how to remove them."""
+    if cache_dir in _WARNED_LEGACY or not cache_dir.is_dir():
+        return
+    _WARNED_LEGACY.add(cache_dir)
+    legacy = [path for path in cache_dir.iterdir() if (path / "cache_info.json").is_file()]
+    if legacy:
+        logger.warning(
+            "%s holds %d image store(s) of an earlier cache format that are no longer read (one per row set); "
+            "`retvlp cache prune --all --cache-dir %s` removes them (and empties the cache).",
+            cache_dir,
+            len(legacy),
+            cache_dir,
+        )
 
 
 def _view_files(view: CachedImages) -> set[str]:
