@@ -45,6 +45,17 @@ def synthetic_jpegs(directory: Path, count: int) -> list[Path]:
     return paths
 
 
+def benchmark_jpegs(images: str, count: int, scratch: Path) -> tuple[list[Path], str]:
+    """The first `count` JPEGs of the folder `images` (the TVHL fundus photographs by default), or synthetic
+    fundus JPEGs written to `scratch` when it has fewer; and a line saying which."""
+    source = Path(images)
+    paths = sorted(source.glob("*.jpg"))[:count] if source.is_dir() else []
+    if len(paths) >= count:
+        return paths, f"{source} ({len(paths)} JPEGs)"
+    paths = synthetic_jpegs(scratch, count)
+    return paths, f"synthetic fundus JPEGs at 384 px ({len(paths)})"
+
+
 class JpegBatches(torch.utils.data.Dataset):
     def __init__(self, paths, batch, size):
         self.paths, self.batch = paths, batch
@@ -111,12 +122,7 @@ def main():
     torch.set_num_threads(1)  # one core per data worker, as in training
 
     scratch = Path(tempfile.mkdtemp(prefix="retvlp-data-bench-"))
-    source = Path(args.images)
-    paths = sorted(source.glob("*.jpg"))[: args.count] if source.is_dir() else []
-    origin = f"{source} ({len(paths)} JPEGs)"
-    if len(paths) < args.count:
-        paths = synthetic_jpegs(scratch, args.count)
-        origin = f"synthetic fundus JPEGs at 384 px ({len(paths)})"
+    paths, origin = benchmark_jpegs(args.images, args.count, scratch)
     manifest = scratch / "images.jsonl"
     manifest.write_text("".join(f'{{"image": "{p}"}}\n' for p in paths))
     sizes = {Image.open(p).size for p in paths[:20]}

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import fsspec  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from data_benchmark import DEFAULT_IMAGES, JpegBatches, measure, synthetic_jpegs  # noqa: E402
+from data_benchmark import DEFAULT_IMAGES, JpegBatches, benchmark_jpegs, measure  # noqa: E402
 
 from retvlp import FundusImageProcessor  # noqa: E402
 from retvlp.data.cache import ImageGeometry, build_image_cache, read_pixels  # noqa: E402
@@ -78,12 +78,7 @@ def main():
     torch.set_num_threads(1)  # one core per data worker, as in training
 
     scratch = Path(tempfile.mkdtemp(prefix="retvlp-stream-bench-"))
-    source = Path(args.images)
-    paths = sorted(source.glob("*.jpg"))[: args.count] if source.is_dir() else []
-    origin = f"{source} ({len(paths)} JPEGs)"
-    if len(paths) < args.count:
-        paths = synthetic_jpegs(scratch, args.count)
-        origin = f"synthetic fundus JPEGs at 384 px ({len(paths)})"
+    paths, origin = benchmark_jpegs(args.images, args.count, scratch)
     manifest = scratch / "images.jsonl"
     manifest.write_text("".join(f'{{"image": "{p}", "text": "a fundus photograph"}}\n' for p in paths))
     manifest_obj = read_manifest(manifest, allowed_roots=sorted({str(p.parent) for p in paths}))

@@ -114,10 +114,10 @@ class ImageGeometry:
         )
 
 
-def cache_features(size: int) -> Features:
-    """Columns of a pool shard. `pixels` holds the `(size, size, 3)` uint8 array's bytes: a fixed-shape
-    `Array3D` would store two levels of int32 list offsets next to them, 2.3× the pixels' own bytes at 224 px."""
-    del size  # the side is implied by the byte length (size² × 3)
+def cache_features() -> Features:
+    """Columns of a pool shard. `pixels` holds the `(size, size, 3)` uint8 array's bytes (the side follows from
+    the length): a fixed-shape `Array3D` would store two levels of int32 list offsets next to them, 2.3× the
+    pixels' own bytes at 224 px."""
     return Features({"key": Value("string"), "pixels": Value("large_binary"), "ok": Value("bool")})
 
 
@@ -153,9 +153,15 @@ def cache_key(
     records: Sequence[ManifestRecord], geometry: ImageGeometry, min_size: int, max_pixels: int
 ) -> str:
     """A hash of what a view of `records` holds: its pool and the image of every record, in order."""
-    digest = hashlib.sha256(pool_name(geometry, min_size, max_pixels).encode())
-    for record in records:
-        digest.update(image_key(record.image).encode())
+    return _view_key(
+        pool_name(geometry, min_size, max_pixels), [image_key(record.image) for record in records]
+    )
+
+
+def _view_key(pool: str, keys: Sequence[str]) -> str:
+    digest = hashlib.sha256(pool.encode())
+    for key in keys:
+        digest.update(key.encode())
     return digest.hexdigest()[:24]
 
 
@@ -249,7 +255,7 @@ def _write_shard(args) -> str:
     blank = np.zeros((geometry.size, geometry.size, 3), np.uint8)
     oks, problems = [], {}
     try:
-        with ArrowWriter(features=cache_features(geometry.size), path=str(temporary)) as writer:
+        with ArrowWriter(features=cache_features(), path=str(temporary)) as writer:
             for record, key in zip(records, keys, strict=True):
                 pixels, found = decode_to_geometry(record, geometry, min_size, max_pixels)
                 oks.append(pixels is not None)
@@ -434,10 +440,15 @@ def build_image_cache(
             )
         shards = read_shards(pool)
         # opened under the lock: the memory maps outlive any later eviction of these files
-        view = _open_view(records, keys, shards, pool, cache_key(records, geometry, min_size, max_pixels))
+        # the keys computed above (one stat per record), not `cache_key`, which would stat every file again
+        view = _open_view(records, keys, shards, pool, _view_key(pool.name, keys))
         if max_bytes is not None:
-            in_use = {shard.path for shard in shards if shard.path.name in _view_files(view)}
-            _evict(read_shards(pool), max_bytes, keep=in_use)
+            in_use = {Path(item["filename"]).name for item in view.dataset.cache_files}
+            _evict(
+                read_shards(pool),
+                max_bytes,
+                keep={shard.path for shard in shards if shard.path.name in in_use},
+            )
     return view
 
 
@@ -459,10 +470,6 @@ def _warn_about_legacy_stores(cache_dir: Path) -> None:
             len(legacy),
             cache_dir,
         )
-
-
-def _view_files(view: CachedImages) -> set[str]:
-    return {Path(item["filename"]).name for item in view.dataset.cache_files}
 
 
 # ---------------------------------------------------------------------------------------------- info / prune

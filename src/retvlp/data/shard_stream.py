@@ -62,7 +62,6 @@ class ShardProblem:
     member: str  # "" for the whole shard
     kind: str  # truncated-shard, corrupt-shard, corrupt-member
     message: str
-    rows: int  # rows it takes out
 
     def format(self) -> str:
         where = f"{self.shard}:{self.member}" if self.member else self.shard
@@ -301,7 +300,7 @@ def _size_problems(index: dict, listing: dict[str, int]) -> list[ShardProblem]:
         if found != int(shard["bytes"]):
             kind = "truncated-shard" if found < int(shard["bytes"]) else "corrupt-shard"
             message = f"{found} bytes, index.json records {shard['bytes']}"
-            problems.append(ShardProblem(shard["name"], "", kind, message, int(shard["rows"])))
+            problems.append(ShardProblem(shard["name"], "", kind, message))
     return problems
 
 
@@ -330,9 +329,7 @@ def _content_problems(
                     problem = f"not a readable {image_format} image ({error})"
             if problem:
                 problems.append(
-                    ShardProblem(
-                        shard["name"], f"{member['key']}.{image_format}", "corrupt-member", problem, 1
-                    )
+                    ShardProblem(shard["name"], f"{member['key']}.{image_format}", "corrupt-member", problem)
                 )
     return problems
 
@@ -500,12 +497,10 @@ class ShardedStepSampler:
         """Rows process `rank` reads at `step`: those of its readers."""
         if not 0 <= rank < self.world_size:
             raise ValueError(f"rank {rank} outside world_size {self.world_size}")
-        per_rank = self.readers // self.world_size
-        return np.concatenate(
-            [self.reader_rows(reader, step) for reader in range(rank * per_rank, (rank + 1) * per_rank)]
-        )
+        return np.concatenate([self.reader_rows(reader, step) for reader in self.readers_of(rank)])
 
     def readers_of(self, rank: int) -> range:
+        """The readers process `rank` owns: `rank·R/W ... (rank+1)·R/W − 1`."""
         per_rank = self.readers // self.world_size
         return range(rank * per_rank, (rank + 1) * per_rank)
 

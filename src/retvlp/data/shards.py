@@ -119,7 +119,7 @@ def _tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> int:
     return start
 
 
-# png: a third of the raw size for fundus photographs, ~2.5 ms to decode a 224 px image per core; npy: the raw
+# png: a third of the raw size for fundus photographs, most of a shard's read cost is its decode; npy: the raw
 # uint8 array (3× the bytes, nothing to decode) — for shards on a fast local or parallel file system.
 IMAGE_FORMATS = ("png", "npy")
 

@@ -171,30 +171,11 @@ def prepare_streams(
     if report.warnings:
         logger.warning("%d data warning(s), e.g. %s", len(report.warnings), report.warnings[0].format())
 
-    keep, unused = {name: [] for name in routing.values() if name}, {}
-    for index, record in enumerate(records):
-        if (record.source, record.row) in bad:
-            continue
-        stream = routing.get(record.role)
-        if stream is None:
-            unused[record.role] = unused.get(record.role, 0) + 1
-            continue
-        keep[stream].append(index)
-    if unused:
-        logger.warning("Rows of roles this model family does not train on (not used): %s", unused)
+    keep, unused = route_rows(records, bad, routing)
     if bad:
         _report_skipped(manifests, records, report, output_dir, is_main_process)
 
-    streams = {}
-    for name, indices in keep.items():
-        if indices:
-            streams[name] = Stream(
-                name=name,
-                cache=cache,
-                rows=np.asarray(indices, dtype=np.int64),
-                texts=[records[i].text for i in indices],
-                labels=[records[i].labels for i in indices],
-            )
+    streams = _streams(keep, records, cache=cache)
     _require_streams(streams, required, routing)
     report.unused_roles = unused
     return streams, report
@@ -279,6 +260,18 @@ def prepare_shard_streams(
     if label_errors and data.on_bad_sample == "error":
         raise DataValidationError(ValidationReport(problems=label_problems, num_records=len(records)))
     bad = {(p.source, p.row) for p in label_problems if p.severity == "error"}
+    keep, unused = route_rows(records, bad, routing)
+    if report.bad_records:
+        _report_skipped([], records, report, output_dir, is_main_process)
+    streams = _streams(keep, records, shards=shards)
+    _require_streams(streams, required, routing)
+    report.unused_roles = unused
+    return streams, report
+
+
+def route_rows(records, bad: set[tuple[str, int]], routing: dict[str, str | None]):
+    """`({stream: record indices}, {unused role: count})`: each record not in `bad` goes to the stream its role
+    is routed to; roles routed to None are counted (and logged), not trained on."""
     keep, unused = {name: [] for name in routing.values() if name}, {}
     for index, record in enumerate(records):
         if (record.source, record.row) in bad:
@@ -290,12 +283,15 @@ def prepare_shard_streams(
         keep[stream].append(index)
     if unused:
         logger.warning("Rows of roles this model family does not train on (not used): %s", unused)
-    if report.bad_records:
-        _report_skipped([], records, report, output_dir, is_main_process)
-    streams = {
+    return keep, unused
+
+
+def _streams(keep: dict[str, list[int]], records, *, cache=None, shards=None) -> dict[str, Stream]:
+    """The non-empty streams of `route_rows`, their pixels in `cache` or `shards`."""
+    return {
         name: Stream(
             name=name,
-            cache=None,
+            cache=cache,
             rows=np.asarray(indices, dtype=np.int64),
             texts=[records[i].text for i in indices],
             labels=[records[i].labels for i in indices],
@@ -304,9 +300,6 @@ def prepare_shard_streams(
         for name, indices in keep.items()
         if indices
     }
-    _require_streams(streams, required, routing)
-    report.unused_roles = unused
-    return streams, report
 
 
 def _require_streams(streams: dict[str, Stream], required: tuple[str, ...], routing: dict) -> None:
