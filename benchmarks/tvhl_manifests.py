@@ -121,13 +121,144 @@ def write_manifests(
     return summary
 
 
+# The multi-class task (issue 23): four classes from the DME and DR labels, with the clinic's imbalance
+# (DME 1,025 : no DR 398 : NPDR 69 : PDR 52 photographs). PDR wins over DME (it is the graver finding), DME over
+# NPDR; the four photographs with neither a DME nor a DR finding are left out of the labelled rows.
+MULTICLASS_CLASSES = [
+    "no diabetic retinopathy",
+    "non-proliferative diabetic retinopathy",
+    "proliferative diabetic retinopathy",
+    "diabetic macular edema",
+]
+# How a clinic writes each finding: several names for one thing, abbreviations, British spelling.
+FINDING_SYNONYMS = {
+    "no_DR": [
+        "no diabetic retinopathy",
+        "no DR",
+        "no apparent retinopathy",
+        "normal fundus",
+        "no signs of diabetic retinopathy",
+        "unremarkable retina",
+    ],
+    "NPDR": [
+        "non-proliferative diabetic retinopathy",
+        "NPDR",
+        "nonproliferative DR",
+        "background diabetic retinopathy",
+        "non proliferative retinopathy",
+    ],
+    "PDR": [
+        "proliferative diabetic retinopathy",
+        "PDR",
+        "proliferative DR",
+        "proliferative retinopathy with neovascularization",
+    ],
+    "DME": [
+        "diabetic macular edema",
+        "DME",
+        "macular edema",
+        "clinically significant macular oedema",
+        "diabetic maculopathy with edema",
+    ],
+    "no_DME": ["no macular edema", "no DME", "macula flat and dry"],
+}
+CAPTION_PREFIXES = ["color fundus photograph, {eye} eye:", "colour fundus photo, {eye} eye -", "fundus, {eye} eye:"]
+
+
+def multiclass_label(row: dict) -> str | None:
+    """The class of a TVHL photograph in the four-class task (None: neither finding is known)."""
+    if row["DR"] == "PDR":
+        return MULTICLASS_CLASSES[2]
+    if row["DME"] == "1":
+        return MULTICLASS_CLASSES[3]
+    if row["DR"] == "NPDR":
+        return MULTICLASS_CLASSES[1]
+    if row["DR"] == "no_DR":
+        return MULTICLASS_CLASSES[0]
+    return None
+
+
+def clinic_caption(row: dict, rng: np.random.Generator) -> str:
+    """A caption the way a clinic writes one: a long shared prefix, then one or several findings in some order,
+    each under one of its names ("color fundus photograph, left eye: NPDR, no macular edema")."""
+    findings = []
+    if row["DR"] in ("no_DR", "NPDR", "PDR"):
+        findings.append(row["DR"])
+    findings.append("DME" if row["DME"] == "1" else "no_DME")
+    if row["DR"] == "no_DR" and row["DME"] == "0" and rng.random() < 0.5:
+        findings = ["no_DR"]  # "normal fundus" is often all a clinic writes
+    order = rng.permutation(len(findings))
+    words = [str(rng.choice(FINDING_SYNONYMS[findings[i]])) for i in order]
+    prefix = CAPTION_PREFIXES[0] if rng.random() < 0.7 else str(rng.choice(CAPTION_PREFIXES[1:]))
+    return prefix.format(eye=row["eye"]) + " " + ", ".join(words)
+
+
+def write_multiclass_manifests(
+    out_dir: str | Path, root: str | Path = DEFAULT_ROOT, test_fraction: float = 0.2, seed: int = 0
+) -> dict:
+    """Write the four-class task's manifests into `out_dir`; returns their paths and row counts.
+
+    - ``paired.csv``: every fundus photograph of the training patients with a clinic-style caption and its class
+      (label-guided targets);
+    - ``unpaired.csv``: the training patients' OCT B-scans and their photographs without a class (image only);
+    - ``probe_train.csv`` / ``test.csv``: the training / held-out patients' photographs with their class.
+    """
+    root = Path(root).resolve()
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        raise FileNotFoundError(f"{labels} not found: point --root at the TVHL folder (shared/data/tvhl).")
+    with open(labels, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    patients = sorted({row["patient_id"] for row in rows})
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(patients))
+    test_patients = {patients[i] for i in order[: round(test_fraction * len(patients))]}
+    tables: dict[str, list[dict]] = {"paired": [], "unpaired": [], "probe_train": [], "test": []}
+    for row in rows:
+        image, pid = str(root / row["path"]), row["patient_id"]
+        held_out = pid in test_patients
+        label = multiclass_label(row) if row["modality"] == "fundus" else None
+        if label is None:
+            if not held_out:
+                tables["unpaired"].append({"image": image, "patient_id": pid})
+            continue
+        if held_out:
+            tables["test"].append({"image": image, "label": label, "patient_id": pid})
+            continue
+        tables["probe_train"].append({"image": image, "label": label, "patient_id": pid})
+        tables["paired"].append(
+            {"image": image, "text": clinic_caption(row, rng), "label": label, "patient_id": pid}
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"classes": MULTICLASS_CLASSES, "root": str(root), "seed": seed, "files": {}, "rows": {}}
+    for name, table in tables.items():
+        path = out / f"{name}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+        summary["files"][name] = str(path)
+        summary["rows"][name] = len(table)
+    summary["class_counts"] = {
+        side: {c: sum(r["label"] == c for r in tables[side]) for c in MULTICLASS_CLASSES}
+        for side in ("probe_train", "test")
+    }
+    summary["distinct_captions"] = len({r["text"] for r in tables["paired"]})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(DEFAULT_ROOT))
     parser.add_argument("--out", default="outputs/tvhl_manifests")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", choices=("dme", "multiclass"), default="dme")
     args = parser.parse_args()
-    print(json.dumps(write_manifests(args.out, args.root, seed=args.seed)["rows"], indent=2))
+    write = write_multiclass_manifests if args.task == "multiclass" else write_manifests
+    summary = write(args.out, args.root, seed=args.seed)
+    print(json.dumps({k: summary[k] for k in ("rows", "class_counts", "distinct_captions") if k in summary}, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Offline (tests, demo), use ``retvlp.tokenization.tiny_tokenizer()`` instead of t
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from transformers import BatchFeature, ProcessorMixin
@@ -56,23 +57,60 @@ class FundusVisionTextProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # Load the image processor through its own class rather than AutoImageProcessor, so that the class-level
-        # `MaskedCLIPProcessor.from_pretrained` (any subclass) works whether or not the classes are registered
-        # with the Auto API.
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        cache_dir=None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token=None,
+        revision: str = "main",
+        **kwargs,
+    ):
+        """Load a processor saved with `save_pretrained` (a local folder or a Hub repository id).
+
+        The tokenizer comes through `AutoTokenizer`, the image processor through :class:`FundusImageProcessor`
+        itself, and the processor's own settings (`max_length`) from ``processor_config.json``; keyword
+        arguments naming an `__init__` parameter (e.g. ``max_length=128``) override the saved value.
+
+        Written here rather than inherited because `ProcessorMixin.from_pretrained` changed how it resolves
+        sub-processors within 5.x (5.25 goes through `AutoImageProcessor`, which knows this class only once it
+        is registered): a checkpoint's processor must load the same way on every transformers it supports, with
+        or without `retvlp` imported.
+        """
+        from transformers import AutoTokenizer
+
         subfolder = kwargs.pop("subfolder", "")
-        tokenizer = cls._load_tokenizer_from_pretrained(
-            "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-        )
-        image_processor_kwargs = {
-            key: kwargs[key]
-            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision")
-            if key in kwargs
+        hub_kwargs = {
+            "cache_dir": cache_dir,
+            "force_download": force_download,
+            "local_files_only": local_files_only,
+            "revision": revision,
+            "subfolder": subfolder,
         }
-        image_processor = FundusImageProcessor.from_pretrained(
-            pretrained_model_name_or_path, subfolder=subfolder, **image_processor_kwargs
-        )
-        return [image_processor, tokenizer]
+        if token is not None:
+            hub_kwargs["token"] = token
+        tokenizer_kwargs = dict(hub_kwargs)
+        if "trust_remote_code" in kwargs:  # the folder's config names remote code; the tokenizer asks about it
+            tokenizer_kwargs["trust_remote_code"] = kwargs.pop("trust_remote_code")
+        for key in ("_from_auto", "_from_pipeline", "return_unused_kwargs"):
+            kwargs.pop(key, None)
+
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
+        image_processor = FundusImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **hub_kwargs)
+
+        parameters = set(inspect.signature(cls.__init__).parameters) - {"self", "image_processor", "tokenizer"}
+        parameters.discard("kwargs")
+        init_kwargs = {key: value for key, value in processor_dict.items() if key in parameters}
+        unknown = sorted(key for key in kwargs if key not in parameters)
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained got unexpected keyword argument(s) {unknown}; "
+                f"it takes the Hub loading arguments and {sorted(parameters)}"
+            )
+        init_kwargs.update(kwargs)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, **init_kwargs)
 
     @staticmethod
     def _check_text(text: Any) -> list[str]:
