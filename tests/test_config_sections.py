@@ -116,10 +116,31 @@ def test_each_section_validates_itself():
         PretrainConfig.from_dict(raw_config(maskedclip={"paired_batch_size": 0, "unpaired_batch_size": 0}))
     with pytest.raises(ConfigError, match="excludes model.config"):
         PretrainConfig.from_dict(raw_config("keepfit", model={"pretrained": "x", "config": {}}))
-    # The family's own rule on building the model: KeepFIT may take a config plus pretrained towers.
-    PretrainConfig.from_dict(raw_config("keepfit", model={"config": {}, "vision_pretrained": "resnet"}))
-    with pytest.raises(ConfigError, match="set only one of model.config"):
-        PretrainConfig.from_dict(raw_config("maskedclip", model={"config": {}, "vision_pretrained": "v"}))
+    # The dual encoders take a config plus either tower, both or neither from a checkpoint ...
+    for family in ("keepfit", "maskedclip"):
+        for towers in (
+            {"vision_pretrained": "v"},
+            {"text_pretrained": "t"},
+            {"vision_pretrained": "v", "text_pretrained": "t"},
+        ):
+            PretrainConfig.from_dict(raw_config(family, model={"config": {}, **towers}))
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.pretrained \(a whole maskedclip checkpoint.*excludes model\.text_pretrained",
+    ):
+        PretrainConfig.from_dict(raw_config("maskedclip", model={"pretrained": "x", "text_pretrained": "t"}))
+    # ... the families without towers refuse them, by name
+    with pytest.raises(
+        ConfigError, match=r"model\.vision_pretrained: model\.family=ibq-tokenizer has no vision tower"
+    ):
+        PretrainConfig.from_dict(raw_config("ibq-tokenizer", model={"vision_pretrained": "v"}))
+    with pytest.raises(
+        ConfigError, match=r"model\.text_pretrained: model\.family=text-mlm has no text tower"
+    ):
+        PretrainConfig.from_dict(raw_config("text-mlm", model={"text_pretrained": "t"}))
+    # ... and a vocabulary trained for the run cannot feed a pretrained text tower
+    with pytest.raises(ConfigError, match=r"model\.tokenizer: build trains a new vocabulary"):
+        PretrainConfig.from_dict(raw_config(model={"tokenizer": "build", "text_pretrained": "t"}))
 
 
 def test_overrides_reach_the_family_section_and_the_earlier_place(caplog):

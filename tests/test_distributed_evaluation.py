@@ -8,7 +8,6 @@ process log how many images it encoded and whether it wrote the feature cache.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import free_port, make_tiny_config
 from safetensors.numpy import load_file
 
 from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
@@ -29,12 +28,6 @@ from retvlp.tokenization import tiny_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 4
 MODELS = ("tiny features", "random_init features")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------------- sharding
@@ -144,7 +137,7 @@ def _run_two_processes(arguments, counts_dir: Path) -> subprocess.CompletedProce
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), "-m", "retvlp.cli", *arguments,
+        "--main_process_port", str(free_port()), "-m", "retvlp.cli", *arguments,
     ]  # fmt: skip
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
     if done.returncode != 0:

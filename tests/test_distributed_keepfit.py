@@ -8,12 +8,12 @@ construction (the reference code has the same property; SyncBatchNorm is the cur
 """
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from torch import nn
 
 from retvlp import KeepFitConfig, KeepFitForPreTraining
@@ -91,16 +91,10 @@ def _worker(rank, port, results):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_match_one_process_on_the_global_batch():
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), results), nprocs=2, join=True)
     model = _model()
     outputs = model(**_batch())
     outputs.loss.backward()

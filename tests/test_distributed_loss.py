@@ -6,13 +6,13 @@ batch, and DDP's averaged parameter gradients equal the single-process gradients
 """
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import free_port
 from torch import nn
 
 from retvlp.maskedclip.loss_maskedclip import label_guided_contrastive_loss
@@ -60,16 +60,10 @@ def _worker(rank, port, results):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_match_one_process_on_the_global_batch():
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), results), nprocs=2, join=True)
     image_encoder, text_encoder = _encoders()
     loss = _loss(image_encoder, text_encoder, *_data())
     loss.backward()

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import free_port, make_tiny_config
 
 from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
 from retvlp.cli import main
@@ -18,12 +17,6 @@ from retvlp.maskedclip import FundusImageProcessor
 from retvlp.tokenization import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _arguments(checkpoint, synthetic, tmp_path, name, batch_size):
@@ -55,7 +48,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, synthet
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), "-m", "retvlp.cli",
+        "--main_process_port", str(free_port()), "-m", "retvlp.cli",
         *_arguments(checkpoint, synthetic, tmp_path, "double", 4),
     ]  # fmt: skip
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)

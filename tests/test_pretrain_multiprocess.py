@@ -7,7 +7,6 @@ process, so the two runs see the same loss, the same gradient norm and reach the
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_pretrain_dict
+from conftest import free_port, tiny_pretrain_dict
 from safetensors.torch import load_file
 
 from retvlp.training import PretrainConfig, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch_two_processes(config_path: Path) -> subprocess.CompletedProcess:
@@ -42,7 +35,7 @@ def _launch_two_processes(config_path: Path) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
+        "--main_process_port", str(free_port()),
         str(REPO / "training" / "pretrain.py"), "--config", str(config_path), "--no-progress",
     ]  # fmt: skip
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import tiny_pretrain_dict
+from conftest import free_port, tiny_pretrain_dict
 from safetensors.torch import load_file
 
 from retvlp.data.cache import ImageGeometry
@@ -120,6 +119,8 @@ def test_streaming_settings_are_checked(tmp_path, synthetic, shard_dir):
         PretrainConfig.from_dict(raw)
     raw = _streaming_dict(tmp_path, synthetic, "geometry", str(shard_dir), optim={"max_steps": 1})
     raw["data"]["image_size"] = 48
+    # the model at 48 px too: a model.config that contradicts data.image_size is refused before any data is read
+    raw["model"]["config"]["vision_config"] = {**raw["model"]["config"]["vision_config"], "image_size": 48}
     with pytest.raises(ValueError, match=r"prepared with \{'size': 32.*data.image_size"):
         pretrain(PretrainConfig.from_dict(raw), show_progress=False)
     raw = _streaming_dict(tmp_path, synthetic, "readers", str(shard_dir), optim={"max_steps": 1})
@@ -156,10 +157,6 @@ def test_a_truncated_shard_is_fatal_or_skipped_and_listed(tmp_path, synthetic, s
 
 
 # ---------------------------------------------------------------------------------------------- two machines
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch_two_machines(config_path: Path, *extra: str) -> list[subprocess.Popen]:
@@ -173,7 +170,7 @@ def _launch_two_machines(config_path: Path, *extra: str) -> list[subprocess.Pope
         "RETVLP_MALLOC_TUNED": "0",
         "PYTHONPATH": str(REPO / "src"),
     }
-    port = str(_free_port())
+    port = str(free_port())
     launched = []
     for rank in (0, 1):
         command = [

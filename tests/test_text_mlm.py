@@ -7,7 +7,6 @@ lines under both `on_bad_sample` policies, empty corpora, and 2 processes == 1 p
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import free_port
 from safetensors.torch import load_file
 
 from retvlp.data.text_corpus import read_text_corpus
@@ -369,12 +369,6 @@ pretrain(PretrainConfig.from_yaml(sys.argv[1]), show_progress=False)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path, corpus_file):
     no_dropout = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     common = dict(optim={"max_steps": 3, "gradient_accumulation_steps": 1}, run={"save_every": 3})
@@ -398,7 +392,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, corpus_
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(script), str(config_path),
+        "--main_process_port", str(free_port()), str(script), str(config_path),
     ]  # fmt: skip
     completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
     assert completed.returncode == 0, completed.stderr[-4000:]

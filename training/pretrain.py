@@ -9,7 +9,8 @@ its random initial weights, prints the table, and leaves `<output_dir>/final`, w
 Examples:
     accelerate launch training/pretrain.py                                   # the demo
     accelerate launch training/pretrain.py --config training/configs/maskedclip_vitl16.yaml
-    accelerate launch training/pretrain.py --config training/configs/keepfit_resnet50.yaml   # KeepFIT V2
+    accelerate launch training/pretrain.py --config training/configs/keepfit_resnet50.yaml   # KeepFIT V2, whole
+    accelerate launch training/pretrain.py --config run.yaml --rerun-stages text_mlm   # retrain a changed stage
     accelerate launch training/pretrain.py --config run.yaml --resume latest
     accelerate launch training/pretrain.py --config run.yaml optim.max_steps=100 data.on_bad_sample=skip
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/pretrain.py   # 2 CPU procs
@@ -43,6 +44,14 @@ def parse_args(argv=None):
         action="store_true",
         help="with --resume: continue a run to a larger optim.max_steps / epochs than it was started with "
         "(the learning-rate schedule becomes that of the longer run; docs/training.md, 'Extending a run')",
+    )
+    parser.add_argument(
+        "--rerun-stages",
+        default=None,
+        metavar="NAME[,NAME]|all",
+        help="train these stages of the run file's `stages:` again (their folders are emptied) although an "
+        "output exists; a stage whose config or data changed is refused without it (docs/training.md, "
+        "'Whole recipes')",
     )
     parser.add_argument("--output-dir", default=None, help="overrides run.output_dir")
     parser.add_argument(
@@ -94,7 +103,11 @@ def main(argv=None) -> int:
         show_progress = not args.no_progress and sys.stderr.isatty()
         with load_reports_hidden():  # RETVLP_VERBOSE=1 shows transformers' per-load key tables
             result = pretrain_and_evaluate(
-                config, resume=args.resume, show_progress=show_progress, extend=args.extend
+                config,
+                resume=args.resume,
+                show_progress=show_progress,
+                extend=args.extend,
+                rerun_stages=args.rerun_stages,
             )
     except (
         ConfigError,

@@ -239,7 +239,10 @@ register_family(
         title="BERT masked-language-model text pretraining",
         task="retvlp.training.text_mlm:TextMLMTask",
         run_section="retvlp.training.config:TextMLMSection",
-        loader_hint="BertModel / BertForMaskedLM.from_pretrained loads it; use it as KeepFIT's model.text_pretrained",
+        loader_hint=(
+            "BertModel / BertForMaskedLM.from_pretrained loads it; use it as the model.text_pretrained of a "
+            "KeepFIT or MaskedCLIP run"
+        ),
     )
 )
 

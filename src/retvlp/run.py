@@ -15,10 +15,12 @@ def pretrain_and_evaluate(
     show_progress: bool = True,
     stop_after: int | None = None,
     extend: bool = False,
+    rerun_stages: list[str] | str | None = None,
 ) -> PretrainResult:
     """`retvlp.training.pretrain` with the evaluations the run file asks for: `run.eval_every` (zero-shot and a
     linear probe during pretraining, `retvlp.evaluation.periodic`) and `run.evaluate` (the end-of-run check
-    against random init; `result.evaluation`, `final/eval_results.json`). The arguments are `pretrain`'s;
+    against random init; `result.evaluation`, `final/eval_results.json`). The arguments are `pretrain`'s (with
+    `config.stages`, the stages of a whole recipe run first: `retvlp/training/stages.py`);
     `accelerate launch training/pretrain.py` calls this."""
     return pretrain(
         config,
@@ -27,6 +29,7 @@ def pretrain_and_evaluate(
         stop_after=stop_after,
         extend=extend,
         evaluation_hooks=PretrainingEvaluation(),
+        rerun_stages=rerun_stages,
     )
 
 

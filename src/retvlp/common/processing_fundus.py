@@ -89,7 +89,9 @@ class FundusVisionTextProcessor(ProcessorMixin):
         if token is not None:
             hub_kwargs["token"] = token
         tokenizer_kwargs = dict(hub_kwargs)
-        if "trust_remote_code" in kwargs:  # the folder's config names remote code; the tokenizer asks about it
+        if (
+            "trust_remote_code" in kwargs
+        ):  # the folder's config names remote code; the tokenizer asks about it
             tokenizer_kwargs["trust_remote_code"] = kwargs.pop("trust_remote_code")
         for key in ("_from_auto", "_from_pipeline", "return_unused_kwargs"):
             kwargs.pop(key, None)
@@ -98,7 +100,11 @@ class FundusVisionTextProcessor(ProcessorMixin):
         image_processor = FundusImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **hub_kwargs)
 
-        parameters = set(inspect.signature(cls.__init__).parameters) - {"self", "image_processor", "tokenizer"}
+        parameters = set(inspect.signature(cls.__init__).parameters) - {
+            "self",
+            "image_processor",
+            "tokenizer",
+        }
         parameters.discard("kwargs")
         init_kwargs = {key: value for key, value in processor_dict.items() if key in parameters}
         unknown = sorted(key for key in kwargs if key not in parameters)

@@ -14,6 +14,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+# `contrastive_loss` values, and the initial log temperature each starts from: CLIP's ln(1/0.07) (the papers),
+# SigLIP's ln 10 (Zhai et al. 2023).
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+LOGIT_SCALE_INIT = {"softmax": math.log(1 / 0.07), "sigmoid": math.log(10.0)}
+
 # torchvision's / microsoft/resnet-50's ResNet-50 in transformers' ResNetConfig terms (also ResNetConfig's
 # defaults; spelled out so the checkpoint's config says what it is).
 RESNET50_KWARGS = {
@@ -55,8 +60,17 @@ class KeepFitConfig(PreTrainedConfig):
         Text encoder E_t.
     projection_dim (`int`, defaults to 512):
         Width d of the shared space; projections P_v, P_t are L2-normalise → linear (no bias) → L2-normalise.
-    logit_scale_init_value (`float`, defaults to ln(1/0.07) = 2.6592) / logit_scale_max (defaults to ln 100):
-        Initial value and upper clamp of the learnable log temperature.
+    contrastive_loss (`str`, defaults to `"softmax"`):
+        The image-text loss of L_itc^p and L_itc^m. `"softmax"`: the paper's (Eqs. 2–4). `"sigmoid"`: beyond both
+        papers, SigLIP's pairwise sigmoid loss (Zhai et al. 2023) with the same label-guided positives and a
+        learnable bias b, logits t·cos + b (`contrastive.py::label_guided_sigmoid_loss`). Only `"sigmoid"` builds
+        the model's `logit_bias` parameter, so softmax checkpoints load unchanged.
+    logit_scale_init_value (`float`, *optional*) / logit_scale_max (defaults to ln 100):
+        Initial value and clamp [0, max] of the learnable log temperature τ (the scale is exp τ). Left unset the
+        initial value follows `contrastive_loss`: ln(1/0.07) = 2.6592 (CLIP, the paper) for `"softmax"`, ln 10 =
+        2.3026 (SigLIP) for `"sigmoid"`; the resolved value is stored, so a saved config states it.
+    logit_bias_init_value (`float`, defaults to −10.0):
+        Initial value of the sigmoid loss's learnable bias b (SigLIP's init); unused with `"softmax"`.
     text_pooling (`str`, defaults to `"layers_mean"`):
         How a text becomes one vector before P_t. `"layers_mean"`: the hidden states of `text_pooling_layers`
         each averaged over the REAL tokens (padding masked out), then averaged over the layers (our decision,
@@ -108,8 +122,10 @@ class KeepFitConfig(PreTrainedConfig):
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
     projection_dim: int = 512
-    logit_scale_init_value: float | int = math.log(1 / 0.07)
+    contrastive_loss: str = "softmax"
+    logit_scale_init_value: float | int | None = None
     logit_scale_max: float | int = math.log(100.0)
+    logit_bias_init_value: float | int = -10.0
     text_pooling: str = "layers_mean"
     text_pooling_layers: list[int] | tuple[int, ...] = (1, 2, -1)
     use_semantic_injection: bool = True
@@ -131,6 +147,12 @@ class KeepFitConfig(PreTrainedConfig):
     classifier_dropout: float | int = 0.0
     initializer_range: float = 0.02
 
+    def __post_init__(self, **kwargs):
+        # The initial temperature follows the loss unless given; the resolved value is what a saved config holds.
+        if self.logit_scale_init_value is None and self.contrastive_loss in LOGIT_SCALE_INIT:
+            self.logit_scale_init_value = LOGIT_SCALE_INIT[self.contrastive_loss]
+        super().__post_init__(**kwargs)
+
     @property
     def image_feature_size(self) -> int:
         """Channels of the image encoder's last feature map (2048 for ResNet-50)."""
@@ -145,6 +167,11 @@ class KeepFitConfig(PreTrainedConfig):
         def fail(message):
             raise ValueError(f"KeepFitConfig: {message}")
 
+        if self.contrastive_loss not in CONTRASTIVE_LOSSES:
+            fail(
+                f"contrastive_loss must be one of {CONTRASTIVE_LOSSES} (softmax: the paper; sigmoid: SigLIP), "
+                f"got {self.contrastive_loss!r}."
+            )
         if self.text_pooling not in TEXT_POOLING:
             fail(f"text_pooling must be one of {TEXT_POOLING}, got {self.text_pooling!r}.")
         layers = list(self.text_pooling_layers)

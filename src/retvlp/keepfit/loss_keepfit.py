@@ -4,7 +4,8 @@
 
 * L_itc (Eqs. 2–4): [`image_text_contrastive_loss`] — symmetric cross-entropy against soft targets, "same
   category" rows normalised for the categorical public data p, the identity for the elite pairs m. It is the
-  label-guided contrastive loss MaskedCLIP uses too (`contrastive.py`, shared by both families).
+  label-guided contrastive loss MaskedCLIP uses too (`contrastive.py`, shared by both families); with
+  `config.contrastive_loss="sigmoid"` (beyond both papers) SigLIP's pairwise sigmoid loss with the same positives.
 * L_EK^s, L_EK^a (Eqs. 20, 21): [`knowledge_refinement_loss`] — the MSE between the knowledge extracted
   from the elite set for each public image and that image's prompt embedding T_p.
 
@@ -14,7 +15,7 @@ next to saved checkpoints for ``trust_remote_code`` loading: it imports nothing 
 
 import torch
 
-from .contrastive import label_guided_contrastive_loss
+from .contrastive import contrastive_loss
 
 
 def image_text_contrastive_loss(
@@ -23,9 +24,15 @@ def image_text_contrastive_loss(
     logit_scale: torch.Tensor,
     labels: torch.Tensor | None = None,
     gather_distributed: bool = True,
+    *,
+    kind: str = "softmax",
+    logit_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L_itc, Eqs. 2–4: ½·CE(softmax_j s_ij, G_i·) + ½·CE(softmax_i s_ij, G_·j) with G the row-normalised
     matching matrix and s_ij = exp(τ)·⟨v_i, t_j⟩.
+
+    With `kind="sigmoid"` (beyond both papers): SigLIP's −(1/B) Σ_ij log σ(±(s_ij + b)), + where G_ij > 0
+    (`contrastive.py::label_guided_sigmoid_loss`), `logit_bias` b.
 
     Args:
         image_embeds, text_embeds: `(batch, dim)` L2-normalised.
@@ -35,8 +42,14 @@ def image_text_contrastive_loss(
             pairs — G = I.
     Returns `(loss, logits_per_image, logits_per_text)`, logits `(batch, global_batch)`.
     """
-    return label_guided_contrastive_loss(
-        image_embeds, text_embeds, logit_scale, labels=labels, gather_distributed=gather_distributed
+    return contrastive_loss(
+        kind,
+        image_embeds,
+        text_embeds,
+        logit_scale,
+        logit_bias,
+        labels=labels,
+        gather_distributed=gather_distributed,
     )
 
 

@@ -9,6 +9,7 @@ Two models, as transformers keeps them (`CLIPModel` vs a `...ForPreTraining` cla
       E_t   text encoder        text_model              transformers BertModel
       P_v, P_t  projections     visual_projection, text_projection   normalise → linear → normalise
       τ     logit scale         logit_scale             → L_itc (Eqs. 2–4), only with return_loss=True
+      b     logit bias          logit_bias              only with config.contrastive_loss="sigmoid" (SigLIP)
 
 - [`KeepFitForPreTraining`], what the trainer trains: the released model under `keepfit`, plus
 
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, BertModel, PreTrainedModel
+from transformers import AutoModel, BertModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
@@ -48,7 +49,14 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_keepfit import KeepFitConfig
 from .contrastive import distributed_world, gather_with_grad
 from .loss_keepfit import image_text_contrastive_loss, knowledge_refinement_loss, total_loss
-from .modeling_common import CheckpointLayout, dual_encoder_scores, resolve_output_flags, select_hidden_states
+from .modeling_common import (
+    CheckpointLayout,
+    dual_encoder_scores,
+    pretrained_tower_config,
+    resolve_output_flags,
+    select_hidden_states,
+    tower_checkpoint_config,
+)
 from .quantization_ibq import ibq_quantize
 
 logger = logging.getLogger(__name__)
@@ -355,6 +363,8 @@ class KeepFitPreTrainedModel(PreTrainedModel):
             init.copy_(module.codebook, stand_in_codebook(*module.codebook.shape))
         elif isinstance(module, KeepFitModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
 
 
 class KeepFitModel(KeepFitPreTrainedModel):
@@ -377,6 +387,12 @@ class KeepFitModel(KeepFitPreTrainedModel):
         self.visual_projection = nn.Linear(config.image_feature_size, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # SigLIP's learnable bias: built only for the sigmoid loss, so softmax checkpoints keep their keys.
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(config.logit_bias_init_value))
+            if config.contrastive_loss == "sigmoid"
+            else None
+        )
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -483,6 +499,23 @@ class KeepFitModel(KeepFitPreTrainedModel):
         """Keep τ inside [0, ln 100] after an optimizer step (outside it the clamp's gradient is zero)."""
         self.logit_scale.clamp_(0.0, self.config.logit_scale_max)
 
+    def contrastive_loss(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L_itc of `config.contrastive_loss` (the paper's softmax, or the sigmoid variant with `logit_bias`) at
+        this model's clamped scale, for L2-normalised `(batch, dim)` embeddings of image-text pairs and optional
+        category `labels` (see `forward`); over the global batch under torch.distributed when
+        `config.gather_distributed`. Returns `(loss, logits_per_image, logits_per_text)`."""
+        return image_text_contrastive_loss(
+            image_embeds,
+            text_embeds,
+            self.clamped_logit_scale(),
+            labels=None if labels is None else labels.to(image_embeds.device),
+            gather_distributed=self.config.gather_distributed,
+            kind=self.config.contrastive_loss,
+            logit_bias=self.logit_bias,
+        )
+
     # ------------------------------------------------------------------ forward
     @can_return_tuple
     def forward(
@@ -521,6 +554,8 @@ class KeepFitModel(KeepFitPreTrainedModel):
             image_embeds,
             text_embeds,
             self.clamped_logit_scale(),
+            logit_bias=self.logit_bias,
+            kind=self.config.contrastive_loss,
             labels=labels,
             return_loss=bool(return_loss),
         )
@@ -631,36 +666,79 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
         return target
 
     @classmethod
+    def config_from_pretrained_towers(
+        cls,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
+        **config_kwargs,
+    ) -> KeepFitConfig:
+        """The `KeepFitConfig` that `from_vision_text_pretrained` builds, without loading any weights.
+
+        `config_kwargs` are `KeepFitConfig` keyword arguments: they describe what is built fresh, including a
+        tower given no checkpoint (`vision_config` / `text_config` dicts). A tower with a checkpoint takes its
+        size from the checkpoint's config; its `vision_config` / `text_config` may restate the checkpoint's
+        values or set dropout, and any other disagreement raises `PretrainedTowerError` naming the key and both
+        values. The text checkpoint must be a BERT (`bert`: Bio_ClinicalBERT, a `text-mlm` output).
+        """
+        vision = config_kwargs.pop("vision_config", None)
+        text = config_kwargs.pop("text_config", None)
+        if vision_model_name_or_path is not None:
+            checkpoint = tower_checkpoint_config("vision", vision_model_name_or_path)
+            vision = pretrained_tower_config("vision", vision_model_name_or_path, checkpoint, vision)
+        if text_model_name_or_path is not None:
+            checkpoint = tower_checkpoint_config("text", text_model_name_or_path, ("bert",))
+            text = pretrained_tower_config("text", text_model_name_or_path, checkpoint, text)
+        if vision is not None:
+            config_kwargs["vision_config"] = vision
+        if text is not None:
+            config_kwargs["text_config"] = text
+        return KeepFitConfig(**config_kwargs)
+
+    @classmethod
     def from_vision_text_pretrained(
         cls,
-        vision_model_name_or_path: str,
-        text_model_name_or_path: str,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
         ibq_tokenizer_path: str | None = None,
+        *,
+        config: KeepFitConfig | None = None,
         **config_kwargs,
     ) -> "KeepFitForPreTraining":
-        """Build KeepFIT for pretraining around pretrained towers: E_v from an image backbone checkpoint (e.g.
-        `microsoft/resnet-50`, ImageNet weights), E_t from a BERT checkpoint — `emilyalsentzer/Bio_ClinicalBERT`,
-        or the directory written by the MLM text pretraining (`--model text-mlm`; its `BertForMaskedLM` weights
-        load into E_t). Using the plain BERT instead of the MLM output is the "no textual pretraining" ablation.
-        `ibq_tokenizer_path` (a trained IBQ tokenizer) supplies the appearance codebook.
+        """Build KeepFIT for pretraining with each tower from where it is given: both, one or neither from a
+        checkpoint. E_v from an image backbone checkpoint (e.g. `microsoft/resnet-50`, ImageNet weights), E_t
+        from a BERT checkpoint — `emilyalsentzer/Bio_ClinicalBERT`, or the directory written by the MLM text
+        pretraining (`--model text-mlm`; its `BertForMaskedLM` weights load into E_t). Using the plain BERT
+        instead of the MLM output is the "no textual pretraining" ablation. A tower given as `None` is built
+        fresh from `config_kwargs` (`vision_config=` / `text_config=` dicts, `KeepFitConfig` keyword arguments);
+        a pretrained tower's size comes from its checkpoint, and settings that disagree with it raise
+        `PretrainedTowerError` (see `config_from_pretrained_towers`, which builds the config; or pass that
+        config as `config=`). `ibq_tokenizer_path` (a trained IBQ tokenizer; else the config's) supplies the
+        appearance codebook.
         """
-        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
-        text_config = AutoConfig.from_pretrained(text_model_name_or_path)
-        config = KeepFitConfig(
-            vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), **config_kwargs
-        )
-        model = cls(config)
-        vision = AutoModel.from_pretrained(vision_model_name_or_path)
-        model.keepfit.vision_model.load_state_dict(vision.state_dict())
-        text = BertModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False)
-        model.keepfit.text_model.load_state_dict(text.state_dict())
-        if ibq_tokenizer_path:
-            model.load_codebook(ibq_tokenizer_path)
-        elif model.appearance_quantizer is not None:
-            logger.warning(
-                "KeepFitForPreTraining: appearance knowledge injection uses a RANDOM codebook; pass "
-                "ibq_tokenizer_path (a trained IBQ tokenizer) or call load_codebook."
+        vision_path, text_path = vision_model_name_or_path, text_model_name_or_path
+        if config is None:
+            config = cls.config_from_pretrained_towers(vision_path, text_path, **config_kwargs)
+        elif config_kwargs:
+            raise TypeError(
+                "from_vision_text_pretrained: pass either config= or the config keyword arguments, not both."
             )
+        model = cls(config)
+        if vision_path is not None:
+            vision = AutoModel.from_pretrained(vision_path)
+            model.keepfit.vision_model.load_state_dict(vision.state_dict())
+        if text_path is not None:
+            text = BertModel.from_pretrained(text_path, add_pooling_layer=False)
+            model.keepfit.text_model.load_state_dict(text.state_dict())
+        ibq_tokenizer_path = ibq_tokenizer_path or model.config.ibq_tokenizer_path
+        if model.appearance_quantizer is not None:
+            if ibq_tokenizer_path:
+                model.load_codebook(ibq_tokenizer_path)
+            else:
+                logger.warning(
+                    "KeepFitForPreTraining: appearance knowledge injection uses a RANDOM codebook; pass "
+                    "ibq_tokenizer_path (in a run file: model.config.ibq_tokenizer_path), a trained IBQ "
+                    "tokenizer (--model ibq-tokenizer), or call load_codebook."
+                )
         return model
 
     # ------------------------------------------------------------------ forward
@@ -726,17 +804,13 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
                 released.get_text_features(**elite.text_inputs(), return_dict=True).pooler_output, dim=-1
             )
 
-        scale, gather = released.clamped_logit_scale(), config.gather_distributed
+        gather = config.gather_distributed
         terms: dict[str, torch.Tensor] = {}
-        if labels is not None:
-            labels = labels.to(image_embeds.device)
-        terms["itc_categorical"], logits_per_image, logits_per_text = image_text_contrastive_loss(
-            image_embeds, text_embeds, scale, labels=labels, gather_distributed=gather
+        terms["itc_categorical"], logits_per_image, logits_per_text = released.contrastive_loss(
+            image_embeds, text_embeds, labels
         )
         if has_elite:
-            terms["itc_elite"], _, _ = image_text_contrastive_loss(
-                elite_image_embeds, elite_text_embeds, scale, labels=None, gather_distributed=gather
-            )
+            terms["itc_elite"], _, _ = released.contrastive_loss(elite_image_embeds, elite_text_embeds)
 
         # The knowledge source is the GLOBAL elite batch under torch.distributed (gathered with gradients).
         def everywhere(tensor):

@@ -14,6 +14,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, ViTMAEConfig
 from transformers.configuration_utils import SubConfigSpec
 
+# `contrastive_loss` values, and the initial log temperature each starts from: CLIP's ln(1/0.07) (the papers),
+# SigLIP's ln 10 (Zhai et al. 2023).
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+LOGIT_SCALE_INIT = {"softmax": math.log(1 / 0.07), "sigmoid": math.log(10.0)}
+
 # Bio_ClinicalBERT (emilyalsentzer/Bio_ClinicalBERT) is a cased BERT-base; these are its sizes so that a
 # config built offline matches the checkpoint the paper uses.
 BIO_CLINICAL_BERT_KWARGS = {
@@ -137,10 +142,20 @@ class MaskedCLIPConfig(PreTrainedConfig):
         tokens. A BERT initialised from scratch gives the same [CLS] state to every text (mean pairwise cosine
         1.0000 at init: the [CLS] input and position embedding dominate while attention is uniform), a
         stationary point of the contrastive loss; the mean sees every token (docs/real_data.md).
-    logit_scale_init_value (`float`, defaults to ln(1/0.07) = 2.6592):
-        Initial value of the learnable log temperature τ.
+    contrastive_loss (`str`, defaults to `"softmax"`):
+        The image-text loss. `"softmax"`: the paper's L_lg_clip (Eqs. 2–4). `"sigmoid"`: beyond both papers,
+        SigLIP's pairwise sigmoid loss (Zhai et al. 2023) with the same label-guided positives and a learnable
+        bias b, logits t·cos + b (`contrastive.py::label_guided_sigmoid_loss`). Only `"sigmoid"` builds the
+        model's `logit_bias` parameter, so softmax checkpoints load unchanged.
+    logit_scale_init_value (`float`, *optional*):
+        Initial value of the learnable log temperature τ (the scale is exp τ). Left unset it follows
+        `contrastive_loss`: ln(1/0.07) = 2.6592 (CLIP, the paper) for `"softmax"`, ln 10 = 2.3026 (SigLIP) for
+        `"sigmoid"`; the resolved value is stored, so a saved config states it.
     logit_scale_max (`float`, defaults to ln(100) = 4.6052):
         τ is clamped to at most this value before it is exponentiated.
+    logit_bias_init_value (`float`, defaults to −10.0):
+        Initial value of the sigmoid loss's learnable bias b (SigLIP's init, which starts every pair near
+        "no match"); unused with `"softmax"`.
     lambda_clip / lambda_mfd (`float`, defaults to 0.01 / 0.01):
         Weights of L_lg_clip and L_mfd in Eq. 6 (L_mim has weight 1).
     momentum (`float`, defaults to 0.999):
@@ -179,8 +194,10 @@ class MaskedCLIPConfig(PreTrainedConfig):
     projection_dim: int = 512
     clip_image_pooling: str = "cls"
     text_pooling: str = "cls"
-    logit_scale_init_value: float | int = math.log(1 / 0.07)
+    contrastive_loss: str = "softmax"
+    logit_scale_init_value: float | int | None = None
     logit_scale_max: float | int = math.log(100.0)
+    logit_bias_init_value: float | int = -10.0
     lambda_clip: float | int = 0.01
     lambda_mfd: float | int = 0.01
     momentum: float | int = 0.999
@@ -193,8 +210,19 @@ class MaskedCLIPConfig(PreTrainedConfig):
     mfd_teacher_mask_ratio: float | int = 0.0
     initializer_range: float = 0.02
 
+    def __post_init__(self, **kwargs):
+        # The initial temperature follows the loss unless given; the resolved value is what a saved config holds.
+        if self.logit_scale_init_value is None and self.contrastive_loss in LOGIT_SCALE_INIT:
+            self.logit_scale_init_value = LOGIT_SCALE_INIT[self.contrastive_loss]
+        super().__post_init__(**kwargs)
+
     def validate_architecture(self):
         super().validate_architecture()
+        if self.contrastive_loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(
+                f"MaskedCLIPConfig.contrastive_loss must be one of {CONTRASTIVE_LOSSES} (softmax: the paper; sigmoid: "
+                f"SigLIP), got {self.contrastive_loss!r}."
+            )
         if not (self.use_mim or self.use_clip or self.use_mfd):
             raise ValueError(
                 "MaskedCLIPConfig: use_mim, use_clip and use_mfd are all False — nothing to train."

@@ -2,18 +2,19 @@
 # edit the source and run `python utils/check_copies.py --fix`.
 """Model code both families share: the released dual encoders' scoring, output-flag handling, and the
 checkpoint layout of a `...ForPreTraining` class (its released model under `base_model_prefix`), with the
-reading of checkpoints written before the released / pretraining split.
+reading of checkpoints written before the released / pretraining split, and the config of a tower loaded from
+its own checkpoint (`pretrained_tower_config`).
 
 The single source lives in `retvlp/common/`; both family folders hold a generated copy (`utils/check_copies.py`)
-so a saved checkpoint's code stays flat and self-contained. Imports only torch, safetensors and its sibling
-files.
+so a saved checkpoint's code stays flat and self-contained. Imports only torch, safetensors, transformers and
+its sibling files.
 """
 
 import os
 
 import torch
 
-from .contrastive import label_guided_contrastive_loss
+from .contrastive import contrastive_loss
 
 
 def resolve_output_flags(config, output_hidden_states, output_attentions) -> tuple:
@@ -40,31 +41,43 @@ def dual_encoder_scores(
     text_embeds: torch.Tensor | None,
     logit_scale: torch.Tensor,
     *,
+    logit_bias: torch.Tensor | None = None,
+    kind: str = "softmax",
     labels: torch.Tensor | None = None,
     return_loss: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """A released dual encoder's `(loss, logits_per_image, logits_per_text)` for L2-normalised embeddings
-    `(images, dim)` / `(texts, dim)`: scaled similarities, and with `return_loss` the (label-guided) contrastive
-    loss of one text per image. Embeddings of one modality only give no scores."""
+    `(images, dim)` / `(texts, dim)`: scaled similarities (plus `logit_bias` with the sigmoid loss: SigLIP's
+    pairwise logits; a softmax over the texts, as the zero-shot pipeline takes, is blind to it), and with
+    `return_loss` the (label-guided) contrastive loss of `kind` (`config.contrastive_loss`) of one text per
+    image. Embeddings of one modality only give no scores."""
     if image_embeds is None or text_embeds is None:
         if return_loss:
             raise ValueError("return_loss needs both pixel_values and input_ids.")
         return None, None, None
     if not return_loss:
         logits_per_image = logit_scale * image_embeds @ text_embeds.t()
+        if kind == "sigmoid":
+            logits_per_image = logits_per_image + logit_bias
         return None, logits_per_image, logits_per_image.t()
     if image_embeds.shape[0] != text_embeds.shape[0]:
         raise ValueError(
             f"return_loss needs one text per image: got {image_embeds.shape[0]} images (pixel_values) and "
             f"{text_embeds.shape[0]} texts (input_ids)."
         )
-    return label_guided_contrastive_loss(
+    return contrastive_loss(
+        kind,
         image_embeds,
         text_embeds,
         logit_scale,
+        logit_bias,
         labels=None if labels is None else labels.to(image_embeds.device),
         gather_distributed=False,
     )
+
+
+# The released models' parameters that sit outside any module.
+RELEASED_PARAMETERS = ("logit_scale", "logit_bias")
 
 
 class CheckpointLayout:
@@ -74,7 +87,7 @@ class CheckpointLayout:
     Args:
         prefix: the pretraining class's `base_model_prefix`.
         released_prefixes: the released model's module prefixes (`"vision_model."`, ...); its bare
-            `logit_scale` parameter is handled as well.
+            `logit_scale` (and, with the sigmoid loss, `logit_bias`) parameters are handled as well.
         pretraining_only_prefixes: the modules only the pretraining model has (they tell a pre-split checkpoint
             from a released one).
     """
@@ -87,14 +100,15 @@ class CheckpointLayout:
         self.pretraining_only_prefixes = pretraining_only_prefixes
 
     def _is_released_key(self, key: str) -> bool:
-        return key.startswith(self.released_prefixes) or key == "logit_scale"
+        return key.startswith(self.released_prefixes) or key in RELEASED_PARAMETERS
 
     def key_mapping(self) -> dict[str, str]:
         """`from_pretrained(key_mapping=...)` entries that read a pre-split checkpoint: released parts move under
         `prefix.`, pretraining-only parts stay where they are."""
         released = "|".join(p.rstrip(".") for p in self.released_prefixes)
         # transformers' renaming substitutes one group only: the module prefixes and the bare parameter apart.
-        return {rf"^({released})\.": rf"{self.prefix}.\1.", r"^logit_scale$": f"{self.prefix}.logit_scale"}
+        parameters = "|".join(RELEASED_PARAMETERS)
+        return {rf"^({released})\.": rf"{self.prefix}.\1.", rf"^({parameters})$": rf"{self.prefix}.\1"}
 
     def upgrade(self, state_dict: dict) -> dict:
         """A pre-split state dict in today's layout; one already in it is returned unchanged."""
@@ -130,9 +144,115 @@ class CheckpointLayout:
         return not has_prefix and any(key.startswith(self.pretraining_only_prefixes) for key in keys)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Towers from pretrained checkpoints: `...ForPreTraining.from_vision_text_pretrained`
+
+
+class PretrainedTowerError(ValueError):
+    """A tower to be loaded from a checkpoint that cannot be: its config is unreadable or of the wrong kind
+    (`reason`), or settings given for it (`mismatches`: `(key, given, checkpoint's)`) disagree with the
+    checkpoint's config, whose values decide a pretrained tower's size.
+
+    `describe(config_name, source_name)` words the message in the caller's names (a run file says
+    `model.config` and `model.text_pretrained`); `str(error)` uses the classmethod's (`config`,
+    `text_model_name_or_path`)."""
+
+    def __init__(self, tower: str, source: str, *, mismatches=(), reason: str = ""):
+        self.tower = tower  # "vision" | "text"
+        self.source = source
+        self.mismatches = list(mismatches)
+        self.reason = reason
+        super().__init__(self.describe())
+
+    def describe(self, config_name: str = "config", source_name: str | None = None) -> str:
+        source_name = source_name or f"{self.tower}_model_name_or_path"
+        where = f"{source_name}={self.source!r}"
+        if not self.mismatches:
+            return f"{where}: {self.reason}"
+        section = f"{config_name}.{self.tower}_config"
+        keys = ", ".join(f"{section}.{key}" for key, _, _ in self.mismatches)
+        values = "; ".join(
+            f"{section}.{key} is {given!r}, the checkpoint has {value!r}"
+            for key, given, value in self.mismatches
+        )
+        return (
+            f"{where} supplies the {self.tower} tower, and {section} disagrees with its checkpoint's config: "
+            f"{values}. A pretrained tower's size comes from its checkpoint: remove {keys} (or set "
+            f"{'it' if len(self.mismatches) == 1 else 'them'} to the checkpoint's value), or leave out "
+            f"{source_name} to build a fresh {self.tower} tower of the size given."
+        )
+
+
+def tower_checkpoint_config(tower: str, source: str, model_types: tuple[str, ...] = ()) -> dict:
+    """The config (as a dict) of the checkpoint `source` (a directory or Hub id) that supplies `tower`; with
+    `model_types`, one of those kinds only. Raises `PretrainedTowerError` naming the source."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as error:  # noqa: BLE001 - OSError (missing), ValueError (no model_type): one message
+        raise PretrainedTowerError(tower, source, reason=f"cannot read its config.json ({error})") from error
+    if model_types and config.model_type not in model_types:
+        raise PretrainedTowerError(
+            tower,
+            source,
+            reason=f"is a {config.model_type!r} checkpoint; the {tower} tower takes {' or '.join(model_types)}.",
+        )
+    return config.to_dict()
+
+
+def tower_settings(value) -> dict:
+    """A sub-config as the settings its author gave: a dict as is (None: none), a config object's values that
+    differ from its class defaults."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    defaults = type(value)().to_dict()
+    return {
+        key: setting
+        for key, setting in value.to_dict().items()
+        if key != "transformers_version" and (key not in defaults or setting != defaults[key])
+    }
+
+
+def _same_setting(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def pretrained_tower_config(
+    tower: str, source: str, checkpoint: dict, given, free: tuple[str, ...] = ()
+) -> dict:
+    """The config of a tower loaded from `source`: the checkpoint's config (`checkpoint`, a dict) with the
+    settings `given` for the tower (a dict or a config object: `tower_settings`) applied. A given key the checkpoint also has must hold the checkpoint's value
+    (it shapes the weights: width, depth, vocabulary, image and patch size, activation, ...) unless it is
+    regularisation or describes something built fresh around the tower: `initializer_range`, any key naming a
+    dropout or drop path, and the keys in `free`. Raises `PretrainedTowerError` listing every disagreement."""
+    given = tower_settings(given)
+    mismatches = [
+        (key, value, checkpoint[key])
+        for key, value in given.items()
+        if key in checkpoint
+        and key not in free
+        and key != "initializer_range"
+        and "dropout" not in key
+        and "drop_path" not in key
+        and not _same_setting(value, checkpoint[key])
+    ]
+    if mismatches:
+        raise PretrainedTowerError(tower, source, mismatches=mismatches)
+    return {**checkpoint, **given}
+
+
 __all__ = [
     "CheckpointLayout",
+    "PretrainedTowerError",
     "dual_encoder_scores",
+    "pretrained_tower_config",
     "resolve_output_flags",
     "select_hidden_states",
+    "tower_checkpoint_config",
+    "tower_settings",
 ]

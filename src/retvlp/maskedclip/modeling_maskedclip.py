@@ -3,8 +3,9 @@
 Two models, as transformers keeps them (`ViTMAEModel` / `ViTMAEForPreTraining`, `CLIPModel`):
 
 - [`MaskedCLIPModel`], the released dual encoder: E_I `vision_model`, the bridge B `bridge`, E_T
-  `text_model`, `visual_projection`, `text_projection`, `logit_scale`. CLIP semantics: embeddings and
-  similarities, the label-guided contrastive loss (Eqs. 2–4) only with `return_loss=True`.
+  `text_model`, `visual_projection`, `text_projection`, `logit_scale` (and `logit_bias` with
+  `config.contrastive_loss="sigmoid"`). CLIP semantics: embeddings and similarities, the label-guided
+  contrastive loss (Eqs. 2–4, or its sigmoid variant) only with `return_loss=True`.
 - [`MaskedCLIPForPreTraining`], what the trainer trains: the released model under `maskedclip`, plus
 
       D_I  pixel decoder       pixel_decoder           transformers' ViTMAEDecoder              → L_mim (Eq. 1)
@@ -38,13 +39,21 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_maskedclip import MaskedCLIPConfig, MaskedCLIPVisionConfig
+from .contrastive import contrastive_loss as scored_contrastive_loss
 from .loss_maskedclip import (
-    label_guided_contrastive_loss,
     masked_feature_distillation_loss,
     masked_image_modeling_loss,
     patchify,
 )
-from .modeling_common import CheckpointLayout, dual_encoder_scores, resolve_output_flags, select_hidden_states
+from .modeling_common import (
+    CheckpointLayout,
+    dual_encoder_scores,
+    pretrained_tower_config,
+    resolve_output_flags,
+    select_hidden_states,
+    tower_checkpoint_config,
+    tower_settings,
+)
 
 MOMENTUM_PREFIXES = ("momentum_vision_model.", "momentum_bridge.")
 # Top-level modules of the released model. In the pre-split single-class layout they sat at the top of
@@ -445,6 +454,8 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
             init.normal_(module.mask_token, std=std)
         elif isinstance(module, MaskedCLIPModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
 
 
 class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
@@ -480,6 +491,12 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         else:
             self.text_model = self.visual_projection = self.text_projection = None
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # SigLIP's learnable bias: built only for the sigmoid loss, so softmax checkpoints keep their keys.
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(config.logit_bias_init_value))
+            if config.contrastive_loss == "sigmoid"
+            else None
+        )
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -627,6 +644,23 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
         """exp(τ) with τ clamped to ≤ `config.logit_scale_max` (ln 100)."""
         return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
 
+    def contrastive_loss(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The contrastive term of `config.contrastive_loss` (L_lg_clip, or its sigmoid variant with
+        `logit_bias`) at this model's clamped scale, for L2-normalised `(batch, dim)` embeddings of image-text
+        pairs and optional `labels` (see `forward`); over the global batch under torch.distributed when
+        `config.gather_distributed`. Returns `(loss, logits_per_image, logits_per_text)`."""
+        return scored_contrastive_loss(
+            self.config.contrastive_loss,
+            image_embeds,
+            text_embeds,
+            self.clamped_logit_scale(),
+            self.logit_bias,
+            labels=None if labels is None else labels.to(image_embeds.device),
+            gather_distributed=self.config.gather_distributed,
+        )
+
     # ------------------------------------------------------------------ forward
     @can_return_tuple
     def forward(
@@ -672,6 +706,8 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
             image_embeds,
             text_embeds,
             self.clamped_logit_scale(),
+            logit_bias=self.logit_bias,
+            kind=self.config.contrastive_loss,
             labels=labels,
             return_loss=bool(return_loss),
         )
@@ -794,60 +830,119 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
                 module.eval()
         return self
 
+    # Vision settings that may differ from a pretrained ViT-MAE's config: the pixel decoder is built at the
+    # paper's size (its MAE weights load only when the sizes match), and masking / targets / pooling are
+    # training choices (dropout and drop-path keys are free as well).
+    PRETRAINED_VISION_FREE_KEYS = (
+        "decoder_hidden_size",
+        "decoder_num_hidden_layers",
+        "decoder_num_attention_heads",
+        "decoder_intermediate_size",
+        "mask_ratio",
+        "norm_pix_loss",
+        "pooling",
+    )
+
+    @classmethod
+    def config_from_pretrained_towers(
+        cls,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
+        vision_config_overrides: dict | None = None,
+        **config_kwargs,
+    ) -> MaskedCLIPConfig:
+        """The `MaskedCLIPConfig` that `from_vision_text_pretrained` builds, without loading any weights.
+
+        `config_kwargs` are `MaskedCLIPConfig` keyword arguments: they describe what is built fresh, including
+        a tower given no checkpoint (`vision_config` / `text_config` dicts). A tower with a checkpoint takes
+        its size from the checkpoint's config; its `vision_config` / `text_config` may restate the
+        checkpoint's values or set what does not shape the weights (dropout, drop path, the pixel decoder,
+        `mask_ratio`, `norm_pix_loss`, `pooling`), and any other disagreement raises `PretrainedTowerError`
+        naming the key and both values. A vision checkpoint must be a ViT-MAE (`vit_mae`: an MAE or a
+        converted RETFound directory), a text checkpoint a BERT (`bert`, e.g. a `text-mlm` output).
+        """
+        vision = config_kwargs.pop("vision_config", None)
+        if vision_config_overrides:
+            vision = {**tower_settings(vision), **vision_config_overrides}
+        text = config_kwargs.pop("text_config", None)
+        if vision_model_name_or_path is not None:
+            source = tower_checkpoint_config("vision", vision_model_name_or_path, ("vit_mae",))
+            fields = MaskedCLIPVisionConfig.__dataclass_fields__
+            checkpoint = {k: v for k, v in source.items() if k in fields and k != "model_type"}
+            checkpoint.update(MaskedCLIPVisionConfig.pixel_decoder_defaults())
+            vision = pretrained_tower_config(
+                "vision",
+                vision_model_name_or_path,
+                checkpoint,
+                {k: v for k, v in tower_settings(vision).items() if k != "model_type"},
+                free=cls.PRETRAINED_VISION_FREE_KEYS,
+            )
+        if text_model_name_or_path is not None:
+            checkpoint = tower_checkpoint_config("text", text_model_name_or_path, ("bert",))
+            text = pretrained_tower_config("text", text_model_name_or_path, checkpoint, text)
+        if vision is not None:
+            config_kwargs["vision_config"] = vision
+        if text is not None:
+            config_kwargs["text_config"] = text
+        return MaskedCLIPConfig(**config_kwargs)
+
     @classmethod
     def from_vision_text_pretrained(
         cls,
-        vision_model_name_or_path: str,
-        text_model_name_or_path: str,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
         vision_config_overrides: dict | None = None,
+        *,
+        config: MaskedCLIPConfig | None = None,
         **config_kwargs,
     ) -> "MaskedCLIPForPreTraining":
-        """Build MaskedCLIP for pretraining around pretrained towers, like transformers' dual-encoder
-        constructors.
+        """Build MaskedCLIP for pretraining with each tower from where it is given, like transformers'
+        dual-encoder constructors: both, one or neither tower from a checkpoint.
 
         E_I takes the encoder weights of a ViT-MAE checkpoint (e.g. `facebook/vit-mae-large`, a local
         directory, or a converted RETFound directory); E_T takes a BERT checkpoint (e.g.
-        `emilyalsentzer/Bio_ClinicalBERT`). The pixel decoder keeps the paper's ViT-small size unless
-        `vision_config_overrides` asks for the checkpoint's own decoder sizes, in which case the MAE decoder
-        weights are loaded too. Everything else is freshly initialised; the momentum encoder starts as a copy.
+        `emilyalsentzer/Bio_ClinicalBERT`, or a `text-mlm` run's `final/`: its `BertForMaskedLM` weights
+        without the MLM head). A tower given as `None` is built fresh from `config_kwargs`
+        (`vision_config=` / `text_config=` dicts, `MaskedCLIPConfig` keyword arguments); a pretrained tower's
+        size comes from its checkpoint, and settings that disagree with it raise `PretrainedTowerError`
+        (see `config_from_pretrained_towers`, which builds the config; or pass that config as `config=`).
+        The pixel decoder keeps the paper's ViT-small size unless `vision_config_overrides` (or
+        `vision_config`) asks for the checkpoint's own decoder sizes, in which case the MAE decoder weights are
+        loaded too. Everything else is freshly initialised; the momentum encoder starts as a copy.
 
-        Example: `MaskedCLIPForPreTraining.from_vision_text_pretrained("facebook/vit-mae-large",
-        "emilyalsentzer/Bio_ClinicalBERT")`.
+        Examples: `from_vision_text_pretrained("facebook/vit-mae-large", "emilyalsentzer/Bio_ClinicalBERT")`;
+        the paper's setting, a ViT-L/16 from scratch and Bio_ClinicalBERT:
+        `from_vision_text_pretrained(None, "emilyalsentzer/Bio_ClinicalBERT")`.
         """
-        from transformers import AutoConfig, ViTMAEForPreTraining
+        from transformers import ViTMAEForPreTraining
 
-        vision_source = AutoConfig.from_pretrained(vision_model_name_or_path).to_dict()
-        vision_fields = {
-            k: v for k, v in vision_source.items() if k in MaskedCLIPVisionConfig.__dataclass_fields__
-        }
-        vision_fields = {
-            **vision_fields,
-            **MaskedCLIPVisionConfig.pixel_decoder_defaults(),
-            **(vision_config_overrides or {}),
-        }
-        vision_fields.pop("model_type", None)
-        text_config = AutoConfig.from_pretrained(text_model_name_or_path)
-        config = MaskedCLIPConfig(
-            vision_config=vision_fields, text_config=text_config.to_dict(), **config_kwargs
-        )
-        model = cls(config)
-
-        mae = ViTMAEForPreTraining.from_pretrained(vision_model_name_or_path)
-        report = model.maskedclip.vision_model.load_state_dict(mae.vit.state_dict(), strict=False)
-        if report.missing_keys or report.unexpected_keys:
-            raise ValueError(
-                f"{vision_model_name_or_path} does not fit the image encoder: missing {report.missing_keys}, "
-                f"unexpected {report.unexpected_keys}."
+        vision_path, text_path = vision_model_name_or_path, text_model_name_or_path
+        if config is None:
+            config = cls.config_from_pretrained_towers(
+                vision_path, text_path, vision_config_overrides, **config_kwargs
             )
-        if model.pixel_decoder is not None:
-            mae_decoder_state = mae.decoder.state_dict()
-            own_state = model.pixel_decoder.state_dict()
-            if all(own_state[k].shape == v.shape for k, v in mae_decoder_state.items() if k in own_state):
-                model.pixel_decoder.load_state_dict(mae_decoder_state)
-        if model.maskedclip.text_model is not None:
-            bert = BertModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False)
+        elif vision_config_overrides or config_kwargs:
+            raise TypeError(
+                "from_vision_text_pretrained: pass either config= or the config keyword arguments, not both."
+            )
+        model = cls(config)
+        if vision_path is not None:
+            mae = ViTMAEForPreTraining.from_pretrained(vision_path)
+            report = model.maskedclip.vision_model.load_state_dict(mae.vit.state_dict(), strict=False)
+            if report.missing_keys or report.unexpected_keys:
+                raise ValueError(
+                    f"{vision_path} does not fit the image encoder: missing {report.missing_keys}, "
+                    f"unexpected {report.unexpected_keys}."
+                )
+            if model.pixel_decoder is not None:
+                mae_decoder_state = mae.decoder.state_dict()
+                own_state = model.pixel_decoder.state_dict()
+                if all(own_state[k].shape == v.shape for k, v in mae_decoder_state.items() if k in own_state):
+                    model.pixel_decoder.load_state_dict(mae_decoder_state)
+            model.reset_momentum_encoder()
+        if text_path is not None and model.maskedclip.text_model is not None:
+            bert = BertModel.from_pretrained(text_path, add_pooling_layer=False)
             model.maskedclip.text_model.load_state_dict(bert.state_dict())
-        model.reset_momentum_encoder()
         return model
 
     def load_retfound_weights(self, checkpoint_path: str, **convert_kwargs) -> dict:
@@ -968,12 +1063,8 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
                 ).pooler_output,
                 dim=-1,
             )
-            terms["clip"], logits_per_image, logits_per_text = label_guided_contrastive_loss(
-                image_embeds,
-                text_embeds,
-                released.clamped_logit_scale(),
-                labels=None if labels is None else labels.to(image_embeds.device),
-                gather_distributed=config.gather_distributed,
+            terms["clip"], logits_per_image, logits_per_text = released.contrastive_loss(
+                image_embeds, text_embeds, labels
             )
 
         weights = {"mim": 1.0, "clip": config.lambda_clip, "mfd": config.lambda_mfd}

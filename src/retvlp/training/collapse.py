@@ -6,6 +6,12 @@ softmax is uniform — and its gradient with respect to the embeddings vanishes,
 while the masked-modelling terms keep improving and the total loss looks healthy. The guard measures, at every
 log step, the spread of the (gathered) embeddings and each contrastive term against ln(B), logs them, and warns
 once (or stops the run) when the symptom lasts for a window of log steps.
+
+The sigmoid loss (`contrastive_loss: sigmoid`) of a constant embedding is not ln(B): every logit is then
+t·c + b (c the cosine between the one image and the one text embedding), and the loss depends on t, b and the
+number of positives. For it the task gives the term's `constant`, the loss of the batch's own mean image and
+mean text directions at the step's t and b, and the guard compares against that instead (`<term>/constant`,
+`<term>/over_constant`; no ln(B) or label-guided floor figures, which describe the softmax loss only).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ class ContrastiveTerm:
     image_embeds: torch.Tensor  # (global_batch, dim)
     text_embeds: torch.Tensor  # (global_batch, dim)
     floor: float | None = None  # label-guided minimum on this batch, when known
+    # The loss of a constant embedding, when it is not the softmax loss's ln(global batch) (the sigmoid loss).
+    constant: float | None = None
 
 
 @dataclass
@@ -73,7 +81,8 @@ class CollapseGuard:
     """Watches the contrastive terms at each log step; see `run.collapse_*` in the run config.
 
     A log step is *collapsed* when, for some term, the image or text embeddings have a mean pairwise cosine of
-    at least `cosine_threshold`, or the term is within `loss_margin` nats of ln(B) on either side. When `window`
+    at least `cosine_threshold`, or the term is within `loss_margin` nats of ln(B) on either side (of the term's
+    `constant`, when it has one: the sigmoid loss). When `window`
     consecutive log steps are collapsed (and at least `grace_steps` optimizer steps have run), `action` decides:
     "warn" logs one warning for the run, "stop" raises `ContrastiveCollapseError`, "off" only records figures.
     """
@@ -96,13 +105,20 @@ class CollapseGuard:
         self.warned = bool(state.get("warned", False))
 
     def measure(self, terms: list[ContrastiveTerm]) -> dict[str, float]:
-        """The figures logged for each term: `<term>/over_ln_batch`, `<term>/floor`, and the image / text
-        embeddings' `mean_cosine`, `dim_std`, `effective_rank`."""
+        """The figures logged for each term: `<term>/ln_batch`, `<term>/over_ln_batch` (or, for a term with a
+        `constant`, `<term>/constant`, `<term>/over_constant`), `<term>/floor`, and the image / text embeddings'
+        `mean_cosine`, `dim_std`, `effective_rank`."""
         figures: dict[str, float] = {}
         for term in terms:
-            ln_batch = math.log(term.image_embeds.shape[0])
-            figures[f"{term.name}/ln_batch"] = round(ln_batch, 6)
-            figures[f"{term.name}/over_ln_batch"] = round(term.value / ln_batch, 6) if ln_batch else 1.0
+            if term.constant is not None:
+                figures[f"{term.name}/constant"] = round(term.constant, 6)
+                figures[f"{term.name}/over_constant"] = (
+                    round(term.value / term.constant, 6) if term.constant else 1.0
+                )
+            else:
+                ln_batch = math.log(term.image_embeds.shape[0])
+                figures[f"{term.name}/ln_batch"] = round(ln_batch, 6)
+                figures[f"{term.name}/over_ln_batch"] = round(term.value / ln_batch, 6) if ln_batch else 1.0
             if term.floor is not None:
                 figures[f"{term.name}/floor"] = round(term.floor, 6)
             for side, embeds in (("image", term.image_embeds), ("text", term.text_embeds)):
@@ -114,7 +130,6 @@ class CollapseGuard:
         """The symptoms seen at this log step (empty: healthy)."""
         symptoms = []
         for term in terms:
-            ln_batch = figures[f"{term.name}/ln_batch"]
             cosines = {side: figures[f"{term.name}/{side}_mean_cosine"] for side in ("image", "text")}
             for side, cosine in cosines.items():
                 if cosine >= self.cosine_threshold:
@@ -123,6 +138,14 @@ class CollapseGuard:
                         f"{term.name}: {side} embeddings nearly constant (mean pairwise cosine {cosine:.4f}, "
                         f"effective rank {rank:.2f})"
                     )
+            if term.constant is not None:
+                if abs(term.value - term.constant) <= self.loss_margin:
+                    symptoms.append(
+                        f"{term.name} = {term.value:.4f} ≈ {term.constant:.4f}, the value of a constant embedding "
+                        "at this step's logit scale and bias"
+                    )
+                continue
+            ln_batch = figures[f"{term.name}/ln_batch"]
             if ln_batch and abs(term.value - ln_batch) <= self.loss_margin:
                 symptoms.append(
                     f"{term.name} = {term.value:.4f} ≈ ln(B = {term.image_embeds.shape[0]}) = {ln_batch:.4f}, "

@@ -12,6 +12,7 @@ such key is moved to the family section with a warning that names the new place.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -143,9 +144,12 @@ def _positive_batch(section_name: str, section: Any, keys: tuple[str, ...], fail
 @dataclass
 class ModelSection:
     family: str = "maskedclip"
-    # Exactly one way to build the model (the family section may allow combinations, see KeepFitSection):
-    # `config` (kwargs of the family's config class), `pretrained` (a directory or Hub id of the family), or
-    # `vision_pretrained` + `text_pretrained` (e.g. ViT-MAE / converted RETFound + BERT for MaskedCLIP).
+    # How the model is built: `pretrained` (a directory or Hub id of the family, to continue from), or
+    # `config` (kwargs of the family's config class: what is built fresh) with, for the dual encoders
+    # (MaskedCLIP, KeepFIT: `FamilySection.pretrained_towers`), each tower optionally from its own checkpoint —
+    # `vision_pretrained` (ViT-MAE / converted RETFound for MaskedCLIP, an image backbone such as a ResNet for
+    # KeepFIT) and `text_pretrained` (a BERT: Bio_ClinicalBERT or a `text-mlm` output), alone, both or
+    # neither; a pretrained tower's size comes from its checkpoint (`model.config` may not contradict it).
     # IBQ tokenizer: `config` (IBQTokenizerConfig kwargs) or `pretrained`. text-mlm: `config` (BertConfig
     # kwargs) or `pretrained` (a BERT to continue from).
     config: dict[str, Any] | None = None
@@ -263,7 +267,16 @@ class OptimSection:
     warmup_epochs: float = 40
     schedule: str = "cosine"  # a transformers scheduler name: cosine, linear, constant_with_warmup, ...
     gradient_accumulation_steps: int = 1
+    # With accumulation, compute every image-text contrastive term over the whole accumulated batch (GradCache:
+    # embed without a graph, the term's embedding gradients, then each micro-batch again with a graph) instead
+    # of per micro-batch; one extra forward per micro-batch (training/contrastive_accumulation.py).
+    contrastive_accumulation: bool = False
     max_grad_norm: float | None = 1.0  # None: no clipping
+    # Learning rate of the contrastive temperature (logit_scale; a sigmoid loss's logit_bias too) as a multiple of
+    # lr. 1 = one rate for everything (both papers). A run that starts the scale low (model.config.
+    # logit_scale_init_value: 0, i.e. exp(τ) = 1) needs it > 1 for the scale to grow within a short run
+    # (docs/real_data.md §1 measures 30).
+    logit_scale_lr_multiplier: float = 1.0
     # AdamW's kernel: "fused" (one kernel over all parameters, CPU and CUDA), "foreach" (batched tensor ops) or
     # "for-loop" (torch's reference per-parameter loop, the default before 0.3).
     implementation: str = "fused"
@@ -279,6 +292,10 @@ class OptimSection:
             fail(f"optim.max_steps must be positive, got {self.max_steps}.")
         if self.gradient_accumulation_steps < 1:
             fail("optim.gradient_accumulation_steps must be >= 1.")
+        if not math.isfinite(self.logit_scale_lr_multiplier) or self.logit_scale_lr_multiplier <= 0:
+            fail(
+                f"optim.logit_scale_lr_multiplier must be a positive number, got {self.logit_scale_lr_multiplier!r}."
+            )
         for name in ("lr", "base_lr", "weight_decay", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value < 0):
@@ -347,19 +364,35 @@ class FamilySection:
     on how `model` may be built. A subclass is a dataclass named by the family's `run_section`."""
 
     batch_keys: ClassVar[tuple[str, ...]] = ()
+    # The towers `model.vision_pretrained` / `model.text_pretrained` may supply ("vision", "text"): each
+    # alone, both or neither, next to `model.config`. Empty: a family without towers.
+    pretrained_towers: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, section_name: str, fail: Fail) -> None:
         _positive_batch(section_name, self, self.batch_keys, fail)
 
     @classmethod
     def validate_model(cls, model: ModelSection, fail: Fail) -> None:
-        ways = [model.config is not None, model.pretrained is not None, model.vision_pretrained is not None]
-        if sum(ways) > 1:
+        towers = {"vision": model.vision_pretrained, "text": model.text_pretrained}
+        given = [f"model.{tower}_pretrained" for tower, source in towers.items() if source is not None]
+        for tower, source in towers.items():
+            if source is not None and tower not in cls.pretrained_towers:
+                fail(
+                    f"model.{tower}_pretrained: model.family={model.family} has no {tower} tower to take from "
+                    "a checkpoint; use model.config (a fresh model) or model.pretrained (one to continue from)."
+                )
+        if model.pretrained is not None and (model.config is not None or given):
+            others = " / ".join((["model.config"] if model.config is not None else []) + given)
             fail(
-                "set only one of model.config, model.pretrained, model.vision_pretrained (+ text_pretrained)."
+                f"model.pretrained (a whole {model.family} checkpoint to continue from) excludes {others}: "
+                "model.config and the per-tower checkpoints describe a new model."
             )
-        if (model.vision_pretrained is None) != (model.text_pretrained is None):
-            fail("model.vision_pretrained and model.text_pretrained go together.")
+        if model.tokenizer == "build" and model.text_pretrained is not None:
+            fail(
+                "model.tokenizer: build trains a new vocabulary, but the text tower of model.text_pretrained="
+                f"{model.text_pretrained!r} reads the token ids of its own tokenizer; leave model.tokenizer unset "
+                "(the checkpoint's tokenizer) or name the tokenizer it was trained with."
+            )
 
 
 @dataclass
@@ -371,6 +404,7 @@ class MaskedCLIPSection(FamilySection):
     prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])
 
     batch_keys: ClassVar[tuple[str, ...]] = ("paired_batch_size", "unpaired_batch_size")
+    pretrained_towers: ClassVar[tuple[str, ...]] = ("vision", "text")
 
     def validate(self, section_name: str, fail: Fail) -> None:
         super().validate(section_name, fail)
@@ -395,6 +429,7 @@ class KeepFitSection(FamilySection):
     label_augmentation: float = 0.5  # probability
 
     batch_keys: ClassVar[tuple[str, ...]] = ("categorical_batch_size", "paired_batch_size")
+    pretrained_towers: ClassVar[tuple[str, ...]] = ("vision", "text")
 
     def validate(self, section_name: str, fail: Fail) -> None:
         super().validate(section_name, fail)
@@ -409,16 +444,6 @@ class KeepFitSection(FamilySection):
             )
         if self.modality not in MODALITIES:
             fail(f"{section_name}.modality={self.modality!r}; choose one of {list(MODALITIES)}.")
-
-    @classmethod
-    def validate_model(cls, model: ModelSection, fail: Fail) -> None:
-        # A checkpoint, or a config whose towers may each come from a pretrained checkpoint.
-        if model.pretrained is not None and (
-            model.config is not None or model.vision_pretrained or model.text_pretrained
-        ):
-            fail(
-                "model.pretrained (a KeepFIT checkpoint) excludes model.config / vision_pretrained / text_pretrained."
-            )
 
 
 @dataclass
@@ -462,6 +487,44 @@ class _EmptySection(FamilySection):
 
 
 COMMON_SECTIONS = ("model", "data", "optim", "run")
+
+# Stages a run may depend on (`stages:`, retvlp/training/stages.py): name → the family it trains.
+STAGE_FAMILIES = {"ibq_tokenizer": "ibq-tokenizer", "text_mlm": "text-mlm"}
+STAGE_KEYS = ("config", "overrides", "output_dir", "data")
+STAGE_DATA = ("run", "config")
+
+
+def _validate_stages(stages: Any, family: str, fail: Fail) -> None:
+    """The `stages:` mapping: stage name → {config, overrides?, output_dir?, data?}."""
+    if not isinstance(stages, dict):
+        fail(f"stages must be a mapping of stage name to settings, got {_yaml_type(stages)}.")
+    for name, entry in stages.items():
+        if name not in STAGE_FAMILIES:
+            fail(f"stages.{name}: unknown stage; stages are {list(STAGE_FAMILIES)}.")
+        if not isinstance(entry, dict):
+            fail(
+                f"stages.{name} must be a mapping with at least 'config' (a run YAML), got {_yaml_type(entry)}."
+            )
+        unknown = sorted(set(entry) - set(STAGE_KEYS))
+        if unknown:
+            fail(f"unknown key(s) {unknown} in stages.{name}; valid keys: {list(STAGE_KEYS)}.")
+        if not isinstance(entry.get("config"), str):
+            fail(f"stages.{name}.config must name the stage's run YAML, got {entry.get('config')!r}.")
+        if not isinstance(entry.get("overrides") or {}, dict):
+            fail(
+                f"stages.{name}.overrides must be a mapping of section.key to value, e.g. {{optim.max_steps: 100}}."
+            )
+        if not isinstance(entry.get("output_dir") or "", str):
+            fail(f"stages.{name}.output_dir must be a folder path.")
+        if (entry.get("data") or "run") not in STAGE_DATA:
+            fail(f"stages.{name}.data={entry.get('data')!r}; choose one of {list(STAGE_DATA)}.")
+    if "ibq_tokenizer" in stages and family != "keepfit":
+        fail(
+            f"stages.ibq_tokenizer trains the codebook of KeepFIT's appearance knowledge; model.family={family} "
+            "reads no codebook. Remove the stage."
+        )
+    if "text_mlm" in stages and family not in ("keepfit", "maskedclip"):
+        fail(f"stages.text_mlm supplies a text tower; model.family={family} has none. Remove the stage.")
 
 
 def _keys_of(section_class: type) -> set[str]:
@@ -510,6 +573,9 @@ class PretrainConfig:
     # The `<model.family>:` section; None builds the family's defaults.
     family_settings: Any = None
     source: str = "<defaults>"
+    # The stages this run depends on (`stages:`; retvlp/training/stages.py): name → {config, overrides?,
+    # output_dir?, data?}; run (or reused) before this run, their `final/` wired into its model keys.
+    stages: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.family_settings is None and self.model.family in family_names():
@@ -530,13 +596,13 @@ class PretrainConfig:
         model = _build_section(ModelSection, "model", raw.get("model") or {}, fail)
         model.validate(fail)
         family = model.family
-        unknown = sorted(set(raw) - set(COMMON_SECTIONS) - {family})
+        unknown = sorted(set(raw) - set(COMMON_SECTIONS) - {family, "stages"})
         for name in unknown:
             if name in family_names():
                 fail(f"section '{name}:' belongs to model.family={name}, but this run's family is {family}.")
             fail(
-                f"unknown section {name!r}; sections are {list(COMMON_SECTIONS)} and the family's own "
-                f"'{family}:'."
+                f"unknown section {name!r}; sections are {list(COMMON_SECTIONS)}, the family's own "
+                f"'{family}:' and 'stages:'."
             )
         data = raw.get("data") or {}
         family_values = raw.get(family) or {}
@@ -548,6 +614,7 @@ class PretrainConfig:
             run=_build_section(RunSection, "run", raw.get("run") or {}, fail),
             family_settings=_build_section(family_section_class(family), family, family_values, fail),
             source=source,
+            stages=copy.deepcopy(raw.get("stages") or {}),
         )
         config.validate()
         return config
@@ -574,7 +641,10 @@ class PretrainConfig:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: dataclasses.asdict(section) for name, section in self.sections().items()}
+        out = {name: dataclasses.asdict(section) for name, section in self.sections().items()}
+        if self.stages:
+            out["stages"] = {name: dict(entry) for name, entry in self.stages.items()}
+        return out
 
     def apply_overrides(self, overrides: list[str]) -> None:
         """Apply `section.key=value` strings (values parsed as YAML), e.g. `optim.max_steps=10` or
@@ -594,6 +664,9 @@ class PretrainConfig:
             raise ConfigError(
                 f"Override {item!r} must look like section.key=value (e.g. optim.max_steps=10)."
             )
+        if section_name == "stages":
+            self._apply_stage_override(name, load_yaml(value), fail)
+            return
         name, *path = name.split(".")
         family = self.model.family
         if section_name == "data" and name not in _keys_of(DataSection):
@@ -627,6 +700,27 @@ class PretrainConfig:
             fail(f"{section_name}.{name} holds no mapping at {'.'.join(path[:-1])!r}.")
         target[path[-1]] = parsed
 
+    def _apply_stage_override(self, path: str, value: Any, fail: Fail) -> None:
+        """`stages.NAME=null` drops a stage; `stages.NAME.KEY=value` sets one of its keys; the keys of
+        `stages.NAME.overrides` are dotted themselves: `stages.text_mlm.overrides.optim.max_steps=100`."""
+        name, _, key = path.partition(".")
+        if not key:
+            if value is None:
+                self.stages.pop(name, None)
+            else:
+                self.stages[name] = value
+            return
+        entry = self.stages.setdefault(name, {})
+        if not isinstance(entry, dict):
+            fail(f"stages.{name} holds no mapping.")
+        head, _, rest = key.partition(".")
+        if head == "overrides" and rest:
+            entry["overrides"] = {**(entry.get("overrides") or {}), rest: value}
+        elif rest:
+            fail(f"stages.{name}.{head} takes a value, not a dotted path (only 'overrides' does).")
+        else:
+            entry[head] = value
+
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         def fail(message: str):
@@ -648,6 +742,7 @@ class PretrainConfig:
                 type(section).validate_model(self.model, fail)
             elif name != "model":
                 section.validate(fail)
+        _validate_stages(self.stages, self.model.family, fail)
 
 
 def _build_section(section_class: type, name: str, values: dict, fail: Fail):
@@ -668,6 +763,7 @@ __all__ = [
     "OptimSection",
     "PretrainConfig",
     "RunSection",
+    "STAGE_FAMILIES",
     "TextMLMSection",
     "check_types",
     "family_section_class",

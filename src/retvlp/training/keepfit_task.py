@@ -14,7 +14,7 @@ from ..keepfit import KeepFitConfig, KeepFitForPreTraining, KeepFitProcessor, ke
 from ..prompts import ExpertKnowledge, class_prompts, prompt_for_labels
 from .config import PretrainConfig
 from .data import StepBatches, label_tensor
-from .task import PretrainTask, build_model_config
+from .task import PretrainTask, pretrained_towers_config
 
 logger = logging.getLogger(__name__)
 
@@ -120,51 +120,58 @@ class KeepFitTask(PretrainTask):
         )
         return KeepFitProcessor(image_processor, tokenizer, max_length=config.model.max_text_length)
 
-    def build_model(self, config: PretrainConfig, tokenizer) -> KeepFitForPreTraining:
-        """From `model.pretrained` (a KeepFIT checkpoint), or from `model.config` (KeepFitConfig kwargs, e.g.
-        `ibq_tokenizer_path`) where `model.vision_pretrained` / `model.text_pretrained`, when set, supply a tower
-        with its weights: an image backbone (e.g. microsoft/resnet-50, ImageNet) and a BERT (e.g.
-        emilyalsentzer/Bio_ClinicalBERT, or the `--model text-mlm` output: the textual-pretraining init; pointing
-        it at the plain BERT instead is the Table VII "no textual pretraining" ablation)."""
-        from transformers import AutoConfig, AutoModel, BertModel
-
+    def model_config(self, config: PretrainConfig, vocab_size: int | None) -> KeepFitConfig:
+        """The KeepFIT config of a run built from `model.config` (KeepFitConfig kwargs, e.g.
+        `ibq_tokenizer_path`) with, optionally, `model.vision_pretrained` / `model.text_pretrained`:
+        `KeepFitForPreTraining.config_from_pretrained_towers`, so a pretrained tower takes its size from its
+        checkpoint and a `model.config` that contradicts it is a `ConfigError`. A fresh text tower gets the
+        tokenizer's `vocab_size` (None: not known yet, as in `check_model`)."""
         m = config.model
-        overrides = dict(m.config_overrides)
-        codebook_missing = True
+        kwargs = {**(m.config or {}), **m.config_overrides}
+        if m.text_pretrained is None:
+            text = dict(kwargs.pop("text_config", None) or {})
+            text.setdefault("model_type", "bert")
+            if vocab_size is not None:
+                text["vocab_size"] = vocab_size
+            kwargs["text_config"] = text
+        return pretrained_towers_config(
+            KeepFitForPreTraining.config_from_pretrained_towers, KeepFitConfig, config, **kwargs
+        )
+
+    def check_model(self, config: PretrainConfig) -> None:
+        super().check_model(config)
+        if config.model.pretrained is None:
+            self.model_config(config, vocab_size=None)
+
+    def build_model(self, config: PretrainConfig, tokenizer) -> KeepFitForPreTraining:
+        """From `model.pretrained` (a KeepFIT checkpoint), or from `model.config` (`model_config`) where
+        `model.vision_pretrained` / `model.text_pretrained`, when set, supply a tower with its weights: an image
+        backbone (e.g. microsoft/resnet-50, ImageNet) and a BERT (e.g. emilyalsentzer/Bio_ClinicalBERT, or the
+        `--model text-mlm` output: the textual-pretraining init; pointing it at the plain BERT instead is the
+        Table VII "no textual pretraining" ablation). The frozen codebook comes from
+        `model.config.ibq_tokenizer_path`."""
+        m = config.model
         if m.pretrained is not None:
             model, info = KeepFitForPreTraining.from_pretrained(
-                m.pretrained, output_loading_info=True, **overrides
+                m.pretrained, output_loading_info=True, **m.config_overrides
             )
-            codebook_missing = "appearance_quantizer.codebook" in info["missing_keys"]
+            if (
+                model.appearance_quantizer is not None
+                and "appearance_quantizer.codebook" in info["missing_keys"]
+            ):
+                # The pretraining side loads the frozen codebook (a model's construction never reads files).
+                if model.config.ibq_tokenizer_path:
+                    model.load_codebook(model.config.ibq_tokenizer_path)
+                else:
+                    logger.warning(
+                        "%s: appearance knowledge injection uses a RANDOM codebook; set "
+                        "model.config.ibq_tokenizer_path to a trained IBQ tokenizer (--model ibq-tokenizer).",
+                        config.source,
+                    )
         else:
-            kwargs = {**(m.config or {}), **overrides}
-            if m.vision_pretrained is not None:
-                kwargs["vision_config"] = AutoConfig.from_pretrained(m.vision_pretrained).to_dict()
-            if m.text_pretrained is not None:
-                kwargs["text_config"] = AutoConfig.from_pretrained(m.text_pretrained).to_dict()
-            else:
-                text = dict(kwargs.pop("text_config", {}) or {})
-                text.setdefault("model_type", "bert")
-                text["vocab_size"] = len(tokenizer)
-                kwargs["text_config"] = text
-            model = KeepFitForPreTraining(build_model_config(KeepFitConfig, kwargs, config))
-            if m.vision_pretrained is not None:
-                model.released_model.vision_model.load_state_dict(
-                    AutoModel.from_pretrained(m.vision_pretrained).state_dict()
-                )
-            if m.text_pretrained is not None:
-                text_model = BertModel.from_pretrained(m.text_pretrained, add_pooling_layer=False)
-                model.released_model.text_model.load_state_dict(text_model.state_dict())
-        if model.appearance_quantizer is not None and codebook_missing:
-            # The pretraining side loads the frozen codebook (a model's construction never reads files).
-            if model.config.ibq_tokenizer_path:
-                model.load_codebook(model.config.ibq_tokenizer_path)
-            else:
-                logger.warning(
-                    "%s: appearance knowledge injection uses a RANDOM codebook; set "
-                    "model.config.ibq_tokenizer_path to a trained IBQ tokenizer (--model ibq-tokenizer).",
-                    config.source,
-                )
+            model = KeepFitForPreTraining.from_vision_text_pretrained(
+                m.vision_pretrained, m.text_pretrained, config=self.model_config(config, len(tokenizer))
+            )
         vocab = model.config.text_config.vocab_size
         if len(tokenizer) > vocab:
             raise ValueError(
@@ -176,6 +183,7 @@ class KeepFitTask(PretrainTask):
         return model
 
     def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
+        self.watch_contrastive_model(model)
         return KeepFitStepBatches(
             streams,
             self.batch_sizes(config),
@@ -187,6 +195,16 @@ class KeepFitTask(PretrainTask):
             label_augmentation=config.family_settings.label_augmentation,
             **self.common_batch_kwargs(processor.image_processor, config, rank, world_size),
         )
+
+    def loss_weights(self, model: KeepFitForPreTraining) -> dict[str, float]:
+        """Eq. 22: L_itc^p + L_itc^m + λ1·L_EK^s + λ2·L_EK^a."""
+        config = model.config
+        return {
+            "loss_itc_categorical": 1.0,
+            "loss_itc_elite": 1.0,
+            "loss_semantic": config.lambda_semantic,
+            "loss_appearance": config.lambda_appearance,
+        }
 
     def after_optimizer_step(self, model: KeepFitForPreTraining) -> None:
         model.clamp_logit_scale_()

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPForPreTraining, MaskedCLIPProcessor
-from .config import PretrainConfig
+from .config import ConfigError, PretrainConfig
 from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, label_tensor
-from .task import PretrainTask, build_model_config, seed_from
+from .task import PretrainTask, pretrained_towers_config, seed_from
 
 
 def build_processor(config: PretrainConfig, tokenizer) -> MaskedCLIPProcessor:
@@ -22,33 +22,55 @@ def build_processor(config: PretrainConfig, tokenizer) -> MaskedCLIPProcessor:
     return MaskedCLIPProcessor(image_processor, tokenizer, max_length=config.model.max_text_length)
 
 
-def build_model(config: PretrainConfig, tokenizer) -> MaskedCLIPForPreTraining:
-    """Initialise the MaskedCLIP pretraining model from `model.config`, `model.pretrained` or pretrained towers (see ModelSection)."""
+def model_config(config: PretrainConfig, vocab_size: int | None) -> MaskedCLIPConfig:
+    """The MaskedCLIP config of a run built from `model.config` with, optionally, `model.vision_pretrained` /
+    `model.text_pretrained`: `MaskedCLIPForPreTraining.config_from_pretrained_towers`, so a pretrained tower
+    takes its size from its checkpoint and a `model.config` that contradicts it is a `ConfigError`. A fresh
+    vision tower is built at `data.image_size`, a fresh text tower with the tokenizer's `vocab_size` (None: not
+    known yet, as in `check_model`); a pretrained vision tower must have been trained at `data.image_size`."""
     m = config.model
-    overrides = dict(m.config_overrides)
-    if m.pretrained is not None:
-        model = MaskedCLIPForPreTraining.from_pretrained(m.pretrained, **overrides)
-    elif m.vision_pretrained is not None:
-        model = MaskedCLIPForPreTraining.from_vision_text_pretrained(
-            m.vision_pretrained, m.text_pretrained, **overrides
-        )
-    else:
-        kwargs = dict(m.config or {})
-        kwargs.update(overrides)
-        vision = dict(kwargs.pop("vision_config", {}) or {})
+    kwargs = {**(m.config or {}), **m.config_overrides}
+    vision = dict(kwargs.pop("vision_config", None) or {})
+    text = dict(kwargs.pop("text_config", None) or {})
+    if m.vision_pretrained is None:
         vision.setdefault("image_size", config.data.image_size)
         if vision["image_size"] != config.data.image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{config.source}: model.config.vision_config.image_size={vision['image_size']} differs from "
                 f"data.image_size={config.data.image_size}; set them equal."
             )
-        text = dict(kwargs.pop("text_config", {}) or {})
+    if m.text_pretrained is None:
         text.setdefault("model_type", "bert")
-        text["vocab_size"] = len(tokenizer)
-        model = MaskedCLIPForPreTraining(
-            build_model_config(
-                MaskedCLIPConfig, dict(vision_config=vision, text_config=text, **kwargs), config
-            )
+        if vocab_size is not None:
+            text["vocab_size"] = vocab_size
+    built = pretrained_towers_config(
+        MaskedCLIPForPreTraining.config_from_pretrained_towers,
+        MaskedCLIPConfig,
+        config,
+        vision_config=vision,
+        text_config=text,
+        **kwargs,
+    )
+    if m.vision_pretrained is not None and built.vision_config.image_size != config.data.image_size:
+        raise ConfigError(
+            f"{config.source}: model.vision_pretrained={m.vision_pretrained!r} is a ViT for "
+            f"image_size={built.vision_config.image_size}, but data.image_size={config.data.image_size}; set "
+            f"data.image_size: {built.vision_config.image_size} (or leave out model.vision_pretrained to train the "
+            "ViT from scratch at this size)."
+        )
+    return built
+
+
+def build_model(config: PretrainConfig, tokenizer) -> MaskedCLIPForPreTraining:
+    """Initialise the MaskedCLIP pretraining model from `model.pretrained`, or from `model.config` with each
+    tower optionally from its own checkpoint (`model.vision_pretrained`, `model.text_pretrained`; see
+    ModelSection and `model_config`)."""
+    m = config.model
+    if m.pretrained is not None:
+        model = MaskedCLIPForPreTraining.from_pretrained(m.pretrained, **m.config_overrides)
+    else:
+        model = MaskedCLIPForPreTraining.from_vision_text_pretrained(
+            m.vision_pretrained, m.text_pretrained, config=model_config(config, len(tokenizer))
         )
     vocab = model.config.text_config.vocab_size if model.config.use_clip else None
     if vocab is not None and len(tokenizer) > vocab:
@@ -165,10 +187,16 @@ class MaskedCLIPTask(PretrainTask):
     def build_processor(self, config, tokenizer):
         return build_processor(config, tokenizer)
 
+    def check_model(self, config):
+        super().check_model(config)
+        if config.model.pretrained is None:
+            model_config(config, vocab_size=None)
+
     def build_model(self, config, tokenizer):
         return build_model(config, tokenizer)
 
     def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
+        self.watch_contrastive_model(model)
         return MaskedCLIPStepBatches(
             streams,
             self.batch_sizes(config),
@@ -181,6 +209,11 @@ class MaskedCLIPTask(PretrainTask):
             teacher_noise=model.config.mfd_teacher_mask_ratio > 0 and model.config.use_mfd,
             **self.common_batch_kwargs(processor.image_processor, config, rank, world_size),
         )
+
+    def loss_weights(self, model: MaskedCLIPForPreTraining) -> dict[str, float]:
+        """Eq. 6: L_mim + λ_clip·L_lg_clip + λ_mfd·L_mfd."""
+        config = model.config
+        return {"loss_mim": 1.0, "loss_clip": config.lambda_clip, "loss_mfd": config.lambda_mfd}
 
     def after_optimizer_step(self, model: MaskedCLIPForPreTraining) -> None:
         """M̂ ← EMA(E_I, B) once per optimizer step, and keep τ inside [0, ln 100] so it cannot drift where its

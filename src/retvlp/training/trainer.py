@@ -2,8 +2,9 @@
 
 One optimizer step = `gradient_accumulation_steps` micro-steps; micro-step `i` reads batch `i` of the task's
 step batches (rows, crops, masks all drawn from `(seed, i)`), and the torch RNG (dropout) is re-seeded
-from `(seed, i, rank)` before its forward. A run is therefore a pure function of the config and the
-step counter: a resumed run continues exactly where the straight run would be.
+from `(seed, i, rank)` before its forward (before both of its forwards with `optim.contrastive_accumulation`).
+A run is therefore a pure function of the config and the step counter: a resumed run continues exactly where
+the straight run would be.
 
 What differs between families is the task's (`task.py`: data, models, the step's loss terms, parameter
 groups, summaries); evaluations come from above as `EvaluationHooks` (`hooks.py`).
@@ -33,6 +34,7 @@ from .checkpointing import (
 )
 from .collapse import CollapseGuard, ContrastiveCollapseError
 from .config import PretrainConfig
+from .contrastive_accumulation import check_supported, contrastive_accumulation_step
 from .hooks import EvaluationHooks
 from .progress import StepProgress, phase
 from .run_data import RunData
@@ -96,8 +98,13 @@ def pretrain(
     stop_after: int | None = None,
     extend: bool = False,
     evaluation_hooks: EvaluationHooks | None = None,
+    rerun_stages: list[str] | str | None = None,
 ) -> PretrainResult:
     """Run (or resume) pretraining as described by `config`; returns where everything was written.
+
+    With `config.stages` (a whole recipe: the IBQ codebook and / or the text MLM this run depends on), each
+    stage is first run, resumed or reused (`retvlp/training/stages.py`) under this run's lock, and its `final/`
+    wired into this run's config; `resume`, `stop_after` and `extend` apply to this run itself.
 
     Args:
         resume: "latest" (newest complete checkpoint in `run.output_dir`, or a fresh start when none) or a
@@ -107,11 +114,42 @@ def pretrain(
         stop_after: stop (without the final save) after this many optimizer steps — for tests of resume.
         evaluation_hooks: the evaluations during and after the run (`run.eval_every`, `run.evaluate`);
             `retvlp.run.pretrain_and_evaluate` passes `retvlp.evaluation.periodic.PretrainingEvaluation()`.
-            None: train only.
+            None: train only. The stages run with the same hooks.
+        rerun_stages: stage names (or "all", or "a,b") to train again although their output exists
+            (`--rerun-stages`); a stage whose config or data changed is refused without it.
 
     Raises `RunLockedError` when another live run owns `run.output_dir` (see `run_lock`).
     """
     with run_lock(config.run.output_dir):
+        if config.stages:
+            from .stages import run_stages
+
+            def run_stage(stage_config: PretrainConfig, stage_resume: str | None):
+                # an ordinary run in its own folder (and lock); the process group stays up for what follows
+                with run_lock(stage_config.run.output_dir):
+                    return _pretrain(
+                        stage_config,
+                        resume=stage_resume,
+                        show_progress=show_progress,
+                        stop_after=None,
+                        extend=False,
+                        hooks=evaluation_hooks,
+                        keep_process_group=True,
+                    )
+
+            config, trained = run_stages(config, run_stage, rerun=rerun_stages)
+            if trained and resume is not None and latest_checkpoint(config.run.output_dir) is not None:
+                from .config import ConfigError
+
+                raise ConfigError(
+                    f"--resume {resume}: the checkpoints of {config.run.output_dir} were trained over the earlier "
+                    f"outputs of stages {trained}, which this call trained again; start this run afresh "
+                    "(the same command without --resume): the stages are reused now."
+                )
+        elif rerun_stages:
+            from .config import ConfigError
+
+            raise ConfigError(f"--rerun-stages {rerun_stages}: {config.source} declares no stages.")
         return _pretrain(
             config,
             resume=resume,
@@ -155,8 +193,11 @@ class _Run:
         return self.config.optim.gradient_accumulation_steps
 
 
-def _pretrain(config, *, resume, show_progress, stop_after, extend, hooks) -> PretrainResult:
+def _pretrain(
+    config, *, resume, show_progress, stop_after, extend, hooks, keep_process_group=False
+) -> PretrainResult:
     task = build_task(config.model.family)
+    task.check_model(config)  # e.g. a pretrained tower against model.config: fails before the data is read
     output_dir = Path(config.run.output_dir)
     accelerator, trackers = _start_accelerator(config, output_dir)
     data = _prepare_data(task, config, accelerator, output_dir, hooks, show_progress)
@@ -191,7 +232,11 @@ def _pretrain(config, *, resume, show_progress, stop_after, extend, hooks) -> Pr
     step, last_metrics = _train(r, start_step, log, progress, guard, evaluator, stop_after)
     progress.close()
     evaluation = _finish(r, step, last_metrics, hooks, show_progress)
-    accelerator.end_training()
+    if keep_process_group:  # a stage of a recipe: the next run of this process uses the same process group
+        for tracker in accelerator.trackers:
+            tracker.finish()
+    else:
+        accelerator.end_training()
     return PretrainResult(output_dir, output_dir / "final", step, last_metrics, evaluation)
 
 
@@ -287,7 +332,7 @@ def _build_training(task, config, data: RunData, accelerator, output_dir: Path, 
     samples_per_step = batches.samples_per_micro_step() * optim.gradient_accumulation_steps
     lr = task.learning_rate(optim, samples_per_step)
     optimizer = torch.optim.AdamW(
-        task.parameter_groups(model, optim.weight_decay),
+        temperature_group(task.parameter_groups(model, optim.weight_decay), model, lr, optim),
         lr=lr,
         betas=tuple(optim.betas),
         eps=optim.eps,
@@ -306,6 +351,8 @@ def _build_training(task, config, data: RunData, accelerator, output_dir: Path, 
         num_training_steps=total_steps,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    if optim.contrastive_accumulation:
+        check_supported(task, accelerator, config)
     return _Run(
         config,
         task,
@@ -323,6 +370,27 @@ def _build_training(task, config, data: RunData, accelerator, output_dir: Path, 
         lr,
         trackers,
     )
+
+
+def temperature_group(groups: list[dict], model: torch.nn.Module, lr: float, optim) -> list[dict]:
+    """Move the contrastive temperature (`logit_scale`, and a sigmoid loss's `logit_bias`) into a group of its own
+    at `optim.logit_scale_lr_multiplier` × lr (no weight decay). With the multiplier at 1 the groups are returned
+    unchanged. The schedule scales every group alike."""
+    multiplier = optim.logit_scale_lr_multiplier
+    if multiplier == 1.0:
+        return groups
+    chosen = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.endswith(("logit_scale", "logit_bias"))
+    ]
+    if not chosen:
+        return groups
+    ids = {id(p) for p in chosen}
+    groups = [{**group, "params": [p for p in group["params"] if id(p) not in ids]} for group in groups]
+    return [group for group in groups if group["params"]] + [
+        {"params": chosen, "weight_decay": 0.0, "lr": lr * multiplier}
+    ]
 
 
 def _optimizer_kernel(implementation: str) -> dict:
@@ -448,8 +516,11 @@ def _train(r: _Run, start_step: int, log, progress, guard, evaluator, stop_after
 
 def _accumulate(r: _Run, batch_iter, step: int, micro: int, window: _Window, log_step: bool) -> list:
     """The micro-steps of one optimizer step: forward, NaN check, backward of `loss / accumulation`; returns
-    the contrastive terms of the last micro-batch on a log step (for the collapse guard), else []."""
+    the contrastive terms of the last micro-batch on a log step (for the collapse guard), else []. With
+    `optim.contrastive_accumulation`, the contrastive terms span the whole accumulated batch instead."""
     accelerator, task, accumulation = r.accelerator, r.task, r.accumulation
+    if r.config.optim.contrastive_accumulation and accumulation > 1:
+        return _accumulate_contrastive(r, batch_iter, step, micro, window, log_step)
     contrastive = []
     for k in range(accumulation):
         batch = next(batch_iter)
@@ -466,6 +537,29 @@ def _accumulate(r: _Run, batch_iter, step: int, micro: int, window: _Window, log
             window.sums[name] = window.sums.get(name, 0) + value.detach().float()
         window.counted += 1
     return contrastive
+
+
+def _accumulate_contrastive(r: _Run, batch_iter, step, micro, window: _Window, log_step: bool) -> list:
+    """`_accumulate` with every contrastive term over the accumulated (and gathered) batch
+    (`contrastive_accumulation.py`); the logged contrastive terms and the collapse guard's embeddings are the
+    full batch's."""
+    accelerator = r.accelerator
+    batches = [next(batch_iter) for _ in range(r.accumulation)]
+    seeds = [
+        seed_from(r.config.run.seed, micro + k, accelerator.process_index) for k in range(r.accumulation)
+    ]
+
+    def check(terms):
+        _stop_if_nonfinite(accelerator, terms["loss"], step, terms, r.output_dir)
+
+    result = contrastive_accumulation_step(
+        r.model, r.task, batches, seeds, accelerator, check=check, guard=log_step
+    )
+    for terms in result.micro_terms:
+        for name, value in terms.items():
+            window.sums[name] = window.sums.get(name, 0) + value.float()
+        window.counted += 1
+    return result.contrastive
 
 
 def _clip_and_check(r: _Run, step: int):
