@@ -162,7 +162,11 @@ FINDING_SYNONYMS = {
     ],
     "no_DME": ["no macular edema", "no DME", "macula flat and dry"],
 }
-CAPTION_PREFIXES = ["color fundus photograph, {eye} eye:", "colour fundus photo, {eye} eye -", "fundus, {eye} eye:"]
+CAPTION_PREFIXES = [
+    "color fundus photograph, {eye} eye:",
+    "colour fundus photo, {eye} eye -",
+    "fundus, {eye} eye:",
+]
 
 
 def multiclass_label(row: dict) -> str | None:
@@ -194,7 +198,11 @@ def clinic_caption(row: dict, rng: np.random.Generator) -> str:
 
 
 def write_multiclass_manifests(
-    out_dir: str | Path, root: str | Path = DEFAULT_ROOT, test_fraction: float = 0.2, seed: int = 0
+    out_dir: str | Path,
+    root: str | Path = DEFAULT_ROOT,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    one_acquisition: bool = False,
 ) -> dict:
     """Write the four-class task's manifests into `out_dir`; returns their paths and row counts.
 
@@ -202,6 +210,12 @@ def write_multiclass_manifests(
       (label-guided targets);
     - ``unpaired.csv``: the training patients' OCT B-scans and their photographs without a class (image only);
     - ``probe_train.csv`` / ``test.csv``: the training / held-out patients' photographs with their class.
+
+    The DME photographs without a DR grade (999 of the 1,025 DME ones) come from another acquisition (mean pixel
+    value 45 against 66–77 for every graded group, a third of the frame black against a fifth): "DME" is partly
+    recognisable from the camera. `one_acquisition=True` removes that shortcut: those photographs become
+    unpaired images, and the four classes come from the graded photographs alone (no DR 398, NPDR 69, PDR 52,
+    DME with NPDR 26) — a harder task whose DME class is small.
     """
     root = Path(root).resolve()
     labels = root / "labels.csv"
@@ -218,6 +232,8 @@ def write_multiclass_manifests(
         image, pid = str(root / row["path"]), row["patient_id"]
         held_out = pid in test_patients
         label = multiclass_label(row) if row["modality"] == "fundus" else None
+        if one_acquisition and row["DR"] == "unknown":
+            label = None
         if label is None:
             if not held_out:
                 tables["unpaired"].append({"image": image, "patient_id": pid})
@@ -231,7 +247,14 @@ def write_multiclass_manifests(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"classes": MULTICLASS_CLASSES, "root": str(root), "seed": seed, "files": {}, "rows": {}}
+    summary = {
+        "classes": MULTICLASS_CLASSES,
+        "root": str(root),
+        "seed": seed,
+        "one_acquisition": one_acquisition,
+        "files": {},
+        "rows": {},
+    }
     for name, table in tables.items():
         path = out / f"{name}.csv"
         with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -254,11 +277,20 @@ def main() -> None:
     parser.add_argument("--root", default=str(DEFAULT_ROOT))
     parser.add_argument("--out", default="outputs/tvhl_manifests")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--task", choices=("dme", "multiclass"), default="dme")
+    parser.add_argument("--task", choices=("dme", "multiclass", "multiclass-one-acquisition"), default="dme")
     args = parser.parse_args()
-    write = write_multiclass_manifests if args.task == "multiclass" else write_manifests
-    summary = write(args.out, args.root, seed=args.seed)
-    print(json.dumps({k: summary[k] for k in ("rows", "class_counts", "distinct_captions") if k in summary}, indent=2))
+    if args.task == "dme":
+        summary = write_manifests(args.out, args.root, seed=args.seed)
+    else:
+        one_acquisition = args.task == "multiclass-one-acquisition"
+        summary = write_multiclass_manifests(
+            args.out, args.root, seed=args.seed, one_acquisition=one_acquisition
+        )
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("rows", "class_counts", "distinct_captions") if k in summary}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":
