@@ -37,9 +37,22 @@ class Row:
 
 
 ROWS: dict[str, Row] = {
-    "maskedclip": Row(MASKEDCLIP_RECIPE, what="the shipped recipe"),
-    "maskedclip_mlm_text": Row(
-        MASKEDCLIP_RECIPE, stages=("text_mlm",), what="text tower and tokenizer from the text-MLM stage"
+    "maskedclip": Row(MASKEDCLIP_RECIPE, what="the shipped recipe (text tower from its text-MLM stage)"),
+    "maskedclip_fresh_text": Row(
+        MASKEDCLIP_RECIPE,
+        {
+            "stages": {},
+            "model.tokenizer": "build",
+            "model.tokenizer_vocab_size": 2000,
+            "model.config.text_config": {
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "intermediate_size": 256,
+                "max_position_embeddings": 64,
+            },
+        },
+        what="the recipe before its text-MLM stage: a text tower from scratch",
     ),
     "maskedclip_batch256": Row(
         MASKEDCLIP_RECIPE,

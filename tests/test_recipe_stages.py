@@ -224,6 +224,13 @@ def test_the_entry_point_takes_rerun_stages_and_the_shipped_recipes_declare_thei
         for stage in config.stages:
             resolved = resolve_stage_config(config, stage)
             assert resolved.run.output_dir == str(Path(config.run.output_dir) / "stages" / stage)
+    # the MaskedCLIP CPU recipe starts its text tower from an MLM stage sized like the tower it replaces
+    config = PretrainConfig.from_yaml(REPO / "training" / "configs" / "maskedclip_small_cpu.yaml")
+    assert set(config.stages) == {"text_mlm"} and config.model.tokenizer is None
+    assert "text_config" not in config.model.config  # the sizes come from the stage's checkpoint
+    stage = resolve_stage_config(config, "text_mlm")
+    assert stage.model.config["intermediate_size"] == 256 and stage.model.tokenizer_vocab_size == 2000
+    assert stage.model.max_text_length == config.model.max_text_length
 
 
 def test_two_processes_run_the_chain_under_one_launcher_and_refuse_a_changed_stage_together(
