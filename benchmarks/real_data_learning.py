@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
-from tvhl_manifests import CLASSES, DEFAULT_ROOT, DR_CLASSES, write_manifests  # noqa: E402
+from tvhl_manifests import CLASSES, DEFAULT_ROOT, DR_CLASSES, write_manifests, write_text_corpus  # noqa: E402
 
 MASKEDCLIP_VARIANTS = {
     "maskedclip": {},
@@ -300,7 +300,7 @@ def main(argv=None) -> int:
         )
         _run(ibq, "ibq_tokenizer")
         corpus = out / "manifests" / "text_corpus.jsonl"
-        _write_text_corpus(manifests["elite"]["path"], corpus)
+        write_text_corpus(manifests["elite"]["path"], CLASSES, corpus)
         mlm = _config(
             REPO / "training/configs/text_mlm_tiny_cpu.yaml",
             {
@@ -396,20 +396,6 @@ def main(argv=None) -> int:
     (out / "results.md").write_text(header + "\n\n" + table + "\n\n" + "\n".join(verdicts) + "\n")
     (out / "results.json").write_text(json.dumps({"summary": summary, "minutes": minutes}, indent=2))
     return 0
-
-
-def _write_text_corpus(elite_csv: str, path: Path) -> None:
-    """The MLM corpus: the elite captions plus every class prompt with its expert descriptions."""
-    import csv
-
-    from retvlp.prompts import class_prompts
-
-    with open(elite_csv, newline="", encoding="utf-8") as handle:
-        texts = [row["text"] for row in csv.DictReader(handle)]
-    texts += [p for name in CLASSES for p in class_prompts(name, modality="CFP")]
-    with open(path, "w", encoding="utf-8") as handle:
-        for text in texts:
-            handle.write(json.dumps({"text": text}) + "\n")
 
 
 def build_table(runs: dict, evaluations: dict, dr_evaluations: dict, tasks) -> tuple[str, dict]:

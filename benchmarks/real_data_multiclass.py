@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from tvhl_manifests import MULTICLASS_CLASSES, write_multiclass_manifests
+from tvhl_manifests import MULTICLASS_CLASSES, write_multiclass_manifests, write_text_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 MASKEDCLIP_RECIPE = "training/configs/maskedclip_small_cpu.yaml"
@@ -184,7 +184,7 @@ class MulticlassBenchmark:
 
         if name == "text_mlm":
             corpus = self.out / "manifests" / "text_corpus.jsonl"
-            self._write_text_corpus(corpus)
+            write_text_corpus(self.spec["paired"]["path"], MULTICLASS_CLASSES, corpus)
             # the MLM tower is the MaskedCLIP recipe's text tower (sizes and vocabulary), so the row that starts
             # from it differs from the shipped one in its initial weights only
             recipe = yaml.safe_load((REPO / MASKEDCLIP_RECIPE).read_text())["model"]
@@ -223,15 +223,6 @@ class MulticlassBenchmark:
         pretrain_and_evaluate(config, show_progress=False)
         print(f"  stage {name}: {time.perf_counter() - start:.0f} s", flush=True)
         return final
-
-    def _write_text_corpus(self, path: Path) -> None:
-        """The MLM corpus: the training captions plus every class prompt with its expert descriptions."""
-        from retvlp.prompts import class_prompts
-
-        with open(self.spec["paired"]["path"], newline="", encoding="utf-8") as handle:
-            texts = [row["text"] for row in csv.DictReader(handle)]
-        texts += [p for name in MULTICLASS_CLASSES for p in class_prompts(name, modality="CFP")]
-        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
 
     # ------------------------------------------------------------------ one row
     def _overrides(self, name: str, row: Row, seed: int) -> dict:

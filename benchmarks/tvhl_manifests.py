@@ -272,6 +272,17 @@ def write_multiclass_manifests(
     return summary
 
 
+def write_text_corpus(captions_csv: str | Path, classes: list[str], path: Path) -> None:
+    """The text-MLM corpus of a task: the captions of `captions_csv` (its `text` column) plus every class prompt
+    with its expert descriptions, one JSON line each."""
+    from retvlp.prompts import class_prompts
+
+    with open(captions_csv, newline="", encoding="utf-8") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    texts += [p for name in classes for p in class_prompts(name, modality="CFP")]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(DEFAULT_ROOT))
