@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from tvhl_manifests import MULTICLASS_CLASSES, write_multiclass_manifests, write_text_corpus
+from tvhl_manifests import CAPTION_PREFIXES, MULTICLASS_CLASSES, write_multiclass_manifests, write_text_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 MASKEDCLIP_RECIPE = "training/configs/maskedclip_small_cpu.yaml"
@@ -34,6 +34,9 @@ class Row:
     stages: tuple[str, ...] = ()
     term: str | None = "loss_clip"
     what: str = ""
+    reference: str | None = (
+        None  # "supervised" / "pixels": a ceiling row that pretrains nothing (see run_row)
+    )
 
 
 ROWS: dict[str, Row] = {
@@ -42,6 +45,7 @@ ROWS: dict[str, Row] = {
         MASKEDCLIP_RECIPE,
         {
             "stages": {},
+            "data.balance_classes": [],
             "model.tokenizer": "build",
             "model.tokenizer_vocab_size": 2000,
             "model.config.text_config": {
@@ -52,7 +56,7 @@ ROWS: dict[str, Row] = {
                 "max_position_embeddings": 64,
             },
         },
-        what="the recipe before its text-MLM stage: a text tower from scratch",
+        what="the recipe before its text-MLM stage and balanced draw: a text tower from scratch, rows drawn uniformly",
     ),
     "maskedclip_batch256": Row(
         MASKEDCLIP_RECIPE,
@@ -81,12 +85,42 @@ ROWS: dict[str, Row] = {
         {"model.config.use_mim": False, "model.config.use_mfd": False},
         what="L_lg_clip only",
     ),
+    "maskedclip_uniform": Row(
+        MASKEDCLIP_RECIPE,
+        {"data.balance_classes": []},
+        what="the shipped recipe with paired rows drawn uniformly (the papers'; the recipe before this round)",
+    ),
+    "maskedclip_192px": Row(
+        MASKEDCLIP_RECIPE,
+        {"data.image_size": 192, "model.config.vision_config.patch_size": 16},
+        what="192 px photographs in 16 px patches: the same 144 tokens as 96 px in 8 px patches",
+    ),
     "random_init": Row(None, term=None, what="the MaskedCLIP architecture at random weights"),
+    # What the labels themselves allow at this budget: no pretraining, the probe-train labels only.
+    "supervised": Row(
+        None,
+        term=None,
+        reference="supervised",
+        what="the MaskedCLIP image tower fine-tuned from random init on 100 % of the labels (cross-entropy)",
+    ),
+    "pixels": Row(
+        None,
+        term=None,
+        reference="pixels",
+        what="logistic regression (balanced class weights) on 8 × 8 pixels + colour histograms",
+    ),
     "keepfit": Row(
         KEEPFIT_RECIPE,
         stages=("text_mlm", "ibq"),
         term="loss_itc_categorical",
         what="KeepFIT V2's three-stage recipe",
+    ),
+    "keepfit_balanced": Row(
+        KEEPFIT_RECIPE,
+        {"data.balance_classes": ["categorical"]},
+        stages=("text_mlm", "ibq"),
+        term="loss_itc_categorical",
+        what="KeepFIT V2's recipe with class-balanced categorical batches (measured, not adopted: docs/real_data.md §1)",
     ),
 }
 QUICK_ROWS = ("maskedclip", "random_init")
@@ -185,21 +219,16 @@ class MulticlassBenchmark:
         if name == "text_mlm":
             corpus = self.out / "manifests" / "text_corpus.jsonl"
             write_text_corpus(self.spec["paired"]["path"], MULTICLASS_CLASSES, corpus)
-            # the MLM tower is the MaskedCLIP recipe's text tower (sizes and vocabulary), so the row that starts
-            # from it differs from the shipped one in its initial weights only
-            recipe = yaml.safe_load((REPO / MASKEDCLIP_RECIPE).read_text())["model"]
-            sizes = {f"model.config.{k}": v for k, v in recipe["config"]["text_config"].items()}
+            # the MLM tower of the MaskedCLIP recipe's own text-MLM stage (sizes and vocabulary): the KeepFIT row's
+            # text tower is the same size as MaskedCLIP's
+            declared = yaml.safe_load((REPO / MASKEDCLIP_RECIPE).read_text())["stages"]["text_mlm"]
             config = build_config(
-                "training/configs/text_mlm_tiny_cpu.yaml",
+                declared["config"],
                 {
-                    **sizes,
-                    "model.tokenizer_vocab_size": recipe["tokenizer_vocab_size"],
-                    "model.max_text_length": recipe["max_text_length"],
+                    **declared.get("overrides", {}),
                     "data.train": [{"path": str(corpus), "text_column": "text"}],
-                    "optim.max_steps": self.steps,
                     "run.output_dir": str(self._stage_dir(name)),
                     "run.tensorboard": False,
-                    "run.save_every": self.steps,
                 },
             )
         elif name == "ibq":
@@ -283,24 +312,30 @@ class MulticlassBenchmark:
         """Pretrain (unless `random_init`) and evaluate one row at one seed; cached in `rows/<name>_seed<k>.json`."""
         path = self.out / "rows" / f"{name}_seed{seed}.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            figures = json.loads(path.read_text())
+            if "zero_shot_caption_balanced_accuracy" not in figures and self._has_text_tower(name, seed):
+                figures.update(self.caption_zero_shot(name, seed))
+                path.write_text(json.dumps(figures, indent=2))
+            return figures
         from retvlp.evaluation.finetune import FinetuneSettings
         from retvlp.evaluation.runner import EvaluationSettings, evaluate_models
         from retvlp.run import pretrain_and_evaluate
 
         row = ROWS[name]
         start = time.perf_counter()
+        if row.reference is not None:
+            figures = self._reference_row(row.reference, seed)
+            figures.update(row=name, seed=seed, pretrain_seconds=0.0, seconds=time.perf_counter() - start)
+            path.write_text(json.dumps(figures, indent=2))
+            print(f"  {name} seed {seed}: {json.dumps(_short(figures))}", flush=True)
+            return figures
         figures: dict = {}
         if row.recipe is None:
             # random init: the shipped architecture and tokenizer (those of the maskedclip row at this seed, or of
             # a 1-step run), evaluated at seeded random weights by the evaluation suite
             source = self.out / "runs" / f"maskedclip_seed{seed}" / "final"
             if not source.is_dir():
-                overrides = {**self._overrides("random_init_source", row, seed), "optim.max_steps": 1}
-                overrides["run.eval_every"] = None
-                source = pretrain_and_evaluate(
-                    build_config(MASKEDCLIP_RECIPE, overrides), show_progress=False
-                ).final_dir
+                source = self.run_architecture_source(seed)
             models, model_name, random_init = {"architecture": str(source)}, "random_init", True
         else:
             config = build_config(row.recipe, self._overrides(name, row, seed))
@@ -338,6 +373,8 @@ class MulticlassBenchmark:
                 evaluation, "linear-probe", "balanced_accuracy", 1.0, model=model_name
             ),
         )
+        if "zero-shot" in tasks:
+            figures.update(self.caption_zero_shot(name, seed, models, random_init))
         if finetune and row.recipe != KEEPFIT_RECIPE:
             tuned = evaluate_models(
                 models,
@@ -364,6 +401,142 @@ class MulticlassBenchmark:
         print(f"  {name} seed {seed}: {json.dumps(_short(figures))}", flush=True)
         return figures
 
+    def _has_text_tower(self, name: str, seed: int) -> bool:
+        row = ROWS.get(name)
+        if row is None or row.reference is not None or name == "mae_only":
+            return False
+        return name == "random_init" or (self.out / "runs" / f"{name}_seed{seed}" / "final").is_dir()
+
+    def caption_zero_shot(
+        self, name: str, seed: int, models: dict | None = None, random_init: bool = False
+    ) -> dict:
+        """Zero-shot with prompts written the way the training captions are ("color fundus photograph, left eye:
+        {class}", each caption prefix × both eyes, no expert descriptions) next to the package's default ensembles
+        ("A fundus photograph of {class}, <description>": words a text tower trained on these captions alone has
+        never seen). CLIP's practice: prompt in the form of the training text."""
+        from retvlp.evaluation.runner import EvaluationSettings, evaluate_models
+
+        if models is None:
+            if name == "random_init":
+                source = self.out / "runs" / f"maskedclip_seed{seed}" / "final"
+                if not source.is_dir():
+                    source = self.run_architecture_source(seed)
+                models, random_init = {"architecture": str(source)}, True
+            else:
+                models = {name: str(self.out / "runs" / f"{name}_seed{seed}" / "final")}
+        templates = [
+            f"{prefix.format(eye=eye)} {{}}" for prefix in CAPTION_PREFIXES for eye in ("left", "right")
+        ]
+        result = evaluate_models(
+            models,
+            self.spec["probe_train"],
+            test_data=self.spec["test"],
+            class_names=MULTICLASS_CLASSES,
+            settings=EvaluationSettings(
+                tasks=("zero-shot",),
+                templates=templates,
+                include_descriptions=False,
+                seeds=(seed,),
+                split_seed=seed,
+                save_models=False,
+                show_progress=False,
+            ),
+            random_init=random_init,
+            dataset_name="TVHL four classes (held-out patients)",
+        )
+        model = "random_init" if random_init else name
+        return {
+            "zero_shot_caption_balanced_accuracy": _metric(
+                result, "zero-shot", "balanced_accuracy", model=model
+            ),
+            "zero_shot_caption_roc_auc": _metric(result, "zero-shot", "roc_auc", model=model),
+        }
+
+    def _reference_row(self, kind: str, seed: int) -> dict:
+        """A ceiling of what the probe-train labels teach without pretraining: `supervised` fine-tunes the shipped
+        image tower from random weights on all of them for about the pretraining budget in images; `pixels` fits
+        a logistic regression on tiny thumbnails and colour histograms."""
+        if kind == "pixels":
+            return pixel_baseline(self.spec["probe_train"]["path"], self.spec["test"]["path"], seed)
+        from retvlp.evaluation.finetune import FinetuneSettings
+        from retvlp.evaluation.runner import EvaluationSettings, evaluate_models
+
+        source = self.out / "runs" / f"maskedclip_seed{seed}" / "final"
+        if not source.is_dir():
+            source = self.run_architecture_source(seed)
+        with open(self.spec["probe_train"]["path"], encoding="utf-8") as handle:
+            rows = sum(1 for _ in handle) - 1
+        epochs = max(1.0, round(self.steps * 32 / rows))  # the pretraining's paired images, in epochs
+        tuned = evaluate_models(
+            {"architecture": str(source)},
+            self.spec["probe_train"],
+            test_data=self.spec["test"],
+            class_names=MULTICLASS_CLASSES,
+            settings=EvaluationSettings(
+                tasks=("finetune",),
+                fractions=(1.0,),
+                seeds=(seed,),
+                split_seed=seed,
+                save_models=False,
+                show_progress=False,
+                finetune=FinetuneSettings(epochs=epochs, warmup_epochs=1, batch_size=32, init="random"),
+            ),
+            random_init=True,
+            dataset_name="TVHL four classes (held-out patients)",
+        )
+        return {
+            "reference_balanced_accuracy": _metric(tuned, "finetune", "balanced_accuracy", 1.0),
+            "reference_roc_auc": _metric(tuned, "finetune", "roc_auc", 1.0),
+            "reference_epochs": epochs,
+        }
+
+    def run_architecture_source(self, seed: int) -> Path:
+        """A 1-step run of the shipped recipe: the architecture and tokenizer the random-weight rows evaluate."""
+        from retvlp.run import pretrain_and_evaluate
+
+        overrides = {
+            **self._overrides("random_init_source", ROWS["random_init"], seed),
+            "optim.max_steps": 1,
+            "optim.warmup_steps": 0,
+        }
+        overrides["run.eval_every"] = None
+        return pretrain_and_evaluate(
+            build_config(MASKEDCLIP_RECIPE, overrides), show_progress=False
+        ).final_dir
+
+
+def pixel_baseline(train_manifest: str, test_manifest: str, seed: int, size: int = 8) -> dict:
+    """Balanced-class-weight logistic regression on `size` × `size` RGB thumbnails plus 16-bin colour histograms:
+    how much of the task lies in global colour and brightness."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    def load(manifest):
+        features, labels = [], []
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                with Image.open(row["image"]) as image:
+                    pixels = np.asarray(image.convert("RGB").resize((size, size)), dtype=np.float32) / 255
+                    full = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+                histograms = [
+                    np.histogram(full[..., c], bins=16, range=(0, 1))[0] / full[..., c].size for c in range(3)
+                ]
+                features.append(np.concatenate([pixels.reshape(-1), *histograms]))
+                labels.append(MULTICLASS_CLASSES.index(row["label"]))
+        return np.array(features), np.array(labels)
+
+    train_x, train_y = load(train_manifest)
+    test_x, test_y = load(test_manifest)
+    scaler = StandardScaler().fit(train_x)
+    model = LogisticRegression(C=0.01, class_weight="balanced", max_iter=5000, random_state=seed)
+    probabilities = model.fit(scaler.transform(train_x), train_y).predict_proba(scaler.transform(test_x))
+    return {
+        "reference_balanced_accuracy": float(balanced_accuracy_score(test_y, probabilities.argmax(1))),
+        "reference_roc_auc": float(roc_auc_score(test_y, probabilities, multi_class="ovr", average="macro")),
+    }
+
 
 def _short(figures: dict) -> dict:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
@@ -375,9 +548,14 @@ COLUMNS = [
     ("guard_warned", "guard warned"),
     ("zero_shot_balanced_accuracy", "zero-shot bal. acc"),
     ("zero_shot_roc_auc", "zero-shot ROC-AUC"),
+    ("zero_shot_caption_balanced_accuracy", "zero-shot bal. acc, caption-style prompts"),
+    ("zero_shot_caption_roc_auc", "zero-shot ROC-AUC, caption-style prompts"),
     ("linear_probe_roc_auc_10", "LP ROC-AUC 10 %"),
     ("linear_probe_roc_auc_100", "LP ROC-AUC 100 %"),
     ("finetune_roc_auc_10", "FT ROC-AUC 10 %"),
+    ("linear_probe_balanced_accuracy_100", "LP bal. acc 100 %"),
+    ("reference_balanced_accuracy", "no pretraining: bal. acc"),
+    ("reference_roc_auc", "no pretraining: ROC-AUC"),
     ("pretrain_seconds", "pretraining s"),
 ]
 

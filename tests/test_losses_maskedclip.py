@@ -100,6 +100,29 @@ def test_unlabelled_multi_hot_rows_are_positive_only_with_themselves():
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
 
 
+def test_indistinguishable_images_make_ln_batch_the_minimum_whatever_the_labels():
+    """The collapse the guard watches for, worked by hand (docs/real_data.md §1): when every image has the same
+    embedding, each text column's softmax over images is uniform (t2i = ln B), and the i2t rows share one
+    distribution q whose best value is the mean target row — which is uniform, 1/B per column, for any labels
+    (class c's n_c rows spread 1/n_c over its n_c columns). So the loss is >= ln B, with equality at equal
+    logits, and spreading the texts can only raise it: the label-guided loss pushes the texts together until
+    the images carry class information."""
+    labels = torch.tensor([0] * 9 + [1] * 2 + [2])  # a clinic's imbalance, batch 12
+    batch = len(labels)
+    images = _normalized(1, 8, 0).expand(batch, -1)
+    scale = torch.tensor(14.3)
+    for seed in range(5):
+        texts = _normalized(batch, 8, seed + 1)
+        loss, _, _ = label_guided_contrastive_loss(images, texts, scale, labels)
+        assert loss.item() >= math.log(batch) - 1e-6
+        assert loss.item() == pytest.approx(
+            _eq2_to_4_by_loops(images, texts, 14.3, labels.tolist()), rel=1e-5
+        )
+    same_texts = _normalized(1, 8, 9).expand(batch, -1)
+    loss, _, _ = label_guided_contrastive_loss(images, same_texts, scale, labels)
+    assert loss.item() == pytest.approx(math.log(batch), abs=1e-6)
+
+
 def test_contrastive_loss_rejects_mismatched_batches():
     with pytest.raises(ValueError, match="one text per image"):
         label_guided_contrastive_loss(_normalized(3, 4, 0), _normalized(2, 4, 1), torch.tensor(1.0))

@@ -315,3 +315,30 @@ def test_the_chain_equals_the_three_runs_by_hand(tmp_path, synthetic):
     assert _equal(
         _weights(chained.output_dir / "checkpoint-2"), _weights(by_hand.output_dir / "checkpoint-2")
     )
+
+
+def test_a_stage_named_by_a_relative_or_an_absolute_output_dir_matches_its_record(tmp_path, monkeypatch):
+    """The text-MLM stage trains on `<stage folder>/run_captions.jsonl`; its record keeps the path as the run
+    named it. The same folder reached through a relative `run.output_dir` (or an absolute one) is the same
+    stage, so a later run must not refuse it; a file outside the stage folder still counts by its path."""
+    from retvlp.training.stages import differences
+
+    monkeypatch.chdir(tmp_path)
+    directory = Path("runs/a/stages/text_mlm")
+    absolute = str((tmp_path / directory / "run_captions.jsonl").absolute())
+    relative = str(directory / "run_captions.jsonl")
+    fingerprint = {"bytes": 10, "sha256": "0" * 64}
+    record = {
+        "config": {"data.train": [{"path": absolute, "text_column": "text"}], "optim.lr": 1e-3},
+        "data": {absolute: fingerprint},
+    }
+    now = {"data.train": [{"path": relative, "text_column": "text"}], "optim.lr": 1e-3}
+    assert differences(record, now, {relative: fingerprint}, directory) == []
+    assert differences(record, now, {relative: fingerprint}) != []  # without the folder: compared as written
+    elsewhere = {"data.train": [{"path": "/data/other.jsonl", "text_column": "text"}], "optim.lr": 1e-3}
+    diffs = differences(record, elsewhere, {"/data/other.jsonl": fingerprint}, directory)
+    assert [key for key, _, _ in diffs] == [
+        "data.train",
+        "data file /data/other.jsonl",
+        "data file <stage>/run_captions.jsonl",
+    ]

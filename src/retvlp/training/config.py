@@ -198,6 +198,10 @@ class DataSection:
     # Augmentation of the cached images, drawn from (seed, step): random-resized-crop area range and flips.
     crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
     horizontal_flip: bool = False  # off: captions may name the eye, and a flip moves the disc
+    # Streams drawn in class-balanced epochs (every label set equally often, rows without a label as one more
+    # set; rows of rare classes repeat): e.g. [paired] (MaskedCLIP) or [categorical] (KeepFIT). Beyond both
+    # papers, whose loaders draw rows uniformly ([]); docs/real_data.md §1 measures it on both small CPU recipes.
+    balance_classes: list[str] = field(default_factory=list)
     num_workers: int = 2  # DataLoader workers assembling step batches
     preprocessing_workers: int | None = None  # processes decoding images into the cache (default: CPUs)
     # Size limit of the shared image cache (e.g. "200GB", "500GiB"): after a build, least recently used shards
@@ -250,6 +254,10 @@ class DataSection:
             fail(f"data.on_bad_sample={self.on_bad_sample!r}; choose one of {list(BAD_SAMPLE_POLICIES)}.")
         if self.image_size <= 0:
             fail("data.image_size must be positive.")
+        if not all(name.strip() for name in self.balance_classes):
+            fail(
+                f"data.balance_classes must list stream names (e.g. [paired]), got {self.balance_classes!r}."
+            )
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             fail(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}.")
 

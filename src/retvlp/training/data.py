@@ -54,11 +54,39 @@ class Stream:
             return self.shards.read_pixels(rows)
         return read_pixels(self.cache.dataset, rows)
 
-    def sampler(self, batch_size: int, world_size: int, seed: int, streaming: StreamingOptions | None = None):
-        """The step sampler of this stream: `StepSampler` over the cache, `ShardedStepSampler` (shard order,
-        readers, shuffle windows) over shards."""
+    def class_groups(self) -> np.ndarray:
+        """One group id per row for class-balanced sampling: rows with the same label set share a group, and
+        rows without a label form one group of their own (so a caption-only stream is drawn uniformly)."""
+        keys = ["\x1f".join(sorted(labels)) for labels in self.labels]
+        names, groups = np.unique(keys, return_inverse=True)
+        sizes = {
+            (name.replace("\x1f", " + ") or "(no label)"): int(n)
+            for name, n in zip(names, np.bincount(groups), strict=True)
+        }
+        logger.info(
+            "Class-balanced sampling of the %r stream over %d groups: %s", self.name, len(names), sizes
+        )
+        return groups
+
+    def sampler(
+        self,
+        batch_size: int,
+        world_size: int,
+        seed: int,
+        streaming: StreamingOptions | None = None,
+        balance_classes: bool = False,
+    ):
+        """The step sampler of this stream: `StepSampler` over the cache (class-balanced epochs with
+        `balance_classes`), `ShardedStepSampler` (shard order, readers, shuffle windows) over shards."""
         if self.shards is None:
-            return StepSampler(len(self), batch_size, world_size, seed=seed)
+            groups = self.class_groups() if balance_classes else None
+            return StepSampler(len(self), batch_size, world_size, seed=seed, groups=groups)
+        if balance_classes:
+            raise ValueError(
+                f"data.balance_classes names the {self.name!r} stream, which is read from shard sets; class-balanced "
+                "sampling works on manifests (the local image cache) only. Train from the manifests, or take "
+                f"{self.name!r} out of data.balance_classes."
+            )
         streaming = streaming or StreamingOptions()
         return ShardedStepSampler(
             self.shards.shard_of[self.rows],
@@ -325,6 +353,7 @@ class StepBatches(torch.utils.data.Dataset):
         batch_sizes: rows per process per micro-step, per stream.
         rank / world_size: this process and the process count.
         image_mean / image_std: the processor's normalisation (0 / 1 for none).
+        balance_classes: names of the streams drawn in class-balanced epochs (`data.balance_classes`).
     """
 
     def __init__(
@@ -341,10 +370,24 @@ class StepBatches(torch.utils.data.Dataset):
         horizontal_flip: bool,
         length: int,
         streaming: StreamingOptions | None = None,
+        balance_classes: tuple[str, ...] = (),
     ):
+        unknown = sorted(set(balance_classes) - set(streams))
+        if unknown:
+            raise ValueError(
+                f"data.balance_classes names {unknown}, which this run has no stream of: its streams are "
+                f"{sorted(streams)}. List stream names from those (e.g. [paired] for MaskedCLIP, [categorical] "
+                "for KeepFIT)."
+            )
         self.streams = {name: s for name, s in streams.items() if batch_sizes.get(name, 0) > 0}
         self.samplers = {
-            name: s.sampler(batch_sizes[name], world_size, seed + 7919 * k, streaming)
+            name: s.sampler(
+                batch_sizes[name],
+                world_size,
+                seed + 7919 * k,
+                streaming,
+                balance_classes=name in balance_classes,
+            )
             for k, (name, s) in enumerate(sorted(self.streams.items()))
         }
         self.rank, self.world_size, self.seed = rank, world_size, seed

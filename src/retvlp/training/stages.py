@@ -222,8 +222,39 @@ def comparable(stage: PretrainConfig) -> dict[str, Any]:
     return {key: value for key, value in flat.items() if key not in IGNORED_KEYS}
 
 
-def differences(record: dict, config: dict, data: dict) -> list[tuple[str, Any, Any]]:
-    """(key, recorded, now) for every config key and data file that differ between `record` and now."""
+def _inside(directory: Path, value: Any) -> Any:
+    """`value` with a path inside the stage folder written relative to it ("<stage>/run_captions.jsonl"), so that a
+    run named by a relative or by an absolute `run.output_dir` compares equal to its record."""
+    if not isinstance(value, str) or not value:
+        return value
+    try:
+        inner = Path(value).absolute().relative_to(directory.absolute())
+    except ValueError:
+        return value
+    return f"<stage>/{inner.as_posix()}"
+
+
+def differences(
+    record: dict, config: dict, data: dict, directory: Path | None = None
+) -> list[tuple[str, Any, Any]]:
+    """(key, recorded, now) for every config key and data file that differ between `record` and now; with the
+    stage's `directory`, paths inside it compare by their place in it."""
+    if directory is not None:
+
+        def local(value):
+            if isinstance(value, list):
+                return [
+                    {k: _inside(directory, v) for k, v in item.items()} if isinstance(item, dict) else item
+                    for item in value
+                ]
+            return _inside(directory, value)
+
+        record = {
+            "config": {k: local(v) for k, v in record.get("config", {}).items()},
+            "data": {_inside(directory, k): v for k, v in record.get("data", {}).items()},
+        }
+        config = {k: local(v) for k, v in config.items()}
+        data = {_inside(directory, k): v for k, v in data.items()}
     found = []
     old_config = record.get("config", {})
     for key in sorted(set(old_config) | set(config)):
@@ -290,7 +321,7 @@ def decide(config: PretrainConfig, name: str, rerun: bool) -> tuple[str, Pretrai
     stage = resolve_stage_config(config, name)
     now, data = comparable(stage), data_fingerprint(stage)
     if record is not None:
-        diffs = differences(record, now, data)
+        diffs = differences(record, now, data, directory)
         if diffs:
             raise StageMismatchError(
                 f"stages.{name}: {directory} was {'trained' if record.get('status') == 'finished' else 'started'} "

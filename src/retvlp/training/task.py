@@ -221,6 +221,7 @@ class PretrainTask:
             horizontal_flip=config.data.horizontal_flip,
             length=0,
             streaming=StreamingOptions(config.data.stream_readers, config.data.shuffle_buffer),
+            balance_classes=tuple(config.data.balance_classes),
         )
 
     def learning_rate(self, optim, samples_per_step: int) -> float:
