@@ -28,15 +28,26 @@ def _load_check_copies():
 check_copies = _load_check_copies()
 
 EXPECTED_COPIES = {
-    "maskedclip": {"contrastive", "image_processing_fundus", "modeling_common", "processing_fundus"},
-    "keepfit": {
+    "maskedclip": {
+        "configuration_support",
         "contrastive",
         "image_processing_fundus",
         "modeling_common",
+        "modeling_support",
+        "processing_fundus",
+        "vit_blocks",
+    },
+    "keepfit": {
+        "configuration_support",
+        "contrastive",
+        "image_processing_fundus",
+        "modeling_common",
+        "modeling_support",
         "processing_fundus",
         "quantization_ibq",
+        "resnet_blocks",
     },
-    "ibq": {"quantization_ibq"},
+    "ibq": {"modeling_support", "quantization_ibq"},
 }
 
 

@@ -299,18 +299,24 @@ def test_keepfit_building_a_model_reads_no_files(tmp_path, caplog):
 CODE_FILES = {
     "maskedclip": {
         "configuration_maskedclip.py",
+        "configuration_support.py",
         "modeling_maskedclip.py",
         "loss_maskedclip.py",
         "contrastive.py",
         "modeling_common.py",
+        "modeling_support.py",
+        "vit_blocks.py",
     },
     "keepfit": {
         "configuration_keepfit.py",
+        "configuration_support.py",
         "modeling_keepfit.py",
         "loss_keepfit.py",
         "contrastive.py",
         "modeling_common.py",
+        "modeling_support.py",
         "quantization_ibq.py",
+        "resnet_blocks.py",
     },
 }
 

@@ -673,6 +673,9 @@ def test_checkpoint_carries_its_code(saved_checkpoint):
         "contrastive.py",
         "modeling_common.py",
         "quantization_ibq.py",
+        "configuration_support.py",  # our code in place of transformers' private classes
+        "modeling_support.py",
+        "resnet_blocks.py",
         "processing_keepfit.py",
         "processing_fundus.py",  # the shared processor base (was processing_maskedclip.py)
         "image_processing_fundus.py",

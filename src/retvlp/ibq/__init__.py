@@ -4,16 +4,16 @@
 ``trust_remote_code`` export (``save_pretrained`` writes ``auto_map`` and copies the three code files next to the
 weights), as the family registry (`retvlp.families`) lists them.
 
-`quantization_ibq.py` is a generated copy of `retvlp/common/quantization_ibq.py` (`python utils/check_copies.py
---fix`), which `save_pretrained` writes next to the weights and ``trust_remote_code`` loading imports standalone.
-Inside the installed package the copy is never imported: the line below first binds `retvlp.ibq.quantization_ibq`
-to the `retvlp.common` module in ``sys.modules``, so there is one `IBQQuantization` (and one of each function)
-for the tokenizer and KeepFIT, not look-alikes.
+`quantization_ibq.py` and `modeling_support.py` are generated copies of `retvlp/common/` (`python
+utils/check_copies.py --fix`), which `save_pretrained` writes next to the weights and ``trust_remote_code`` loading
+imports standalone. Inside the installed package the copies are never imported: the line below first binds
+`retvlp.ibq.quantization_ibq` (and `modeling_support`) to the `retvlp.common` modules in ``sys.modules``, so there
+is one `IBQQuantization` (and one of each function) for the tokenizer and KeepFIT, not look-alikes.
 """
 
 from ..common import bind_shared
 
-bind_shared(__name__, "quantization_ibq")
+bind_shared(__name__, "modeling_support", "quantization_ibq")
 
 from .configuration_ibq import IBQTokenizerConfig  # noqa: E402
 from .modeling_ibq import IBQTokenizerModel, IBQTokenizerOutput, IBQTokenizerPreTrainedModel  # noqa: E402

@@ -15,7 +15,7 @@ Loss (training forward): reconstruction (L1 or L2) + w_q·(‖q−z‖² + ‖sg
 + w_e·entropy. KeepFIT reads the trained codebook with [`IBQTokenizerModel.get_codebook`].
 
 This file is copied next to saved checkpoints for ``trust_remote_code`` loading, so it only imports torch,
-transformers and its sibling files.
+transformers' public API and its sibling files (`tests/test_checkpoint_code_imports.py`).
 """
 
 import math
@@ -24,13 +24,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GradientCheckpointingLayer, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
-from transformers.utils.generic import can_return_tuple
 
 from .configuration_ibq import IBQTokenizerConfig
+from .modeling_support import can_return_tuple
 from .quantization_ibq import (
     IBQQuantization,
     entropy_loss,

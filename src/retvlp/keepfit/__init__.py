@@ -1,7 +1,8 @@
 """KeepFIT V2 model family: configuration, model, losses, processor, FLAIR / KeepFIT V1 converter.
 
-The folder is flat so that a saved checkpoint carries runnable code: `contrastive.py`, `modeling_common.py`,
-`image_processing_fundus.py`, `processing_fundus.py` and `quantization_ibq.py` are generated copies of
+The folder is flat so that a saved checkpoint carries runnable code: `configuration_support.py`, `contrastive.py`,
+`modeling_common.py`, `modeling_support.py`, `image_processing_fundus.py`, `processing_fundus.py`,
+`quantization_ibq.py` and `resnet_blocks.py` (the ResNet tower) are generated copies of
 `retvlp/common/` (`python utils/check_copies.py --fix`), which `save_pretrained` writes next to the weights and
 ``trust_remote_code`` loading imports standalone, as siblings of `modeling_keepfit.py`.
 
@@ -16,11 +17,14 @@ from ..common import bind_shared
 
 bind_shared(
     __name__,
+    "configuration_support",
     "contrastive",
     "image_processing_fundus",
     "modeling_common",
+    "modeling_support",
     "processing_fundus",
     "quantization_ibq",
+    "resnet_blocks",
 )
 
 from .configuration_keepfit import KeepFitConfig  # noqa: E402

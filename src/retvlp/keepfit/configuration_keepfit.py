@@ -5,14 +5,15 @@ tokens), 512-d projections, semantic and appearance knowledge injection with 2-h
 frozen IBQ codebook of 16384 × 256, and the loss weights λ1 = 100, λ2 = 1e4 of Eq. 22.
 
 This file is copied next to saved checkpoints for ``trust_remote_code`` loading: it imports nothing from
-``retvlp``.
+``retvlp``, and of transformers only its public API.
 """
 
 import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_support import build_sub_config, diff_sub_configs
 
 # `contrastive_loss` values, and the initial log temperature each starts from: CLIP's ln(1/0.07) (the papers),
 # SigLIP's ln 10 (Zhai et al. 2023).
@@ -114,10 +115,9 @@ class KeepFitConfig(PreTrainedConfig):
     """
 
     model_type = "keepfit"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(AutoConfig, model_type="resnet", init_kwargs=RESNET50_KWARGS),
-        "text_config": SubConfigSpec(AutoConfig, model_type="bert", init_kwargs=BIO_CLINICAL_BERT_KWARGS),
-    }
+    # The sub-configs, built in `__post_init__` (`configuration_support.py`: public API only, so a checkpoint's
+    # config loads on every transformers 5.x that reads `sub_configs`).
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -148,10 +148,16 @@ class KeepFitConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        self.vision_config = build_sub_config(self.vision_config, "resnet", RESNET50_KWARGS)
+        self.text_config = build_sub_config(self.text_config, "bert", BIO_CLINICAL_BERT_KWARGS)
         # The initial temperature follows the loss unless given; the resolved value is what a saved config holds.
         if self.logit_scale_init_value is None and self.contrastive_loss in LOGIT_SCALE_INIT:
             self.logit_scale_init_value = LOGIT_SCALE_INIT[self.contrastive_loss]
         super().__post_init__(**kwargs)
+
+    def to_diff_dict(self) -> dict:
+        # the sub-configs as transformers writes those it builds itself (`configuration_support.diff_sub_configs`)
+        return diff_sub_configs(self, super().to_diff_dict())
 
     @property
     def image_feature_size(self) -> int:

@@ -71,7 +71,7 @@ import PIL.Image
 import PIL.ImageChops
 import torch
 import torch.nn.functional as F
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers import BaseImageProcessor, BatchFeature
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -5,7 +5,7 @@ Two models, as transformers keeps them (`CLIPModel` vs a `...ForPreTraining` cla
 
 - [`KeepFitModel`], the released dual encoder:
 
-      E_v   image encoder       vision_model            transformers ResNet-50 (any AutoModel backbone)
+      E_v   image encoder       vision_model            ResNet-50 in transformers' layout (any AutoModel backbone)
       E_t   text encoder        text_model              transformers BertModel
       P_v, P_t  projections     visual_projection, text_projection   normalise → linear → normalise
       τ     logit scale         logit_scale             → L_itc (Eqs. 2–4), only with return_loss=True
@@ -24,29 +24,31 @@ Two models, as transformers keeps them (`CLIPModel` vs a `...ForPreTraining` cla
 `base_model_prefix = "keepfit"` lets each class load the other's checkpoint; pre-split checkpoints (every
 module at the top level) load into both.
 
-The losses live in `loss_keepfit.py` (and the shared contrastive loss in `contrastive.py`). This file is copied
-next to saved checkpoints for ``trust_remote_code`` loading, so it only imports torch, transformers, and
-its sibling files.
+The losses live in `loss_keepfit.py` (and the shared contrastive loss in `contrastive.py`), the ResNet tower
+(transformers' layout, our code) in `resnet_blocks.py`. This file is copied next to saved checkpoints for
+``trust_remote_code`` loading, so it only imports torch, transformers' public API, huggingface_hub and its sibling
+files (`tests/test_checkpoint_code_imports.py`).
 """
 
 import logging
 import math
-from contextlib import contextmanager, nullcontext
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, BertModel, PreTrainedModel
+from transformers import AutoModel, BertModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.models.resnet.modeling_resnet import ResNetStage
 from transformers.utils import ModelOutput
-from transformers.utils.generic import can_return_tuple
 
 from .configuration_keepfit import KeepFitConfig
+
+# Imported here too (unused): loading a local folder with remote code, transformers 5.10 (for one) copies only
+# the relative imports of the class's own file into its module cache, and the config file needs this one.
+from .configuration_support import build_sub_config  # noqa: F401
 from .contrastive import distributed_world, gather_with_grad
 from .loss_keepfit import image_text_contrastive_loss, knowledge_refinement_loss, total_loss
 from .modeling_common import (
@@ -57,7 +59,9 @@ from .modeling_common import (
     select_hidden_states,
     tower_checkpoint_config,
 )
+from .modeling_support import can_return_tuple
 from .quantization_ibq import ibq_quantize
+from .resnet_blocks import ResNetVisionModel
 
 logger = logging.getLogger(__name__)
 
@@ -254,71 +258,31 @@ def encode_images(
     return vision_model(pixel_values=pixel_values, **kwargs)
 
 
-@contextmanager
-def frozen_batch_norm_statistics(module: nn.Module):
-    """While a checkpointed block is recomputed for the backward pass: its BatchNorm layers in training mode
-    normalise with the batch statistics exactly as in the forward, but must not update their running
-    statistics a second time (momentum 0 leaves them as they are; the batch counter is restored)."""
-    norms = [
-        m
-        for m in module.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
-    saved = [
-        (m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-        for m in norms
-    ]
-    for norm in norms:
-        norm.momentum = 0.0
+def checkpoint_file(path_or_repo_id: str, filename: str, **hub_kwargs) -> str:
+    """The local path of `filename` in a checkpoint directory, or in a Hub repository (downloaded into the Hub
+    cache with huggingface_hub; `hub_kwargs` as `hf_hub_download` takes them: `revision`, `token`, `cache_dir`,
+    `subfolder`, `local_files_only`, ...). Raises OSError when it cannot be found."""
+    if os.path.isdir(path_or_repo_id):
+        candidate = os.path.join(path_or_repo_id, hub_kwargs.get("subfolder") or "", filename)
+        if not os.path.isfile(candidate):
+            raise OSError(f"{candidate} does not exist.")
+        return candidate
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
     try:
-        yield
-    finally:
-        for norm, momentum, tracked in saved:
-            norm.momentum = momentum
-            if tracked is not None:
-                norm.num_batches_tracked.copy_(tracked)
+        return hf_hub_download(path_or_repo_id, filename, **hub_kwargs)
+    except (OSError, ValueError, EntryNotFoundError) as error:  # not found, not a repo id, offline
+        raise OSError(f"{filename} not found in {path_or_repo_id!r}: {error}") from error
 
 
-class KeepFitCheckpointedResNetStage(GradientCheckpointingLayer, ResNetStage):
-    """transformers' `ResNetStage` (same submodules and parameter names) as a `GradientCheckpointingLayer`, which
-    transformers' ResNet lacks: under `activation_checkpointing_enable()` in training each stage's activations
-    are recomputed in the backward pass, and its BatchNorm running statistics still move once per step
-    (`frozen_batch_norm_statistics` during the recomputation)."""
-
-    @property
-    def _gradient_checkpointing_func(self):
-        if "_checkpoint_function" not in self.__dict__:
-            raise AttributeError("_gradient_checkpointing_func")  # not enabled (yet)
-        checkpoint = self.__dict__["_checkpoint_function"]
-
-        def checkpoint_once_per_statistics(function, *args, **kwargs):
-            calls = 0
-
-            def run(*inputs):
-                nonlocal calls
-                calls += 1  # the first call is the forward, a later one the recomputation
-                with frozen_batch_norm_statistics(self) if calls > 1 else nullcontext():
-                    return function(*inputs)
-
-            return checkpoint(run, *args, **kwargs)
-
-        return checkpoint_once_per_statistics
-
-    @_gradient_checkpointing_func.setter
-    def _gradient_checkpointing_func(self, function) -> None:
-        # set by PreTrainedModel._set_gradient_checkpointing (torch's checkpoint with the caller's options)
-        self.__dict__["_checkpoint_function"] = function
-
-    @_gradient_checkpointing_func.deleter
-    def _gradient_checkpointing_func(self) -> None:
-        self.__dict__.pop("_checkpoint_function", None)
-
-
-def enable_stage_checkpointing(module: nn.Module) -> None:
-    """Give every ResNet stage inside `module` activation checkpointing (a class swap: weights unchanged)."""
-    for stage in module.modules():
-        if type(stage) is ResNetStage:
-            stage.__class__ = KeepFitCheckpointedResNetStage
+def build_vision_tower(vision_config: PreTrainedConfig) -> nn.Module:
+    """E_v for `config.vision_config`: for a ResNet config our `ResNetVisionModel` (`resnet_blocks.py`:
+    transformers' ResNet layout and computation, stages with BatchNorm-safe activation checkpointing); for any
+    other vision backbone config transformers' own model for it (`AutoModel.from_config`)."""
+    if vision_config.model_type == "resnet":
+        return ResNetVisionModel(vision_config)
+    return AutoModel.from_config(vision_config)
 
 
 class KeepFitPreTrainedModel(PreTrainedModel):
@@ -328,7 +292,7 @@ class KeepFitPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     # Activation checkpointing: BERT's layers (transformers') and the ResNet stages (ours, BatchNorm-safe).
     supports_gradient_checkpointing = True
-    _no_split_modules = ["BertLayer", "ResNetStage", "KeepFitCheckpointedResNetStage"]
+    _no_split_modules = ["BertLayer", "ResNetStage"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -348,10 +312,6 @@ class KeepFitPreTrainedModel(PreTrainedModel):
         if getattr(self, "_auto_class", None) is not None and self._remote_auto_map:
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
         return super().save_pretrained(save_directory, *args, **kwargs)
-
-    def post_init(self):
-        enable_stage_checkpointing(self)
-        super().post_init()
 
     def _output_flags(self, output_hidden_states, output_attentions) -> tuple[Any, bool]:
         return resolve_output_flags(self.config, output_hidden_states, output_attentions)
@@ -382,7 +342,7 @@ class KeepFitModel(KeepFitPreTrainedModel):
 
     def __init__(self, config: KeepFitConfig):
         super().__init__(config)
-        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.vision_model = build_vision_tower(config.vision_config)
         self.text_model = BertModel(config.text_config, add_pooling_layer=False)
         self.visual_projection = nn.Linear(config.image_feature_size, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
@@ -639,10 +599,9 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
         if self.appearance_quantizer is None:
             raise ValueError("load_codebook: this model was built with use_appearance_injection=False.")
         from safetensors import safe_open
-        from transformers.utils import cached_file
 
         try:
-            weights_file = cached_file(tokenizer_path, "model.safetensors", **hub_kwargs)
+            weights_file = checkpoint_file(tokenizer_path, "model.safetensors", **hub_kwargs)
         except OSError as error:
             raise FileNotFoundError(
                 f"No IBQ tokenizer weights (model.safetensors) at {tokenizer_path!r}: train one with "
@@ -876,7 +835,7 @@ class KeepFitVisionModel(KeepFitPreTrainedModel):
 
     def __init__(self, config: KeepFitConfig):
         super().__init__(config)
-        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.vision_model = build_vision_tower(config.vision_config)
         self.post_init()
 
     @can_return_tuple
@@ -910,7 +869,7 @@ class KeepFitForImageClassification(KeepFitPreTrainedModel):
     def __init__(self, config: KeepFitConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.vision_model = build_vision_tower(config.vision_config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = (
             nn.Linear(config.image_feature_size, config.num_labels) if config.num_labels else nn.Identity()

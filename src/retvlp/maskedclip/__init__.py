@@ -1,7 +1,8 @@
 """MaskedCLIP model family: configuration, model, losses, processor.
 
-The folder is flat so that a saved checkpoint carries runnable code: `contrastive.py`, `modeling_common.py`,
-`image_processing_fundus.py` and `processing_fundus.py` are generated copies of `retvlp/common/`
+The folder is flat so that a saved checkpoint carries runnable code: `configuration_support.py`, `contrastive.py`,
+`modeling_common.py`, `modeling_support.py`, `image_processing_fundus.py`, `processing_fundus.py` and
+`vit_blocks.py` (the ViT blocks) are generated copies of `retvlp/common/`
 (`python utils/check_copies.py --fix`), which `save_pretrained` writes next to the weights and
 ``trust_remote_code`` loading imports standalone, as siblings of `modeling_maskedclip.py`.
 
@@ -14,7 +15,16 @@ classes (`retvlp.keepfit.FundusImageProcessor is not retvlp.maskedclip.FundusIma
 
 from ..common import bind_shared
 
-bind_shared(__name__, "contrastive", "image_processing_fundus", "modeling_common", "processing_fundus")
+bind_shared(
+    __name__,
+    "configuration_support",
+    "contrastive",
+    "image_processing_fundus",
+    "modeling_common",
+    "modeling_support",
+    "processing_fundus",
+    "vit_blocks",
+)
 
 from .configuration_maskedclip import MaskedCLIPConfig, MaskedCLIPVisionConfig  # noqa: E402
 from .image_processing_fundus import FundusImageProcessor  # noqa: E402

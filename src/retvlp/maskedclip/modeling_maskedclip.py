@@ -8,7 +8,7 @@ Two models, as transformers keeps them (`ViTMAEModel` / `ViTMAEForPreTraining`, 
   contrastive loss (Eqs. 2–4, or its sigmoid variant) only with `return_loss=True`.
 - [`MaskedCLIPForPreTraining`], what the trainer trains: the released model under `maskedclip`, plus
 
-      D_I  pixel decoder       pixel_decoder           transformers' ViTMAEDecoder              → L_mim (Eq. 1)
+      D_I  pixel decoder       pixel_decoder           an MAE decoder (ViTMAEDecoder)           → L_mim (Eq. 1)
       D_F  feature decoder     feature_decoder         ViTMAEDecoder predicting bridge features → L_mfd (Eq. 5)
       M̂    momentum encoder    momentum_vision_model, momentum_bridge  (EMA of E_I and B, no gradients)
 
@@ -18,8 +18,9 @@ Two models, as transformers keeps them (`ViTMAEModel` / `ViTMAEForPreTraining`, 
 initialised and reported, or left behind). Checkpoints of the single-class layout used before the split
 (`vision_model.*`, `pixel_decoder.*`, ... at the top level) load into both.
 
-The losses live in `loss_maskedclip.py`. This file is copied next to saved checkpoints for
-``trust_remote_code`` loading, so it only imports torch, transformers and its sibling files.
+The losses live in `loss_maskedclip.py`; the ViT blocks (transformers' ViT-MAE layout, our code) in
+`vit_blocks.py`. This file is copied next to saved checkpoints for ``trust_remote_code`` loading, so it only
+imports torch, transformers' public API and its sibling files (`tests/test_checkpoint_code_imports.py`).
 """
 
 import copy
@@ -34,11 +35,13 @@ from torch import nn
 from transformers import BertModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.models.vit_mae.modeling_vit_mae import ViTMAEDecoder, ViTMAEEmbeddings, ViTMAELayer
 from transformers.utils import ModelOutput
-from transformers.utils.generic import can_return_tuple
 
 from .configuration_maskedclip import MaskedCLIPConfig, MaskedCLIPVisionConfig
+
+# Imported here too (unused): loading a local folder with remote code, transformers 5.10 (for one) copies only
+# the relative imports of the class's own file into its module cache, and the config file needs this one.
+from .configuration_support import build_sub_config  # noqa: F401
 from .contrastive import contrastive_loss as scored_contrastive_loss
 from .loss_maskedclip import (
     masked_feature_distillation_loss,
@@ -53,6 +56,15 @@ from .modeling_common import (
     select_hidden_states,
     tower_checkpoint_config,
     tower_settings,
+)
+from .modeling_support import can_return_tuple
+from .vit_blocks import (
+    ViTMAEDecoder,
+    ViTMAEEmbeddings,
+    ViTMAELayer,
+    drop_path,
+    random_masking,
+    sincos_position_table,
 )
 
 MOMENTUM_PREFIXES = ("momentum_vision_model.", "momentum_bridge.")
@@ -142,108 +154,12 @@ class MaskedCLIPEncoderOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-def random_masking(
-    patch_tokens: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MAE per-sample masking: keep the N·(1−r) patches with the lowest noise.
-
-    Args:
-        patch_tokens: `(batch, num_patches, dim)`, position embeddings already added.
-        noise: optional `(batch, num_patches)` uniform noise (for reproducibility).
-    Returns:
-        kept `(batch, int(num_patches·(1−r)), dim)` in shuffled order, mask `(batch, num_patches)` with 1 for
-        removed patches, and `ids_restore` `(batch, num_patches)` such that gathering the shuffled sequence
-        (kept + mask tokens) with it restores the original patch order.
-    """
-    batch, num_patches, dim = patch_tokens.shape
-    num_keep = int(num_patches * (1 - mask_ratio))
-    if noise is None:
-        noise = torch.rand(batch, num_patches, device=patch_tokens.device)
-    elif noise.shape != (batch, num_patches):
-        raise ValueError(f"noise must have shape {(batch, num_patches)}, got {tuple(noise.shape)}.")
-    ids_shuffle = torch.argsort(noise.to(patch_tokens.device), dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :num_keep]
-    kept = torch.gather(patch_tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
-    mask = torch.ones(batch, num_patches, device=patch_tokens.device)
-    mask[:, :num_keep] = 0
-    mask = torch.gather(mask, 1, ids_restore)
-    return kept, mask, ids_restore
-
-
-def sincos_position_table(grid_size: int, dim: int, cls_token: bool = True) -> torch.Tensor:
-    """Fixed 2-D sin-cos position table in MAE's layout: `(grid²[+1], dim)`.
-
-    The first half of the channels encodes the column index, the second half the row index, each as
-    [sin | cos] over frequencies 1/10000^(k/(dim/4)) — the layout RETFound and facebook/vit-mae-* were
-    trained with. The cls row is zero.
-    """
-    if dim % 4:
-        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}.")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    rows, cols = torch.meshgrid(
-        torch.arange(grid_size, dtype=torch.float64),
-        torch.arange(grid_size, dtype=torch.float64),
-        indexing="ij",
-    )
-
-    def encode(positions):
-        angles = positions.reshape(-1, 1) * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    table = torch.cat([encode(cols), encode(rows)], dim=1)
-    if cls_token:
-        table = torch.cat([torch.zeros(1, dim, dtype=table.dtype), table], dim=0)
-    return table.float()
-
-
-def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth on a residual branch: in training, zero the whole branch of each sample with
-    probability `rate` and scale the surviving samples by 1/(1 − rate); otherwise the identity."""
-    if rate == 0.0 or not training:
-        return hidden_states
-    keep = 1.0 - rate
-    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)
-    mask = hidden_states.new_empty(shape).bernoulli_(keep)
-    # Scale after masking: in bf16 a pre-scaled mask would round 1/keep (a systematic error on every sample).
-    return hidden_states * mask / keep
-
-
 class MaskedCLIPLayer(ViTMAELayer):
-    """A ViT-MAE block with stochastic depth on its attention and MLP branches (MAE / BEiT fine-tuning) that
-    also hands back its attention weights.
-
-    Same submodules, hence the same parameter names, as [`ViTMAELayer`]: ViT-MAE, RETFound and earlier
-    MaskedCLIP checkpoints load unchanged. With `drop_path_rate == 0` or in eval mode the computation is the
-    stock one; in training each sample's attention branch, then its MLP branch, is dropped with probability
-    `drop_path_rate` (one Bernoulli draw per sample and branch, in that order).
-    """
-
-    def __init__(self, config: MaskedCLIPVisionConfig, drop_path_rate: float = 0.0):
-        super().__init__(config)
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}.")
-        self.drop_path_rate = float(drop_path_rate)
-
-    def extra_repr(self) -> str:
-        return f"drop_path_rate={self.drop_path_rate}"
-
-    def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(batch, tokens, hidden)` → the block's output and its attention weights `(batch, heads, tokens,
-        tokens)` (None when the attention kernel does not form them, e.g. SDPA)."""
-        rate = self.drop_path_rate if self.training else 0.0
-        residual = hidden_states
-        hidden_states, attention_weights = self.attention(
-            self.layernorm_before(hidden_states), attention_mask, **kwargs
-        )
-        hidden_states = drop_path(self.dropout(hidden_states), rate, self.training) + residual
-
-        residual = hidden_states
-        hidden_states = self.mlp(self.layernorm_after(hidden_states))
-        hidden_states = drop_path(self.dropout(hidden_states), rate, self.training) + residual
-        return hidden_states, attention_weights
+    """A block of E_I, of its momentum copy and of the bridge B: `ViTMAELayer` (`vit_blocks.py`), our ViT block in
+    transformers' ViT-MAE layout (same submodules, hence the same parameter names as transformers' `ViTMAELayer`:
+    ViT-MAE, RETFound and earlier MaskedCLIP checkpoints load unchanged), with stochastic depth at
+    `drop_path_rate` (0 or eval mode: the stock computation) and handing back its attention weights. Its own
+    class name is what FSDP wrapping and `_no_split_modules` name."""
 
 
 def run_blocks(
@@ -286,7 +202,7 @@ class MaskedCLIPVisionTransformer(nn.Module):
     RETFound weights load as they are), with masking done here so that one module serves both the masked
     pass (visible patches only) and the full-image pass."""
 
-    # Its attention layers are transformers' ViT-MAE ones, dispatched through the sub-config's implementation.
+    # Its attention layers (`vit_blocks.ViTMAEAttention`) dispatch through the sub-config's implementation.
     _supports_sdpa = True
 
     def __init__(self, config: MaskedCLIPVisionConfig):
@@ -313,23 +229,10 @@ class MaskedCLIPVisionTransformer(nn.Module):
             raise ValueError(
                 f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}."
             )
-        height, width = pixel_values.shape[-2:]
-        embeddings = self.embeddings
-        patch_tokens = embeddings.patch_embeddings(pixel_values)
-        if interpolate_pos_encoding:
-            positions = embeddings.interpolate_pos_encoding(patch_tokens, height, width)
-        else:
-            if (height, width) != tuple(embeddings.image_size):
-                raise ValueError(
-                    f"Input image size {height}x{width} does not match the model's {tuple(embeddings.image_size)}; "
-                    "resize with the processor or pass interpolate_pos_encoding=True."
-                )
-            positions = embeddings.position_embeddings
-        patch_tokens = patch_tokens + positions[:, 1:].to(patch_tokens.dtype)
+        patch_tokens, cls_token = self.embeddings(pixel_values, interpolate_pos_encoding)
         mask = ids_restore = None
         if mask_ratio > 0:
             patch_tokens, mask, ids_restore = random_masking(patch_tokens, mask_ratio, noise)
-        cls_token = (embeddings.cls_token + positions[:, :1]).to(patch_tokens.dtype)
         hidden = torch.cat([cls_token.expand(patch_tokens.shape[0], -1, -1), patch_tokens], dim=1)
         blocks = run_blocks(self.layers, hidden, output_hidden_states, output_attentions)
         hidden = blocks.last_hidden_state
