@@ -141,6 +141,17 @@ def tiny_pretrain_dict(tmp_path, synthetic, name="run", **sections) -> dict:
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
+    if "warmup_steps" not in sections.get("optim", {}):
+        fit_warmup(raw)
+    return raw
+
+
+def fit_warmup(raw: dict) -> dict:
+    """Shorten the tiny runs' 2 warm-up steps for a run of at most 2 steps (a warm-up as long as the run is
+    refused: optim.warmup_steps < optim.max_steps). For the helpers that change optim.max_steps afterwards."""
+    optim = raw["optim"]
+    if optim.get("max_steps") is not None and (optim.get("warmup_steps") or 0) >= optim["max_steps"]:
+        optim["warmup_steps"] = optim["max_steps"] - 1
     return raw
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_pretrain_dict
+from conftest import fit_warmup, tiny_pretrain_dict
 from safetensors.torch import load_file
 
 from retvlp import KeepFitForPreTraining, KeepFitModel
@@ -52,7 +52,7 @@ def keepfit_dict(tmp_path, synthetic, name="keepfit", model_config=None, **secti
     raw["data"].update(pad_to_square=True)
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
-    return raw
+    return fit_warmup(raw)
 
 
 def ibq_dict(tmp_path, synthetic, name="ibq", **sections):
@@ -64,7 +64,7 @@ def ibq_dict(tmp_path, synthetic, name="ibq", **sections):
     raw["run"].update(save_every=2)
     for section, values in sections.items():
         raw[section].update(values)
-    return raw
+    return fit_warmup(raw)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import free_port
+from conftest import fit_warmup, free_port
 from safetensors.torch import load_file
 
 from retvlp.data.text_corpus import read_text_corpus
@@ -69,7 +69,7 @@ def mlm_dict(tmp_path, files, name="run", **sections) -> dict:
     }
     for section, values in sections.items():
         raw[section].update(values)
-    return raw
+    return fit_warmup(raw)
 
 
 def mlm_config(tmp_path, files, name="run", **sections) -> PretrainConfig:

@@ -5,6 +5,7 @@
     retvlp cache info|prune [--max-size SIZE | --older-than DAYS | --all]
     retvlp push FOLDER --repo-id USER/NAME [--evaluation results.json] [--base-model ID] [--dry-run DIR]
     retvlp evaluate --model DIR|HUB_ID [--model NAME=DIR ...] --data MANIFEST|demo --task zero-shot,... [options]
+    retvlp export MODEL --format torch-export|onnx --tower image [--tower text] [--classes A,B,...] --output DIR
 
 Each subcommand is a `_add_<name>_parser(subparsers)` function that registers its options and sets
 `handler`; `main` parses, dispatches and turns usage problems into exit code 2. Exit codes: 0 success, 1 the
@@ -244,15 +245,11 @@ def _add_manifest_options(parser) -> None:
     _add_data_root_options(parser)
 
 
-def _add_validate_data_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "validate-data",
-        help="check manifests and every image before training",
-        description=(
-            "Read manifests (CSV/TSV with image + text and/or label columns, FLAIR CSV, JSON lines, or an "
-            "ImageFolder directory), decode every image and report each problem with its file and row. "
-            "Exit code 0: no errors (warnings allowed), 1: errors found, 2: usage error."
-        ),
+def _add_validate_data_parser(parser) -> None:
+    parser.description = (
+        "Read manifests (CSV/TSV with image + text and/or label columns, FLAIR CSV, JSON lines, or an "
+        "ImageFolder directory), decode every image and report each problem with its file and row. "
+        "Exit code 0: no errors (warnings allowed), 1: errors found, 2: usage error."
     )
     _add_manifest_options(parser)
     parser.add_argument(
@@ -348,15 +345,11 @@ def _run_prepare_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_prepare_data_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "prepare-data",
-        help="validate, decode and resize manifests once into tar shards for streaming",
-        description=(
-            "Check every row and image (the checks of validate-data), decode and resize each image once, and "
-            "write webdataset tar shards with an index (docs/scale-out.md). Runs in parallel processes and, by "
-            "rank, on several machines; a killed preparation resumes when run again with the same arguments."
-        ),
+def _add_prepare_data_parser(parser) -> None:
+    parser.description = (
+        "Check every row and image (the checks of validate-data), decode and resize each image once, and "
+        "write webdataset tar shards with an index (docs/scale-out.md). Runs in parallel processes and, by "
+        "rank, on several machines; a killed preparation resumes when run again with the same arguments."
     )
     _add_manifest_options(parser)
     parser.add_argument("--output", required=True, metavar="DIR", help="the shard directory to write")
@@ -435,15 +428,11 @@ def _run_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_cache_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "cache",
-        help="show or prune the shared image cache",
-        description=(
-            "The image cache holds each image once per geometry, shared by every run and evaluation "
-            "($RETVLP_CACHE/images or ~/.cache/retvlp/images). info: pools, images, size, last use. prune: "
-            "evict least recently used shards."
-        ),
+def _add_cache_parser(parser) -> None:
+    parser.description = (
+        "The image cache holds each image once per geometry, shared by every run and evaluation "
+        "($RETVLP_CACHE/images or ~/.cache/retvlp/images). info: pools, images, size, last use. prune: "
+        "evict least recently used shards."
     )
     parser.add_argument("action", choices=("info", "prune"))
     parser.add_argument(
@@ -605,6 +594,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             output_dir=args.output_dir,
             dataset_name=args.dataset_name or name,
             device=args.device,
+            on_bad_sample=args.on_bad_sample,
         )
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(str(exc)) from None
@@ -619,6 +609,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(markdown_table(results))
     print(f"Report: {Path(args.output_dir) / 'results.md'} (plots and results.json next to it)")
+    _print_left_out(results)
     skipped = {
         name: info["skipped_tasks"] for name, info in results["models"].items() if info.get("skipped_tasks")
     }
@@ -628,18 +619,30 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if skipped else EXIT_OK
 
 
-def _add_evaluate_parser(subparsers) -> None:
-    from .evaluation.runner import FEW_SHOT_METHODS, TASKS
+def _print_left_out(results: dict) -> None:
+    """List the rows and images `--on-bad-sample skip` left out (results.json names them too)."""
+    from .evaluation.data import UNUSABLE_REASONS, format_unusable
 
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="zero-shot, few-shot, linear-probe and fine-tuning evaluation of trained models",
-        description=(
-            "Evaluate one or more models (retvlp checkpoints, or any dual encoder with get_image_features / "
-            "get_text_features such as transformers' CLIPModel) on labelled data with the protocols of "
-            "METHODS.md §3; writes results.json, results.md and PNG plots to --output-dir. "
-            "Exit code 0: done, 1: the data or a model cannot be evaluated, 2: usage error."
-        ),
+    dataset = results.get("dataset") or {}
+    count = sum((dataset.get("excluded") or {}).get(reason, 0) for reason in UNUSABLE_REASONS)
+    if not count:
+        return
+    examples = [e for e in dataset.get("excluded_examples") or [] if e.get("reason") in UNUSABLE_REASONS]
+    print(
+        f"retvlp evaluate: left out {count} row(s) or image(s) that could not be used (--on-bad-sample skip):\n"
+        + format_unusable(count, examples),
+        file=sys.stderr,
+    )
+
+
+def _add_evaluate_parser(parser) -> None:
+    from .evaluation.protocols import FEW_SHOT_METHODS, TASKS
+
+    parser.description = (
+        "Evaluate one or more models (retvlp checkpoints, or any dual encoder with get_image_features / "
+        "get_text_features such as transformers' CLIPModel) on labelled data with the protocols of "
+        "METHODS.md §3; writes results.json, results.md and PNG plots to --output-dir. "
+        "Exit code 0: done, 1: the data or a model cannot be evaluated, 2: usage error."
     )
     parser.add_argument(
         "--model",
@@ -707,6 +710,13 @@ def _add_evaluate_parser(subparsers) -> None:
         metavar="NAME",
         help="binary tasks: the class whose PR-AUC is reported (default: the second class in order)",
     )
+    data.add_argument(
+        "--on-bad-sample",
+        choices=("error", "skip"),
+        default="error",
+        help="rows or images that cannot be used (unreadable, outside the data roots, failing to decode) stop "
+        "the evaluation with their list (error, the default) or are left out and listed (skip)",
+    )
     data.add_argument("--test-fraction", type=float, default=0.2)
     data.add_argument("--split-seed", type=int, default=0)
     data.add_argument(
@@ -744,7 +754,11 @@ def _add_evaluate_parser(subparsers) -> None:
     tune.add_argument("--lora-rank", type=int, default=8)
     tune.add_argument("--lora-alpha", type=int, default=16)
     tune.add_argument("--lora-dropout", type=float, default=0.1)
-    tune.add_argument("--lora-targets", help="regex of the module names LoRA adapts (default: per family)")
+    tune.add_argument(
+        "--lora-targets",
+        help="regex of the module names LoRA adapts (default: per family, what retvlp.lora_targets(classifier) "
+        "gives: the image tower's attention projections, KeepFIT: its residual blocks' convolutions)",
+    )
     tune.add_argument(
         "--save-models",
         action=argparse.BooleanOptionalAction,
@@ -823,17 +837,13 @@ def _run_push(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_push_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "push",
-        help="upload a checkpoint, fine-tuned classifier or LoRA adapter with its model card in one commit",
-        description=(
-            "Stage a final/ checkpoint (weights, config, remote code, processor, model card), a fine-tuned "
-            "classifier (finetuned/<run>/model: weights, config with class names, remote code, image processor, "
-            "classifier card) or a LoRA adapter folder (finetuned/<run>/adapter) and upload it with one "
-            "HfApi.upload_folder commit. Training-only files (optimizer states, checkpoint-* folders, pickles) "
-            "are left out; a folder that would not load from the Hub is refused."
-        ),
+def _add_push_parser(parser) -> None:
+    parser.description = (
+        "Stage a final/ checkpoint (weights, config, remote code, processor, model card), a fine-tuned "
+        "classifier (finetuned/<run>/model: weights, config with class names, remote code, image processor, "
+        "classifier card) or a LoRA adapter folder (finetuned/<run>/adapter) and upload it with one "
+        "HfApi.upload_folder commit. Training-only files (optimizer states, checkpoint-* folders, pickles) "
+        "are left out; a folder that would not load from the Hub is refused."
     )
     parser.add_argument(
         "folder",
@@ -861,21 +871,137 @@ def _add_push_parser(subparsers) -> None:
     parser.set_defaults(handler=_run_push)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ---------------------------------------------------------------------------------------------- export
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import ExportDependencyError, ExportError, export_towers
+
+    towers = [tower.strip() for value in args.tower for tower in value.split(",") if tower.strip()]
+    try:
+        result = export_towers(
+            args.model,
+            args.output,
+            towers=towers,
+            format=args.format,
+            classes=_read_classes(args),
+            modality=args.modality,
+            include_descriptions=not args.no_descriptions,
+            verify=not args.no_check,
+        )
+    except (ExportError, ExportDependencyError) as exc:
+        raise UsageError(str(exc)) from None
+    for tower, entry in result.manifest["towers"].items():
+        check = entry.get("check")
+        checked = (
+            f"checked: max |exported - eager| = {check['max_abs_difference']:.1e}"
+            if isinstance(check, dict)
+            else (check or "not checked")
+        )
+        print(f"{tower} tower -> {result.files[tower]} ({checked})")
+    if "prototypes" in result.files:
+        zero_shot = result.manifest["zero_shot"]
+        print(
+            f"class prototypes -> {result.files['prototypes']} ({len(zero_shot['classes'])} classes, "
+            f"logit scale {zero_shot['logit_scale']:.2f})"
+        )
+    if "tokenizer" in result.files:
+        print(f"tokenizer -> {result.files['tokenizer']}")
+    print(
+        f"Wrote {result.files['manifest']}: inputs, outputs and preprocessing of each file (docs/export.md)"
+    )
+    return EXIT_OK
+
+
+def _add_export_parser(parser) -> None:
+    from .export import FORMATS, TOWERS  # a light module: torch is imported when the export runs
+
+    parser.description = (
+        "Write towers of a released MaskedCLIP / KeepFIT checkpoint as standalone artifacts that run without "
+        "retvlp: a torch.export program (.pt2, needs torch) or an ONNX graph (.onnx, needs onnxruntime; "
+        'exporting needs pip install "retvlp[export]"). With --classes, also the zero-shot class-prototype '
+        "matrix, so the image tower alone classifies. Exit code 0: done, 2: usage error (unknown tower or "
+        "format, not a retvlp checkpoint, a tower the checkpoint lacks, a missing package)."
+    )
+    parser.add_argument(
+        "model", metavar="MODEL", help="a released checkpoint folder (e.g. a run's final/) or Hub id"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="torch-export", help="default: torch-export")
+    parser.add_argument(
+        "--tower",
+        action="append",
+        required=True,
+        metavar="|".join(TOWERS),
+        help="the tower to export (repeat, or separate with commas, for both): image (pixel_values -> image "
+        "embedding) or text (input_ids, attention_mask -> text embedding)",
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="the folder to write")
+    classes = parser.add_mutually_exclusive_group()
+    classes.add_argument(
+        "--classes", help="zero-shot class names, comma-separated: also write their prototype matrix"
+    )
+    classes.add_argument("--classes-file", help="class names: .json list / {name: index}, or one per line")
+    parser.add_argument(
+        "--modality", default="CFP", help="prompt templates of this modality (default: CFP, as evaluate)"
+    )
+    parser.add_argument(
+        "--no-descriptions",
+        action="store_true",
+        help="class prompts with the class names only (no expert descriptions)",
+    )
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not load each file back and compare it with the model on a check batch",
+    )
+    parser.set_defaults(handler=_run_export)
+
+
+# name → (one-line help, the function adding the subcommand's description and options)
+_COMMANDS = {
+    "validate-data": ("check manifests and every image before training", _add_validate_data_parser),
+    "prepare-data": (
+        "validate, decode and resize manifests once into tar shards for streaming",
+        _add_prepare_data_parser,
+    ),
+    "cache": ("show or prune the shared image cache", _add_cache_parser),
+    "evaluate": (
+        "zero-shot, few-shot, linear-probe and fine-tuning evaluation of trained models",
+        _add_evaluate_parser,
+    ),
+    "push": (
+        "upload a checkpoint, fine-tuned classifier or LoRA adapter with its model card in one commit",
+        _add_push_parser,
+    ),
+    "export": (
+        "write a checkpoint's towers as torch.export / ONNX files that run without retvlp",
+        _add_export_parser,
+    ),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `retvlp` parser: every subcommand with its options, or, given `command`, only that one's options
+    (the others are listed by name). Some options read their choices and defaults from the data and evaluation
+    code; `main` builds only the options of the command it runs, so `retvlp --help` imports none of it."""
     parser = argparse.ArgumentParser(
         prog="retvlp", description="Retinal vision-language pretraining on your own data."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_validate_data_parser(subparsers)
-    _add_prepare_data_parser(subparsers)
-    _add_cache_parser(subparsers)
-    _add_evaluate_parser(subparsers)
-    _add_push_parser(subparsers)
+    for name, (summary, add_options) in _COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=summary)
+        if command is None or command == name:
+            add_options(subparser)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str:
+    """The subcommand named by `argv` (the first argument that is not an option; the top-level parser has no
+    option taking a value), or "" when there is none."""
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)

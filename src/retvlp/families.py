@@ -13,6 +13,7 @@ Who reads it:
 - `retvlp.training.config`: the accepted `model.family` values and the family's run-config section;
 - the trainer: the pretraining task;
 - `retvlp.evaluation.finetune`: the classifier class, the LoRA defaults and the head modules;
+- `retvlp.lora`: the LoRA towers (`lora_targets`, `check_lora_targets`);
 - `retvlp.evaluation.features`: whether a model is one of our dual encoders (`model_types`);
 - cards and the push: the title, the card template and the released class.
 
@@ -28,11 +29,34 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class LoraTower:
+    """One tower of a family's models for LoRA (`retvlp.lora_targets`): the module holding it in the released
+    model and the classifier (`"vision_model"`), and a regex over module names, relative to that model, of the
+    layers LoRA adapts in it."""
+
+    module: str
+    targets: str
+
+
+@dataclass(frozen=True)
 class LoraDefaults:
-    """What LoRA adapts in the family's classifier and which modules are trained fully (PEFT names)."""
+    """What LoRA adapts in the family's classifier and which modules are trained fully (PEFT names), and, for
+    `retvlp.lora_targets`, the family's towers (`"vision"`, `"text"`, and `"bridge"` where the family has one)."""
 
     target_modules: str  # regex over module names (PEFT `target_modules` as a string)
     modules_to_save: tuple[str, ...] = ("classifier",)
+    towers: Mapping[str, LoraTower] = field(default_factory=dict)
+
+
+# The attention projections of the towers (query, key, value, output), PEFT names relative to the model. A ViT
+# block of ours names them q/k/v/o_proj, and so does the MaskedCLIP bridge: the towers' regexes start at the
+# tower's module so that neither picks up the other.
+_VIT_ATTENTION = r"vision_model\.layers\.\d+\.attention\.(?:q_proj|k_proj|v_proj|o_proj)"
+_BRIDGE_ATTENTION = r"bridge\.layers\.\d+\.attention\.(?:q_proj|k_proj|v_proj|o_proj)"
+_BERT_ATTENTION = r"text_model\.encoder\.layer\.\d+\.attention\.(?:self\.(?:query|key|value)|output\.dense)"
+# The ResNet (transformers' module layout): the convolutions inside each residual block (a bottleneck's
+# 1x1-3x3-1x1, a basic block's two 3x3), not the stem or the shortcut projections.
+_RESNET_BLOCKS = r"vision_model\.encoder\.stages\.\d+\.layers\.\d+\.layer\.\d+\.convolution"
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,11 @@ register_family(
         lora=LoraDefaults(
             target_modules=r".*vision_model\.layers\.\d+\.attention\.(q_proj|k_proj|v_proj|o_proj)",
             modules_to_save=("classifier", "fc_norm"),
+            towers={
+                "vision": LoraTower("vision_model", _VIT_ATTENTION),
+                "text": LoraTower("text_model", _BERT_ATTENTION),
+                "bridge": LoraTower("bridge", _BRIDGE_ATTENTION),
+            },
         ),
         card_template="maskedclip.md",
         card_citation="maskedclip.bib",
@@ -192,6 +221,10 @@ register_family(
         run_section="retvlp.training.config:KeepFitSection",
         lora=LoraDefaults(
             target_modules=r".*vision_model\.encoder\.stages\.\d+\.layers\.\d+\.layer\.\d+\.convolution",
+            towers={
+                "vision": LoraTower("vision_model", _RESNET_BLOCKS),
+                "text": LoraTower("text_model", _BERT_ATTENTION),
+            },
         ),
         card_template="keepfit.md",
         card_citation="keepfit.bib",
@@ -250,6 +283,7 @@ register_family(
 __all__ = [
     "FamilySpec",
     "LoraDefaults",
+    "LoraTower",
     "families",
     "family_names",
     "family_of_model_type",

@@ -1,16 +1,36 @@
 """Registration of every registered family's classes with transformers' Auto API (there is no plugin entry
-point, so this runs when `retvlp` is imported), driven by the family registry (`retvlp.families`)."""
+point, so `import retvlp` arranges it), driven by the family registry (`retvlp.families`).
 
-import transformers
-from transformers.models.auto.image_processing_auto import AutoImageProcessor
-from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+`import retvlp` calls :func:`register_auto_classes_when_used`, not :func:`register_auto_classes`. Registering
+needs the config and model classes, and each of them needs torch and transformers' modelling code (seconds of
+imports): transformers' public registration API (`AutoConfig.register`, `AutoModel.register`, ...) takes
+classes, not names, and already importing `transformers.models.auto` loads `configuration_utils`, which
+imports torch. So the registration runs when it is first needed: as soon as transformers' Auto API or one of
+our families is imported (`retvlp.lazy.call_when_imported`), i.e. before any `AutoConfig` / `AutoModel` /
+`AutoProcessor` / `pipeline` call can look a model type up and before any of our classes can be saved. After
+``import retvlp``, ``AutoModel.from_pretrained(dir)`` works exactly as when everything was registered eagerly.
+"""
 
 from .families import FamilySpec, families
+from .lazy import call_when_imported
 
 _registered: set[str] = set()
 
+# What triggers the registration: transformers' Auto API (every Auto class's module imports this one) or one of
+# the packages whose classes carry remote-code marks.
+_TRIGGERS = (
+    "transformers.models.auto.configuration_auto",
+    "retvlp.maskedclip",
+    "retvlp.keepfit",
+    "retvlp.ibq",
+)
+
 
 def _register_auto(spec: FamilySpec) -> None:
+    import transformers
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
     for auto_name, config_field, model_field in spec.auto_classes:
         config_class = spec.load(config_field)
         if auto_name == "AutoConfig":
@@ -52,4 +72,10 @@ def register_auto_classes() -> None:
         _registered.add(spec.name)
 
 
-__all__ = ["register_auto_classes"]
+def register_auto_classes_when_used() -> None:
+    """Run :func:`register_auto_classes` as soon as transformers' Auto API or one of our model families is
+    imported (at once if one already is): what `import retvlp` calls."""
+    call_when_imported(register_auto_classes, any_of=_TRIGGERS, watch=("transformers", "retvlp"))
+
+
+__all__ = ["register_auto_classes", "register_auto_classes_when_used"]

@@ -3,6 +3,7 @@ evaluations (`retvlp.evaluation`) both read their images with."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +43,7 @@ def read_training_manifests(
             continue
         options = dict(spec)
         source, split = options.pop("hf_dataset"), options.pop("split", "train")
+        _check_dataset_source(source)
         if Path(source).is_dir():
             loaded = datasets.load_from_disk(source)
             dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
@@ -50,6 +52,20 @@ def read_training_manifests(
         options.setdefault("name", f"{source}:{split}")
         manifests.append(manifest_from_hf_dataset(dataset, **options))
     return manifests
+
+
+def _check_dataset_source(source) -> None:
+    """Refuse an `hf_dataset` that is not a folder or Hub id, e.g. an in-memory `datasets.Dataset`: the run writes
+    its config to `run_config.yaml` and fingerprints its data, which needs a name, not an object (and as a string
+    the object would be looked up on the Hub, failing with a misleading connection error)."""
+    if isinstance(source, (str, os.PathLike)):
+        return
+    kind = type(source).__name__
+    raise ValueError(
+        f"data.train: hf_dataset must be a save_to_disk folder or a Hub dataset id, got an in-memory {kind}. "
+        f"Save it first (dataset.save_to_disk('DIR')) and give {{hf_dataset: DIR}}; the evaluation API "
+        "(`evaluate_models`) takes the Dataset object itself."
+    )
 
 
 def cache_records(records, data: ImageDataSettings, show_progress: bool = True) -> CachedImages:

@@ -23,8 +23,9 @@ from .validation import DataProblem, make_problem
 
 # What the user can do about an outside path; named in every `outside-data-root` message.
 OPT_OUT_HINT = (
-    "add its folder to data.allowed_roots (retvlp validate-data / evaluate: --allowed-root DIR) or, if the "
-    "manifest is meant to point anywhere, set data.allow_outside_data_roots: true (--allow-outside-data-roots)"
+    "add its folder to data.allowed_roots (--allowed-root DIR of retvlp validate-data / evaluate and "
+    "training/pretrain.py) or, if the manifest is meant to point anywhere, set data.allow_outside_data_roots: true "
+    "(--allow-outside-data-roots)"
 )
 
 

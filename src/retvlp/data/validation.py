@@ -225,6 +225,24 @@ class DataValidationError(ValueError):
         return (type(self), (self.report, self.context))
 
 
+class NoUsableRecordsError(DataValidationError):
+    """Raised when no row of the training manifests became a record: there is nothing to train on, whatever
+    `on_bad_sample` says. The message lists the first problems, each with its fix, as `retvlp validate-data`
+    prints them."""
+
+    def _message(self) -> str:
+        head = f"{self.context}: " if self.context else ""
+        if not self.report.problems:
+            return f"{head}the training manifests hold no rows: nothing to train on."
+        return (
+            f"{head}no usable records: every row of the training manifests has an error, so skipping the bad rows "
+            "would leave nothing to train on.\n"
+            f"{self.report.format(max_problems=self.MAX_SHOWN)}\n"
+            "Fix them as each problem says; `retvlp validate-data MANIFEST ...` checks the manifests (and every "
+            "image) without training, `--report problems.jsonl` lists every problem."
+        )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Checks on records (no I/O)
 

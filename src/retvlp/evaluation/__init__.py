@@ -10,9 +10,23 @@ fine-tuning, label efficiency, reports. `evaluate_models` runs them; `retvlp eva
     finetune.py      full / LoRA fine-tuning on Accelerate (layer decay, drop-path)
     metrics/         the six metrics as `evaluate` modules shipped in the package
     runner.py        the harness; report.py: JSON, Markdown, PNG
+
+The names below are imported when first used (`retvlp.lazy.lazy_package`): importing the package loads none
+of torch, scikit-learn or datasets.
 """
 
-from .finetune import FinetuneResult, FinetuneSettings, finetune
-from .runner import TASKS, EvaluationSettings, evaluate_models
+from ..lazy import lazy_package
+
+lazy_package(
+    __name__,
+    {
+        "FinetuneResult": ".finetune",
+        "FinetuneSettings": ".finetune",
+        "finetune": ".finetune",
+        "TASKS": ".protocols",
+        "EvaluationSettings": ".runner",
+        "evaluate_models": ".runner",
+    },
+)
 
 __all__ = ["TASKS", "EvaluationSettings", "FinetuneResult", "FinetuneSettings", "evaluate_models", "finetune"]

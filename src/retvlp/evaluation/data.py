@@ -36,6 +36,10 @@ from ..data.manifest import LABEL_FALLBACKS, Manifest, ManifestRecord, manifest_
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_EXCLUSIONS = 50
+# Exclusion reasons that are data errors, not the caller's choice of classes: rows that could not be read, images
+# outside the allowed data roots, images that failed to decode or their checks. `on_bad_sample="error"` refuses
+# data with any of them (the `retvlp evaluate` default).
+UNUSABLE_REASONS = ("unparseable_rows", "outside_data_root", "bad_image")
 CLASS_ORDER_GIVEN = "given"
 CLASS_ORDER_SORTED = "sorted"
 CLASS_ORDER_CLASS_LABEL = "ClassLabel"
@@ -75,6 +79,11 @@ class LabelledRecords:
         if len(self.excluded_examples) < MAX_LISTED_EXCLUSIONS:
             self.excluded_examples.append({**example, "reason": reason})
 
+    def unusable(self) -> tuple[int, list[dict]]:
+        """(how many rows or images could not be used, the listed ones): the exclusions of `UNUSABLE_REASONS`."""
+        count = sum(self.excluded.get(reason, 0) for reason in UNUSABLE_REASONS)
+        return count, [e for e in self.excluded_examples if e["reason"] in UNUSABLE_REASONS]
+
     def subset(self, keep: np.ndarray) -> LabelledRecords:
         """The records where `keep` (a boolean mask) is true; exclusions carry over."""
         keep = np.asarray(keep, dtype=bool)
@@ -89,6 +98,54 @@ class LabelledRecords:
             excluded_examples=list(self.excluded_examples),
             class_order=self.class_order,
         )
+
+
+class UnusableImagesError(ValueError):
+    """Evaluation data with rows or images that could not be used, under `on_bad_sample="error"`: `count` of
+    them, `examples` the listed ones (`LabelledRecords.unusable`); the message lists them."""
+
+    def __init__(self, message: str, count: int = 0, examples: Sequence[dict] = ()):
+        super().__init__(message)
+        self.count, self.examples = count, list(examples)
+
+    @classmethod
+    def of(cls, labelled: LabelledRecords) -> UnusableImagesError:
+        count, examples = labelled.unusable()
+        return cls(
+            f"{count} row(s) or image(s) of {labelled.name} could not be used:\n"
+            f"{format_unusable(count, examples)}\n"
+            "Fix or remove them (`retvlp validate-data MANIFEST ...` checks every row and image), or evaluate "
+            "without them: --on-bad-sample skip (`on_bad_sample='skip'`).",
+            count,
+            examples,
+        )
+
+    def __reduce__(self):  # picklable across processes despite the extra arguments
+        return (type(self), (str(self), self.count, self.examples))
+
+
+def format_unusable(count: int, examples: list[dict]) -> str:
+    """One line per listed row or image that could not be used (`source:row: image: reason: message`), and how
+    many more there are."""
+    lines = [
+        "  "
+        + ": ".join(
+            str(part)
+            for part in (
+                f"{e.get('source')}:{e.get('row')}",
+                e.get("image"),
+                e["reason"],
+                e.get("message"),
+            )
+            if part
+        )
+        for e in examples
+    ]
+    if count > len(examples):
+        lines.append(
+            f"  ... and {count - len(examples)} more (results.json lists the first {MAX_LISTED_EXCLUSIONS})"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- data specs
@@ -137,6 +194,10 @@ def _as_spec(item) -> dict:
         return _dataset_object_spec({"dataset": item})
     if isinstance(item, dict):
         spec = dict(item)
+        if _is_dataset_object(spec.get("hf_dataset")):
+            # `hf_dataset` names a folder or a Hub id; an in-memory dataset given there is what `dataset` takes
+            # (as a string it would be looked up on the Hub and fail with a misleading connection error).
+            spec["dataset"] = spec.pop("hf_dataset")
         if "dataset" in spec:
             return _dataset_object_spec(spec)
         return _saved_dataset_spec(spec)
@@ -187,7 +248,13 @@ def _load_hf_dataset(spec: dict):
     import datasets
 
     options = dict(spec)
-    source, split = str(options.pop("hf_dataset")), options.pop("split", None)
+    source, split = options.pop("hf_dataset"), options.pop("split", None)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(
+            f"hf_dataset must be a save_to_disk folder or a Hub dataset id, got a {type(source).__name__}: pass a "
+            "datasets.Dataset itself as the data (or {'dataset': ds})."
+        )
+    source = os.fspath(source)
     if Path(source).is_dir():
         loaded = datasets.load_from_disk(source)
         if isinstance(loaded, datasets.DatasetDict):

@@ -32,15 +32,17 @@ import logging
 import math
 import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+# The card and portability hooks the package root installs (re-exported here, where they were first defined).
+from ..artifact_hooks import ARTIFACT_HOOKS, ArtifactHooks, install_artifact_hooks  # noqa: F401
 from ..data.transforms import augment_and_normalize
 from ..families import FamilySpec, family_of_model_type
+from ..lora import check_lora_targets
 from .data import ImageStore, LabelledRecords, to_model_input
 
 METHODS = ("full", "lora")
@@ -166,6 +168,9 @@ def lora_wrap(model, settings: FinetuneSettings):
             f"No default LoRA target modules for model_type {model.config.model_type!r}: pass "
             "lora_target_modules (a regex or a list of module-name suffixes, e.g. ['q_proj', 'v_proj'])."
         )
+    # Targets matching nothing (or the text tower's names, which a classifier lacks) fail here with the names
+    # the classifier has, instead of PEFT's bare "not found".
+    check_lora_targets(model, targets, towers=("vision",))
     config = LoraConfig(
         r=settings.lora_rank,
         lora_alpha=settings.lora_alpha,
@@ -531,24 +536,6 @@ def portable_image_processor(image_processor):
 
 def _is_peft_model(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-
-
-@dataclass
-class ArtifactHooks:
-    """What the layers above evaluation add to a saved artifact: the model card (`retvlp.model_card`) and the
-    portability check (`retvlp.hub`). They install themselves when `retvlp` is imported (the package root
-    calls :func:`install_artifact_hooks`), so evaluation never imports the card or hub layer."""
-
-    render_card: Callable[[Path], object] | None = None
-    portability_problems: Callable[[Path], list[str]] | None = None
-
-
-ARTIFACT_HOOKS = ArtifactHooks()
-
-
-def install_artifact_hooks(render_card, portability_problems) -> None:
-    ARTIFACT_HOOKS.render_card = render_card
-    ARTIFACT_HOOKS.portability_problems = portability_problems
 
 
 def _write_card(directory: Path) -> None:

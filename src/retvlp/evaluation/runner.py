@@ -37,6 +37,7 @@ from .data import (
     CLASS_ORDER_SORTED,
     MAX_LISTED_EXCLUSIONS,
     LabelledRecords,
+    UnusableImagesError,
     cache_images,
     drop_bad_images,
     geometry_of,
@@ -51,6 +52,7 @@ from .features import class_prototypes, extract_image_features, has_text_tower, 
 from .finetune import FinetuneSettings, finetune, record_evaluation
 from .linear_probe import DEFAULT_C, linear_probe_probabilities
 from .metrics import METRIC_NAMES, classification_metrics
+from .protocols import FEW_SHOT_METHODS, TASKS
 from .references import reference_levels
 from .results import (
     DatasetInfo,
@@ -65,9 +67,6 @@ from .splits import few_shot_indices, group_stratified_split, nested_label_fract
 from .zero_shot import multi_label_threshold, prompt_ensembles, zero_shot_probabilities
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("zero-shot", "few-shot", "linear-probe", "finetune", "lora")
-FEW_SHOT_METHODS = ("clip-adapter", "tip-adapter", "tip-adapter-f")
 
 
 @dataclass
@@ -525,6 +524,7 @@ def evaluate_models(
     output_dir: str | Path | None = None,
     dataset_name: str | None = None,
     device: str | None = None,
+    on_bad_sample: str = "skip",
 ) -> dict:
     """Run `settings.tasks` for every model on `data` and return the results (and write the report when
     `output_dir` is given: results.json, results.md, PNG plots, per-run predictions).
@@ -544,10 +544,16 @@ def evaluate_models(
         positive_class: for a binary task, the class whose PR-AUC is reported (it becomes class 1; default:
             the second class in order). Recorded as `results["dataset"]["positive_class"]`.
         random_init: also evaluate the first model's architecture at seeded random weights.
+        on_bad_sample: rows and images that could not be used (unreadable rows, images outside the data roots or
+            failing to decode; `evaluation.data.UNUSABLE_REASONS`) are left out and listed in the results
+            ("skip"), or refused with `UnusableImagesError` listing them before any task runs ("error", the
+            default of `retvlp evaluate`).
     """
     from .report import write_report
 
     settings = settings or EvaluationSettings()
+    if on_bad_sample not in ("error", "skip"):
+        raise ValueError(f"on_bad_sample={on_bad_sample!r}; choose 'error' or 'skip'.")
     _check_models(models)
     labelled, num_pool = _read_data(
         data, test_data, class_names, multi_label, ordinal, positive_class, dataset_name
@@ -556,6 +562,8 @@ def evaluate_models(
     loaded = _load_models(models, device, random_init=random_init, seed=settings.split_seed)
     with processes.main_first():  # the main process decodes the images; the others read its store
         labelled, stores, num_pool = _cache_pixels(labelled, loaded, num_pool, settings)
+    if on_bad_sample == "error" and labelled.unusable()[0]:
+        raise UnusableImagesError.of(labelled)
     pool, test = fixed_split(labelled, num_pool, settings)
     names = metric_names(multi_label=labelled.multi_label, ordinal=ordinal)
     ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings, metrics=names)

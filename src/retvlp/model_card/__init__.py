@@ -25,26 +25,37 @@ The package is split by meaning:
 
 from __future__ import annotations
 
-from .inputs import card_families, find_run_config, is_hub_id, template_path, template_text
-from .metadata import (
-    BASE_TAGS,
-    FINETUNE_TASKS,
-    METRIC_LABELS,
-    METRIC_ORDER,
-    TASK_LABELS,
-    TASK_ORDER,
-    build_eval_results,
-    metric_label,
-    protocol_key,
-    protocol_label,
+from ..lazy import lazy_package
+
+# name → module, imported on first use (`retvlp.lazy.lazy_package`)
+_INPUTS = ("card_families", "find_run_config", "is_hub_id", "template_path", "template_text")
+_METADATA = (
+    "BASE_TAGS",
+    "FINETUNE_TASKS",
+    "METRIC_LABELS",
+    "METRIC_ORDER",
+    "TASK_LABELS",
+    "TASK_ORDER",
+    "build_eval_results",
+    "metric_label",
+    "protocol_key",
+    "protocol_label",
 )
-from .render import (
-    SECTION_END,
-    SECTION_START,
-    render_adapter_card,
-    render_classifier_card,
-    render_finetuned_card,
-    render_model_card,
+_RENDER = (
+    "SECTION_END",
+    "SECTION_START",
+    "render_adapter_card",
+    "render_classifier_card",
+    "render_finetuned_card",
+    "render_model_card",
+)
+lazy_package(
+    __name__,
+    {
+        **dict.fromkeys(_INPUTS, ".inputs"),
+        **dict.fromkeys(_METADATA, ".metadata"),
+        **dict.fromkeys(_RENDER, ".render"),
+    },
 )
 
 __all__ = [

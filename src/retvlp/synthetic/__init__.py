@@ -17,11 +17,26 @@ The subpackage is split by meaning:
 This subpackage sits in the data layer: it imports nothing above :mod:`retvlp.data`.
 """
 
-from .anatomy import PatientAnatomy
-from .captions import write_caption
-from .dataset import SYNTHETIC_CLASSES, SyntheticDataset, generate_synthetic_dataset, resolve_synthetic_spec
-from .findings import FINDINGS, STAGES, FindingContext, FundusFindings, register_finding
-from .render import render_fundus
+from ..lazy import lazy_package
+
+# name → module, imported on first use (`retvlp.lazy.lazy_package`)
+lazy_package(
+    __name__,
+    {
+        "PatientAnatomy": ".anatomy",
+        "write_caption": ".captions",
+        "SYNTHETIC_CLASSES": ".dataset",
+        "SyntheticDataset": ".dataset",
+        "generate_synthetic_dataset": ".dataset",
+        "resolve_synthetic_spec": ".dataset",
+        "FINDINGS": ".findings",
+        "STAGES": ".findings",
+        "FindingContext": ".findings",
+        "FundusFindings": ".findings",
+        "register_finding": ".findings",
+        "render_fundus": ".render",
+    },
+)
 
 __all__ = [
     "FINDINGS",

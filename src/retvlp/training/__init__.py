@@ -2,11 +2,24 @@
 `PretrainTask` per model family (MaskedCLIP, KeepFIT V2, IBQ tokenizer, text MLM). Evaluations are handed in
 from above (`EvaluationHooks`; `retvlp.run.pretrain_and_evaluate`)."""
 
-from .collapse import ContrastiveCollapseError
-from .config import ConfigError, PretrainConfig
-from .hooks import EvaluationHooks
-from .task import PretrainTask
-from .trainer import NonFiniteLossError, PretrainResult, build_task, pretrain
+from ..lazy import lazy_package
+
+# name → module, imported on first use (`retvlp.lazy.lazy_package`): `from retvlp.training import
+# PretrainConfig` reads a run file without loading torch, accelerate or the models.
+lazy_package(
+    __name__,
+    {
+        "ContrastiveCollapseError": ".collapse",
+        "ConfigError": ".config",
+        "PretrainConfig": ".config",
+        "EvaluationHooks": ".hooks",
+        "PretrainTask": ".task",
+        "NonFiniteLossError": ".trainer",
+        "PretrainResult": ".trainer",
+        "build_task": ".trainer",
+        "pretrain": ".trainer",
+    },
+)
 
 __all__ = [
     "ConfigError",

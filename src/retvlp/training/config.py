@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import logging
 import math
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -166,7 +167,10 @@ class ModelSection:
 
     def validate(self, fail: Fail) -> None:
         if self.family not in family_names():
-            fail(f"model.family={self.family!r} is not available; choose one of {list(family_names())}.")
+            fail(
+                f"model.family={self.family!r} is not available{did_you_mean([self.family], family_names())}; "
+                f"choose one of {list(family_names())}."
+            )
         if self.tokenizer_vocab_size < 1 or self.max_text_length < 1:
             fail("model.tokenizer_vocab_size and model.max_text_length must be >= 1.")
 
@@ -298,6 +302,19 @@ class OptimSection:
             fail("set optim.max_steps or optim.epochs.")
         if self.max_steps is not None and self.max_steps <= 0:
             fail(f"optim.max_steps must be positive, got {self.max_steps}.")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            fail(f"optim.warmup_steps must be >= 0 (or null: optim.warmup_epochs), got {self.warmup_steps}.")
+        if (
+            self.warmup_steps is not None
+            and self.max_steps is not None
+            and self.warmup_steps >= self.max_steps
+        ):
+            # Refused, not clipped: a run that is all warm-up ends at the peak learning rate and never decays.
+            fail(
+                warmup_too_long_message(
+                    "optim.warmup_steps", self.warmup_steps, "optim.max_steps", self.max_steps
+                )
+            )
         if self.gradient_accumulation_steps < 1:
             fail("optim.gradient_accumulation_steps must be >= 1.")
         if not math.isfinite(self.logit_scale_lr_multiplier) or self.logit_scale_lr_multiplier <= 0:
@@ -508,14 +525,20 @@ def _validate_stages(stages: Any, family: str, fail: Fail) -> None:
         fail(f"stages must be a mapping of stage name to settings, got {_yaml_type(stages)}.")
     for name, entry in stages.items():
         if name not in STAGE_FAMILIES:
-            fail(f"stages.{name}: unknown stage; stages are {list(STAGE_FAMILIES)}.")
+            fail(
+                f"stages.{name}: unknown stage{did_you_mean([name], STAGE_FAMILIES)}; stages are "
+                f"{list(STAGE_FAMILIES)}."
+            )
         if not isinstance(entry, dict):
             fail(
                 f"stages.{name} must be a mapping with at least 'config' (a run YAML), got {_yaml_type(entry)}."
             )
         unknown = sorted(set(entry) - set(STAGE_KEYS))
         if unknown:
-            fail(f"unknown key(s) {unknown} in stages.{name}; valid keys: {list(STAGE_KEYS)}.")
+            fail(
+                f"unknown key(s) {unknown} in stages.{name}{did_you_mean(unknown, STAGE_KEYS)}; valid keys: "
+                f"{list(STAGE_KEYS)}."
+            )
         if not isinstance(entry.get("config"), str):
             fail(f"stages.{name}.config must name the stage's run YAML, got {entry.get('config')!r}.")
         if not isinstance(entry.get("overrides") or {}, dict):
@@ -609,8 +632,8 @@ class PretrainConfig:
             if name in family_names():
                 fail(f"section '{name}:' belongs to model.family={name}, but this run's family is {family}.")
             fail(
-                f"unknown section {name!r}; sections are {list(COMMON_SECTIONS)}, the family's own "
-                f"'{family}:' and 'stages:'."
+                f"unknown section {name!r}{did_you_mean([name], [*COMMON_SECTIONS, family, 'stages'])}; sections "
+                f"are {list(COMMON_SECTIONS)}, the family's own '{family}:' and 'stages:'."
             )
         data = raw.get("data") or {}
         family_values = raw.get(family) or {}
@@ -687,10 +710,15 @@ class PretrainConfig:
                 fail(f"{name} is a setting of model.family={owner} ('{owner}.{name}'), not of {family}.")
         section = self.sections().get(section_name)
         if section is None:
-            fail(f"unknown section {section_name!r}; sections are {list(self.sections())}.")
-        if name not in _keys_of(type(section)):
             fail(
-                f"section '{section_name}' has no key {name!r}; valid keys: {sorted(_keys_of(type(section)))}."
+                f"unknown section {section_name!r}{did_you_mean([section_name], [*self.sections(), 'stages'])}; "
+                f"sections are {list(self.sections())}."
+            )
+        keys = _keys_of(type(section))
+        if name not in keys:
+            fail(
+                f"section '{section_name}' has no key {name!r}{did_you_mean([name], keys, self._sections_by_key())}; "
+                f"valid keys: {sorted(keys)}."
             )
         parsed = load_yaml(value)
         if not path:
@@ -707,6 +735,10 @@ class PretrainConfig:
         if not isinstance(target, dict):
             fail(f"{section_name}.{name} holds no mapping at {'.'.join(path[:-1])!r}.")
         target[path[-1]] = parsed
+
+    def _sections_by_key(self) -> dict[str, str]:
+        """Key → the section that has it, for a key given under the wrong section."""
+        return {key: name for name, section in self.sections().items() for key in _keys_of(type(section))}
 
     def _apply_stage_override(self, path: str, value: Any, fail: Fail) -> None:
         """`stages.NAME=null` drops a stage; `stages.NAME.KEY=value` sets one of its keys; the keys of
@@ -754,10 +786,60 @@ class PretrainConfig:
 
 
 def _build_section(section_class: type, name: str, values: dict, fail: Fail):
-    unknown = sorted(set(values) - _keys_of(section_class))
+    keys = _keys_of(section_class)
+    unknown = sorted(set(values) - keys)
     if unknown:
-        fail(f"unknown key(s) {unknown} in section '{name}'; valid keys: {sorted(_keys_of(section_class))}.")
+        elsewhere = {
+            key: other
+            for other, other_class in zip(COMMON_SECTIONS, COMMON_SECTION_CLASSES, strict=True)
+            if other_class is not section_class
+            for key in _keys_of(other_class)
+        }
+        fail(
+            f"unknown key(s) {unknown} in section '{name}'{did_you_mean(unknown, keys, elsewhere)}; valid keys: "
+            f"{sorted(keys)}."
+        )
     return section_class(**values)
+
+
+COMMON_SECTION_CLASSES = (ModelSection, DataSection, OptimSection, RunSection)
+
+
+def warmup_too_long_message(
+    warmup_key: str, warmup: float, length_key: str, length: float, length_text: str | None = None
+) -> str:
+    """The error for a warm-up at least as long as the run it belongs to (never clipped silently: the whole run
+    would be warm-up and the learning rate would end at its peak). `length_text` says what the run's length
+    is when it is not simply `length_key=length`."""
+    tenth = math.floor(length / 10)
+    example = (
+        f"{warmup_key}={tenth:g} (a tenth of the run) or 0 for none" if tenth else f"{warmup_key}=0 (none)"
+    )
+    return (
+        f"{warmup_key}={warmup:g} is not shorter than {length_text or f'{length_key}={length:g}'}: the whole run "
+        f"would be warm-up (the learning rate would end at its peak, never decaying). Set {warmup_key} below "
+        f"{length_key}, e.g. {example}, or lengthen the run."
+    )
+
+
+def did_you_mean(
+    names: Iterable[str], candidates: Iterable[str], elsewhere: dict[str, str] | None = None
+) -> str:
+    """The hint an error adds after misspelt `names`, e.g. `(did you mean 'max_steps'?)`: for each name, the
+    closest of `candidates` (difflib), or else the section `elsewhere` ({key: section}) that has the name; ""
+    when there is neither."""
+    names, candidates = list(names), sorted(set(candidates))
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(str(name), candidates, n=1)
+        if close:
+            hint = repr(close[0])
+        elif elsewhere and name in elsewhere:
+            hint = f"{elsewhere[name]}.{name}"
+        else:
+            continue
+        hints.append(hint if len(names) == 1 else f"{hint} for {name!r}")
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 __all__ = [

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.manifest import Manifest, with_root_options
-from ..data.validation import ValidationReport
+from ..data.validation import NoUsableRecordsError, ValidationReport
 from ..synthetic import resolve_synthetic_spec
 from .config import PretrainConfig
 from .data import (
@@ -107,6 +107,7 @@ def prepare_image_data(
     manifests = read_training_manifests(
         train_specs, allowed_roots=data.allowed_roots, allow_outside_data_roots=data.allow_outside_data_roots
     )
+    require_records(manifests)
     class_names = discover_classes(manifests, data.classes)
     phase(
         "Validating and caching %d images of %d manifest(s) (%s; a first run decodes every image, later ones "
@@ -129,6 +130,16 @@ def prepare_image_data(
         show_progress=show_progress and main,
     )
     return RunData(report, class_names, evaluation_specs, streams, manifests)
+
+
+def require_records(manifests: list[Manifest]) -> None:
+    """Refuse manifests of which no row became a record (all unparseable, missing columns, outside the data
+    roots, ...), listing their first problems with the fix each one names, as `retvlp validate-data` does;
+    without this the run would stop later, in the image cache, with no word on why."""
+    if any(manifest.records for manifest in manifests):
+        return
+    problems = [problem for manifest in manifests for problem in manifest.problems]
+    raise NoUsableRecordsError(ValidationReport(problems=problems, num_records=0))
 
 
 def prepare_streamed_data(
@@ -165,6 +176,7 @@ __all__ = [
     "prepare_streamed_data",
     "main_process_first",
     "prepare_image_data",
+    "require_records",
     "synthetic_manifest_specs",
     "with_run_roots",
 ]

@@ -33,7 +33,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .collapse import CollapseGuard, ContrastiveCollapseError
-from .config import PretrainConfig
+from .config import ConfigError, PretrainConfig, warmup_too_long_message
 from .contrastive_accumulation import check_supported, contrastive_accumulation_step
 from .hooks import EvaluationHooks
 from .progress import StepProgress, phase
@@ -411,11 +411,30 @@ def _total_steps(config: PretrainConfig, batches) -> int:
 
 
 def _warmup_steps(config: PretrainConfig, total: int) -> int:
+    """The warm-up of a run of `total` optimizer steps. One at least as long as the run is refused, not clipped
+    (`warmup_too_long_message`); with optim.max_steps and optim.warmup_steps both set, the config check has
+    refused it already, the other cases are known only now."""
     o = config.optim
     if o.warmup_steps is not None:
-        return min(int(o.warmup_steps), total)
+        if o.warmup_steps >= total:
+            raise ConfigError(
+                f"{config.source}: "
+                + warmup_too_long_message(
+                    "optim.warmup_steps",
+                    o.warmup_steps,
+                    "the run's optimizer steps",
+                    total,
+                    f"the run's {total} optimizer steps (optim.epochs={o.epochs:g})",
+                )
+            )
+        return int(o.warmup_steps)
     if o.epochs:
-        return min(total, round(total * o.warmup_epochs / o.epochs))
+        if o.warmup_epochs > 0 and o.warmup_epochs >= o.epochs:
+            raise ConfigError(
+                f"{config.source}: "
+                + warmup_too_long_message("optim.warmup_epochs", o.warmup_epochs, "optim.epochs", o.epochs)
+            )
+        return min(total - 1, round(total * o.warmup_epochs / o.epochs)) if total > 1 else 0
     return 0
 
 
