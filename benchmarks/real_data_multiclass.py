@@ -518,8 +518,9 @@ def pixel_baseline(train_manifest: str, test_manifest: str, seed: int, size: int
         with open(manifest, newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 with Image.open(row["image"]) as image:
-                    pixels = np.asarray(image.convert("RGB").resize((size, size)), dtype=np.float32) / 255
-                    full = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+                    rgb = image.convert("RGB")  # decoded once: thumbnail and histograms both read it
+                pixels = np.asarray(rgb.resize((size, size)), dtype=np.float32) / 255
+                full = np.asarray(rgb, dtype=np.float32) / 255
                 histograms = [
                     np.histogram(full[..., c], bins=16, range=(0, 1))[0] / full[..., c].size for c in range(3)
                 ]
