@@ -264,6 +264,34 @@ def test_evaluation_after_training_compares_with_random_init(tmp_path, synthetic
     assert saved["chance_accuracy"] == pytest.approx(majority)
     table = format_results_table(saved)
     assert "| pretrained |" in table and "| random_init |" in table
+    # where the time went (printed at the end of training/pretrain.py): each phase once, steps counted
+    times = result.times
+    assert {"image cache", "training steps", "final model", "evaluation"} <= set(times.seconds)
+    assert times.counts["training steps"] == 2 and all(s >= 0 for s in times.seconds.values())
+    assert "training steps" in times.summary() and times.summary().endswith(f"total {times.total:.1f} s")
+
+
+def test_phase_times_count_a_nested_phase_once(monkeypatch):
+    from retvlp.training import progress
+
+    clock = iter([0.0, 1.0, 4.0, 10.0, 10.0, 10.5])  # outer opens, inner 1 → 4, outer closes at 10
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    times = progress.PhaseTimes()
+    with progress.recording(times):
+        with progress.timed("data"):
+            with progress.timed("image cache"):
+                pass
+        with progress.timed("training steps", count=5):
+            pass
+    assert times.seconds == {"image cache": 3.0, "data": 7.0, "training steps": 0.5}
+    assert times.total == 10.5
+    assert times.summary(wall=12.5) == (
+        "start-up (imports, config) 2.0 s · data 7.0 s · image cache 3.0 s · "
+        "training steps 0.5 s (5, 0.100 s each) · total 12.5 s"
+    )
+    with progress.timed("outside any record"):  # no record open: nothing is kept, nothing fails
+        pass
+    assert "outside any record" not in times.seconds
 
 
 def test_zero_shot_accuracy_by_hand():

@@ -25,6 +25,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "maskedclip_tiny_cpu.yaml"
@@ -115,6 +116,7 @@ def load_config(args):
 
 
 def main(argv=None) -> int:
+    started = time.perf_counter()
     # Arguments first: --help and usage errors end here, before the restart below and any heavy import.
     args = parse_args(argv)
     if args.extend and not args.resume:
@@ -137,17 +139,24 @@ def main(argv=None) -> int:
         config = load_config(args)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         return report_error(error)
-    return run(config, args)
+    return run(config, args, started)
 
 
-def run(config, args) -> int:
-    """Train (and evaluate) the checked `config`; print the results table and where the model is."""
+def run(config, args, started: float | None = None) -> int:
+    """Train (and evaluate) the checked `config`; print the results table, where the model is and where the
+    time went (`started`: the process's `time.perf_counter()` at entry, so start-up is counted too)."""
     from retvlp.data.validation import DataValidationError
     from retvlp.evaluation.quick import format_results_table
     from retvlp.families import get_family
     from retvlp.run import pretrain_and_evaluate
     from retvlp.runtime import load_reports_hidden
-    from retvlp.training import ConfigError, ContrastiveCollapseError, NonFiniteLossError
+    from retvlp.training import (
+        PREEMPTED_EXIT_CODE,
+        ConfigError,
+        ContrastiveCollapseError,
+        NonFiniteLossError,
+        PreemptedError,
+    )
     from retvlp.training.checkpointing import DiskSpaceError
 
     try:
@@ -161,6 +170,20 @@ def run(config, args) -> int:
                 extend=args.extend,
                 rerun_stages=args.rerun_stages,
             )
+    except PreemptedError as error:  # SIGTERM / SIGUSR1: a checkpoint is written; a requeued job resumes
+        print(f"\npreempted: {error}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        from retvlp.training.checkpointing import latest_checkpoint
+
+        last = latest_checkpoint(config.run.output_dir)
+        where = (
+            f"the last checkpoint is {last} (--resume latest continues from it)"
+            if last
+            else "no checkpoint yet"
+        )
+        print(f"\ninterrupted (Ctrl-C); {where}.", file=sys.stderr)
+        return 130
     except (
         ConfigError,
         ContrastiveCollapseError,
@@ -176,6 +199,9 @@ def run(config, args) -> int:
     if result.steps and result.final_dir.exists():
         loader = get_family(config.model.family).loader_hint
         print(f"\nfinal model: {result.final_dir}  ({loader})")
+    if result.times.seconds:
+        wall = time.perf_counter() - started if started is not None else None
+        print(f"\ntime: {result.times.summary(wall)}")
     return 0
 
 

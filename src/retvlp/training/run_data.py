@@ -20,7 +20,7 @@ from .data import (
     prepare_streams,
     read_training_manifests,
 )
-from .progress import phase
+from .progress import phase, timed
 
 
 @dataclass
@@ -100,7 +100,10 @@ def prepare_image_data(
             task, config, accelerator, output_dir, with_run_roots(evaluation_specs, data)
         )
     if data.synthetic is not None:
-        synthetic_train, synthetic_eval = main_process_first(accelerator, synthetic_manifest_specs, config)
+        with timed("synthetic data"):
+            synthetic_train, synthetic_eval = main_process_first(
+                accelerator, synthetic_manifest_specs, config
+            )
         train_specs = synthetic_train + train_specs
         evaluation_specs = {**synthetic_eval, **evaluation_specs}
     evaluation_specs = with_run_roots(evaluation_specs, data)
@@ -117,18 +120,19 @@ def prepare_image_data(
         data.cache_dir or "outputs/cache",
         enabled=main,
     )
-    streams, report = main_process_first(
-        accelerator,
-        prepare_streams,
-        manifests,
-        data,
-        class_names,
-        output_dir,
-        routing=task.routing,
-        required=task.required_streams,
-        is_main_process=main,
-        show_progress=show_progress and main,
-    )
+    with timed("image cache"):
+        streams, report = main_process_first(
+            accelerator,
+            prepare_streams,
+            manifests,
+            data,
+            class_names,
+            output_dir,
+            routing=task.routing,
+            required=task.required_streams,
+            is_main_process=main,
+            show_progress=show_progress and main,
+        )
     return RunData(report, class_names, evaluation_specs, streams, manifests)
 
 

@@ -36,7 +36,8 @@ from .collapse import CollapseGuard, ContrastiveCollapseError
 from .config import ConfigError, PretrainConfig, warmup_too_long_message
 from .contrastive_accumulation import check_supported, contrastive_accumulation_step
 from .hooks import EvaluationHooks
-from .progress import StepProgress, phase
+from .preemption import PreemptedError, PreemptionWatch, clear_marker, write_marker
+from .progress import PhaseTimes, StepProgress, phase, recording, timed, timed_count
 from .run_data import RunData
 from .run_lock import run_lock
 from .task import PretrainTask, released_model, seed_from
@@ -55,6 +56,9 @@ class PretrainResult:
     steps: int
     last_metrics: dict[str, float]
     evaluation: dict[str, Any] | None = None
+    times: PhaseTimes = field(
+        default_factory=PhaseTimes
+    )  # where the wall time went (stages, data, steps, ...)
 
 
 class JsonlLog:
@@ -120,13 +124,20 @@ def pretrain(
 
     Raises `RunLockedError` when another live run owns `run.output_dir` (see `run_lock`).
     """
-    with run_lock(config.run.output_dir):
+    times = PhaseTimes()
+    with run_lock(config.run.output_dir), recording(times):
         if config.stages:
             from .stages import run_stages
 
             def run_stage(stage_config: PretrainConfig, stage_resume: str | None):
-                # an ordinary run in its own folder (and lock); the process group stays up for what follows
-                with run_lock(stage_config.run.output_dir):
+                # an ordinary run in its own folder (and lock); the process group stays up for what follows.
+                # Its phases are its own: one line "stage <folder>" in this run's times.
+                stage_name = f"stage {Path(stage_config.run.output_dir).name}"
+                with (
+                    times.measure(stage_name),
+                    recording(PhaseTimes()),
+                    run_lock(stage_config.run.output_dir),
+                ):
                     return _pretrain(
                         stage_config,
                         resume=stage_resume,
@@ -150,7 +161,7 @@ def pretrain(
             from .config import ConfigError
 
             raise ConfigError(f"--rerun-stages {rerun_stages}: {config.source} declares no stages.")
-        return _pretrain(
+        result = _pretrain(
             config,
             resume=resume,
             show_progress=show_progress,
@@ -158,6 +169,8 @@ def pretrain(
             extend=extend,
             hooks=evaluation_hooks,
         )
+    result.times = times
+    return result
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -199,11 +212,14 @@ def _pretrain(
     task = build_task(config.model.family)
     task.check_model(config)  # e.g. a pretrained tower against model.config: fails before the data is read
     output_dir = Path(config.run.output_dir)
-    accelerator, trackers = _start_accelerator(config, output_dir)
-    data = _prepare_data(task, config, accelerator, output_dir, hooks, show_progress)
-    r = _build_training(task, config, data, accelerator, output_dir, trackers)
-    guard = _collapse_guard(config, task)
-    start_step = _resume(r, resume, extend, guard)
+    with timed("accelerator"):
+        accelerator, trackers = _start_accelerator(config, output_dir)
+    with timed("data (manifests, classes)"):
+        data = _prepare_data(task, config, accelerator, output_dir, hooks, show_progress)
+    with timed("model and optimizer"):
+        r = _build_training(task, config, data, accelerator, output_dir, trackers)
+        guard = _collapse_guard(config, task)
+        start_step = _resume(r, resume, extend, guard)
     log = _open_logs(r, start_step)  # None: a fresh start, the log is emptied
     start_step = start_step or 0
     main = accelerator.is_main_process
@@ -229,8 +245,10 @@ def _pretrain(
         progress,
         r.total_steps,
     )
-    step, last_metrics = _train(r, start_step, log, progress, guard, evaluator, stop_after)
+    with timed("training steps"):
+        step, last_metrics = _train(r, start_step, log, progress, guard, evaluator, stop_after)
     progress.close()
+    timed_count("training steps", step - start_step)
     evaluation = _finish(r, step, last_metrics, hooks, show_progress)
     if keep_process_group:  # a stage of a recipe: the next run of this process uses the same process group
         for tracker in accelerator.trackers:
@@ -495,7 +513,12 @@ class _Window:
 
 def _train(r: _Run, start_step: int, log, progress, guard, evaluator, stop_after) -> tuple[int, dict]:
     """Optimizer steps `start_step + 1 ...` up to the last (or `stop_after`); the step reached and the last
-    log entry."""
+    log entry. A preemption signal (`preemption.py`) ends the loop after the step in progress with a checkpoint
+    and `PreemptedError`.
+
+    The loop reads from the device once per optimizer step: one flag vector (a non-finite loss, a non-finite
+    gradient norm, a preemption signal on any process; one collective with several processes), checked before
+    `optimizer.step()` so that nothing non-finite is ever applied. Loss values are read on log steps only."""
     run, accumulation = r.config.run, r.accumulation
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(r.batches, range(start_step * accumulation, r.total_steps * accumulation)),
@@ -509,37 +532,61 @@ def _train(r: _Run, start_step: int, log, progress, guard, evaluator, stop_after
     window = _Window()
     step, micro = start_step, start_step * accumulation
     batch_iter = iter(loader)
-    while step < r.total_steps:
-        log_step = (step + 1) % run.log_every == 0 or step + 1 == r.total_steps
-        contrastive = _accumulate(r, batch_iter, step, micro, window, log_step)
-        micro += accumulation
-        grad_norm = _clip_and_check(r, step)
-        r.optimizer.step()
-        r.scheduler.step()
-        r.optimizer.zero_grad(set_to_none=True)
-        r.task.after_optimizer_step(r.unwrapped)
-        step += 1
-        window.samples += r.samples_per_step
-        progress.update(1)
-        if log_step:
-            last_metrics = _log_step(r, step, micro, window, grad_norm, guard, contrastive, log, progress)
-            window = _Window()
-        if step % run.save_every == 0 or step == r.total_steps:
-            _save(r, step, micro, guard)
-        if evaluator is not None:
-            evaluator.maybe_run(step, r.released)
-        if stop_after is not None and step >= stop_after:
-            break
+    if r.accelerator.is_main_process:
+        clear_marker(r.output_dir)
+    with PreemptionWatch() as watch:
+        while step < r.total_steps:
+            log_step = (step + 1) % run.log_every == 0 or step + 1 == r.total_steps
+            micro_terms: list[dict] = []
+            contrastive = _accumulate(r, batch_iter, step, micro, window, log_step, micro_terms)
+            micro += accumulation
+            grad_norm, preempted = _clip_and_check(r, step, micro_terms, watch)
+            preempted = preempted and step + 1 < r.total_steps  # the last step: finish the run instead
+            r.optimizer.step()
+            r.scheduler.step()
+            r.optimizer.zero_grad(set_to_none=True)
+            r.task.after_optimizer_step(r.unwrapped)
+            step += 1
+            window.samples += r.samples_per_step
+            progress.update(1)
+            if log_step:
+                last_metrics = _log_step(r, step, micro, window, grad_norm, guard, contrastive, log, progress)
+                window = _Window()
+            saved = step % run.save_every == 0 or step == r.total_steps
+            if saved or preempted:
+                with timed("checkpoints"):
+                    _save(r, step, micro, guard)
+            if preempted:
+                _stop_preempted(r, step, watch.signal_name or "a preemption signal on another process")
+            if evaluator is not None:
+                with timed("evaluation during training"):
+                    evaluator.maybe_run(step, r.released)
+            if stop_after is not None and step >= stop_after:
+                break
     return step, last_metrics
 
 
-def _accumulate(r: _Run, batch_iter, step: int, micro: int, window: _Window, log_step: bool) -> list:
-    """The micro-steps of one optimizer step: forward, NaN check, backward of `loss / accumulation`; returns
-    the contrastive terms of the last micro-batch on a log step (for the collapse guard), else []. With
+def _stop_preempted(r: _Run, step: int, signal_name: str):
+    checkpoint = r.output_dir / f"checkpoint-{step}"
+    if r.accelerator.is_main_process:
+        write_marker(r.output_dir, step, checkpoint, signal_name)
+        logger.warning(
+            "%s: checkpoint-%d written; stopping (resume with --resume latest).", signal_name, step
+        )
+    r.accelerator.wait_for_everyone()
+    raise PreemptedError(step, checkpoint, signal_name)
+
+
+def _accumulate(
+    r: _Run, batch_iter, step: int, micro: int, window: _Window, log_step: bool, micro_terms: list
+) -> list:
+    """The micro-steps of one optimizer step: forward, backward of `loss / accumulation`; each micro-batch's
+    detached terms go to `micro_terms` (checked once, before the update: `_clip_and_check`). Returns the
+    contrastive terms of the last micro-batch on a log step (for the collapse guard), else []. With
     `optim.contrastive_accumulation`, the contrastive terms span the whole accumulated batch instead."""
     accelerator, task, accumulation = r.accelerator, r.task, r.accumulation
     if r.config.optim.contrastive_accumulation and accumulation > 1:
-        return _accumulate_contrastive(r, batch_iter, step, micro, window, log_step)
+        return _accumulate_contrastive(r, batch_iter, step, micro, window, log_step, micro_terms)
     contrastive = []
     for k in range(accumulation):
         batch = next(batch_iter)
@@ -550,15 +597,18 @@ def _accumulate(r: _Run, batch_iter, step: int, micro: int, window: _Window, log
             if sync and log_step:
                 # The guard looks at the last micro-batch of each log step (gathered: collective).
                 contrastive = task.contrastive_terms(outputs, batch, accelerator)
-            _stop_if_nonfinite(accelerator, terms["loss"], step, terms, r.output_dir)
             accelerator.backward(terms["loss"] / accumulation)
-        for name, value in terms.items():
-            window.sums[name] = window.sums.get(name, 0) + value.detach().float()
+        detached = {name: value.detach() for name, value in terms.items()}
+        micro_terms.append(detached)
+        for name, value in detached.items():
+            window.sums[name] = window.sums.get(name, 0) + value.float()
         window.counted += 1
     return contrastive
 
 
-def _accumulate_contrastive(r: _Run, batch_iter, step, micro, window: _Window, log_step: bool) -> list:
+def _accumulate_contrastive(
+    r: _Run, batch_iter, step, micro, window: _Window, log_step: bool, micro_terms: list
+) -> list:
     """`_accumulate` with every contrastive term over the accumulated (and gathered) batch
     (`contrastive_accumulation.py`); the logged contrastive terms and the collapse guard's embeddings are the
     full batch's."""
@@ -567,12 +617,8 @@ def _accumulate_contrastive(r: _Run, batch_iter, step, micro, window: _Window, l
     seeds = [
         seed_from(r.config.run.seed, micro + k, accelerator.process_index) for k in range(r.accumulation)
     ]
-
-    def check(terms):
-        _stop_if_nonfinite(accelerator, terms["loss"], step, terms, r.output_dir)
-
     result = contrastive_accumulation_step(
-        r.model, r.task, batches, seeds, accelerator, check=check, guard=log_step
+        r.model, r.task, batches, seeds, accelerator, check=micro_terms.append, guard=log_step
     )
     for terms in result.micro_terms:
         for name, value in terms.items():
@@ -581,19 +627,47 @@ def _accumulate_contrastive(r: _Run, batch_iter, step, micro, window: _Window, l
     return result.contrastive
 
 
-def _clip_and_check(r: _Run, step: int):
-    """Clip to `optim.max_grad_norm` (returns the norm), or only check the gradients (returns None)."""
+def _clip_and_check(r: _Run, step: int, micro_terms: list[dict], watch: PreemptionWatch):
+    """Clip to `optim.max_grad_norm` (or only measure the norm) and read the step's flags from the device in
+    one go; raises `NonFiniteLossError` before anything is applied when a loss or the gradient is NaN / Inf
+    on any process. Returns (the clipped norm or None, whether a preemption signal reached any process)."""
     accelerator, parameters = r.accelerator, r.model.parameters()
-    if r.config.optim.max_grad_norm:
-        grad_norm = accelerator.clip_grad_norm_(parameters, r.config.optim.max_grad_norm)
-        _stop_if_nonfinite(accelerator, grad_norm, step, {"grad_norm": grad_norm}, r.output_dir)
-        return grad_norm
+    max_norm = r.config.optim.max_grad_norm
     # Without clipping the gradients are still checked before the update: an infinite max_norm gives the total
     # norm and scales by exactly 1 (nothing changes), so a NaN / Inf gradient stops the run before
     # optimizer.step() applies it.
-    unclipped = accelerator.clip_grad_norm_(parameters, float("inf"))
-    _stop_if_nonfinite(accelerator, unclipped, step, {"grad_norm": unclipped}, r.output_dir)
-    return None
+    norm = accelerator.clip_grad_norm_(parameters, max_norm if max_norm else float("inf"))
+    device = norm.device if isinstance(norm, torch.Tensor) else accelerator.device
+    losses = torch.stack([terms["loss"].float().reshape(()) for terms in micro_terms]).to(device)
+    flags = torch.stack(
+        [
+            (~torch.isfinite(losses)).any().float(),
+            (~torch.isfinite(torch.as_tensor(norm, device=device).float())).float(),
+            torch.tensor(float(watch.requested), device=device),
+        ]
+    )
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, "sum")
+    nonfinite_loss, nonfinite_grad, preempted = flags.tolist()  # the step's one read from the device
+    if nonfinite_loss or nonfinite_grad:
+        if nonfinite_loss:
+            shown = next(
+                (t for t in micro_terms if not torch.isfinite(t["loss"]).all()), micro_terms[-1]
+            )  # this process's bad micro-batch, or (the NaN was elsewhere) its last one
+        else:
+            shown = {"grad_norm": norm}
+        _raise_nonfinite(r, step, shown)
+    return (norm if max_norm else None), preempted > 0
+
+
+def _raise_nonfinite(r: _Run, step: int, terms: dict) -> None:
+    shown = {k: float(torch.as_tensor(v).detach().float().mean()) for k, v in terms.items()}
+    last = latest_checkpoint(r.output_dir)
+    raise NonFiniteLossError(
+        f"Non-finite value at optimizer step {step + 1}: {shown}. Nothing was applied; the last good "
+        f"checkpoint is {last or '(none yet)'}. Lower the learning rate, check the data, or try "
+        "run.mixed_precision=no; then resume with --resume latest."
+    )
 
 
 def _log_step(r: _Run, step, micro, window: _Window, grad_norm, guard, contrastive, log, progress) -> dict:
@@ -665,35 +739,42 @@ def _finish(r: _Run, step: int, last_metrics: dict, hooks, show_progress: bool) 
     full_state = accelerator.get_state_dict(r.model)  # collective: gathers FSDP / DeepSpeed shards
     main = accelerator.is_main_process
     if main:
-        # final/ holds the released model (+ processor); the training checkpoints keep everything.
-        r.released.save_pretrained(final_dir, state_dict=released_state_dict(r.unwrapped, full_state))
-        if r.processor is not None:
-            r.processor.save_pretrained(final_dir)
-        summary = task.training_summary(
-            steps=step,
-            last_metrics=last_metrics,
-            data=data,
-            world_size=accelerator.num_processes,
-            model=r.unwrapped,
-            batches=r.batches,
-            config=r.config,
-        )
-        (final_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        with timed("final model"):
+            _save_final(r, step, last_metrics, final_dir, full_state)
     wanted = r.config.run.evaluate and task.end_of_run_evaluation and data.evaluation_specs.get("test")
     if hooks is not None and main and wanted:
-        evaluation = hooks.final(
-            r.released,
-            r.processor,
-            data.evaluation_specs,
-            r.config,
-            data.class_names,
-            task,
-            show_progress=show_progress,
-        )
+        with timed("evaluation"):
+            evaluation = hooks.final(
+                r.released,
+                r.processor,
+                data.evaluation_specs,
+                r.config,
+                data.class_names,
+                task,
+                show_progress=show_progress,
+            )
         if evaluation is not None:
             (final_dir / "eval_results.json").write_text(json.dumps(evaluation, indent=2))
     accelerator.wait_for_everyone()
     return evaluation
+
+
+def _save_final(r: _Run, step: int, last_metrics: dict, final_dir: Path, full_state: dict) -> None:
+    """final/ holds the released model (+ processor and `training_summary.json`); the training checkpoints keep
+    everything."""
+    r.released.save_pretrained(final_dir, state_dict=released_state_dict(r.unwrapped, full_state))
+    if r.processor is not None:
+        r.processor.save_pretrained(final_dir)
+    summary = r.task.training_summary(
+        steps=step,
+        last_metrics=last_metrics,
+        data=r.data,
+        world_size=r.accelerator.num_processes,
+        model=r.unwrapped,
+        batches=r.batches,
+        config=r.config,
+    )
+    (final_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def released_state_dict(model: torch.nn.Module, state_dict: dict) -> dict:
@@ -727,25 +808,10 @@ def configure_threads(num_threads: int | None) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
-def _stop_if_nonfinite(accelerator, value: torch.Tensor, step: int, terms: dict, output_dir: Path) -> None:
-    """Stop every process together when any of them sees a NaN/Inf (before anything is applied)."""
-    bad = torch.tensor(0.0 if torch.isfinite(value.detach()).all() else 1.0, device=value.device)
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, "sum")
-    if bad.item() > 0:
-        shown = {k: float(v.detach().float().mean()) for k, v in terms.items()}
-        last = latest_checkpoint(output_dir)
-        raise NonFiniteLossError(
-            f"Non-finite value at optimizer step {step + 1}: {shown}. Nothing was applied; the last good "
-            f"checkpoint is {last or '(none yet)'}. Lower the learning rate, check the data, or try "
-            "run.mixed_precision=no; then resume with --resume latest."
-        )
-
-
 def _to_yaml(config: PretrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-__all__ = ["NonFiniteLossError", "PretrainResult", "build_task", "pretrain"]
+__all__ = ["NonFiniteLossError", "PreemptedError", "PretrainResult", "build_task", "pretrain"]

@@ -1,0 +1,196 @@
+"""Preemption: SIGTERM / SIGUSR1 end a run after the step in progress, with a checkpoint, the marker file and
+the lock released; the resumed run is bit-identical to a straight one (1 and 2 processes)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import free_port, tiny_pretrain_dict
+from safetensors.torch import load_file
+
+from retvlp.training import PREEMPTED_EXIT_CODE, PreemptedError, PretrainConfig, pretrain
+from retvlp.training.checkpointing import checkpoint_steps
+from retvlp.training.maskedclip_task import MaskedCLIPTask
+from retvlp.training.preemption import MARKER, PreemptionWatch
+from retvlp.training.run_lock import LOCK_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+
+
+def _signal_after_step(monkeypatch, step: int, signum: int) -> None:
+    """The process signals itself right after optimizer step `step`, as a scheduler would mid-run."""
+    original = MaskedCLIPTask.after_optimizer_step
+    calls = {"n": 0}
+
+    def signalling(self, model):
+        original(self, model)
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(MaskedCLIPTask, "after_optimizer_step", signalling)
+
+
+def _weights(directory: Path) -> dict:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_sigterm_checkpoints_the_step_in_progress_and_resumes_bit_for_bit(tmp_path, synthetic, monkeypatch):
+    straight = pretrain(
+        PretrainConfig.from_dict(tiny_pretrain_dict(tmp_path, synthetic, "straight")), show_progress=False
+    )
+    config = PretrainConfig.from_dict(tiny_pretrain_dict(tmp_path, synthetic, "preempted"))
+    output = Path(config.run.output_dir)
+    previous = signal.getsignal(signal.SIGTERM)
+    # the signal lands after step 1, so step 2 is the one in progress; it is finished (not a save step: save_every 3)
+    _signal_after_step(monkeypatch, 1, signal.SIGTERM)
+    with pytest.raises(PreemptedError, match=r"SIGTERM after optimizer step 2.*--resume latest") as caught:
+        pretrain(config, show_progress=False)
+    assert caught.value.step == 2 and caught.value.checkpoint == output / "checkpoint-2"
+    assert [step for step, _ in checkpoint_steps(output)] == [2]
+    assert json.loads((output / MARKER).read_text())["signal"] == "SIGTERM"
+    assert not (output / LOCK_FILE).exists()  # the lock is released: the requeued job can start
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is the caller's again
+    assert [json.loads(x)["step"] for x in (output / "logs.jsonl").read_text().splitlines()] == [1, 2]
+
+    monkeypatch.undo()
+    resumed = pretrain(config, resume="latest", show_progress=False)
+    assert resumed.steps == 6 and not (output / MARKER).exists()
+    a, b = _weights(straight.output_dir / "checkpoint-6"), _weights(output / "checkpoint-6")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigusr1_stops_too_and_a_signal_at_the_last_step_just_finishes(tmp_path, synthetic, monkeypatch):
+    config = PretrainConfig.from_dict(tiny_pretrain_dict(tmp_path, synthetic, "usr1", optim={"max_steps": 4}))
+    _signal_after_step(monkeypatch, 1, signal.SIGUSR1)
+    with pytest.raises(PreemptedError, match="SIGUSR1 after optimizer step 2"):
+        pretrain(config, show_progress=False)
+    monkeypatch.undo()
+    last = PretrainConfig.from_dict(tiny_pretrain_dict(tmp_path, synthetic, "last", optim={"max_steps": 3}))
+    _signal_after_step(monkeypatch, 2, signal.SIGTERM)
+    result = pretrain(last, show_progress=False)  # the step in progress was the last: final/, no marker
+    assert result.steps == 3 and result.final_dir.exists() and not (result.output_dir / MARKER).exists()
+
+
+def test_watch_restores_handlers_and_ignores_other_threads():
+    import threading
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with PreemptionWatch() as watch:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)  # the first signal is the one named
+        assert watch.requested and watch.signal_name == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) == before
+    seen = {}
+
+    def in_thread():
+        with PreemptionWatch() as other:  # Python installs handlers in the main thread only: a no-op here
+            seen["requested"] = other.requested
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert seen == {"requested": False} and signal.getsignal(signal.SIGUSR1) == before
+
+
+DRIVER = """
+import os, runpy, signal, sys
+from retvlp.training.maskedclip_task import MaskedCLIPTask
+
+original, calls = MaskedCLIPTask.after_optimizer_step, {"n": 0}
+at = int(os.environ.get("PREEMPT_AT_STEP", "0"))
+
+
+def signalling(self, model):
+    original(self, model)
+    calls["n"] += 1
+    if calls["n"] == at and os.environ.get("RANK") == "1":  # one process only: the other must stop as well
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+MaskedCLIPTask.after_optimizer_step = signalling
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def _launch(
+    tmp_path: Path, config_path: Path, *extra: str, preempt_at: int = 0
+) -> subprocess.CompletedProcess:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    environment = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "RETVLP_MALLOC_TUNED": "0",
+        "PYTHONPATH": str(REPO / "src"),
+        "PREEMPT_AT_STEP": str(preempt_at),
+    }
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(driver),
+        str(REPO / "training" / "pretrain.py"), "--config", str(config_path), "--no-progress", *extra,
+    ]  # fmt: skip
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
+
+
+def test_a_signal_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exactly(tmp_path, synthetic):
+    batches = {"paired_batch_size": 3, "unpaired_batch_size": 2}
+    paths = {}
+    for name in ("straight", "preempted"):
+        raw = tiny_pretrain_dict(tmp_path, synthetic, name, maskedclip=batches, optim={"max_steps": 4})
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(raw))
+    straight = _launch(tmp_path, paths["straight"])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    stopped = _launch(tmp_path, paths["preempted"], preempt_at=1)  # rank 1 only, during step 2
+    assert stopped.returncode != 0  # accelerate's launcher reports a failed worker; the marker says why
+    assert "preempted: stopped by SIGTERM after optimizer step 2" in stopped.stderr, stopped.stderr[-3000:]
+    output = tmp_path / "preempted"
+    assert [step for step, _ in checkpoint_steps(output)] == [2]  # both processes stopped at step 2
+    assert json.loads((output / MARKER).read_text())["step"] == 2
+    assert "a preemption signal on another process" in stopped.stderr  # rank 0 learnt it from rank 1
+
+    resumed = _launch(tmp_path, paths["preempted"], "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "straight" / "checkpoint-4"), _weights(output / "checkpoint-4")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_entry_point_exits_with_the_preempted_code(tmp_path, synthetic):
+    """`python training/pretrain.py` (one process): the distinct exit code and one line, no traceback."""
+    raw = tiny_pretrain_dict(tmp_path, synthetic, "one", optim={"max_steps": 4})
+    config_path = tmp_path / "one.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "RETVLP_MALLOC_TUNED": "0",
+        "PYTHONPATH": str(REPO / "src"),
+        "PREEMPT_AT_STEP": "1",
+        "RANK": "1",  # the driver signals on rank 1
+    }
+    done = subprocess.run(
+        [sys.executable, str(driver), str(REPO / "training" / "pretrain.py"), "--config", str(config_path)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == PREEMPTED_EXIT_CODE, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "preempted: stopped by SIGTERM after optimizer step 2" in done.stderr
