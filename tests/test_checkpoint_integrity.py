@@ -151,3 +151,50 @@ def test_cli_reports_a_damaged_checkpoint_without_a_traceback(finished_run, tmp_
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "model.safetensors has 0 bytes" in result.stderr
+
+
+def _forge_optimizer_state(checkpoint: Path) -> None:
+    """Replace optimizer.bin by a torch file that unpickles only with arbitrary code allowed, and forge its
+    manifest entry too: the checksums pass, the loading (weights_only=True) refuses."""
+    import argparse
+    import hashlib
+
+    target = checkpoint / "optimizer.bin"
+    torch.save({"state": argparse.Namespace(payload="not a tensor")}, target)
+    manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
+    manifest["files"]["optimizer.bin"] = {
+        "bytes": target.stat().st_size,
+        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+    }
+    (checkpoint / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_a_forged_file_that_passes_its_checksum_falls_back_like_a_corrupt_one(finished_run, tmp_path, caplog):
+    _, config, straight = finished_run
+    run = _copy_run(finished_run, tmp_path)
+    _forge_optimizer_state(run / "checkpoint-6")
+    assert checkpoint_problems(run / "checkpoint-6") == []  # the forgery passes the integrity check
+    shutil.rmtree(run / "final")
+    raw = config.to_dict()
+    raw["run"]["output_dir"] = str(run)
+    resumed_config = PretrainConfig.from_dict(raw, source="test")
+    with pytest.raises(CheckpointError, match=r"checkpoint-6 cannot be read \(UnpicklingError"):
+        pretrain(resumed_config, resume=str(run / "checkpoint-6"), show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="retvlp.training.checkpointing"):
+        result = pretrain(resumed_config, resume="latest", show_progress=False)
+    assert "checkpoint-6 cannot be read (UnpicklingError" in caplog.text
+    assert "resuming from checkpoint-3" in caplog.text
+    expected = load_file(str(straight.final_dir / "model.safetensors"))
+    resumed = load_file(str(result.final_dir / "model.safetensors"))
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+
+
+def test_only_forged_checkpoints_is_one_named_error(finished_run, tmp_path):
+    _, config, _ = finished_run
+    run = _copy_run(finished_run, tmp_path)
+    for step in (3, 6):
+        _forge_optimizer_state(run / f"checkpoint-{step}")
+    raw = config.to_dict()
+    raw["run"]["output_dir"] = str(run)
+    with pytest.raises(CheckpointError, match="checkpoint-6 cannot be read.*checkpoint-3 cannot be read"):
+        pretrain(PretrainConfig.from_dict(raw, source="test"), resume="latest", show_progress=False)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -127,19 +128,28 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return steps[-1][1] if steps else None
 
 
-def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
+def resolve_resume(
+    resume: str | None, output_dir: str | os.PathLike, unreadable: dict[Path, str] | None = None
+) -> Path | None:
     """`--resume latest` → the newest checkpoint of `output_dir` that passes its integrity check (a newer one
     that fails is named with its problems, and skipped); None, said in the log, when there is none yet.
-    `--resume PATH` → that checkpoint, which must be complete and pass the check."""
+    `--resume PATH` → that checkpoint, which must be complete and pass the check.
+
+    `unreadable`: checkpoints that passed the check but failed to load (path → why; e.g. a file that matches
+    its checksum but does not unpickle): `latest` skips them like failing ones."""
     if resume is None:
         return None
     if resume == "latest":
+        unreadable = unreadable or {}
         candidates = checkpoint_steps(output_dir)
         if not candidates:
             logger.warning("--resume latest: no checkpoint in %s yet; starting from step 0.", output_dir)
             return None
         failed = []
         for _, path in reversed(candidates):
+            if path in unreadable:
+                failed.append(f"{path.name} cannot be read ({unreadable[path]})")
+                continue
             problems = checkpoint_problems(path)
             if not problems:
                 if failed:
@@ -149,7 +159,8 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
                 return path
             failed.append(f"{path.name} fails its integrity check: {', '.join(problems)}")
         raise CheckpointError(
-            f"--resume latest: no checkpoint in {output_dir} passes its integrity check: " + "; ".join(failed)
+            f"--resume latest: no checkpoint in {output_dir} passes its integrity check and loads: "
+            + "; ".join(failed)
         )
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
@@ -420,6 +431,21 @@ def check_model_layout(model, path: str | os.PathLike) -> None:
         )
 
 
+def describe_load_error(error: BaseException) -> str:
+    """One line for why a checkpoint file did not load. torch's refusal of a non-tensor pickle is a page that
+    suggests `weights_only=False`; a file we refuse for safety is never to be loaded so: keep only what it
+    held ("Unsupported global: GLOBAL argparse.Namespace")."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError):
+        found = re.search(r"Unsupported global: [^\n.]*(?:\.[A-Za-z_][\w]*)*", text)
+        held = found.group(0) if found else text.splitlines()[0] if text else ""
+        return (
+            "UnpicklingError: it holds more than tensors and plain containers, refused by "
+            f"torch.load(weights_only=True): {held}"
+        )
+    return f"{type(error).__name__}: {' '.join(text.split())}"
+
+
 def load_checkpoint(accelerator, path: str | os.PathLike) -> dict[str, Any]:
     """Restore model, optimizer and RNG states saved by `save_checkpoint`; return the trainer state."""
     path = Path(path)
@@ -429,11 +455,19 @@ def load_checkpoint(accelerator, path: str | os.PathLike) -> dict[str, Any]:
         accelerator.load_state(str(path))
     except CheckpointError:
         raise
-    except (OSError, RuntimeError, EOFError, KeyError, SafetensorError, json.JSONDecodeError) as error:
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        KeyError,
+        SafetensorError,
+        json.JSONDecodeError,
+        pickle.UnpicklingError,  # e.g. a forged optimizer.bin whose manifest entry was forged too
+    ) as error:
         # A checkpoint from before manifests, or damaged in a way its sizes and checksums do not show.
         raise CheckpointError(
-            f"{path} cannot be read ({type(error).__name__}: {error}). Resume from an earlier checkpoint "
-            "(--resume latest picks the newest that passes its integrity check)."
+            f"{path} cannot be read ({describe_load_error(error)}). Resume from an earlier checkpoint "
+            "(--resume latest picks the newest that passes its integrity check and loads)."
         ) from error
     return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
 
@@ -445,6 +479,7 @@ __all__ = [
     "check_resume_length",
     "checkpoint_problems",
     "checkpoint_steps",
+    "describe_load_error",
     "disk_space_problem",
     "estimate_checkpoint_bytes",
     "latest_checkpoint",

@@ -26,7 +26,9 @@ import torch
 
 from ..families import get_family
 from .checkpointing import (
+    CheckpointError,
     check_resume_length,
+    describe_load_error,
     latest_checkpoint,
     load_checkpoint,
     resolve_resume,
@@ -470,10 +472,22 @@ def _collapse_guard(config: PretrainConfig, task: PretrainTask) -> CollapseGuard
 
 def _resume(r: _Run, resume: str | None, extend: bool, guard: CollapseGuard) -> int | None:
     """Load the checkpoint `resume` names into the run; its step, or None for a fresh start."""
+    unreadable: dict[Path, str] = {}
     checkpoint = resolve_resume(resume, r.output_dir)
-    if checkpoint is None:
-        return None
-    state = load_checkpoint(r.accelerator, checkpoint)
+    while True:
+        if checkpoint is None:
+            return None
+        try:
+            state = load_checkpoint(r.accelerator, checkpoint)
+            break
+        except CheckpointError as error:
+            if resume != "latest":
+                raise
+            # passed its checksums, failed to load: `latest` falls back as for a corrupt one (all of it is
+            # loaded again from the earlier checkpoint, so nothing of the failed one stays)
+            cause = error.__cause__
+            unreadable[checkpoint] = describe_load_error(cause) if cause else str(error)
+            checkpoint = resolve_resume(resume, r.output_dir, unreadable)
     r.task.check_resume(checkpoint, state)
     r.batches.check_resume_state(checkpoint, state)
     check_resume_length(checkpoint, state, r.total_steps, extend=extend)
