@@ -11,6 +11,11 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs on every core (`-n auto`, pyproject.toml): one intra-op thread per worker, since tiny tensors
+    # gain nothing from more and oversubscribed threads spin. Subprocesses the tests start inherit it.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 from retvlp import MaskedCLIPConfig  # noqa: E402
 

@@ -1,6 +1,8 @@
 """The pretraining loop: exact resume, atomic checkpoints, NaN stop, bad-sample policies, final checkpoint."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -350,3 +352,37 @@ def test_entry_point_reports_config_errors_without_traceback(tmp_path):
         done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env)
         assert done.returncode == 1
         assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a process's environment in /proc")
+def test_accelerates_one_thread_default_is_told_from_the_users_setting(monkeypatch):
+    """`accelerate launch` (without --cpu) gives its workers OMP_NUM_THREADS=1; the run then uses the cores,
+    unless the launcher itself was started with OMP_NUM_THREADS (the user's choice) or no accelerate is involved."""
+    import subprocess
+
+    from retvlp.training import trainer
+
+    def launcher(environment):  # a stand-in launcher process whose environment /proc shows
+        return subprocess.Popen(["sleep", "30"], env=environment)
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    plain, chosen = (
+        launcher({"PATH": "/usr/bin:/bin"}),
+        launcher({"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}),
+    )
+    try:
+        monkeypatch.setattr(trainer.os, "getppid", lambda: plain.pid)
+        assert trainer.omp_threads_from_accelerate_default()
+        before = torch.get_num_threads()
+        trainer.configure_threads(None)
+        assert torch.get_num_threads() == max(1, os.cpu_count() or 1)
+        torch.set_num_threads(before)
+        monkeypatch.setattr(trainer.os, "getppid", lambda: chosen.pid)
+        assert not trainer.omp_threads_from_accelerate_default()
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+        monkeypatch.setattr(trainer.os, "getppid", lambda: plain.pid)
+        assert not trainer.omp_threads_from_accelerate_default()  # not under accelerate: the setting stands
+    finally:
+        plain.kill()
+        chosen.kill()

@@ -228,6 +228,45 @@ def _write_patient(root: Path, parameters: dict, p: int, label: str, split: str,
         findings_rows.append({"image": image, "patient_id": patient_id, "split": split, **asdict(findings)})
 
 
+def _render_block(root: Path, parameters: dict, patients: list[tuple[int, str, str]]):
+    """Render a contiguous block of patients; their manifest rows (per split) and findings rows, in order."""
+    rows: dict[str, list[dict]] = {name: [] for name in _SPLITS}
+    findings_rows: list[dict] = []
+    for p, label, split in patients:
+        _write_patient(root, parameters, p, label, split, rows, findings_rows)
+    return rows, findings_rows
+
+
+# Below this many patients a process pool costs more than it saves (the tests' small sets).
+_PARALLEL_FROM_PATIENTS = 120
+
+
+def _render_patients(root: Path, parameters: dict, patients: list[tuple[int, str, str]]):
+    """Every patient's images, in contiguous blocks over the machine's cores: each patient draws from its own
+    seeded generators, so the files are byte-identical whatever the number of processes (a test checks it),
+    and the blocks' rows are joined in patient order. The README's demo draws 600 patients: 14 s on one of
+    2 cores."""
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or len(patients) < _PARALLEL_FROM_PATIENTS:
+        return _render_block(root, parameters, patients)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = math.ceil(len(patients) / (2 * workers))  # two blocks per process evens out slow patients
+    blocks = [patients[i : i + size] for i in range(0, len(patients), size)]
+    # fork where there is one: the blocks need no re-import of the package; elsewhere the default start method
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        results = list(pool.map(_render_block, [root] * len(blocks), [parameters] * len(blocks), blocks))
+    rows: dict[str, list[dict]] = {name: [] for name in _SPLITS}
+    findings_rows: list[dict] = []
+    for block_rows, block_findings in results:
+        for name in _SPLITS:
+            rows[name].extend(block_rows[name])
+        findings_rows.extend(block_findings)
+    return rows, findings_rows
+
+
 def _write_manifests(
     root: Path, classes: tuple[str, ...], rows: dict[str, list[dict]], findings_rows
 ) -> None:
@@ -246,10 +285,8 @@ def _write_dataset(root: Path, parameters: dict) -> dict:
     """Render every image and write images, manifests and (last) the marker into ``root``."""
     labels, split_of = _assign_patients(parameters)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list[dict]] = {name: [] for name in _SPLITS}
-    findings_rows: list[dict] = []
-    for p in range(parameters["num_patients"]):
-        _write_patient(root, parameters, p, labels[p], split_of[p], rows, findings_rows)
+    patients = [(p, labels[p], split_of[p]) for p in range(parameters["num_patients"])]
+    rows, findings_rows = _render_patients(root, parameters, patients)
     _write_manifests(root, tuple(parameters["classes"]), rows, findings_rows)
     summary = {
         name: {"patients": len({r["patient_id"] for r in rows[name]}), "images": len(rows[name])}
