@@ -34,7 +34,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +53,14 @@ from .contrastive import distributed_world, gather_with_grad
 from .loss_keepfit import image_text_contrastive_loss, knowledge_refinement_loss, total_loss
 from .modeling_common import (
     CheckpointLayout,
+    PreTrainedModelMixin,
+    config_from_pretrained_towers,
     dual_encoder_scores,
-    pretrained_tower_config,
-    resolve_output_flags,
+    init_logit_parameters,
+    logit_parameters,
+    reject_return_loss,
+    reject_settings_beside_config,
     select_hidden_states,
-    tower_checkpoint_config,
 )
 from .modeling_support import can_return_tuple
 from .quantization_ibq import ibq_quantize
@@ -285,7 +288,7 @@ def build_vision_tower(vision_config: PreTrainedConfig) -> nn.Module:
     return AutoModel.from_config(vision_config)
 
 
-class KeepFitPreTrainedModel(PreTrainedModel):
+class KeepFitPreTrainedModel(PreTrainedModelMixin, PreTrainedModel):
     config: KeepFitConfig
     base_model_prefix = "keepfit"
     main_input_name = "input_ids"
@@ -308,23 +311,13 @@ class KeepFitPreTrainedModel(PreTrainedModel):
         "AutoModelForImageClassification": "modeling_keepfit.KeepFitForImageClassification",
     }
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if getattr(self, "_auto_class", None) is not None and self._remote_auto_map:
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[Any, bool]:
-        return resolve_output_flags(self.config, output_hidden_states, output_attentions)
-
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, KeepFitAppearanceQuantizer):
             init.copy_(module.codebook, stand_in_codebook(*module.codebook.shape))
         elif isinstance(module, KeepFitModel):
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
-            if module.logit_bias is not None:
-                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
+            init_logit_parameters(module, self.config)
 
 
 class KeepFitModel(KeepFitPreTrainedModel):
@@ -346,13 +339,7 @@ class KeepFitModel(KeepFitPreTrainedModel):
         self.text_model = BertModel(config.text_config, add_pooling_layer=False)
         self.visual_projection = nn.Linear(config.image_feature_size, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-        # SigLIP's learnable bias: built only for the sigmoid loss, so softmax checkpoints keep their keys.
-        self.logit_bias = (
-            nn.Parameter(torch.tensor(config.logit_bias_init_value))
-            if config.contrastive_loss == "sigmoid"
-            else None
-        )
+        self.logit_scale, self.logit_bias = logit_parameters(config)  # the bias only for the sigmoid loss
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -530,6 +517,70 @@ class KeepFitModel(KeepFitPreTrainedModel):
         )
 
 
+class _PretrainingEmbeddings(NamedTuple):
+    """What `KeepFitForPreTraining._embed` returns (see there for the shapes)."""
+
+    image_embeds: torch.Tensor
+    text_embeds: torch.Tensor
+    elite_image_embeds: torch.Tensor | None
+    elite_text_embeds: torch.Tensor | None
+    feature_maps: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+
+
+class _KnowledgeTerm(NamedTuple):
+    """A knowledge injection of a pretraining forward: the knowledge `(batch, projection_dim)`, the attention
+    weights `(batch, heads, global_elite_batch)`, the loss `()`, and for appearance knowledge the code indices
+    `(batch + elite_batch, h, w)` (all None when the injection is switched off)."""
+
+    knowledge: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+
+
+@dataclass
+class _TextImageBatch:
+    """The image and text tensors of one data source, checked for matching sizes."""
+
+    name: str
+    pixel_values: torch.Tensor | None
+    input_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    token_type_ids: torch.Tensor | None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.pixel_values is None else int(self.pixel_values.shape[0])
+
+    def check(self, required: bool, why: str = "") -> None:
+        prefix = "" if self.name == "public" else "elite_"
+        if (self.pixel_values is None) != (self.input_ids is None):
+            raise ValueError(
+                f"The {self.name} batch needs both {prefix}pixel_values and {prefix}input_ids (got only "
+                f"{prefix + 'pixel_values' if self.input_ids is None else prefix + 'input_ids'})."
+            )
+        if self.pixel_values is None or self.size == 0:
+            if required:
+                reason = f" ({why})" if why else ""
+                raise ValueError(
+                    f"The pretraining forward needs a non-empty {self.name} batch: pass {prefix}pixel_values and "
+                    f"{prefix}input_ids{reason}."
+                )
+            return
+        if self.input_ids.shape[0] != self.size:
+            raise ValueError(
+                f"{self.name} batch mismatch: {self.size} images ({prefix}pixel_values) but "
+                f"{self.input_ids.shape[0]} texts ({prefix}input_ids); pass one text per image."
+            )
+
+    def text_inputs(self) -> dict:
+        return dict(
+            input_ids=self.input_ids, attention_mask=self.attention_mask, token_type_ids=self.token_type_ids
+        )
+
+
 class KeepFitForPreTraining(KeepFitPreTrainedModel):
     """KeepFIT V2 pretraining (Eq. 22): the released [`KeepFitModel`] (`keepfit`) plus the semantic and
     appearance knowledge attentions and the appearance quantiser with its frozen IBQ codebook.
@@ -587,10 +638,7 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, reading pre-split checkpoints too."""
-        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        if "key_mapping" not in kwargs and LAYOUT.is_pre_split(source, kwargs):
-            kwargs["key_mapping"] = LAYOUT.key_mapping()
-        return super().from_pretrained(*args, **kwargs)
+        return super().from_pretrained(*args, **LAYOUT.from_pretrained_kwargs(args, kwargs))
 
     @torch.no_grad()
     def load_codebook(self, tokenizer_path: str, **hub_kwargs) -> torch.Tensor:
@@ -639,19 +687,9 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
         values or set dropout, and any other disagreement raises `PretrainedTowerError` naming the key and both
         values. The text checkpoint must be a BERT (`bert`: Bio_ClinicalBERT, a `text-mlm` output).
         """
-        vision = config_kwargs.pop("vision_config", None)
-        text = config_kwargs.pop("text_config", None)
-        if vision_model_name_or_path is not None:
-            checkpoint = tower_checkpoint_config("vision", vision_model_name_or_path)
-            vision = pretrained_tower_config("vision", vision_model_name_or_path, checkpoint, vision)
-        if text_model_name_or_path is not None:
-            checkpoint = tower_checkpoint_config("text", text_model_name_or_path, ("bert",))
-            text = pretrained_tower_config("text", text_model_name_or_path, checkpoint, text)
-        if vision is not None:
-            config_kwargs["vision_config"] = vision
-        if text is not None:
-            config_kwargs["text_config"] = text
-        return KeepFitConfig(**config_kwargs)
+        return config_from_pretrained_towers(
+            KeepFitConfig, vision_model_name_or_path, text_model_name_or_path, config_kwargs
+        )
 
     @classmethod
     def from_vision_text_pretrained(
@@ -675,12 +713,9 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
         appearance codebook.
         """
         vision_path, text_path = vision_model_name_or_path, text_model_name_or_path
+        reject_settings_beside_config(config, config_kwargs)
         if config is None:
             config = cls.config_from_pretrained_towers(vision_path, text_path, **config_kwargs)
-        elif config_kwargs:
-            raise TypeError(
-                "from_vision_text_pretrained: pass either config= or the config keyword arguments, not both."
-            )
         model = cls(config)
         if vision_path is not None:
             vision = AutoModel.from_pretrained(vision_path)
@@ -726,31 +761,80 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
         elite_pixel_values (`(elite_batch, 3, H, W)`), elite_input_ids / elite_attention_mask /
             elite_token_type_ids (`(elite_batch, seq_len)`): the elite image-caption pairs.
         """
-        if "return_loss" in kwargs:
-            raise TypeError(
-                f"{type(self).__name__} always computes the pretraining losses; return_loss belongs to the released "
-                "model's forward (model.released_model)."
-            )
-        config, released = self.config, self.keepfit
-        public = _TextImageBatch("public", pixel_values, input_ids, attention_mask, token_type_ids)
-        elite = _TextImageBatch(
-            "elite", elite_pixel_values, elite_input_ids, elite_attention_mask, elite_token_type_ids
+        reject_return_loss(self, kwargs)
+        public, elite = self._pretraining_batches(
+            _TextImageBatch("public", pixel_values, input_ids, attention_mask, token_type_ids),
+            _TextImageBatch(
+                "elite", elite_pixel_values, elite_input_ids, elite_attention_mask, elite_token_type_ids
+            ),
+            labels,
         )
+        embeddings = self._embed(public, elite, output_hidden_states, output_attentions)
+        terms, logits_per_image, logits_per_text = self._contrastive_terms(embeddings, labels)
+
+        # The knowledge source is the GLOBAL elite batch under torch.distributed (gathered with gradients).
+        elite_values = self._global_elite(embeddings.elite_text_embeds) if elite.size > 0 else None
+        semantic = appearance = _KnowledgeTerm()
+        if self.config.use_semantic_injection:
+            semantic = self._semantic_knowledge(embeddings, elite_values)
+            terms["semantic"] = semantic.loss
+        if self.config.use_appearance_injection:
+            appearance = self._appearance_knowledge(embeddings, elite_values)
+            terms["appearance"] = appearance.loss
+
+        return KeepFitForPreTrainingOutput(
+            loss=total_loss(terms, self.config.lambda_semantic, self.config.lambda_appearance),
+            loss_itc_categorical=terms["itc_categorical"],
+            loss_itc_elite=terms.get("itc_elite"),
+            loss_semantic=semantic.loss,
+            loss_appearance=appearance.loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=embeddings.image_embeds,
+            text_embeds=embeddings.text_embeds,
+            elite_image_embeds=embeddings.elite_image_embeds,
+            elite_text_embeds=embeddings.elite_text_embeds,
+            semantic_knowledge=semantic.knowledge,
+            appearance_knowledge=appearance.knowledge,
+            semantic_attention=semantic.weights,
+            appearance_attention=appearance.weights,
+            appearance_indices=appearance.indices,
+            hidden_states=embeddings.hidden_states,
+            attentions=embeddings.attentions,
+        )
+
+    def _pretraining_batches(
+        self, public: _TextImageBatch, elite: _TextImageBatch, labels: torch.Tensor | None
+    ) -> tuple[_TextImageBatch, _TextImageBatch]:
+        """Check the forward's two data sources and return them: the public batch p (images `(batch, 3, H, W)`,
+        prompts `(batch, seq_len)`, never empty) and the elite batch m (`(elite_batch, ...)`; needed when a
+        knowledge injection is on), and `labels` `(batch,)` or `(batch, num_classes)` against p."""
         public.check(required=True)
-        injection = config.use_semantic_injection or config.use_appearance_injection
+        injection = self.config.use_semantic_injection or self.config.use_appearance_injection
         elite.check(required=injection, why="knowledge injection reads the elite set")
         if labels is not None and labels.shape[0] != public.size:
             raise ValueError(f"labels has {labels.shape[0]} rows for {public.size} public samples.")
-        has_elite = elite.size > 0
+        return public, elite
 
-        # One pass of E_v over p and m together (BatchNorm statistics over both sources).
+    def _embed(
+        self,
+        public: _TextImageBatch,
+        elite: _TextImageBatch,
+        output_hidden_states: bool | list[int] | None,
+        output_attentions: bool | None,
+    ) -> _PretrainingEmbeddings:
+        """Embed both sources: one pass of E_v over the public and elite images together (BatchNorm statistics
+        over both), then E_t over the public prompts and the elite captions. Returns the L2-normalised
+        `image_embeds` / `text_embeds` `(batch, projection_dim)` (V_p, T_p) and `elite_image_embeds` /
+        `elite_text_embeds` `(elite_batch, projection_dim)` (V_m, T_m; None without elite pairs), E_v's last
+        feature maps `(batch + elite_batch, C, h, w)` (public images first), and with the output flags E_v's
+        feature maps of the public images (`hidden_states`) and E_t's attention weights over the prompts."""
+        released, has_elite = self.keepfit, elite.size > 0
         images = torch.cat([public.pixel_values, elite.pixel_values]) if has_elite else public.pixel_values
         vision_output = released._vision_outputs(images, self._output_flags(output_hidden_states, False)[0])
-        feature_maps = vision_output.last_hidden_state
         image_embeds_all = F.normalize(
             released.project(vision_output.pooler_output, released.visual_projection), dim=-1
         )
-        image_embeds, elite_image_embeds = image_embeds_all[: public.size], image_embeds_all[public.size :]
         public_text = released.get_text_features(
             **public.text_inputs(),
             output_attentions=self._output_flags(None, output_attentions)[1],
@@ -762,63 +846,78 @@ class KeepFitForPreTraining(KeepFitPreTrainedModel):
             elite_text_embeds = F.normalize(
                 released.get_text_features(**elite.text_inputs(), return_dict=True).pooler_output, dim=-1
             )
-
-        gather = config.gather_distributed
-        terms: dict[str, torch.Tensor] = {}
-        terms["itc_categorical"], logits_per_image, logits_per_text = released.contrastive_loss(
-            image_embeds, text_embeds, labels
-        )
-        if has_elite:
-            terms["itc_elite"], _, _ = released.contrastive_loss(elite_image_embeds, elite_text_embeds)
-
-        # The knowledge source is the GLOBAL elite batch under torch.distributed (gathered with gradients).
-        def everywhere(tensor):
-            return gather_with_grad(tensor) if gather and distributed_world()[0] > 1 else tensor
-
-        semantic = semantic_weights = appearance = appearance_weights = indices = None
-        if has_elite:
-            elite_values = everywhere(elite_text_embeds)
-        if config.use_semantic_injection:
-            semantic, semantic_weights = self.semantic_attention(
-                image_embeds, everywhere(elite_image_embeds), elite_values
-            )
-            terms["semantic"] = knowledge_refinement_loss(
-                semantic, text_embeds, config.knowledge_loss_reduction
-            )
-        if config.use_appearance_injection:
-            descriptors, indices = self.appearance_quantizer(feature_maps)
-            appearance, appearance_weights = self.appearance_attention(
-                descriptors[: public.size], everywhere(descriptors[public.size :]), elite_values
-            )
-            terms["appearance"] = knowledge_refinement_loss(
-                appearance, text_embeds, config.knowledge_loss_reduction
-            )
-
-        return KeepFitForPreTrainingOutput(
-            loss=total_loss(terms, config.lambda_semantic, config.lambda_appearance),
-            loss_itc_categorical=terms["itc_categorical"],
-            loss_itc_elite=terms.get("itc_elite"),
-            loss_semantic=terms.get("semantic"),
-            loss_appearance=terms.get("appearance"),
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            image_embeds=image_embeds,
+        hidden_states = vision_output.hidden_states
+        if hidden_states is not None:  # rows of the public images only: row i belongs to sample i
+            hidden_states = tuple(None if state is None else state[: public.size] for state in hidden_states)
+        return _PretrainingEmbeddings(
+            image_embeds=image_embeds_all[: public.size],
             text_embeds=text_embeds,
-            elite_image_embeds=elite_image_embeds if has_elite else None,
+            elite_image_embeds=image_embeds_all[public.size :] if has_elite else None,
             elite_text_embeds=elite_text_embeds,
-            semantic_knowledge=semantic,
-            appearance_knowledge=appearance,
-            semantic_attention=semantic_weights,
-            appearance_attention=appearance_weights,
-            appearance_indices=indices,
-            # rows of the public images only, so that row i belongs to sample i as in every other output
-            hidden_states=None
-            if vision_output.hidden_states is None
-            else tuple(
-                None if state is None else state[: public.size] for state in vision_output.hidden_states
-            ),
+            feature_maps=vision_output.last_hidden_state,
+            hidden_states=hidden_states,
             attentions=public_text.attentions,
         )
+
+    def _contrastive_terms(
+        self, embeddings: _PretrainingEmbeddings, labels: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """L_itc^p (Eqs. 2–4) of the public samples, label-guided with `labels`, and L_itc^m of the elite pairs
+        (when there are any), from the embeddings of `_embed`. Returns `(terms, logits_per_image (batch,
+        text_batch), logits_per_text)`, `terms` the losses `()` by name (`itc_categorical`, `itc_elite`)."""
+        contrastive_loss = self.keepfit.contrastive_loss
+        terms: dict[str, torch.Tensor] = {}
+        terms["itc_categorical"], logits_per_image, logits_per_text = contrastive_loss(
+            embeddings.image_embeds, embeddings.text_embeds, labels
+        )
+        if embeddings.elite_text_embeds is not None:
+            terms["itc_elite"], _, _ = contrastive_loss(
+                embeddings.elite_image_embeds, embeddings.elite_text_embeds
+            )
+        return terms, logits_per_image, logits_per_text
+
+    def _global_elite(self, tensor: torch.Tensor) -> torch.Tensor:
+        """An elite-batch tensor `(elite_batch, ...)` from every process, `(global_elite_batch, ...)` (gathered
+        with gradients), under torch.distributed with `config.gather_distributed`; else as it is."""
+        if self.config.gather_distributed and distributed_world()[0] > 1:
+            return gather_with_grad(tensor)
+        return tensor
+
+    def _semantic_knowledge(
+        self, embeddings: _PretrainingEmbeddings, elite_values: torch.Tensor
+    ) -> _KnowledgeTerm:
+        """Semantic knowledge extraction and its loss (Eqs. 5–10, 20): each public image V_p `(batch, d)` reads
+        the elite captions `elite_values` T_m `(global_elite_batch, d)` through its similarity to the elite
+        images V_m (gathered here to `(global_elite_batch, d)`); L_EK^s pulls the knowledge EK_s `(batch, d)`
+        towards the public prompts T_p `(batch, d)`. Returns EK_s, the attention weights
+        `(batch, heads, global_elite_batch)` and the loss `()`."""
+        knowledge, weights = self.semantic_attention(
+            embeddings.image_embeds, self._global_elite(embeddings.elite_image_embeds), elite_values
+        )
+        loss = knowledge_refinement_loss(
+            knowledge, embeddings.text_embeds, self.config.knowledge_loss_reduction
+        )
+        return _KnowledgeTerm(knowledge, weights, loss)
+
+    def _appearance_knowledge(
+        self, embeddings: _PretrainingEmbeddings, elite_values: torch.Tensor
+    ) -> _KnowledgeTerm:
+        """Appearance knowledge and its loss (Eqs. 11–19, 21): every image's last feature map
+        `(batch + elite_batch, C, h, w)` is quantised on the frozen IBQ codebook to a descriptor `(code_dim,)`
+        (and a code index per position, `(batch + elite_batch, h, w)`); each public descriptor Q_p reads the
+        elite captions `elite_values` `(global_elite_batch, d)` through its similarity to the elite descriptors
+        Q_m (gathered here); L_EK^a pulls the knowledge EK_a `(batch, d)` towards the public prompts
+        `(batch, d)`. Returns EK_a, the attention weights `(batch, heads, global_elite_batch)`, the loss `()` and
+        the code indices."""
+        size = embeddings.image_embeds.shape[0]
+        descriptors, indices = self.appearance_quantizer(embeddings.feature_maps)
+        knowledge, weights = self.appearance_attention(
+            descriptors[:size], self._global_elite(descriptors[size:]), elite_values
+        )
+        loss = knowledge_refinement_loss(
+            knowledge, embeddings.text_embeds, self.config.knowledge_loss_reduction
+        )
+        return _KnowledgeTerm(knowledge, weights, loss, indices)
 
 
 class KeepFitVisionModel(KeepFitPreTrainedModel):
@@ -895,47 +994,6 @@ class KeepFitForImageClassification(KeepFitPreTrainedModel):
             loss=loss,
             logits=logits,
             hidden_states=select_hidden_states(outputs.hidden_states, output_hidden_states),
-        )
-
-
-@dataclass
-class _TextImageBatch:
-    """The image and text tensors of one data source, checked for matching sizes."""
-
-    name: str
-    pixel_values: torch.Tensor | None
-    input_ids: torch.Tensor | None
-    attention_mask: torch.Tensor | None
-    token_type_ids: torch.Tensor | None
-
-    @property
-    def size(self) -> int:
-        return 0 if self.pixel_values is None else int(self.pixel_values.shape[0])
-
-    def check(self, required: bool, why: str = "") -> None:
-        prefix = "" if self.name == "public" else "elite_"
-        if (self.pixel_values is None) != (self.input_ids is None):
-            raise ValueError(
-                f"The {self.name} batch needs both {prefix}pixel_values and {prefix}input_ids (got only "
-                f"{prefix + 'pixel_values' if self.input_ids is None else prefix + 'input_ids'})."
-            )
-        if self.pixel_values is None or self.size == 0:
-            if required:
-                reason = f" ({why})" if why else ""
-                raise ValueError(
-                    f"The pretraining forward needs a non-empty {self.name} batch: pass {prefix}pixel_values and "
-                    f"{prefix}input_ids{reason}."
-                )
-            return
-        if self.input_ids.shape[0] != self.size:
-            raise ValueError(
-                f"{self.name} batch mismatch: {self.size} images ({prefix}pixel_values) but "
-                f"{self.input_ids.shape[0]} texts ({prefix}input_ids); pass one text per image."
-            )
-
-    def text_inputs(self) -> dict:
-        return dict(
-            input_ids=self.input_ids, attention_mask=self.attention_mask, token_type_ids=self.token_type_ids
         )
 
 

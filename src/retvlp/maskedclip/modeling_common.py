@@ -1,9 +1,10 @@
 # Generated from src/retvlp/common/modeling_common.py by utils/check_copies.py — do not edit;
 # edit the source and run `python utils/check_copies.py --fix`.
-"""Model code both families share: the released dual encoders' scoring, output-flag handling, and the
-checkpoint layout of a `...ForPreTraining` class (its released model under `base_model_prefix`), with the
-reading of checkpoints written before the released / pretraining split, and the config of a tower loaded from
-its own checkpoint (`pretrained_tower_config`).
+"""Model code both families share: the released dual encoders' scoring and logit parameters, output-flag
+handling and the remote-code `auto_map` of a saved checkpoint (`PreTrainedModelMixin`), the `return_loss` guard
+of a `...ForPreTraining` forward, the checkpoint layout of a `...ForPreTraining` class (its released model under
+`base_model_prefix`), with the reading of checkpoints written before the released / pretraining split, and the
+config of towers loaded from their own checkpoints (`pretrained_tower_config`, `config_from_pretrained_towers`).
 
 The single source lives in `retvlp/common/`; both family folders hold a generated copy (`utils/check_copies.py`)
 so a saved checkpoint's code stays flat and self-contained. Imports only torch, safetensors, transformers and
@@ -11,8 +12,11 @@ its sibling files.
 """
 
 import os
+from collections.abc import Callable
 
 import torch
+from torch import nn
+from transformers import initialization as init
 
 from .contrastive import contrastive_loss
 
@@ -34,6 +38,58 @@ def select_hidden_states(hidden_states, requested):
         return tuple(hidden_states)
     kept = {index % len(hidden_states) for index in requested}
     return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
+
+
+class PreTrainedModelMixin:
+    """What both families' `...PreTrainedModel` base classes add to transformers' `PreTrainedModel` (list it
+    first: `class MaskedCLIPPreTrainedModel(PreTrainedModelMixin, PreTrainedModel)`):
+
+    - `_output_flags(output_hidden_states, output_attentions)`: the forward's flags, else the config's
+      (`resolve_output_flags`);
+    - `save_pretrained` completing the config's `auto_map` with `_remote_auto_map` (the Auto classes a
+      checkpoint of the class's config resolves with `trust_remote_code`) when the class was registered for an
+      Auto class: each class writes its own entry, the map adds the others.
+    """
+
+    # Auto class name → "modeling_<family>.<Class>"; a class with an empty map writes only its own entry.
+    _remote_auto_map: dict[str, str] = {}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if getattr(self, "_auto_class", None) is not None and self._remote_auto_map:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _output_flags(self, output_hidden_states, output_attentions) -> tuple:
+        return resolve_output_flags(self.config, output_hidden_states, output_attentions)
+
+
+def reject_return_loss(model, kwargs: dict) -> None:
+    """The `return_loss` guard of a `...ForPreTraining` forward (`kwargs` its extra keyword arguments): it always
+    computes its losses, and `return_loss` belongs to the released model's forward."""
+    if "return_loss" in kwargs:
+        raise TypeError(
+            f"{type(model).__name__} always computes the pretraining losses; return_loss belongs to the released "
+            "model's forward (model.released_model)."
+        )
+
+
+def logit_parameters(config) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """A released dual encoder's `(logit_scale, logit_bias)`: τ at `config.logit_scale_init_value`, and SigLIP's
+    learnable bias only for the sigmoid loss (`None` otherwise, so softmax checkpoints keep their keys)."""
+    logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+    logit_bias = (
+        nn.Parameter(torch.tensor(config.logit_bias_init_value))
+        if config.contrastive_loss == "sigmoid"
+        else None
+    )
+    return logit_scale, logit_bias
+
+
+def init_logit_parameters(module: nn.Module, config) -> None:
+    """`_init_weights` for a released dual encoder's `logit_scale` / `logit_bias` (see `logit_parameters`)."""
+    init.constant_(module.logit_scale, config.logit_scale_init_value)
+    if module.logit_bias is not None:
+        init.constant_(module.logit_bias, config.logit_bias_init_value)
 
 
 def dual_encoder_scores(
@@ -125,6 +181,14 @@ class CheckpointLayout:
         if upgraded is not state_dict:
             state_dict.clear()
             state_dict.update(upgraded)
+
+    def from_pretrained_kwargs(self, args: tuple, kwargs: dict) -> dict:
+        """`kwargs` of a `from_pretrained(*args, **kwargs)` call, with the `key_mapping` that reads a pre-split
+        checkpoint added when the source is one and the caller gave no mapping of its own."""
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if "key_mapping" not in kwargs and self.is_pre_split(source, kwargs):
+            kwargs["key_mapping"] = self.key_mapping()
+        return kwargs
 
     def is_pre_split(self, source, kwargs: dict) -> bool:
         """Whether `from_pretrained(source, **kwargs)` reads a pre-split checkpoint (a local directory with one
@@ -246,11 +310,59 @@ def pretrained_tower_config(
     return {**checkpoint, **given}
 
 
+def config_from_pretrained_towers(
+    config_class: type,
+    vision_source: str | None,
+    text_source: str | None,
+    config_kwargs: dict,
+    vision_tower_config: Callable[[str, object], dict] | None = None,
+):
+    """The body of `...ForPreTraining.config_from_pretrained_towers`: a `config_class` built from
+    `config_kwargs`, with each tower that has a checkpoint (`vision_source`, `text_source`) sized by it.
+
+    `config_kwargs["vision_config"]` / `["text_config"]` (dicts, config objects or absent) are the settings
+    given for the towers; a tower without a checkpoint is built from them as they are. A text checkpoint must
+    be a BERT (`bert`). A vision checkpoint is read by `vision_tower_config(source, settings)` (which returns
+    the tower's config as a dict), by default any checkpoint's config with the settings applied
+    (`pretrained_tower_config`). Raises `PretrainedTowerError` (vision first, then text)."""
+    vision = config_kwargs.pop("vision_config", None)
+    text = config_kwargs.pop("text_config", None)
+    if vision_source is not None:
+        if vision_tower_config is None:
+            checkpoint = tower_checkpoint_config("vision", vision_source)
+            vision = pretrained_tower_config("vision", vision_source, checkpoint, vision)
+        else:
+            vision = vision_tower_config(vision_source, vision)
+    if text_source is not None:
+        checkpoint = tower_checkpoint_config("text", text_source, ("bert",))
+        text = pretrained_tower_config("text", text_source, checkpoint, text)
+    if vision is not None:
+        config_kwargs["vision_config"] = vision
+    if text is not None:
+        config_kwargs["text_config"] = text
+    return config_class(**config_kwargs)
+
+
+def reject_settings_beside_config(config, *settings) -> None:
+    """`from_vision_text_pretrained(config=...)` takes the config whole: any config settings passed beside it
+    (`settings`: the keyword arguments, overrides; empty ones are fine) are a TypeError."""
+    if config is not None and any(settings):
+        raise TypeError(
+            "from_vision_text_pretrained: pass either config= or the config keyword arguments, not both."
+        )
+
+
 __all__ = [
     "CheckpointLayout",
+    "PreTrainedModelMixin",
     "PretrainedTowerError",
+    "config_from_pretrained_towers",
     "dual_encoder_scores",
+    "init_logit_parameters",
+    "logit_parameters",
     "pretrained_tower_config",
+    "reject_return_loss",
+    "reject_settings_beside_config",
     "resolve_output_flags",
     "select_hidden_states",
     "tower_checkpoint_config",

@@ -27,7 +27,7 @@ import copy
 import importlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +50,14 @@ from .loss_maskedclip import (
 )
 from .modeling_common import (
     CheckpointLayout,
+    PreTrainedModelMixin,
+    config_from_pretrained_towers,
     dual_encoder_scores,
+    init_logit_parameters,
+    logit_parameters,
     pretrained_tower_config,
-    resolve_output_flags,
+    reject_return_loss,
+    reject_settings_beside_config,
     select_hidden_states,
     tower_checkpoint_config,
     tower_settings,
@@ -152,6 +157,18 @@ class MaskedCLIPEncoderOutput(ModelOutput):
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class _ContrastiveTerm(NamedTuple):
+    """The contrastive term of a pretraining forward: loss `()`, `logits_per_image` `(paired_batch, text_batch)`,
+    `logits_per_text`, and the L2-normalised `image_embeds` / `text_embeds` `(paired_batch, projection_dim)`
+    (all None when the term is not computed)."""
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
 
 
 class MaskedCLIPLayer(ViTMAELayer):
@@ -278,7 +295,7 @@ def pool_image_tokens(tokens: torch.Tensor, pooling: str) -> torch.Tensor:
     return tokens[:, 0] if pooling == "cls" else tokens[:, 1:].mean(dim=1)
 
 
-class MaskedCLIPPreTrainedModel(PreTrainedModel):
+class MaskedCLIPPreTrainedModel(PreTrainedModelMixin, PreTrainedModel):
     config: MaskedCLIPConfig
     base_model_prefix = "maskedclip"
     main_input_name = "input_ids"
@@ -329,14 +346,6 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
         "AutoModelForImageClassification": "modeling_maskedclip.MaskedCLIPImageClassificationLoader",
     }
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if getattr(self, "_auto_class", None) is not None and self._remote_auto_map:
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[Any, bool]:
-        return resolve_output_flags(self.config, output_hidden_states, output_attentions)
-
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -356,9 +365,7 @@ class MaskedCLIPPreTrainedModel(PreTrainedModel):
             init.copy_(module.decoder_pos_embed, table.unsqueeze(0))
             init.normal_(module.mask_token, std=std)
         elif isinstance(module, MaskedCLIPModel):
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
-            if module.logit_bias is not None:
-                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
+            init_logit_parameters(module, self.config)
 
 
 class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
@@ -393,13 +400,7 @@ class MaskedCLIPModel(MaskedCLIPPreTrainedModel):
             self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim, bias=False)
         else:
             self.text_model = self.visual_projection = self.text_projection = None
-        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-        # SigLIP's learnable bias: built only for the sigmoid loss, so softmax checkpoints keep their keys.
-        self.logit_bias = (
-            nn.Parameter(torch.tensor(config.logit_bias_init_value))
-            if config.contrastive_loss == "sigmoid"
-            else None
-        )
+        self.logit_scale, self.logit_bias = logit_parameters(config)  # the bias only for the sigmoid loss
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -681,9 +682,7 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         """As `PreTrainedModel.from_pretrained`; reads pre-split checkpoints too, and rebuilds the momentum
         encoder as a copy of the loaded E_I and B when the checkpoint has none."""
         want_info = kwargs.pop("output_loading_info", False)
-        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        if "key_mapping" not in kwargs and LAYOUT.is_pre_split(source, kwargs):
-            kwargs["key_mapping"] = LAYOUT.key_mapping()
+        kwargs = LAYOUT.from_pretrained_kwargs(args, kwargs)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         if any(key.startswith(MOMENTUM_PREFIXES) for key in info["missing_keys"]):
             model.reset_momentum_encoder()
@@ -764,30 +763,30 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         naming the key and both values. A vision checkpoint must be a ViT-MAE (`vit_mae`: an MAE or a
         converted RETFound directory), a text checkpoint a BERT (`bert`, e.g. a `text-mlm` output).
         """
-        vision = config_kwargs.pop("vision_config", None)
         if vision_config_overrides:
-            vision = {**tower_settings(vision), **vision_config_overrides}
-        text = config_kwargs.pop("text_config", None)
-        if vision_model_name_or_path is not None:
-            source = tower_checkpoint_config("vision", vision_model_name_or_path, ("vit_mae",))
-            fields = MaskedCLIPVisionConfig.__dataclass_fields__
-            checkpoint = {k: v for k, v in source.items() if k in fields and k != "model_type"}
-            checkpoint.update(MaskedCLIPVisionConfig.pixel_decoder_defaults())
-            vision = pretrained_tower_config(
-                "vision",
-                vision_model_name_or_path,
-                checkpoint,
-                {k: v for k, v in tower_settings(vision).items() if k != "model_type"},
-                free=cls.PRETRAINED_VISION_FREE_KEYS,
-            )
-        if text_model_name_or_path is not None:
-            checkpoint = tower_checkpoint_config("text", text_model_name_or_path, ("bert",))
-            text = pretrained_tower_config("text", text_model_name_or_path, checkpoint, text)
-        if vision is not None:
-            config_kwargs["vision_config"] = vision
-        if text is not None:
-            config_kwargs["text_config"] = text
-        return MaskedCLIPConfig(**config_kwargs)
+            given = tower_settings(config_kwargs.get("vision_config"))
+            config_kwargs["vision_config"] = {**given, **vision_config_overrides}
+        return config_from_pretrained_towers(
+            MaskedCLIPConfig,
+            vision_model_name_or_path,
+            text_model_name_or_path,
+            config_kwargs,
+            vision_tower_config=cls._pretrained_vision_config,
+        )
+
+    @classmethod
+    def _pretrained_vision_config(cls, source: str, given) -> dict:
+        """E_I's config from the ViT-MAE checkpoint `source`: its `MaskedCLIPVisionConfig` fields, the pixel
+        decoder at the paper's size, and the settings `given` (a dict or a config) applied where they may differ
+        (`PRETRAINED_VISION_FREE_KEYS`)."""
+        fields = MaskedCLIPVisionConfig.__dataclass_fields__
+        source_config = tower_checkpoint_config("vision", source, ("vit_mae",))
+        checkpoint = {k: v for k, v in source_config.items() if k in fields and k != "model_type"}
+        checkpoint.update(MaskedCLIPVisionConfig.pixel_decoder_defaults())
+        given = {k: v for k, v in tower_settings(given).items() if k != "model_type"}
+        return pretrained_tower_config(
+            "vision", source, checkpoint, given, free=cls.PRETRAINED_VISION_FREE_KEYS
+        )
 
     @classmethod
     def from_vision_text_pretrained(
@@ -820,13 +819,10 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         from transformers import ViTMAEForPreTraining
 
         vision_path, text_path = vision_model_name_or_path, text_model_name_or_path
+        reject_settings_beside_config(config, vision_config_overrides, config_kwargs)
         if config is None:
             config = cls.config_from_pretrained_towers(
                 vision_path, text_path, vision_config_overrides, **config_kwargs
-            )
-        elif vision_config_overrides or config_kwargs:
-            raise TypeError(
-                "from_vision_text_pretrained: pass either config= or the config keyword arguments, not both."
             )
         model = cls(config)
         if vision_path is not None:
@@ -893,13 +889,57 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
         teacher_noise (`(paired_batch + unpaired_batch, num_patches)`): with `config.mfd_teacher_mask_ratio > 0`,
             the noise that picks the patches the momentum teacher sees (drawn here when not given).
         """
-        if "return_loss" in kwargs:
-            raise TypeError(
-                f"{type(self).__name__} always computes the pretraining losses; return_loss belongs to the released "
-                "model's forward (model.released_model)."
-            )
+        reject_return_loss(self, kwargs)
+        all_pixels = self._pretraining_images(pixel_values, input_ids, unpaired_pixel_values, kwargs)
+        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
         config = self.config
-        released = self.maskedclip
+        terms: dict[str, torch.Tensor] = {}
+        encoded = pixel_predictions = None
+        if config.use_mim or config.use_mfd:
+            # One masked pass of E_I over the paired and unpaired images feeds both decoders.
+            encoded = self.maskedclip.vision_model(
+                all_pixels,
+                mask_ratio=config.vision_config.mask_ratio,
+                noise=noise,
+                output_hidden_states=hidden,
+                output_attentions=attentions,
+            )
+            if config.use_mim:
+                pixel_predictions, terms["mim"] = self._masked_image_modeling(all_pixels, encoded)
+            if config.use_mfd:
+                terms["mfd"] = self._masked_feature_distillation(all_pixels, encoded, teacher_noise)
+        contrastive = _ContrastiveTerm()
+        if config.use_clip and pixel_values is not None and pixel_values.shape[0] > 0:
+            contrastive = self._label_guided_contrastive(
+                pixel_values, input_ids, attention_mask, token_type_ids, position_ids, labels, clip_noise
+            )
+            terms["clip"] = contrastive.loss
+
+        return MaskedCLIPForPreTrainingOutput(
+            loss=self._weighted_loss(terms),
+            loss_mim=terms.get("mim"),
+            loss_clip=terms.get("clip"),
+            loss_mfd=terms.get("mfd"),
+            pixel_predictions=pixel_predictions,
+            mask=encoded.mask if encoded is not None else None,
+            logits_per_image=contrastive.logits_per_image,
+            logits_per_text=contrastive.logits_per_text,
+            image_embeds=contrastive.image_embeds,
+            text_embeds=contrastive.text_embeds,
+            hidden_states=encoded.hidden_states if encoded is not None else None,
+            attentions=encoded.attentions if encoded is not None else None,
+        )
+
+    def _pretraining_images(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        unpaired_pixel_values: torch.Tensor | None,
+        kwargs: dict,
+    ) -> torch.Tensor:
+        """Check the forward's inputs (`kwargs`: its extra keyword arguments) and return every image of the
+        batch, `(paired_batch + unpaired_batch, 3, H, W)`: the paired images `(paired_batch, 3, H, W)` first,
+        then the unpaired ones `(unpaired_batch, 3, H, W)`."""
         if pixel_values is not None and input_ids is not None and pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"Paired batch mismatch: {pixel_values.shape[0]} images (pixel_values) but "
@@ -914,78 +954,80 @@ class MaskedCLIPForPreTraining(MaskedCLIPPreTrainedModel):
             raise ValueError(
                 "The pretraining forward needs images: pass pixel_values and/or unpaired_pixel_values."
             )
-        all_pixels = torch.cat(images, dim=0) if len(images) > 1 else images[0]
+        return torch.cat(images, dim=0) if len(images) > 1 else images[0]
 
-        hidden, attentions = self._output_flags(output_hidden_states, output_attentions)
-        terms: dict[str, torch.Tensor] = {}
-        pixel_predictions = mask = encoded = None
-        if config.use_mim or config.use_mfd:
-            encoded = released.vision_model(
-                all_pixels,
-                mask_ratio=config.vision_config.mask_ratio,
-                noise=noise,
-                output_hidden_states=hidden,
-                output_attentions=attentions,
-            )
-            latent, mask, ids_restore = encoded.last_hidden_state, encoded.mask, encoded.ids_restore
-            if config.use_mim:
-                pixel_predictions = self.pixel_decoder(latent, ids_restore).logits
-                terms["mim"] = masked_image_modeling_loss(
-                    pixel_predictions,
-                    patchify(all_pixels, released.vision_model.embeddings.patch_embeddings.patch_size[0]),
-                    mask,
-                    norm_pix_loss=config.vision_config.norm_pix_loss,
-                )
-            if config.use_mfd:
-                predicted_features = self.feature_decoder(latent, ids_restore).logits
-                targets, kept = self._momentum_targets(all_pixels, teacher_noise)
-                if kept is not None:  # the teacher saw a subset: distil only where it gave a target
-                    predicted_features = torch.gather(
-                        predicted_features, 1, kept.unsqueeze(-1).expand(-1, -1, predicted_features.shape[-1])
-                    )
-                terms["mfd"] = masked_feature_distillation_loss(predicted_features, targets)
+    def _masked_image_modeling(
+        self, pixel_values: torch.Tensor, encoded: MaskedCLIPEncoderOutput
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_mim (Eq. 1): D_I reconstructs the images' masked patches from E_I's masked pass over them.
 
-        image_embeds = text_embeds = logits_per_image = logits_per_text = None
-        has_pairs = pixel_values is not None and pixel_values.shape[0] > 0
-        if config.use_clip and has_pairs:
-            if input_ids is None:
-                raise ValueError(
-                    "pixel_values are the paired images and need their texts (input_ids); pass image-only "
-                    "samples as unpaired_pixel_values."
-                )
-            if config.clip_mask_ratio > 0:
-                image_features = released.masked_image_features(
-                    pixel_values, config.clip_mask_ratio, clip_noise
-                )
-            else:
-                image_features = released.get_image_features(pixel_values, return_dict=True).pooler_output
-            image_embeds = F.normalize(image_features, dim=-1)
-            text_embeds = F.normalize(
-                released.get_text_features(
-                    input_ids, attention_mask, token_type_ids, position_ids, return_dict=True
-                ).pooler_output,
-                dim=-1,
-            )
-            terms["clip"], logits_per_image, logits_per_text = released.contrastive_loss(
-                image_embeds, text_embeds, labels
-            )
-
-        weights = {"mim": 1.0, "clip": config.lambda_clip, "mfd": config.lambda_mfd}
-        loss = sum(weights[name] * value for name, value in terms.items()) if terms else None
-        return MaskedCLIPForPreTrainingOutput(
-            loss=loss,
-            loss_mim=terms.get("mim"),
-            loss_clip=terms.get("clip"),
-            loss_mfd=terms.get("mfd"),
-            pixel_predictions=pixel_predictions,
-            mask=mask,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-            hidden_states=encoded.hidden_states if encoded is not None else None,
-            attentions=encoded.attentions if encoded is not None else None,
+        pixel_values `(batch, 3, H, W)`; encoded: the masked pass (`last_hidden_state`
+        `(batch, 1 + kept_patches, hidden)`, `mask` and `ids_restore` `(batch, num_patches)`). Returns
+        `(pixel_predictions (batch, num_patches, patch_size**2 * 3), loss ())`."""
+        predictions = self.pixel_decoder(encoded.last_hidden_state, encoded.ids_restore).logits
+        patch_size = self.maskedclip.vision_model.embeddings.patch_embeddings.patch_size[0]
+        loss = masked_image_modeling_loss(
+            predictions,
+            patchify(pixel_values, patch_size),
+            encoded.mask,
+            norm_pix_loss=self.config.vision_config.norm_pix_loss,
         )
+        return predictions, loss
+
+    def _masked_feature_distillation(
+        self, pixel_values: torch.Tensor, encoded: MaskedCLIPEncoderOutput, teacher_noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """L_mfd (Eq. 5): D_F predicts, from E_I's masked pass, the momentum teacher M̂'s features of the images.
+
+        pixel_values `(batch, 3, H, W)`; encoded: E_I's masked pass over them (as in `_masked_image_modeling`);
+        teacher_noise `(batch, num_patches)` or None: the patches M̂ sees with `config.mfd_teacher_mask_ratio`
+        (see `_momentum_targets`). D_F predicts `(batch, num_patches, hidden)`; the loss `()` is taken over the
+        patches M̂ gave a target for."""
+        predicted = self.feature_decoder(encoded.last_hidden_state, encoded.ids_restore).logits
+        targets, kept = self._momentum_targets(pixel_values, teacher_noise)
+        if kept is not None:  # the teacher saw a subset: distil only where it gave a target
+            predicted = torch.gather(predicted, 1, kept.unsqueeze(-1).expand(-1, -1, predicted.shape[-1]))
+        return masked_feature_distillation_loss(predicted, targets)
+
+    def _label_guided_contrastive(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        clip_noise: torch.Tensor | None,
+    ) -> _ContrastiveTerm:
+        """L_lg_clip (Eqs. 2–4) of the image-text pairs: the images `(paired_batch, 3, H, W)` through E_I and B
+        (whole, or with `config.clip_mask_ratio > 0` the share of patches `clip_noise` `(paired_batch,
+        num_patches)` picks), the texts `(paired_batch, seq_len)` through E_T, both projected and L2-normalised
+        to `(paired_batch, projection_dim)`; `labels` as in `forward`. Returns the loss `()`, `logits_per_image`
+        `(paired_batch, text_batch)` (the global batch of texts under torch.distributed), `logits_per_text`, and
+        the embeddings."""
+        if input_ids is None:
+            raise ValueError(
+                "pixel_values are the paired images and need their texts (input_ids); pass image-only "
+                "samples as unpaired_pixel_values."
+            )
+        released, ratio = self.maskedclip, self.config.clip_mask_ratio
+        if ratio > 0:
+            image_features = released.masked_image_features(pixel_values, ratio, clip_noise)
+        else:
+            image_features = released.get_image_features(pixel_values, return_dict=True).pooler_output
+        image_embeds = F.normalize(image_features, dim=-1)
+        text_features = released.get_text_features(
+            input_ids, attention_mask, token_type_ids, position_ids, return_dict=True
+        ).pooler_output
+        text_embeds = F.normalize(text_features, dim=-1)
+        loss, logits_per_image, logits_per_text = released.contrastive_loss(image_embeds, text_embeds, labels)
+        return _ContrastiveTerm(loss, logits_per_image, logits_per_text, image_embeds, text_embeds)
+
+    def _weighted_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Eq. 6, L_mim + λ_clip·L_lg_clip + λ_mfd·L_mfd, over the terms computed (`()` tensors named `mim`,
+        `mfd`, `clip`, summed in that order); None when there is none."""
+        weights = {"mim": 1.0, "clip": self.config.lambda_clip, "mfd": self.config.lambda_mfd}
+        return sum(weights[name] * value for name, value in terms.items()) if terms else None
 
     @torch.no_grad()
     def _momentum_targets(
