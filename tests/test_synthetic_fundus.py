@@ -227,9 +227,9 @@ def registered(label, function):
 
 
 def demo_spec() -> dict:
-    from retvlp.cli import _demo_synthetic_spec
+    from retvlp.cli._common import demo_synthetic_spec
 
-    return _demo_synthetic_spec()
+    return demo_synthetic_spec()
 
 
 def test_the_registry_covers_every_demo_class():
@@ -539,21 +539,21 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "ma
 
 
 def test_the_cli_reads_the_demo_spec_from_the_run_config_and_the_packaged_copy_matches():
-    import retvlp.cli as cli
+    from retvlp.cli import _common
     from retvlp.training.config import PretrainConfig
 
-    assert cli.DEMO_CONFIG == DEMO_CONFIG and DEMO_CONFIG.is_file()
+    assert _common.DEMO_CONFIG == DEMO_CONFIG and DEMO_CONFIG.is_file()
     from_yaml = PretrainConfig.from_yaml(DEMO_CONFIG).data.synthetic
     assert demo_spec() == from_yaml and from_yaml["num_patients"] > 0
-    packaged = json.loads(cli.DEMO_SPEC_COPY.read_text(encoding="utf-8"))["synthetic"]
+    packaged = json.loads(_common.DEMO_SPEC_COPY.read_text(encoding="utf-8"))["synthetic"]
     assert packaged == from_yaml, "src/retvlp/synthetic/demo_spec.json drifted from the demo run config"
 
 
 def test_the_demo_spec_resolves_to_the_dataset_and_its_manifest_specs(tmp_path, monkeypatch):
-    import retvlp.cli as cli
+    from retvlp.cli import _common
 
-    monkeypatch.setattr(cli, "_demo_synthetic_spec", lambda: dict(SMALL))
-    probe, test, name = cli._demo_data(str(tmp_path))
+    monkeypatch.setattr(_common, "demo_synthetic_spec", lambda: dict(SMALL))
+    probe, test, name = _common.demo_data(str(tmp_path))
     ds = generate_synthetic_dataset(tmp_path / "synthetic", **SMALL)  # reused, not rewritten
     assert probe == [{"path": str(ds.paired)}, {"path": str(ds.categorical)}] and name == "synthetic-demo"
     assert test == [{"path": str(ds.test)}]
@@ -590,3 +590,22 @@ def test_a_linear_classifier_separates_the_classes_from_pixels():
     clf = RidgeClassifier(alpha=100.0).fit((x_train - mean) / std, y_train)
     accuracy = float((clf.predict((x_test - mean) / std) == y_test).mean())
     assert accuracy > 0.6, accuracy
+
+
+def test_rendering_over_processes_writes_the_same_bytes(tmp_path, monkeypatch):
+    """The demo's 600 patients are drawn by a process pool; every file must equal the one-process drawing."""
+    import hashlib
+
+    from retvlp.synthetic import dataset as synthetic_dataset
+
+    def digest(root):
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    options = dict(num_patients=24, image_size=32, seed=3)
+    monkeypatch.setattr(synthetic_dataset, "_PARALLEL_FROM_PATIENTS", 10**9)
+    serial = synthetic_dataset.generate_synthetic_dataset(tmp_path / "serial", **options)
+    monkeypatch.setattr(synthetic_dataset, "_PARALLEL_FROM_PATIENTS", 2)
+    monkeypatch.setattr(synthetic_dataset.os, "cpu_count", lambda: 2)
+    pooled = synthetic_dataset.generate_synthetic_dataset(tmp_path / "pooled", **options)
+    assert digest(serial.root) == digest(pooled.root) and len(digest(serial.root)) > 24
