@@ -185,3 +185,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# A launcher stand-in for preemption tests: runs the given script (e.g. training/pretrain.py) after making the
+# process with RANK=1 send itself SIGTERM right after optimizer step $PREEMPT_AT_STEP, as a scheduler would.
+SIGNALLING_DRIVER = """
+import os, runpy, signal, sys
+from retvlp.training.maskedclip_task import MaskedCLIPTask
+
+original, calls = MaskedCLIPTask.after_optimizer_step, {"n": 0}
+at = int(os.environ.get("PREEMPT_AT_STEP", "0"))
+
+
+def signalling(self, model):
+    original(self, model)
+    calls["n"] += 1
+    if calls["n"] == at and os.environ.get("RANK") == "1":  # one process only: the other must stop as well
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+MaskedCLIPTask.after_optimizer_step = signalling
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""

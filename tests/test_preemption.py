@@ -1,5 +1,6 @@
 """Preemption: SIGTERM / SIGUSR1 end a run after the step in progress, with a checkpoint, the marker file and
-the lock released; the resumed run is bit-identical to a straight one (1 and 2 processes)."""
+the lock released; the resumed run is bit-identical to a straight one (2 processes, the signal sent to one of
+them: tests/test_pretrain_multiprocess.py, which holds the straight 2-process run)."""
 
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import free_port, tiny_pretrain_dict
+from conftest import SIGNALLING_DRIVER, tiny_pretrain_dict
 from safetensors.torch import load_file
 
 from retvlp.training import PREEMPTED_EXIT_CODE, PreemptedError, PretrainConfig, pretrain
@@ -100,82 +101,13 @@ def test_watch_restores_handlers_and_ignores_other_threads():
     assert seen == {"requested": False} and signal.getsignal(signal.SIGUSR1) == before
 
 
-DRIVER = """
-import os, runpy, signal, sys
-from retvlp.training.maskedclip_task import MaskedCLIPTask
-
-original, calls = MaskedCLIPTask.after_optimizer_step, {"n": 0}
-at = int(os.environ.get("PREEMPT_AT_STEP", "0"))
-
-
-def signalling(self, model):
-    original(self, model)
-    calls["n"] += 1
-    if calls["n"] == at and os.environ.get("RANK") == "1":  # one process only: the other must stop as well
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-MaskedCLIPTask.after_optimizer_step = signalling
-script = sys.argv[1]
-sys.argv = sys.argv[1:]
-runpy.run_path(script, run_name="__main__")
-"""
-
-
-def _launch(
-    tmp_path: Path, config_path: Path, *extra: str, preempt_at: int = 0
-) -> subprocess.CompletedProcess:
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    environment = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "RETVLP_MALLOC_TUNED": "0",
-        "PYTHONPATH": str(REPO / "src"),
-        "PREEMPT_AT_STEP": str(preempt_at),
-    }
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(driver),
-        str(REPO / "training" / "pretrain.py"), "--config", str(config_path), "--no-progress", *extra,
-    ]  # fmt: skip
-    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
-
-
-def test_a_signal_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exactly(tmp_path, synthetic):
-    batches = {"paired_batch_size": 3, "unpaired_batch_size": 2}
-    paths = {}
-    for name in ("straight", "preempted"):
-        raw = tiny_pretrain_dict(tmp_path, synthetic, name, maskedclip=batches, optim={"max_steps": 4})
-        paths[name] = tmp_path / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump(raw))
-    straight = _launch(tmp_path, paths["straight"])
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    stopped = _launch(tmp_path, paths["preempted"], preempt_at=1)  # rank 1 only, during step 2
-    assert stopped.returncode != 0  # accelerate's launcher reports a failed worker; the marker says why
-    assert "preempted: stopped by SIGTERM after optimizer step 2" in stopped.stderr, stopped.stderr[-3000:]
-    output = tmp_path / "preempted"
-    assert [step for step, _ in checkpoint_steps(output)] == [2]  # both processes stopped at step 2
-    assert json.loads((output / MARKER).read_text())["step"] == 2
-    assert "a preemption signal on another process" in stopped.stderr  # rank 0 learnt it from rank 1
-
-    resumed = _launch(tmp_path, paths["preempted"], "--resume", "latest")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = _weights(tmp_path / "straight" / "checkpoint-4"), _weights(output / "checkpoint-4")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_entry_point_exits_with_the_preempted_code(tmp_path, synthetic):
     """`python training/pretrain.py` (one process): the distinct exit code and one line, no traceback."""
     raw = tiny_pretrain_dict(tmp_path, synthetic, "one", optim={"max_steps": 4})
     config_path = tmp_path / "one.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(SIGNALLING_DRIVER)
     environment = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import free_port, tiny_pretrain_dict
+from conftest import SIGNALLING_DRIVER, free_port, tiny_pretrain_dict
 from safetensors.torch import load_file
 
 from retvlp.training import PretrainConfig, pretrain
@@ -22,8 +22,11 @@ from retvlp.training import PretrainConfig, pretrain
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _launch_two_processes(config_path: Path) -> subprocess.CompletedProcess:
-    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/pretrain.py --config ...`"""
+def _launch_two_processes(
+    config_path: Path, *extra: str, via: Path | None = None, preempt_at: int = 0
+) -> subprocess.CompletedProcess:
+    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/pretrain.py --config ...`;
+    `via`: a driver script that runs pretrain.py (conftest.SIGNALLING_DRIVER, with `preempt_at`)."""
     environment = {
         **os.environ,
         "ACCELERATE_USE_CPU": "1",
@@ -31,12 +34,15 @@ def _launch_two_processes(config_path: Path) -> subprocess.CompletedProcess:
         "OMP_NUM_THREADS": "1",
         "RETVLP_MALLOC_TUNED": "0",
         "PYTHONPATH": str(REPO / "src"),
+        "PREEMPT_AT_STEP": str(preempt_at),
     }
+    pretrain_script = str(REPO / "training" / "pretrain.py")
+    script = [str(via), pretrain_script] if via else [pretrain_script]
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()),
-        str(REPO / "training" / "pretrain.py"), "--config", str(config_path), "--no-progress",
+        *script, "--config", str(config_path), "--no-progress", *extra,
     ]  # fmt: skip
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
 
@@ -45,28 +51,35 @@ def _logs(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "logs.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_process_with_the_global_batch(tmp_path, synthetic):
-    run = dict(optim={"max_steps": 3, "gradient_accumulation_steps": 1, "warmup_steps": 0})
+RUN = dict(optim={"max_steps": 3, "gradient_accumulation_steps": 1, "warmup_steps": 0})
+HALF_BATCH = {"paired_batch_size": 3, "unpaired_batch_size": 2}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, synthetic) -> Path:
+    """The tiny run, straight, on 2 processes × half the batch (one launch, shared by the tests below)."""
+    tmp_path = tmp_path_factory.mktemp("two_processes")
+    raw = tiny_pretrain_dict(tmp_path, synthetic, "double", maskedclip=HALF_BATCH, **RUN)
+    config_path = tmp_path / "double.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    completed = _launch_two_processes(config_path)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return Path(raw["run"]["output_dir"])
+
+
+def test_two_processes_match_one_process_with_the_global_batch(tmp_path, synthetic, two_process_run):
     single = PretrainConfig.from_dict(
         tiny_pretrain_dict(
             tmp_path,
             synthetic,
             "single",
             maskedclip={"paired_batch_size": 6, "unpaired_batch_size": 4},
-            **run,
+            **RUN,
         )
     )
     single_result = pretrain(single, show_progress=False)
 
-    raw = tiny_pretrain_dict(
-        tmp_path, synthetic, "double", maskedclip={"paired_batch_size": 3, "unpaired_batch_size": 2}, **run
-    )
-    config_path = tmp_path / "double.yaml"
-    config_path.write_text(yaml.safe_dump(raw))
-    completed = _launch_two_processes(config_path)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-
-    double_dir = Path(raw["run"]["output_dir"])
+    double_dir = two_process_run
     one, two = _logs(single_result.output_dir), _logs(double_dir)
     assert [e["step"] for e in two] == [1, 2, 3]
     for a, b in zip(one, two, strict=True):
@@ -79,6 +92,35 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, synthet
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=2e-5, msg=key)
+
+
+def test_a_signal_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exactly(
+    tmp_path, synthetic, two_process_run
+):
+    """SIGTERM reaches rank 1 only, during step 2: both processes finish step 2, write checkpoint-2 and stop
+    (preempted.json; the launcher fails); `--resume latest` ends bit-identical to the straight run."""
+    from retvlp.training.checkpointing import checkpoint_steps
+    from retvlp.training.preemption import MARKER
+
+    raw = tiny_pretrain_dict(tmp_path, synthetic, "preempted", maskedclip=HALF_BATCH, **RUN)
+    config_path = tmp_path / "preempted.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGNALLING_DRIVER)
+    stopped = _launch_two_processes(config_path, via=driver, preempt_at=1)
+    assert stopped.returncode != 0  # accelerate's launcher reports a failed worker; the marker says why
+    assert "preempted: stopped by SIGTERM after optimizer step 2" in stopped.stderr, stopped.stderr[-3000:]
+    assert "a preemption signal on another process" in stopped.stderr  # rank 0 learnt it from rank 1
+    output = Path(raw["run"]["output_dir"])
+    assert [step for step, _ in checkpoint_steps(output)] == [2]
+    assert json.loads((output / MARKER).read_text())["step"] == 2
+
+    resumed = _launch_two_processes(config_path, "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (output / MARKER).exists()
+    a = load_file(str(two_process_run / "checkpoint-3" / "model.safetensors"))
+    b = load_file(str(output / "checkpoint-3" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_data_stops_both_processes_with_the_report(tmp_path, synthetic):
