@@ -6,13 +6,10 @@ import logging
 import pytest
 import yaml
 
-from retvlp.training.config import (
-    ConfigError,
-    KeepFitSection,
-    MaskedCLIPSection,
-    PretrainConfig,
-    TextMLMSection,
-)
+from retvlp.training.config import ConfigError, PretrainConfig
+from retvlp.training.keepfit_task import KeepFitSection
+from retvlp.training.maskedclip_task import MaskedCLIPSection
+from retvlp.training.text_mlm import TextMLMSection
 
 
 def raw_config(family="maskedclip", **sections):

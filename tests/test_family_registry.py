@@ -1,8 +1,11 @@
-"""The family registry: every built-in entry resolves, the layers read it, and a new family is one folder plus
-one entry — a toy family written here from scratch trains for two steps through the one loop and its
-`final/` loads with `AutoModel`."""
+"""The family registry: every built-in entry resolves, the layers read it, each layer's part of a family is
+registered in that layer, and a new family is one folder plus one entry — a toy family written here from
+scratch (its task file registers its training parts) trains for two steps through the one loop and its `final/`
+loads with `AutoModel`."""
 
+import importlib
 import json
+import sys
 import textwrap
 
 import pytest
@@ -19,6 +22,7 @@ from retvlp.families import (
 from retvlp.registration import register_auto_classes
 from retvlp.training import PretrainConfig, pretrain
 from retvlp.training.config import ConfigError
+from retvlp.training.family_parts import training_parts, unregister_training
 
 TOY_FILES = {
     "__init__.py": """
@@ -75,6 +79,7 @@ TOY_FILES = {
 
         from retvlp.common.image_processing_fundus import FundusImageProcessor
         from retvlp.training.config import FamilySection
+        from retvlp.training.family_parts import register_training
         from retvlp.training.ibq_task import ImageStepBatches
         from retvlp.training.task import PretrainTask
 
@@ -108,6 +113,9 @@ TOY_FILES = {
             def make_batches(self, streams, tokenizer, class_names, processor, model, config, *, rank, world_size):
                 kwargs = self.common_batch_kwargs(processor, config, rank, world_size)
                 return ImageStepBatches(streams, self.batch_sizes(config), **kwargs)
+
+
+        register_training("toy", task=ToyTask, section=ToySection)
     """,
 }
 
@@ -117,8 +125,6 @@ TOY_FAMILY = FamilySpec(
     model_types=("retvlp_toy",),
     config="toyfam:ToyConfig",
     model="toyfam:ToyModel",
-    task="toyfam.task_toy:ToyTask",
-    run_section="toyfam.task_toy:ToySection",
     auto_classes=(("AutoConfig", "config", "config"), ("AutoModel", "config", "model")),
 )
 
@@ -130,11 +136,15 @@ def toy_family(tmp_path, monkeypatch):
     for name, text in TOY_FILES.items():
         (package / name).write_text(textwrap.dedent(text))
     monkeypatch.syspath_prepend(str(package.parent))
+    for name in [n for n in sys.modules if n == "toyfam" or n.startswith("toyfam.")]:
+        monkeypatch.delitem(sys.modules, name)  # this test's files, imported afresh
     register_family(TOY_FAMILY)
     register_auto_classes()
     try:
+        importlib.import_module("toyfam.task_toy")  # the task file registers the training parts
         yield TOY_FAMILY
     finally:
+        unregister_training("toy")
         unregister_family("toy")
 
 
@@ -201,20 +211,13 @@ def test_every_builtin_entry_resolves():
     names = [spec.name for spec in families()]
     assert names[:4] == ["maskedclip", "keepfit", "ibq-tokenizer", "text-mlm"]
     for spec in families():
-        for field in (
-            "config",
-            "model",
-            "pretraining_model",
-            "vision_model",
-            "classifier",
-            "processor",
-            "task",
-        ):
+        for field in ("config", "model", "pretraining_model", "vision_model", "classifier", "processor"):
             value = getattr(spec, field)
             if value is not None:
                 assert spec.load(field) is not None, (spec.name, field)
-        section = spec.load("run_section")
-        assert section is not None and hasattr(section, "batch_keys"), spec.name
+        parts = training_parts(spec.name)  # registered by the family's task file
+        assert parts is not None and parts.task is not None, spec.name
+        assert hasattr(parts.section, "batch_keys"), spec.name
         for _, config_field, model_field in spec.auto_classes:
             assert spec.load(config_field) is not None and spec.load(model_field) is not None
         for field, _ in spec.remote_code:
@@ -251,3 +254,21 @@ def test_a_name_registers_once():
         register_family(get_family("maskedclip"))
     with pytest.raises(ValueError, match="'nope' is not registered; registered families"):
         get_family("nope")
+
+
+def test_each_layer_registers_its_part_of_the_builtin_families():
+    from retvlp.model_card.architecture import card_families, card_parts
+    from retvlp.training.config import family_section_class
+    from retvlp.training.keepfit_task import KEEPFIT_ROUTING, KeepFitSection, KeepFitTask
+    from retvlp.training.maskedclip_task import MASKEDCLIP_ROUTING, MaskedCLIPSection, MaskedCLIPTask
+
+    assert (
+        training_parts("maskedclip").task is MaskedCLIPTask and MaskedCLIPTask.routing is MASKEDCLIP_ROUTING
+    )
+    assert training_parts("keepfit").task is KeepFitTask and KeepFitTask.routing is KEEPFIT_ROUTING
+    assert family_section_class("maskedclip") is MaskedCLIPSection
+    assert family_section_class("keepfit") is KeepFitSection
+    assert card_families() == ("maskedclip", "keepfit")
+    assert card_parts("keepfit").template == "keepfit.md"
+    with pytest.raises(ValueError, match="has no model card template"):
+        card_parts("ibq-tokenizer")

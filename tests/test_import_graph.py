@@ -1,6 +1,7 @@
-"""The package's layers point one way: no import cycle between modules or between subpackages, counting the
-imports inside functions too (a function-level import cannot hide a cycle), and every import goes to the
-same or a lower layer (docs/architecture.md)."""
+"""The package's layers point one way: no import cycle between modules or between subpackages, counting every
+import (inside functions and under `if TYPE_CHECKING:` too: neither may hide a cycle), every import goes to the
+same or a lower layer, no `"module:attribute"` string of the family registry names a higher layer, and no data
+module imports another's private names (docs/architecture.md)."""
 
 import ast
 from pathlib import Path
@@ -12,9 +13,9 @@ PACKAGE = "retvlp"
 
 # Lowest first. A module belongs to the layer of its top-level subpackage (or its own name at the top level).
 LAYERS = [
-    ("foundation", {"common", "families", "runtime", "prompts", "tokenization", "lazy", "artifact_hooks"}),
+    ("foundation", {"common", "runtime", "prompts", "tokenization", "lazy", "artifact_hooks"}),
     ("data", {"data", "synthetic"}),
-    ("models", {"maskedclip", "keepfit", "ibq", "registration", "lora"}),
+    ("models", {"families", "maskedclip", "keepfit", "ibq", "registration", "lora"}),
     ("training", {"training"}),
     ("evaluation", {"evaluation", "run", "export"}),
     ("hub and cards", {"hub", "model_card", "model_cards"}),
@@ -40,17 +41,7 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
     package = name if is_package(path) else name.rpartition(".")[0]
     found = set()
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    # Imports for type annotations only never run, so they cannot form a cycle.
-    typing_only = {
-        id(child)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for statement in node.body
-        for child in ast.walk(statement)
-    }
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -167,3 +158,44 @@ def test_foundation_imports_nothing_of_the_package(name):
     assert members, name
     outside = sorted(t for m in members for t in graph[m] if unit_of(t) != name)
     assert outside == []
+
+
+def test_the_checker_sees_a_cycle_hidden_under_type_checking(tmp_path, monkeypatch):
+    package = tmp_path / PACKAGE
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .b import g\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .a import g\n"
+    )
+    monkeypatch.setattr(f"{__name__}.SRC", tmp_path)
+    assert cycles(import_graph()) == [["retvlp.a", "retvlp.b"]]
+
+
+def test_the_family_registry_names_nothing_above_its_layer():
+    """`families.py` names classes by "module:attribute" strings, which no import check sees: each must name a
+    module of its own layer or below (the training and card parts register themselves in their layers)."""
+    rank = {unit: i for i, (_, units) in enumerate(LAYERS) for unit in units}
+    tree = ast.parse((SRC / PACKAGE / "families.py").read_text(encoding="utf-8"))
+    named = {
+        node.value.partition(":")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if node.value.startswith(PACKAGE + ".") and ":" in node.value
+    }
+    assert named, "the registry names its classes by 'module:attribute'"
+    above = sorted(m for m in named if rank[unit_of(m)] > rank["families"])
+    assert above == []
+
+
+def test_no_data_module_imports_another_ones_private_names():
+    found = []
+    for path in sorted((SRC / PACKAGE / "data").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(PACKAGE)):
+                private = [
+                    a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+                if private:
+                    found.append(f"{path.name}: from {'.' * node.level}{node.module or ''} import {private}")
+    assert found == []

@@ -1,23 +1,30 @@
-"""The family registry: one entry per model family, read by every layer that used to branch on a family name.
+"""The family registry: the model facts of each model family, read by every layer that used to branch on a
+family name.
 
-An entry is data. It names the family's classes by ``"module:attribute"`` strings, because the things it
-names live in different layers (the models in the family folder, the pretraining task and its run-config
-section in `retvlp.training`) and this module sits below all of them: each layer resolves only the names of
-its own layer or the layers beneath it (`FamilySpec.load`), so the registry adds no import edge. Objects may
-be given instead of strings (a test's toy family does that).
+An entry holds the family's name (the `model.family` value of run configs), title, `model_types`, its classes
+(config, released model, `...ForPreTraining`, vision model, classifier, processor), the LoRA defaults, the
+Auto-class registrations and the remote-code export marks. Classes are named by ``"module:attribute"`` strings
+into the family's own folder (`retvlp.maskedclip`, ...), a module of this layer, resolved on use
+(`FamilySpec.load`) so that reading the registry imports no model code; objects may be given instead (a
+test's toy family does that). No entry names anything of a higher layer: each higher layer registers its own
+part of a family where that part lives, looked up by the family name:
 
-Who reads it:
+- training: the pretraining task and its run-config section, registered by the task file
+  (`retvlp.training.family_parts.register_training`, e.g. at the end of `training/maskedclip_task.py`);
+- cards: the template, citation, prompt and architecture rows (`retvlp.model_card.architecture.register_card`).
+
+Who reads this registry:
 
 - `retvlp.registration`: the Auto-class registrations and the remote-code export marks (`auto_classes`,
   `remote_code`);
-- `retvlp.training.config`: the accepted `model.family` values and the family's run-config section;
-- the trainer: the pretraining task;
+- `retvlp.training.config`: the accepted `model.family` values;
+- `training/pretrain.py`: the loader hint printed with `final/`;
 - `retvlp.evaluation.finetune`: the classifier class, the LoRA defaults and the head modules;
 - `retvlp.lora`: the LoRA towers (`lora_targets`, `check_lora_targets`);
-- `retvlp.evaluation.features`: whether a model is one of our dual encoders (`model_types`);
-- cards and the push: the title, the card template and the released class.
+- `retvlp.evaluation.features`, `retvlp.export`: whether a model is one of our dual encoders (`model_types`);
+- cards and the push: the title and the released / classifier class.
 
-Adding a family = one folder + one `register_family(FamilySpec(...))` call (below for the built-in ones).
+Adding a family: docs/architecture.md, "Adding a family".
 """
 
 from __future__ import annotations
@@ -78,15 +85,7 @@ class FamilySpec:
     vision_model: Any = None
     classifier: Any = None  # `...ForImageClassification`
     processor: Any = None
-    task: Any = None  # `retvlp.training.task.PretrainTask` subclass
-    run_section: Any = None  # the dataclass of the run config's `<name>:` section
     lora: LoraDefaults | None = None
-    # Cards (retvlp.model_card): the template and citation files in retvlp/model_cards/, the zero-shot prompt
-    # the card's example uses, and the function giving the card's architecture rows from a config dict.
-    card_template: str | None = None
-    card_citation: str | None = None
-    default_prompt: str | None = None
-    card_architecture: Any = None
     # The final model's loader hint printed at the end of a run.
     loader_hint: str = "AutoModel / AutoProcessor.from_pretrained load it"
     # (Auto class name in transformers, config field, model field): `AutoModel.register(config, model)`.
@@ -159,8 +158,6 @@ register_family(
         vision_model="retvlp.maskedclip:MaskedCLIPVisionModel",
         classifier="retvlp.maskedclip:MaskedCLIPForImageClassification",
         processor="retvlp.maskedclip:MaskedCLIPProcessor",
-        task="retvlp.training.maskedclip_task:MaskedCLIPTask",
-        run_section="retvlp.training.config:MaskedCLIPSection",
         lora=LoraDefaults(
             target_modules=r".*vision_model\.layers\.\d+\.attention\.(q_proj|k_proj|v_proj|o_proj)",
             modules_to_save=("classifier", "fc_norm"),
@@ -170,10 +167,6 @@ register_family(
                 "bridge": LoraTower("bridge", _BRIDGE_ATTENTION),
             },
         ),
-        card_template="maskedclip.md",
-        card_citation="maskedclip.bib",
-        default_prompt="a fundus photograph of {}",
-        card_architecture="retvlp.model_card.architecture:maskedclip_architecture",
         auto_classes=(
             ("AutoConfig", "config", "config"),
             ("AutoConfig", "vision_config", "vision_config"),
@@ -217,8 +210,6 @@ register_family(
         vision_model="retvlp.keepfit:KeepFitVisionModel",
         classifier="retvlp.keepfit:KeepFitForImageClassification",
         processor="retvlp.keepfit:KeepFitProcessor",
-        task="retvlp.training.keepfit_task:KeepFitTask",
-        run_section="retvlp.training.config:KeepFitSection",
         lora=LoraDefaults(
             target_modules=r".*vision_model\.encoder\.stages\.\d+\.layers\.\d+\.layer\.\d+\.convolution",
             towers={
@@ -226,10 +217,6 @@ register_family(
                 "text": LoraTower("text_model", _BERT_ATTENTION),
             },
         ),
-        card_template="keepfit.md",
-        card_citation="keepfit.bib",
-        default_prompt="A fundus photograph of {}.",
-        card_architecture="retvlp.model_card.architecture:keepfit_architecture",
         auto_classes=(
             ("AutoConfig", "config", "config"),
             ("AutoModel", "config", "model"),
@@ -259,8 +246,6 @@ register_family(
         model_types=("ibq_tokenizer",),
         config="retvlp.ibq:IBQTokenizerConfig",
         model="retvlp.ibq:IBQTokenizerModel",
-        task="retvlp.training.ibq_task:IBQTokenizerTask",
-        run_section="retvlp.training.config:IBQTokenizerSection",
         loader_hint="AutoModel.from_pretrained loads it; use it as KeepFIT's ibq_tokenizer_path",
         auto_classes=(("AutoConfig", "config", "config"), ("AutoModel", "config", "model")),
         remote_code=(("config", None), ("model", "AutoModel")),
@@ -270,8 +255,6 @@ register_family(
     FamilySpec(
         name="text-mlm",
         title="BERT masked-language-model text pretraining",
-        task="retvlp.training.text_mlm:TextMLMTask",
-        run_section="retvlp.training.config:TextMLMSection",
         loader_hint=(
             "BertModel / BertForMaskedLM.from_pretrained loads it; use it as the model.text_pretrained of a "
             "KeepFIT or MaskedCLIP run"

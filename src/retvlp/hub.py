@@ -478,7 +478,7 @@ def _default_message(staged: Path) -> str:
         return "Upload LoRA adapter and adapter card (retvlp)"
     model_type = _read_json(staged / "config.json").get("model_type", "")
     family = family_of_model_type(str(model_type))
-    what = family.title if family is not None and family.card_template else "model"
+    what = family.title if family is not None and family.name in card_families() else "model"
     if kind == "classifier":
         return f"Upload fine-tuned {what} classifier + image processor, remote code and model card (retvlp)"
     extra = " + processor" if (staged / "processor_config.json").is_file() else ""

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .manifest_columns import _collect, _Columns, _resolve_columns
+from .manifest_columns import ManifestColumns, collect_row, resolve_columns
 from .manifest_records import (
     DEFAULT_GROUP_COLUMN,
     DEFAULT_IMAGE_COLUMN,
@@ -19,15 +19,15 @@ from .manifest_records import (
     HFImageRef,
     Manifest,
     ManifestRecord,
-    _assign_role,
-    _check_role,
-    _parse_group,
-    _parse_text,
-    _resolve_path,
+    assign_role,
+    check_role,
+    parse_group,
     parse_labels,
+    parse_text,
+    resolve_path,
 )
+from .problems import DataProblem, make_problem
 from .roots import DataRoots, root_list
-from .validation import DataProblem, make_problem
 
 
 def _class_names_of(feature: Any) -> list[str] | None:
@@ -70,7 +70,7 @@ def _dataset_source(dataset: Any, name: str | None) -> str:
     return f"hf:{name}"
 
 
-def _image_references(dataset: Any, columns: _Columns, source: str) -> Any:
+def _image_references(dataset: Any, columns: ManifestColumns, source: str) -> Any:
     """For an `Image`-feature column, the dataset that `HFImageRef`s point into (that column only, undecoded);
     None for a column of path strings. Raises ValueError for any other column type."""
     import datasets
@@ -96,7 +96,7 @@ class _HFRows:
         self,
         dataset: Any,
         source: str,
-        columns: _Columns,
+        columns: ManifestColumns,
         references: Any,
         base: str,
         roots: DataRoots,
@@ -128,7 +128,7 @@ class _HFRows:
         values = {c: batch.column(c).to_pylist() for c in self.wanted if c != self.columns.image}
         for i in range(len(images)):
             result = self._row(start + i + 1, has_data[i], image_values[i], values, i)
-            _collect(result, self.records, self.problems)
+            collect_row(result, self.records, self.problems)
 
     def _images(self, images: Any, start: int) -> tuple[list[bool], list[Any]]:
         """Per row of the batch: whether it has an image, and the image (an `HFImageRef` or a resolved path)."""
@@ -144,7 +144,7 @@ class _HFRows:
             paths = images.to_pylist()
             has_data = [bool(p and p.strip()) for p in paths]
             image_values = [
-                _resolve_path(p, self.base) if ok else None for p, ok in zip(paths, has_data, strict=True)
+                resolve_path(p, self.base) if ok else None for p, ok in zip(paths, has_data, strict=True)
             ]
         return has_data, image_values
 
@@ -173,9 +173,9 @@ class _HFRows:
             attributes = self._labels(cols.attributes, values, i)
         except ValueError as exc:
             return make_problem(self.source, row, str(image), "unparseable-row", str(exc))
-        text = _parse_text(values[cols.text][i]) if cols.text else None
-        group = _parse_group(values[cols.group][i]) if cols.group else None
-        text, labels, record_role = _assign_role(text, labels, self.role)
+        text = parse_text(values[cols.text][i]) if cols.text else None
+        group = parse_group(values[cols.group][i]) if cols.group else None
+        text, labels, record_role = assign_role(text, labels, self.role)
         return ManifestRecord(
             image=image,
             text=text,
@@ -210,10 +210,10 @@ def manifest_from_hf_dataset(
     Paths of a string column must resolve inside `image_root` (else the working directory) or one of
     `allowed_roots`, unless `allow_outside_data_roots`; others become `outside-data-root` problems. Images held
     by an `Image` feature are the dataset's own data, not files the manifest points to, and are not checked."""
-    _check_role(role)
+    check_role(role)
     _check_dataset(dataset)
     source = _dataset_source(dataset, name)
-    columns = _resolve_columns(
+    columns = resolve_columns(
         list(dataset.column_names),
         f"dataset {source}",
         image_column=image_column,

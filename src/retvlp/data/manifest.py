@@ -31,12 +31,12 @@ from .hf_manifest import manifest_from_hf_dataset
 from .lines import readable, split_lines, utf8_problem_message
 from .manifest_formats import (
     IMAGE_EXTENSIONS,
-    _delimited_format,
-    _delimiter,
-    _detect_format,
-    _read_delimited,
-    _read_image_folder,
-    _read_json,
+    delimited_format,
+    delimiter_for,
+    detect_format,
+    read_delimited,
+    read_image_folder,
+    read_json_manifest,
 )
 from .manifest_records import (
     ATTRIBUTE_COLUMNS,
@@ -51,7 +51,7 @@ from .manifest_records import (
     HFImageRef,
     Manifest,
     ManifestRecord,
-    _check_role,
+    check_role,
     parse_labels,
 )
 from .roots import DataRoots, manifest_roots, root_list
@@ -90,7 +90,7 @@ def _manifest_format(source: str, format: str | None) -> str:
         raise FileNotFoundError(errno.ENOENT, "manifest not found", source)
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown manifest format {format!r}; expected one of {', '.join(FORMATS)}")
-    return format or _detect_format(source)
+    return format or detect_format(source)
 
 
 def _image_folder_manifest(
@@ -102,7 +102,7 @@ def _image_folder_manifest(
     if not os.path.isdir(source):
         raise ValueError(f"{source}: format 'imagefolder' needs a directory")
     roots = manifest_roots(source, None, allowed_roots, allow_outside_data_roots)
-    records, problems = _read_image_folder(source, source, role, roots)
+    records, problems = read_image_folder(source, source, role, roots)
     return Manifest(records, problems, source, "imagefolder")
 
 
@@ -128,7 +128,7 @@ def _file_manifest(
 ) -> Manifest:
     """A CSV/TSV/FLAIR or JSON manifest file."""
     if detected in ("jsonl", "json"):
-        records, problems, detected = _read_json(
+        records, problems, detected = read_json_manifest(
             source,
             source,
             base,
@@ -139,10 +139,10 @@ def _file_manifest(
             roots=roots,
         )
         return Manifest(records, problems, source, detected)
-    records, problems, header = _read_delimited(
-        source, source, _delimiter(detected, source), base, role, label_separator, column_args, roots
+    records, problems, header = read_delimited(
+        source, source, delimiter_for(detected, source), base, role, label_separator, column_args, roots
     )
-    return Manifest(records, problems, source, _delimited_format(detected, header))
+    return Manifest(records, problems, source, delimited_format(detected, header))
 
 
 def read_manifest(
@@ -170,7 +170,7 @@ def read_manifest(
     manifest's folder, `image_root` and the extra `allowed_roots` becomes an `outside-data-root` problem, not a
     record, and is never opened; `allow_outside_data_roots=True` switches the check off.
     """
-    _check_role(role)
+    check_role(role)
     source = os.fspath(path)
     detected = _manifest_format(source, format)
     if detected == "imagefolder":

@@ -1,5 +1,5 @@
 """Manifest columns and rows: which columns hold the image, caption, labels, group and FLAIR attributes (with
-the fallback names tried for columns left at their defaults), and `_RowReader`, which turns one row's values into
+the fallback names tried for columns left at their defaults), and `RowReader`, which turns one row's values into
 a `ManifestRecord` or a `DataProblem` for the CSV and JSON readers."""
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ from .manifest_records import (
     LABEL_FALLBACKS,
     TEXT_FALLBACKS,
     ManifestRecord,
-    _assign_role,
-    _is_missing,
-    _parse_group,
-    _parse_text,
-    _resolve_path,
+    assign_role,
+    is_missing,
+    parse_group,
     parse_labels,
+    parse_text,
+    resolve_path,
 )
+from .problems import DataProblem, make_problem
 from .roots import DataRoots
-from .validation import DataProblem, make_problem
 
 
 @dataclass
-class _Columns:
+class ManifestColumns:
     image: str
     text: str | None
     label: str | None
@@ -40,7 +40,7 @@ class _Columns:
     candidates: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _match_column(columns: Sequence[str], name: str) -> str | None:
+def match_column(columns: Sequence[str], name: str) -> str | None:
     if name in columns:
         return name
     wanted = name.strip().lower()
@@ -55,12 +55,12 @@ def _find_column(
 ) -> str | None:
     if not name:
         return None
-    found = _match_column(columns, name)
+    found = match_column(columns, name)
     if found is not None:
         return found
     if name == default:
         for fallback in fallbacks:
-            found = _match_column(columns, fallback)
+            found = match_column(columns, fallback)
             if found is not None:
                 return found
         return None
@@ -77,7 +77,7 @@ def _all_matches(
         return ()
     if name != default:
         return (found,)
-    matches = (_match_column(columns, n) for n in (name, *fallbacks))
+    matches = (match_column(columns, n) for n in (name, *fallbacks))
     return tuple(dict.fromkeys(m for m in matches if m is not None))
 
 
@@ -85,7 +85,7 @@ def _list_columns(columns: Sequence[str]) -> str:
     return ", ".join(repr(c) for c in columns) if columns else "(none)"
 
 
-def _resolve_columns(
+def resolve_columns(
     columns: Sequence[str],
     where: str,
     *,
@@ -93,8 +93,8 @@ def _resolve_columns(
     text_column: str | None,
     label_column: str | None,
     group_column: str | None,
-) -> _Columns:
-    image = _match_column(columns, image_column)
+) -> ManifestColumns:
+    image = match_column(columns, image_column)
     if image is None:
         candidates = [c for c in columns if any(w in c.lower() for w in ("image", "img", "path", "file"))]
         hint = f" (maybe --image-column {candidates[0]!r}?)" if candidates else ""
@@ -102,8 +102,8 @@ def _resolve_columns(
             f"{where}: no image column {image_column!r}; columns found: {_list_columns(columns)}. "
             f"Name the column that holds the image paths with --image-column NAME (image_column=...){hint}."
         )
-    attributes = tuple(c for c in (_match_column(columns, a) for a in ATTRIBUTE_COLUMNS) if c)
-    result = _Columns(
+    attributes = tuple(c for c in (match_column(columns, a) for a in ATTRIBUTE_COLUMNS) if c)
+    result = ManifestColumns(
         image=image, text=None, label=None, group=None, attributes=attributes[0] if attributes else None
     )
     result.candidates["attributes"] = attributes
@@ -118,13 +118,13 @@ def _resolve_columns(
     return result
 
 
-class _RowReader:
+class RowReader:
     """Builds a record (or a problem) from one row's values, for the CSV and JSON readers."""
 
     def __init__(
         self,
         source: str,
-        columns: _Columns,
+        columns: ManifestColumns,
         base: str,
         role: str | None,
         separator: str | None,
@@ -143,14 +143,14 @@ class _RowReader:
         """The first non-blank value among the field's candidate columns, else the first one present."""
         present = [values[name] for name in self.columns.candidates[what] if name in values]
         for value in present:
-            if not _is_missing(value) and not (isinstance(value, str) and not value.strip()):
+            if not is_missing(value) and not (isinstance(value, str) and not value.strip()):
                 return value
         return present[0] if present else None
 
     def __call__(self, row: int, values: Mapping[str, Any]) -> ManifestRecord | DataProblem:
         cols = self.columns
         image = values.get(cols.image)
-        if _is_missing(image) or (isinstance(image, str) and not image.strip()):
+        if is_missing(image) or (isinstance(image, str) and not image.strip()):
             return make_problem(
                 self.source,
                 row,
@@ -166,7 +166,7 @@ class _RowReader:
                 "missing-image-field",
                 f"the {cols.image!r} field is {type(image).__name__} {image!r}, not an image path; fix the row",
             )
-        path = _resolve_path(image, self.base)
+        path = resolve_path(image, self.base)
         outside = self.roots.problem(self.source, row, path)
         if outside is not None:  # never becomes a record, so nothing downstream opens it
             return outside
@@ -177,9 +177,9 @@ class _RowReader:
             return make_problem(
                 self.source, row, path, "unparseable-row", f"{exc}; write labels as ['a', 'b'] or a|b"
             )
-        text = _parse_text(self._get(values, "text"))
-        group = _parse_group(self._get(values, "group"))
-        text, labels, role = _assign_role(text, labels, self.role)
+        text = parse_text(self._get(values, "text"))
+        group = parse_group(self._get(values, "group"))
+        text, labels, role = assign_role(text, labels, self.role)
         return ManifestRecord(
             image=path,
             text=text,
@@ -192,5 +192,5 @@ class _RowReader:
         )
 
 
-def _collect(result: ManifestRecord | DataProblem, records: list, problems: list) -> None:
+def collect_row(result: ManifestRecord | DataProblem, records: list, problems: list) -> None:
     (records if isinstance(result, ManifestRecord) else problems).append(result)

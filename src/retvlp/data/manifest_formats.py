@@ -15,10 +15,10 @@ import os
 from collections.abc import Callable, Iterator
 
 from .lines import readable, split_lines, utf8_problem_message
-from .manifest_columns import _collect, _match_column, _resolve_columns, _RowReader
-from .manifest_records import ManifestRecord, _assign_role, _resolve_path
+from .manifest_columns import RowReader, collect_row, match_column, resolve_columns
+from .manifest_records import ManifestRecord, assign_role, resolve_path
+from .problems import DataProblem, make_problem
 from .roots import DataRoots
-from .validation import DataProblem, make_problem
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -39,7 +39,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
-def _detect_format(path: str) -> str:
+def detect_format(path: str) -> str:
     if os.path.isdir(path):
         return "imagefolder"
     extension = os.path.splitext(path)[1].lower()
@@ -146,7 +146,7 @@ class _DelimitedRows:
             self.problems.append(self._too_many_fields(fields))
             return
         values = {name: (fields[i] if i < len(fields) else "") for i, name in enumerate(self.header)}
-        _collect(self.build(self.row, values), self.records, self.problems)
+        collect_row(self.build(self.row, values), self.records, self.problems)
 
     def _take_header(self, fields: list[str], bad: list[_BadLine]) -> None:
         if not any(f.strip() for f in fields):
@@ -166,8 +166,8 @@ class _DelimitedRows:
                     "header " + utf8_problem_message(line, offset, exc, index + 1),
                 )
             )
-        columns = _resolve_columns(header, self.source, **self.column_args)
-        self.build = _RowReader(self.source, columns, self.base, self.role, self.separator, self.roots)
+        columns = resolve_columns(header, self.source, **self.column_args)
+        self.build = RowReader(self.source, columns, self.base, self.role, self.separator, self.roots)
 
     def _image_index(self) -> int:
         return self.header.index(self.build.columns.image)
@@ -176,7 +176,7 @@ class _DelimitedRows:
         index, line, offset, exc = bad
         image_index = self._image_index()
         image = readable(fields[image_index]).strip() if image_index < len(fields) else ""
-        image = _resolve_path(image, self.base) if image else ""
+        image = resolve_path(image, self.base) if image else ""
         return make_problem(
             self.source,
             self.row,
@@ -190,7 +190,7 @@ class _DelimitedRows:
         return make_problem(
             self.source,
             self.row,
-            _resolve_path(fields[image_index], self.base) if fields[image_index].strip() else "",
+            resolve_path(fields[image_index], self.base) if fields[image_index].strip() else "",
             "unparseable-row",
             f"the row has {len(fields)} fields but the header has {len(self.header)} (an unquoted "
             f"{self.delimiter!r} inside a caption?); quote that field",
@@ -204,7 +204,7 @@ class _DelimitedRows:
         return self.records, self.problems, self.header
 
 
-def _read_delimited(
+def read_delimited(
     path: str,
     source: str,
     delimiter: str,
@@ -232,15 +232,15 @@ def _read_delimited(
     return rows.result()
 
 
-def _delimiter(detected: str, source: str) -> str:
+def delimiter_for(detected: str, source: str) -> str:
     """Tab for TSV (by format or by extension), else comma."""
     extension = os.path.splitext(source)[1].lower()
     return "\t" if detected == "tsv" or extension in (".tsv", ".tab") else ","
 
 
-def _delimited_format(detected: str, header: list[str]) -> str:
+def delimited_format(detected: str, header: list[str]) -> str:
     """A CSV with a `categories` column is FLAIR's layout."""
-    if detected == "csv" and _match_column(header, "categories") is not None:
+    if detected == "csv" and match_column(header, "categories") is not None:
         return "flair"
     return detected
 
@@ -343,7 +343,7 @@ def _keys_in_order(rows: list[tuple[int, dict]]) -> list[str]:
     return columns
 
 
-def _read_json(
+def read_json_manifest(
     path: str,
     source: str,
     base: str,
@@ -365,10 +365,10 @@ def _read_json(
         rows, problems = _json_lines_rows(lines, offsets, source)
     records: list[ManifestRecord] = []
     if rows:
-        columns_found = _resolve_columns(_keys_in_order(rows), source, **column_args)
-        build = _RowReader(source, columns_found, base, role, separator, roots)
+        columns_found = resolve_columns(_keys_in_order(rows), source, **column_args)
+        build = RowReader(source, columns_found, base, role, separator, roots)
         for number, item in rows:
-            _collect(build(number, item), records, problems)
+            collect_row(build(number, item), records, problems)
     return records, problems, kind
 
 
@@ -405,7 +405,7 @@ def _walk_images(root: str, source: str, roots: DataRoots) -> tuple[list[tuple[s
     return found, problems
 
 
-def _read_image_folder(
+def read_image_folder(
     root: str, source: str, role: str | None, roots: DataRoots
 ) -> tuple[list[ManifestRecord], list[DataProblem]]:
     root = os.path.abspath(root)
@@ -418,7 +418,7 @@ def _read_image_folder(
             problems.append(outside)
             continue
         labels = (parts[0],) if len(parts) > 1 else ()
-        text, labels, record_role = _assign_role(None, labels, role)
+        text, labels, record_role = assign_role(None, labels, role)
         records.append(
             ManifestRecord(
                 image=path,

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from .validation import DataProblem
+from .problems import DataProblem
 
 ROLES = ("paired", "categorical", "unpaired")
 
@@ -116,7 +116,7 @@ class Manifest:
 # Field parsing
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
@@ -130,7 +130,7 @@ def parse_labels(value: Any, separator: str | None = "|") -> tuple[str, ...]:
     """Labels from a manifest field: a list, a JSON or Python list written as a string ("['a', 'b']"), a string
     split on `separator`, or one scalar. Blank entries are dropped, repeats removed. Raises ValueError for a
     string that looks like a list but cannot be parsed."""
-    if _is_missing(value):
+    if is_missing(value):
         return ()
     if isinstance(value, (list, tuple)):
         items: Iterable[Any] = value
@@ -157,7 +157,7 @@ def parse_labels(value: Any, separator: str | None = "|") -> tuple[str, ...]:
         items = [value]
     labels: list[str] = []
     for item in items:
-        if _is_missing(item):
+        if is_missing(item):
             continue
         label = _scalar_text(item)
         if label and label not in labels:
@@ -165,27 +165,27 @@ def parse_labels(value: Any, separator: str | None = "|") -> tuple[str, ...]:
     return tuple(labels)
 
 
-def _parse_text(value: Any) -> str | None:
-    if _is_missing(value):
+def parse_text(value: Any) -> str | None:
+    if is_missing(value):
         return None
     return value.strip() if isinstance(value, str) else _scalar_text(value)
 
 
-def _parse_group(value: Any) -> str | None:
-    if _is_missing(value):
+def parse_group(value: Any) -> str | None:
+    if is_missing(value):
         return None
     group = _scalar_text(value)
     return group or None
 
 
-def _resolve_path(value: str, base: str) -> str:
+def resolve_path(value: str, base: str) -> str:
     path = os.path.expanduser(value.strip())
     if not os.path.isabs(path):
         path = os.path.join(base, path)
     return os.path.abspath(path)
 
 
-def _assign_role(text: str | None, labels: tuple[str, ...], role: str | None):
+def assign_role(text: str | None, labels: tuple[str, ...], role: str | None):
     """(text, labels, role): the role from the content, or the forced role with the fields it ignores cleared
     (a forced `paired` row without a caption gets text "" so validation reports it)."""
     if role is None:
@@ -197,7 +197,7 @@ def _assign_role(text: str | None, labels: tuple[str, ...], role: str | None):
     return None, (), role
 
 
-def _check_role(role: str | None) -> None:
+def check_role(role: str | None) -> None:
     if role is not None and role not in ROLES:
         raise ValueError(
             f"unknown role {role!r}; expected one of {', '.join(ROLES)} (or None to decide per row)"

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .validation import DataProblem, make_problem
+from .problems import DataProblem, make_problem
 
 # What the user can do about an outside path; named in every `outside-data-root` message.
 OPT_OUT_HINT = (

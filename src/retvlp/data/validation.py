@@ -34,81 +34,16 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..common.image_processing_fundus import DEFAULT_MIN_SIZE as DEFAULT_PROCESSOR_MIN_SIZE
 from ..common.image_processing_fundus import DecodedImage, decode_image, decode_note
+from .problems import PROBLEM_KINDS, SEVERITIES, DataProblem, make_problem  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from .manifest import HFImageRef, Manifest, ManifestRecord
-
-SEVERITIES = ("error", "warning")
-
-PROBLEM_KINDS = {
-    "unparseable-row": "error",
-    "not-utf8": "error",
-    "missing-image-field": "error",
-    "outside-data-root": "error",
-    "missing-file": "error",
-    "unreadable-image": "error",
-    "truncated-image": "error",
-    "tiny-image": "error",
-    "decompression-bomb": "error",
-    "converted-mode": "warning",
-    "empty-caption": "error",
-    "unknown-label": "error",
-    "missing-label": "error",
-    "duplicate-row": "error",
-    # prepared shard sets (retvlp.data.shard_stream): a shard shorter / other than its index records, a member
-    # whose checksum or PNG decode fails
-    "truncated-shard": "error",
-    "corrupt-shard": "error",
-    "corrupt-member": "error",
-}
 
 # One threshold for the data checks and the image processor (which refuses smaller inputs the same way); it
 # lives in the processor's module because that module is copied next to checkpoints and imports no retvlp.
 DEFAULT_MIN_SIZE = DEFAULT_PROCESSOR_MIN_SIZE
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit with its default Image.MAX_IMAGE_PIXELS
 PROGRESS_THRESHOLD = 1000  # show a progress bar when checking at least this many images
-
-
-@dataclass(frozen=True)
-class DataProblem:
-    """One problem with one row of one manifest (row 0: the file as a whole, e.g. its header)."""
-
-    source: str
-    row: int
-    image: str
-    kind: str
-    message: str
-    severity: str = "error"
-
-    def format(self) -> str:
-        """`paired.csv:12: images/a.jpg: truncated-image: image file is truncated (...); re-export ...`."""
-        parts = [f"{self.source}:{self.row}" if self.row else self.source]
-        if self.image:
-            parts.append(_display_image(self.image, self.source))
-        parts.append(self.kind if self.severity == "error" else f"{self.kind} ({self.severity})")
-        parts.append(self.message)
-        return ": ".join(parts)
-
-
-def make_problem(source: str, row: int, image: Any, kind: str, message: str) -> DataProblem:
-    """A `DataProblem` of `kind` with the kind's default severity."""
-    if kind not in PROBLEM_KINDS:
-        raise ValueError(f"unknown problem kind {kind!r}; known kinds: {', '.join(PROBLEM_KINDS)}")
-    return DataProblem(
-        str(source), int(row), "" if image is None else str(image), kind, message, PROBLEM_KINDS[kind]
-    )
-
-
-def _display_image(image: str, source: str) -> str:
-    """Image paths under the manifest's folder are shown relative to it, others in full."""
-    if not os.path.isabs(image) or source.startswith("hf:"):
-        return image
-    base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
-    try:
-        relative = os.path.relpath(image, base)
-    except ValueError:  # another drive on Windows
-        return image
-    return image if relative.startswith("..") else relative
 
 
 _KIND_ORDER = {kind: i for i, kind in enumerate(PROBLEM_KINDS)}

@@ -17,7 +17,9 @@ never ``model-index`` entries.
 The package is split by meaning:
 
 - `inputs`: reading checkpoint folders and the packaged template files;
-- `architecture`, `training`: the model facts (architecture in words, preprocessing, training settings);
+- `architecture`: each family's card registration (`register_card`: template, citation, prompt) and its
+  architecture rows;
+- `training`: the training settings in words;
 - `metadata`: what the card says about results (the `model-index` entries and the table data, built from
   `ResultRow`s) and the YAML header (`ModelCardData`);
 - `render`: the templates filled in (`render_model_card`, `render_classifier_card`, `render_adapter_card`).
@@ -52,6 +54,7 @@ _RENDER = (
 lazy_package(
     __name__,
     {
+        "register_card": ".architecture",
         **dict.fromkeys(_INPUTS, ".inputs"),
         **dict.fromkeys(_METADATA, ".metadata"),
         **dict.fromkeys(_RENDER, ".render"),
@@ -74,6 +77,7 @@ __all__ = [
     "metric_label",
     "protocol_key",
     "protocol_label",
+    "register_card",
     "render_adapter_card",
     "render_classifier_card",
     "render_finetuned_card",

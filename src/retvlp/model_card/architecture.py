@@ -1,13 +1,15 @@
-"""The model facts of a card: the architecture of a checkpoint in words (from its `config.json`) and its saved
-preprocessing."""
+"""The card layer's part of each model family: the architecture of a checkpoint in words (from its
+`config.json`), and the family's card registration (`register_card`: the template and citation files in
+`retvlp/model_cards/`, the zero-shot prompt of the card's example and the architecture rows), next to the rows.
+The model facts (title, classes) stay in `retvlp.families`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from .inputs import _read_json
+from ..families import get_family
 
 _VIT_NAMES = {
     (192, 12, 3): "ViT-Ti",
@@ -165,28 +167,68 @@ def keepfit_architecture(config: Mapping) -> list[tuple[str, str]]:
     return rows
 
 
-def _preprocessing(checkpoint_dir: Path) -> str | None:
-    """The saved processor's preprocessing in words: a processor (`processor_config.json`, released checkpoints)
-    or an image processor alone (`preprocessor_config.json`, classifiers and adapters)."""
-    path = checkpoint_dir / "processor_config.json"
-    if path.is_file():
-        processor = _read_json(path)
-        image = processor.get("image_processor") or {}
-    elif (checkpoint_dir / "preprocessor_config.json").is_file():
-        processor = {}
-        image = _read_json(checkpoint_dir / "preprocessor_config.json")
-    else:
-        return None
-    if image.get("size") is None:
-        return None
-    parts = [f"images resized to {image.get('size')} px"]
-    if image.get("pad_to_square"):
-        parts[0] += " (aspect kept, zero-padded to a square)"
-    if image.get("crop_to_fov"):
-        parts.append("cropped to the field of view")
-    parts.append(
-        "mean/std normalised" if image.get("do_normalize", True) else "pixels in [0, 1], no normalisation"
-    )
-    if processor.get("max_length"):
-        parts.append(f"text up to {processor['max_length']} tokens")
-    return ", ".join(parts)
+# --------------------------------------------------------------------------- the card registry
+@dataclass(frozen=True)
+class CardParts:
+    """A family's card: its template and citation files (in `retvlp/model_cards/`), the prompt of the card's
+    zero-shot example, and `architecture(config dict) -> [(row, text)]`."""
+
+    family: str
+    template: str
+    citation: str
+    prompt: str
+    architecture: Callable[[Mapping], list[tuple[str, str]]]
+
+
+_CARDS: dict[str, CardParts] = {}
+
+
+def register_card(
+    family: str,
+    *,
+    template: str,
+    citation: str,
+    prompt: str,
+    architecture: Callable[[Mapping], list[tuple[str, str]]],
+    exist_ok: bool = False,
+) -> CardParts:
+    """Register `family`'s card (a second registration of a name is an error unless `exist_ok`)."""
+    if family in _CARDS and not exist_ok:
+        raise ValueError(f"the card of model family {family!r} is already registered.")
+    parts = _CARDS[family] = CardParts(family, template, citation, prompt, architecture)
+    return parts
+
+
+def unregister_card(family: str) -> None:
+    _CARDS.pop(family, None)
+
+
+def card_families() -> tuple[str, ...]:
+    """The families with a card: a checkpoint's main `model_type` is the family name."""
+    return tuple(_CARDS)
+
+
+def card_parts(family: str) -> CardParts:
+    """`family`'s card; an error naming the card families when it has none."""
+    get_family(family)  # an unregistered name is refused with the registered families
+    if family not in _CARDS:
+        raise ValueError(
+            f"family {family!r} has no model card template; card families: {list(card_families())}"
+        )
+    return _CARDS[family]
+
+
+register_card(
+    "maskedclip",
+    template="maskedclip.md",
+    citation="maskedclip.bib",
+    prompt="a fundus photograph of {}",
+    architecture=maskedclip_architecture,
+)
+register_card(
+    "keepfit",
+    template="keepfit.md",
+    citation="keepfit.bib",
+    prompt="A fundus photograph of {}.",
+    architecture=keepfit_architecture,
+)

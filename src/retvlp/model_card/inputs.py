@@ -12,29 +12,22 @@ from typing import Any
 
 import yaml
 
-from ..families import FamilySpec, families, family_of_model_type, get_family
+from ..families import FamilySpec, family_of_model_type, get_family
+from .architecture import card_families, card_parts
 
 _ARTIFACT_DIR_NAMES = ("model", "adapter", "base", "final")
 _INCLUDE = re.compile(r'\{% include "([\w.-]+)" %\}')
 
 
-def card_families() -> tuple[str, ...]:
-    """The registered families with a card template: a checkpoint's main `model_type` is the family name."""
-    return tuple(spec.name for spec in families() if spec.card_template)
-
-
 def card_family(family: str) -> FamilySpec:
-    spec = get_family(family)
-    if not spec.card_template:
-        raise ValueError(
-            f"family {family!r} has no model card template; card families: {list(card_families())}"
-        )
-    return spec
+    """The model facts (`retvlp.families`) of a family with a card (`architecture.register_card`)."""
+    card_parts(family)
+    return get_family(family)
 
 
 def template_path(family: str) -> Path:
-    """Path of a family's packaged card template (its registry entry's `card_template`)."""
-    return Path(str(resources.files("retvlp.model_cards").joinpath(card_family(family).card_template)))
+    """Path of a family's packaged card template (its `register_card` template)."""
+    return Path(str(resources.files("retvlp.model_cards").joinpath(card_parts(family).template)))
 
 
 def _read_json(path: Path) -> Any:
@@ -128,7 +121,7 @@ def is_hub_id(value: Any) -> bool:
 
 def _family_of(model_type: str | None) -> str | None:
     spec = family_of_model_type(str(model_type or ""))
-    return spec.name if spec is not None and spec.card_template else None
+    return spec.name if spec is not None and spec.name in card_families() else None
 
 
 def _class_names(config: Mapping) -> list[str]:
@@ -167,3 +160,30 @@ def _adapter_num_labels(adapter_dir: Path) -> int | None:
             if key.endswith("classifier.weight"):
                 return int(handle.get_slice(key).get_shape()[0])
     return None
+
+
+def saved_preprocessing(checkpoint_dir: Path) -> str | None:
+    """The saved processor's preprocessing in words: a processor (`processor_config.json`, released checkpoints)
+    or an image processor alone (`preprocessor_config.json`, classifiers and adapters)."""
+    path = checkpoint_dir / "processor_config.json"
+    if path.is_file():
+        processor = _read_json(path)
+        image = processor.get("image_processor") or {}
+    elif (checkpoint_dir / "preprocessor_config.json").is_file():
+        processor = {}
+        image = _read_json(checkpoint_dir / "preprocessor_config.json")
+    else:
+        return None
+    if image.get("size") is None:
+        return None
+    parts = [f"images resized to {image.get('size')} px"]
+    if image.get("pad_to_square"):
+        parts[0] += " (aspect kept, zero-padded to a square)"
+    if image.get("crop_to_fov"):
+        parts.append("cropped to the field of view")
+    parts.append(
+        "mean/std normalised" if image.get("do_normalize", True) else "pixels in [0, 1], no normalisation"
+    )
+    if processor.get("max_length"):
+        parts.append(f"text up to {processor['max_length']} tokens")
+    return ", ".join(parts)

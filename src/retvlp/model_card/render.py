@@ -11,7 +11,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 
-from .architecture import _fmt, _preprocessing
+from .architecture import _fmt, card_parts
 from .inputs import (
     _adapter_num_labels,
     _artifact_name,
@@ -27,6 +27,7 @@ from .inputs import (
     card_family,
     find_run_config,
     is_hub_id,
+    saved_preprocessing,
     template_path,
     template_text,
 )
@@ -61,7 +62,7 @@ _ADAPTER_SETTINGS = (
 
 
 def _citation(family: str) -> str:
-    return template_text(card_family(family).card_citation)
+    return template_text(card_parts(family).citation)
 
 
 def _provenance(data_provenance: str | None, synthetic: bool) -> str | None:
@@ -165,15 +166,15 @@ def render_model_card(
         license=license,
     )
     context.update(
-        architecture=card_family(family).load("card_architecture")(config),
-        preprocessing=_preprocessing(checkpoint_dir),
+        architecture=card_parts(family).architecture(config),
+        preprocessing=saved_preprocessing(checkpoint_dir),
         has_processor=(checkpoint_dir / "processor_config.json").is_file(),
         training_items=_training_items(summary, run_config),
         has_training_summary=bool(summary),
         evaluation=evaluation_data,
         num_eval_results=len(eval_results),
         example_labels=list(classes)[:3],
-        prompt_template=card_family(family).default_prompt,
+        prompt_template=card_parts(family).prompt,
         base_model=base_model,
         transformers_version=config.get("transformers_version"),
         # the class the weights were saved from: the released model, or a pretraining model pushed as it is
@@ -282,7 +283,7 @@ def render_classifier_card(
         "classes": _class_names(config) or ["(no class names saved)"],
         "multi_label": config.get("problem_type") == "multi_label_classification",
         "remote_code": "AutoModelForImageClassification" in (config.get("auto_map") or {}),
-        "preprocessing": _preprocessing(folder),
+        "preprocessing": saved_preprocessing(folder),
         "training_items": _finetune_items(summary),
         "evaluation": evaluation_data,
         "seed": summary.get("seed") if evaluation_data else None,

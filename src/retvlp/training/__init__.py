@@ -3,6 +3,15 @@
 from above (`EvaluationHooks`; `retvlp.run.pretrain_and_evaluate`)."""
 
 from ..lazy import lazy_package
+from .family_parts import set_builtin_loader
+
+
+def _import_builtin_families() -> None:
+    """The built-in task files; each registers its family's training parts (`family_parts.register_training`)."""
+    from . import ibq_task, keepfit_task, maskedclip_task, text_mlm  # noqa: F401
+
+
+set_builtin_loader(_import_builtin_families)
 
 # name → module, imported on first use (`retvlp.lazy.lazy_package`): `from retvlp.training import
 # PretrainConfig` reads a run file without loading torch, accelerate or the models.

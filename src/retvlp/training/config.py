@@ -29,12 +29,12 @@ import yaml
 
 from ..data.cache import parse_size
 from ..data.validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
-from ..families import families, family_names, get_family
+from ..families import families, family_names
+from .family_parts import training_parts
 
 logger = logging.getLogger(__name__)
 
 BAD_SAMPLE_POLICIES = ("error", "skip")
-MODALITIES = ("CFP", "FFA", "OCT")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 OPTIMIZER_IMPLEMENTATIONS = ("fused", "foreach", "for-loop")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -386,7 +386,8 @@ class RunSection:
 # --------------------------------------------------------------------------- family sections
 class FamilySection:
     """Base of the per-family sections: the batch-size keys (rows per process per micro-step) and the rule
-    on how `model` may be built. A subclass is a dataclass named by the family's `run_section`."""
+    on how `model` may be built. A subclass is a dataclass defined and registered by the family's task file
+    (`training.family_parts.register_training(family, task=..., section=...)`)."""
 
     batch_keys: ClassVar[tuple[str, ...]] = ()
     # The towers `model.vision_pretrained` / `model.text_pretrained` may supply ("vision", "text"): each
@@ -420,87 +421,13 @@ class FamilySection:
             )
 
 
-@dataclass
-class MaskedCLIPSection(FamilySection):
-    """`maskedclip:` — rows per process per micro-step and the label prompts (METHODS.md §1)."""
-
-    paired_batch_size: int = 16  # image–text pairs + categorical rows (paper: 720 global)
-    unpaired_batch_size: int = 16  # images without text (MIM only; paper: 720 global)
-    prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])
-
-    batch_keys: ClassVar[tuple[str, ...]] = ("paired_batch_size", "unpaired_batch_size")
-    pretrained_towers: ClassVar[tuple[str, ...]] = ("vision", "text")
-
-    def validate(self, section_name: str, fail: Fail) -> None:
-        super().validate(section_name, fail)
-        if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
-            fail(
-                f"{section_name}.prompt_templates must be non-empty strings, each with one '{{}}' for the class."
-            )
-
-
-@dataclass
-class KeepFitSection(FamilySection):
-    """`keepfit:` — the public (categorical) and elite (paired) rows per step and the expert-knowledge prompts.
-
-    Prompts come from the per-modality templates of the expert-knowledge dictionary
-    (retvlp/data/expert_knowledge.json, merged with `expert_knowledge`, a user JSON of the same layout); with
-    probability `label_augmentation` a class name is replaced by / extended with one of its descriptions."""
-
-    categorical_batch_size: int = 16  # public p (paper: 1:1 with the elite rows)
-    paired_batch_size: int = 16  # elite m (image + expert caption)
-    modality: str = "CFP"  # CFP | FFA | OCT
-    expert_knowledge: str | None = None
-    label_augmentation: float = 0.5  # probability
-
-    batch_keys: ClassVar[tuple[str, ...]] = ("categorical_batch_size", "paired_batch_size")
-    pretrained_towers: ClassVar[tuple[str, ...]] = ("vision", "text")
-
-    def validate(self, section_name: str, fail: Fail) -> None:
-        super().validate(section_name, fail)
-        if not (self.categorical_batch_size and self.paired_batch_size):
-            fail(
-                "KeepFIT trains on categorical (public) and elite (paired) data together: set both "
-                f"{section_name}.categorical_batch_size and {section_name}.paired_batch_size > 0 (1:1 in the paper)."
-            )
-        if not 0.0 <= self.label_augmentation <= 1.0:
-            fail(
-                f"{section_name}.label_augmentation is a probability in [0, 1], got {self.label_augmentation}."
-            )
-        if self.modality not in MODALITIES:
-            fail(f"{section_name}.modality={self.modality!r}; choose one of {list(MODALITIES)}.")
-
-
-@dataclass
-class IBQTokenizerSection(FamilySection):
-    """`ibq-tokenizer:` — images of every role per process per micro-step."""
-
-    image_batch_size: int = 16
-
-    batch_keys: ClassVar[tuple[str, ...]] = ("image_batch_size",)
-
-
-@dataclass
-class TextMLMSection(FamilySection):
-    """`text-mlm:` — corpus passages per process per micro-step and BERT's masking rate."""
-
-    text_batch_size: int = 16
-    mlm_probability: float = 0.15  # fraction of tokens selected for prediction (BERT's 80/10/10)
-
-    batch_keys: ClassVar[tuple[str, ...]] = ("text_batch_size",)
-
-    def validate(self, section_name: str, fail: Fail) -> None:
-        super().validate(section_name, fail)
-        if not 0.0 < self.mlm_probability < 1.0:
-            fail(f"{section_name}.mlm_probability must be in (0, 1), got {self.mlm_probability}.")
-
-
 def family_section_class(family: str) -> type:
-    """The dataclass of `family`'s run-config section (`FamilySpec.run_section`)."""
-    section = get_family(family).load("run_section")
-    if section is None:
+    """The dataclass of `family`'s run-config section (registered by its task file:
+    `training.family_parts.register_training`)."""
+    parts = training_parts(family)
+    if parts is None or parts.section is None:
         return _EmptySection
-    return section
+    return parts.section
 
 
 @dataclass
@@ -846,15 +773,11 @@ __all__ = [
     "ConfigError",
     "DataSection",
     "FamilySection",
-    "IBQTokenizerSection",
-    "KeepFitSection",
-    "MaskedCLIPSection",
     "ModelSection",
     "OptimSection",
     "PretrainConfig",
     "RunSection",
     "STAGE_FAMILIES",
-    "TextMLMSection",
     "check_types",
     "family_section_class",
 ]

@@ -159,8 +159,9 @@ def _report_skipped(manifests, records, report: ValidationReport, output_dir: Pa
     )
 
 
-# Which stream each record role feeds, per model family (None: the family does not use that role).
-MASKEDCLIP_ROUTING = {"paired": "paired", "categorical": "paired", "unpaired": "unpaired"}
+# Which stream each record role feeds (None: the family does not use that role) when the caller names no
+# routing; each task names its own (`PretrainTask.routing`, defined in its task file).
+DEFAULT_ROUTING = {"paired": "paired", "categorical": "paired", "unpaired": "unpaired"}
 
 
 def prepare_streams(
@@ -176,14 +177,14 @@ def prepare_streams(
 ) -> tuple[dict[str, Stream], ValidationReport]:
     """Validate and cache every record, apply `data.on_bad_sample`, and split rows into streams.
 
-    `routing` maps a record's role to its stream. MaskedCLIP's (the default): paired and categorical records
+    `routing` maps a record's role to its stream. The default (MaskedCLIP's): paired and categorical records
     form the "paired" stream (categorical labels become prompt texts), unpaired records the "unpaired"
     stream. A role routed to None is not used by the family: those rows are counted and logged, not
     trained on. With `on_bad_sample="error"` any error stops here with the full report
     (`DataValidationError`); with "skip" the bad rows are left out, counted, logged and listed in
     `<output_dir>/skipped_samples.jsonl`. Warnings (e.g. converted colour modes) never drop a row.
     """
-    routing = MASKEDCLIP_ROUTING if routing is None else routing
+    routing = DEFAULT_ROUTING if routing is None else routing
     records = [record for manifest in manifests for record in manifest.records]
     problems = [problem for manifest in manifests for problem in manifest.problems]
     problems += check_records(records, class_names=class_names)
@@ -273,7 +274,7 @@ def prepare_shard_streams(
     """`prepare_streams` for a shard set: the rows were checked and decoded by `retvlp prepare-data` (its
     problems and skipped rows are reported again here); the run adds its class check and what opening the
     shards left out (`data.on_bad_sample`), and routes the rows into streams read from the shards."""
-    routing = MASKEDCLIP_ROUTING if routing is None else routing
+    routing = DEFAULT_ROUTING if routing is None else routing
     records = shard_records(shards)
     label_problems = [p for p in check_records(records, class_names=class_names) if p.kind != "duplicate-row"]
     problems = shards.preparation_problems + shards.left_out + label_problems
@@ -536,7 +537,7 @@ def label_tensor(labels_per_row: list[tuple[str, ...]], class_index: dict[str, i
 
 
 __all__ = [
-    "MASKEDCLIP_ROUTING",
+    "DEFAULT_ROUTING",
     "cache_records",
     "label_tensor",
     "read_training_manifests",

@@ -4,11 +4,24 @@ is what `KeepFitConfig.ibq_tokenizer_path` points at."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from ..common.image_processing_fundus import FundusImageProcessor
 from ..ibq import IBQTokenizerConfig, IBQTokenizerModel
-from .config import PretrainConfig
+from .config import FamilySection, PretrainConfig
 from .data import StepBatches
+from .family_parts import register_training
 from .task import PretrainTask, build_model_config
+
+
+@dataclass
+class IBQTokenizerSection(FamilySection):
+    """`ibq-tokenizer:` — images of every role per process per micro-step."""
+
+    image_batch_size: int = 16
+
+    batch_keys: ClassVar[tuple[str, ...]] = ("image_batch_size",)
 
 
 class ImageStepBatches(StepBatches):
@@ -81,4 +94,7 @@ class IBQTokenizerTask(PretrainTask):
         )
 
 
-__all__ = ["IBQTokenizerTask", "ImageStepBatches"]
+register_training("ibq-tokenizer", task=IBQTokenizerTask, section=IBQTokenizerSection)
+
+
+__all__ = ["IBQTokenizerSection", "IBQTokenizerTask", "ImageStepBatches"]

@@ -4,13 +4,40 @@ after each optimizer step."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import numpy as np
 import torch
 
 from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPForPreTraining, MaskedCLIPProcessor
-from .config import ConfigError, PretrainConfig
-from .data import MASKEDCLIP_ROUTING, StepBatches, Stream, label_tensor
+from .config import ConfigError, Fail, FamilySection, PretrainConfig
+from .data import StepBatches, Stream, label_tensor
+from .family_parts import register_training
 from .task import PretrainTask, pretrained_towers_config, seed_from
+
+# Which stream each record role feeds: paired and categorical records form the "paired" stream (categorical
+# labels become prompt texts), unpaired records the "unpaired" stream (MIM only).
+MASKEDCLIP_ROUTING = {"paired": "paired", "categorical": "paired", "unpaired": "unpaired"}
+
+
+@dataclass
+class MaskedCLIPSection(FamilySection):
+    """`maskedclip:` — rows per process per micro-step and the label prompts (METHODS.md §1)."""
+
+    paired_batch_size: int = 16  # image–text pairs + categorical rows (paper: 720 global)
+    unpaired_batch_size: int = 16  # images without text (MIM only; paper: 720 global)
+    prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])
+
+    batch_keys: ClassVar[tuple[str, ...]] = ("paired_batch_size", "unpaired_batch_size")
+    pretrained_towers: ClassVar[tuple[str, ...]] = ("vision", "text")
+
+    def validate(self, section_name: str, fail: Fail) -> None:
+        super().validate(section_name, fail)
+        if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
+            fail(
+                f"{section_name}.prompt_templates must be non-empty strings, each with one '{{}}' for the class."
+            )
 
 
 def build_processor(config: PretrainConfig, tokenizer) -> MaskedCLIPProcessor:
@@ -226,3 +253,6 @@ class MaskedCLIPTask(PretrainTask):
         """`maskedclip.prompt_templates` filled with each class name."""
         templates = config.family_settings.prompt_templates
         return [[template.format(name) for template in templates] for name in class_names]
+
+
+register_training("maskedclip", task=MaskedCLIPTask, section=MaskedCLIPSection)

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from ..families import get_family
 from .checkpointing import (
     CheckpointError,
     check_resume_length,
@@ -37,6 +36,7 @@ from .checkpointing import (
 from .collapse import CollapseGuard, ContrastiveCollapseError
 from .config import ConfigError, PretrainConfig, warmup_too_long_message
 from .contrastive_accumulation import check_supported, contrastive_accumulation_step
+from .family_parts import training_parts
 from .hooks import EvaluationHooks
 from .preemption import PreemptedError, PreemptionWatch, clear_marker, write_marker
 from .progress import PhaseTimes, StepProgress, phase, recording, timed, timed_count
@@ -88,12 +88,12 @@ class JsonlLog:
 
 
 def build_task(family: str) -> PretrainTask:
-    """A fresh `PretrainTask` of a model family (`model.family`, its `task` in the family registry); one per
-    run (a task may keep run state)."""
-    task = get_family(family).load("task")
-    if task is None:
-        raise ValueError(f"model family {family!r} registers no pretraining task (FamilySpec.task).")
-    return task()
+    """A fresh `PretrainTask` of a model family (`model.family`, the task its task file registers:
+    `training.family_parts.register_training`); one per run (a task may keep run state)."""
+    parts = training_parts(family)
+    if parts is None or parts.task is None:
+        raise ValueError(f"model family {family!r} registers no pretraining task (register_training).")
+    return parts.task()
 
 
 def pretrain(

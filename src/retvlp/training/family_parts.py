@@ -1,0 +1,73 @@
+"""The training layer's part of each model family: its `PretrainTask` and its run-config section (the dataclass
+of the run file's `<family>:` section, with its `batch_keys`).
+
+Each task file registers its own family at its end (`register_training("maskedclip", task=MaskedCLIPTask,
+section=MaskedCLIPSection)`), next to the task, the section and the stream routing it defines; the model facts
+(classes, Auto registration, remote code) stay in `retvlp.families`. This module imports nothing of the
+package, so the run config (`training/config.py`) and the loop (`training/trainer.py`) look a family up here
+by name without importing the task files. The built-in task files are imported on the first look-up through
+a loader that `retvlp.training` (the package, above them all) hands down (`set_builtin_loader`); a family
+defined elsewhere (the toy family of `tests/test_family_registry.py`) calls `register_training` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainingParts:
+    """One family's training parts: `task`, a `PretrainTask` subclass (the loop makes one per run), and
+    `section`, the `training.config.FamilySection` dataclass of its run-config section (None: the family reads
+    nothing beyond the common sections)."""
+
+    family: str
+    task: Any
+    section: Any = None
+
+
+_PARTS: dict[str, TrainingParts] = {}
+_BUILTIN_LOADER: list[Callable[[], None]] = []
+
+
+def set_builtin_loader(loader: Callable[[], None]) -> None:
+    """Install the function that imports the built-in task files (each registers its family); it runs once,
+    on the first look-up."""
+    _BUILTIN_LOADER[:] = [loader]
+
+
+def _load_builtins() -> None:
+    while _BUILTIN_LOADER:
+        _BUILTIN_LOADER.pop()()
+
+
+def register_training(
+    family: str, *, task: Any, section: Any = None, exist_ok: bool = False
+) -> TrainingParts:
+    """Register `family`'s pretraining task and run-config section; a second registration of a name is an
+    error unless `exist_ok`."""
+    if family in _PARTS and not exist_ok:
+        raise ValueError(f"the training parts of model family {family!r} are already registered.")
+    parts = _PARTS[family] = TrainingParts(family, task, section)
+    return parts
+
+
+def unregister_training(family: str) -> None:
+    _PARTS.pop(family, None)
+
+
+def training_parts(family: str) -> TrainingParts | None:
+    """`family`'s training parts; None when it registers none."""
+    _load_builtins()
+    return _PARTS.get(family)
+
+
+__all__ = [
+    "TrainingParts",
+    "register_training",
+    "set_builtin_loader",
+    "training_parts",
+    "unregister_training",
+]
