@@ -126,3 +126,28 @@ def test_entry_point_exits_with_the_preempted_code(tmp_path, synthetic):
     assert done.returncode == PREEMPTED_EXIT_CODE, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert "preempted: stopped by SIGTERM after optimizer step 2" in done.stderr
+
+
+def test_ctrl_c_is_one_line_naming_the_last_checkpoint(tmp_path, synthetic, monkeypatch, capsys):
+    """KeyboardInterrupt inside the run: training/pretrain.py prints one line (where to resume) and exits 130."""
+    import argparse
+    import importlib.util
+
+    import retvlp.run
+
+    spec = importlib.util.spec_from_file_location("pretrain_entry_point", REPO / "training" / "pretrain.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = PretrainConfig.from_dict(tiny_pretrain_dict(tmp_path, synthetic, "interrupted"))
+    (Path(config.run.output_dir) / "checkpoint-3").mkdir(parents=True)
+    (Path(config.run.output_dir) / "checkpoint-3" / "trainer_state.json").write_text("{}")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retvlp.run, "pretrain_and_evaluate", interrupted)
+    args = argparse.Namespace(no_progress=True, resume=None, extend=False, rerun_stages=None)
+    assert script.run(config, args) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("interrupted (Ctrl-C); the last checkpoint is")
+    assert "checkpoint-3 (--resume latest continues from it)" in err
