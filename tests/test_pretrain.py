@@ -386,3 +386,16 @@ def test_accelerates_one_thread_default_is_told_from_the_users_setting(monkeypat
     finally:
         plain.kill()
         chosen.kill()
+
+
+def test_an_fp32_run_after_a_bf16_one_in_the_same_process():
+    """accelerate refuses a second Accelerator with other settings; every run of ours starts a fresh state (a bf16
+    pretraining, then an fp32 fine-tune of the evaluation, in one notebook or one test worker)."""
+    from accelerate import Accelerator
+
+    from retvlp.runtime import fresh_accelerator
+
+    fresh_accelerator(mixed_precision="bf16")
+    with pytest.raises(ValueError, match="already been initialized"):
+        Accelerator(mixed_precision="no")  # what the fine-tune did before
+    assert fresh_accelerator(mixed_precision="no").mixed_precision == "no"

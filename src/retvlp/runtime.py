@@ -1,4 +1,5 @@
-"""Process-level settings that make CPU training faster on Linux.
+"""Process-level settings: glibc's malloc for CPU training on Linux, quiet model loading, and one accelerate
+state per run.
 
 A training step allocates and frees gigabytes of activations. glibc's default malloc returns large freed
 blocks to the operating system at once, so the next step page-faults and zero-fills the same memory again:
@@ -61,3 +62,17 @@ def load_reports_hidden():
         yield
     finally:
         logger.removeFilter(_LOAD_REPORT_FILTER)
+
+
+def fresh_accelerator(**kwargs):
+    """An `accelerate.Accelerator(**kwargs)` whatever runs came before in this process.
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with other settings ("AcceleratorState
+    has already been initialized and cannot be changed"): a bf16 pretraining followed by an fp32 fine-tune in one
+    notebook (or one test worker) failed so. The previous run's state is forgotten; the process group (several
+    processes) is kept."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(**kwargs)

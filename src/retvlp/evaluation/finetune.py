@@ -289,14 +289,15 @@ def finetune(
         run_info: what the saved `training_summary.json` cannot know from here, e.g. `{"model": "pretrained",
             "fraction": 0.1}` (the result-row name and label fraction of the run).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
+
+    from ..runtime import fresh_accelerator
 
     settings = settings or FinetuneSettings()
     if len(train_indices) == 0 or len(test_indices) == 0:
         raise ValueError("Fine-tuning needs non-empty training and test indices.")
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision)
+    accelerator = fresh_accelerator(mixed_precision=settings.mixed_precision)
     # Seeded before the model is built: the new head's (and LoRA's) initial weights come from this seed.
     set_seed(settings.seed)
     model, base_model, image_processor = _model_to_train(

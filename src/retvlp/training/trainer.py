@@ -261,16 +261,13 @@ def _pretrain(
 
 
 def _start_accelerator(config: PretrainConfig, output_dir: Path):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.utils import is_tensorboard_available
+
+    from ..runtime import fresh_accelerator
 
     run = config.run
     trackers = ["tensorboard"] if run.tensorboard and is_tensorboard_available() else None
-    # accelerate keeps one process-wide state and refuses a second Accelerator with other settings (e.g. a
-    # bf16 run after an fp32 one in the same notebook); forget the previous run's, keep the process group.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(
+    accelerator = fresh_accelerator(
         mixed_precision=run.mixed_precision, log_with=trackers, project_dir=str(output_dir)
     )
     configure_threads(run.num_threads)
