@@ -58,9 +58,8 @@ class PretrainResult:
     steps: int
     last_metrics: dict[str, float]
     evaluation: dict[str, Any] | None = None
-    times: PhaseTimes = field(
-        default_factory=PhaseTimes
-    )  # where the wall time went (stages, data, steps, ...)
+    # where the wall time went (stages, data, steps, ...): the last line of training/pretrain.py
+    times: PhaseTimes = field(default_factory=PhaseTimes)
 
 
 class JsonlLog:
