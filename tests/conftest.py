@@ -209,28 +209,3 @@ script = sys.argv[1]
 sys.argv = sys.argv[1:]
 runpy.run_path(script, run_name="__main__")
 """
-
-
-# Modules holding multi-process launches and other half-minute tests. pytest-xdist hands whole modules
-# (`--dist loadscope`) to the workers in collection order; starting with these keeps one worker from being
-# left with a long module while the other has finished (measured: the last 3 % of the suite took 3 minutes).
-SLOW_MODULES_FIRST = (
-    "test_streaming_pretrain.py",
-    "test_gpu_check.py",
-    "test_recipe_stages.py",
-    "test_pretrain_multiprocess.py",
-    "test_distributed_evaluation.py",
-    "test_finetune_multiprocess.py",
-    "test_compile.py",
-    "test_text_mlm.py",
-    "test_pretrain.py",
-    "test_distributed_loss.py",
-    "test_shards.py",
-    "test_cross_version_load.py",
-    "test_export.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: index for index, name in enumerate(SLOW_MODULES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
