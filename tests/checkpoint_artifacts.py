@@ -4,8 +4,9 @@ run each on, and the outputs the saving process computes: for the import rule of
 
 `save_artifacts(root)` writes `root/<name>/` (the artifact), `root/inputs/<name>.safetensors`,
 `root/expected/<name>.safetensors` (the outputs here, flattened like `remote_load_probe.flatten` does) and
-`root/spec.json` (what `remote_load_probe.py` loads and calls). The LoRA adapter kind is not among them: loading
-it needs peft in the loading environment (`test_portable_artifacts.py` covers it with the installed versions).
+`root/spec.json` (what `remote_load_probe.py` loads and calls). The LoRA adapters (`call: "peft_adapter"`) are saved
+as `retvlp evaluate` saves them (`save_finetuned`: the classifier's config and code, the PEFT files, the absolute
+path of their base, here the saved classifier of the same family); loading them needs peft where they load.
 """
 
 import json
@@ -29,6 +30,7 @@ from retvlp import (
     MaskedCLIPForPreTraining,
     MaskedCLIPProcessor,
 )
+from retvlp.evaluation.finetune import FinetuneSettings, lora_wrap, save_finetuned
 from retvlp.keepfit import keepfit_image_processor
 from retvlp.tokenization import tiny_tokenizer
 
@@ -43,6 +45,22 @@ def _randomized(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             if parameter.is_floating_point() and "logit_" not in name:
                 parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
     return model
+
+
+def _lora_adapter(classifier: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """The family's default LoRA on a copy of `classifier`, its B matrices and saved head moved off their initial
+    values (B starts at zero: an adapter that failed to load would then look like a loaded one)."""
+    import copy
+
+    adapter = lora_wrap(
+        copy.deepcopy(classifier), FinetuneSettings(method="lora", lora_rank=4, lora_dropout=0.0)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in adapter.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return adapter.eval()
 
 
 def _dual_inputs(image_size: int, vocab: int, seed: int = 0) -> dict:
@@ -84,6 +102,8 @@ def _build() -> dict:
         elite_input_ids=torch.randint(5, 300, (2, 9), generator=generator),
         elite_attention_mask=torch.ones(2, 9, dtype=torch.long),
     )
+    maskedclip_adapter = _lora_adapter(maskedclip_classifier, 6)
+    keepfit_adapter = _lora_adapter(keepfit_classifier, 7)
     images = torch.randint(0, 256, (2, 40, 50, 3), dtype=torch.uint8, generator=generator)
     tokenizer = tiny_tokenizer()
     return {
@@ -111,6 +131,11 @@ def _build() -> dict:
             dict(auto_class="AutoModelForImageClassification", call="model"),
             dict(pixel_values=_dual_inputs(32, 400, seed=4)["pixel_values"]),
         ),
+        "maskedclip_lora_adapter": (
+            maskedclip_adapter,
+            dict(call="peft_adapter", base="maskedclip_classifier"),
+            dict(pixel_values=_dual_inputs(32, 400, seed=8)["pixel_values"]),
+        ),
         "maskedclip_processor": (
             MaskedCLIPProcessor(FundusImageProcessor(size=32), tokenizer, max_length=16),
             dict(auto_class="AutoProcessor", call="processor", texts=TEXTS),
@@ -130,6 +155,11 @@ def _build() -> dict:
             keepfit_classifier,
             dict(auto_class="AutoModelForImageClassification", call="model"),
             dict(pixel_values=_dual_inputs(64, 300, seed=5)["pixel_values"]),
+        ),
+        "keepfit_lora_adapter": (
+            keepfit_adapter,
+            dict(call="peft_adapter", base="keepfit_classifier"),
+            dict(pixel_values=_dual_inputs(64, 300, seed=9)["pixel_values"]),
         ),
         "keepfit_processor": (
             KeepFitProcessor(keepfit_image_processor(size=64), tokenizer),
@@ -169,7 +199,11 @@ def save_artifacts(root: Path) -> dict:
     for name, (obj, entry, inputs) in built.items():
         entry = dict(entry)
         directory = entry.pop("directory", name)
-        if obj is not None:
+        if entry["call"] == "peft_adapter":
+            # as `retvlp evaluate` saves one: its base is named by absolute path
+            entry["base"] = str((root / entry["base"]).resolve())
+            save_finetuned(obj, root / directory, base_model=entry["base"])
+        elif obj is not None:
             obj.save_pretrained(root / directory)
         torch.manual_seed(0)  # as the probe does before it runs anything
         expected = flatten(_reference_output(obj, {**entry, "directory": directory}, inputs, saved_objects))

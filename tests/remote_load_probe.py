@@ -7,7 +7,7 @@ the tests use to flatten outputs the same way).
 to load it with, the keyword arguments, what to call and the safetensors file of its inputs. For each artifact the
 script writes `OUT_DIR/<name>.safetensors` (every tensor of the output, flattened) and `OUT_DIR/report.json` (the
 class that was loaded, or the error). It must run where retvlp is not installed — a throw-away environment with
-only torch, transformers, safetensors, numpy and Pillow — so it imports nothing of this repository, and it refuses
+only torch, transformers, safetensors, numpy and Pillow (and peft with accelerate for the LoRA adapters) — so it imports nothing of this repository, and it refuses
 `import retvlp` (only the checkpoints' own code may run).
 """
 
@@ -39,11 +39,24 @@ def run_artifact(entry: dict, inputs: dict):
     import torch
     import transformers
 
-    auto_class = getattr(transformers, entry["auto_class"])
-    loaded = auto_class.from_pretrained(
-        entry["directory"], trust_remote_code=True, **entry.get("load_kwargs", {})
-    )
-    name = f"{type(loaded).__module__}.{type(loaded).__name__}"
+    if entry["call"] == "peft_adapter":
+        # as the adapter's card says: the classifier config saved with it (class names, head size), its base by
+        # the path it names, then the PEFT weights
+        from peft import PeftModel
+
+        config = transformers.AutoConfig.from_pretrained(entry["directory"], trust_remote_code=True)
+        base_path = json.loads((Path(entry["directory"]) / "adapter_config.json").read_text())
+        base = transformers.AutoModelForImageClassification.from_pretrained(
+            base_path["base_model_name_or_path"], config=config, trust_remote_code=True
+        )
+        loaded = PeftModel.from_pretrained(base, entry["directory"])
+        name = f"{type(base).__module__}.{type(base).__name__}"
+    else:
+        auto_class = getattr(transformers, entry["auto_class"])
+        loaded = auto_class.from_pretrained(
+            entry["directory"], trust_remote_code=True, **entry.get("load_kwargs", {})
+        )
+        name = f"{type(loaded).__module__}.{type(loaded).__name__}"
     if entry["call"] == "processor":
         images = [np.asarray(image) for image in inputs["images"]]
         return loaded(text=entry["texts"], images=images, return_tensors="pt"), name

@@ -2,7 +2,7 @@
 transformers release the package declares, and give the saving process's outputs (to 1e-5).
 
 Every artifact kind (`checkpoint_artifacts.py`: MaskedCLIP and KeepFIT released models, pretraining checkpoints,
-fine-tuned classifiers and processors, the IBQ tokenizer) is saved here, then `remote_load_probe.py` loads each with
+fine-tuned classifiers, LoRA adapters and processors, the IBQ tokenizer) is saved here, then `remote_load_probe.py` loads each with
 `Auto*.from_pretrained(dir, trust_remote_code=True)` in a throw-away virtual environment that holds only torch,
 transformers, safetensors, numpy and Pillow — created WITHOUT the system site packages, so neither retvlp nor this
 interpreter's transformers is visible — and runs it on the saved inputs.
@@ -11,7 +11,8 @@ The environments are built once and cached under `~/.cache/retvlp-test-venvs/` (
 `RETVLP_TEST_VENVS`): one virtual environment per (torch, Python) with torch (the local CPU wheel,
 `pip install torch==<this torch>`), safetensors, numpy and Pillow (measured: 70-110 s, 1 GB, on 2 cores), and per
 transformers release a `pip install --target` folder with transformers and its dependencies from the package index
-(40-45 s, 280 MB), which the probe puts first on its path. A first run therefore costs about 3 minutes and needs the
+(40-45 s, 280 MB), which the probe puts first on its path, followed by one folder with this interpreter's peft and
+accelerate releases (`--no-deps`, for the LoRA adapters). A first run therefore costs about 3 minutes and needs the
 index; later runs only save and load the checkpoints (about 25 s for both versions). When an environment is not
 cached and cannot be built (no network, the index unreachable, the version not on it), the test is skipped with
 the reason and pip's last lines, like `tests/hf_common`. `RETVLP_SKIP_CROSS_VERSION=1` skips it outright;
@@ -164,6 +165,21 @@ def ensure_environment(transformers_version: str) -> tuple[Path, Path]:
     return python, _build_once(root / f"transformers-{transformers_version}-{python_tag}", build_transformers)
 
 
+def ensure_peft(python: Path) -> Path:
+    """A `pip --target` folder with this interpreter's peft and accelerate releases and psutil, without their
+    dependencies (`--no-deps`: torch is the environment's, huggingface_hub, pyyaml, packaging and tqdm come with
+    each transformers folder); put on the path after the transformers folder, for the LoRA adapters."""
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("peft", "accelerate", "psutil")]
+    python_tag = f"py{sys.version_info[0]}.{sys.version_info[1]}"
+
+    def build(folder: Path) -> None:
+        folder.mkdir(parents=True)
+        _pip_install(python, ["--target", str(folder), "--no-deps", *pins], "peft")
+
+    name = "-".join(pin.replace("==", "-") for pin in pins[:2])
+    return _build_once(venv_root() / f"{name}-{python_tag}", build)
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     from checkpoint_artifacts import save_artifacts
@@ -211,12 +227,16 @@ def test_saved_artifacts_load_with_remote_code_on_a_declared_transformers(
     root, spec = artifacts
     try:
         python, packages = ensure_environment(transformers_version)
+        peft_packages = ensure_peft(python)
     except EnvironmentUnavailable as error:
         pytest.skip(str(error))
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(
-        PYTHONPATH=str(packages), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1"
+        PYTHONPATH=os.pathsep.join([str(packages), str(peft_packages)]),
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf_home"),
+        OMP_NUM_THREADS="1",
     )
     result = subprocess.run(
         [str(python), str(PROBE), str(root / "spec.json"), str(out)],
