@@ -9,7 +9,7 @@ import yaml
 from retvlp.training.config import ConfigError, PretrainConfig
 from retvlp.training.keepfit_task import KeepFitSection
 from retvlp.training.maskedclip_task import MaskedCLIPSection
-from retvlp.training.text_mlm import TextMLMSection
+from retvlp.training.text_mlm_task import TextMLMSection
 
 
 def raw_config(family="maskedclip", **sections):

@@ -202,14 +202,15 @@ def test_toy_family_section_is_strict_and_typed(toy_family, tmp_path, synthetic)
 def test_unregistered_family_is_refused_with_the_registered_names(tmp_path, synthetic):
     raw = toy_run(tmp_path, synthetic)
     with pytest.raises(
-        ConfigError, match=r"model.family='toy' is not available; choose one of \['maskedclip'"
+        ConfigError, match=r"model.family='toy' is not available; choose one of \['ibq-tokenizer'"
     ):
         PretrainConfig.from_dict(raw)
 
 
 def test_every_builtin_entry_resolves():
     names = [spec.name for spec in families()]
-    assert names[:4] == ["maskedclip", "keepfit", "ibq-tokenizer", "text-mlm"]
+    # the built-in families first, in the name order of their modules (`retvlp/family_specs/`)
+    assert names[:4] == ["ibq-tokenizer", "keepfit", "maskedclip", "text-mlm"]
     for spec in families():
         for field in ("config", "model", "pretraining_model", "vision_model", "classifier", "processor"):
             value = getattr(spec, field)
@@ -268,7 +269,7 @@ def test_each_layer_registers_its_part_of_the_builtin_families():
     assert training_parts("keepfit").task is KeepFitTask and KeepFitTask.routing is KEEPFIT_ROUTING
     assert family_section_class("maskedclip") is MaskedCLIPSection
     assert family_section_class("keepfit") is KeepFitSection
-    assert card_families() == ("maskedclip", "keepfit")
+    assert card_families() == ("keepfit", "maskedclip")
     assert card_parts("keepfit").template == "keepfit.md"
     with pytest.raises(ValueError, match="has no model card template"):
         card_parts("ibq-tokenizer")

@@ -15,7 +15,7 @@ PACKAGE = "retvlp"
 LAYERS = [
     ("foundation", {"common", "runtime", "prompts", "tokenization", "lazy", "artifact_hooks"}),
     ("data", {"data", "synthetic"}),
-    ("models", {"families", "maskedclip", "keepfit", "ibq", "registration", "lora"}),
+    ("models", {"families", "family_specs", "maskedclip", "keepfit", "ibq", "registration", "lora"}),
     ("training", {"training"}),
     ("evaluation", {"evaluation", "run", "export"}),
     ("hub and cards", {"hub", "model_card", "model_cards"}),
@@ -173,13 +173,15 @@ def test_the_checker_sees_a_cycle_hidden_under_type_checking(tmp_path, monkeypat
 
 
 def test_the_family_registry_names_nothing_above_its_layer():
-    """`families.py` names classes by "module:attribute" strings, which no import check sees: each must name a
-    module of its own layer or below (the training and card parts register themselves in their layers)."""
+    """The registry (`families.py` and the built-in entries of `family_specs/`) names classes by
+    "module:attribute" strings, which no import check sees: each must name a module of its own layer or below
+    (the training and card parts register themselves in their layers)."""
     rank = {unit: i for i, (_, units) in enumerate(LAYERS) for unit in units}
-    tree = ast.parse((SRC / PACKAGE / "families.py").read_text(encoding="utf-8"))
+    files = [SRC / PACKAGE / "families.py", *sorted((SRC / PACKAGE / "family_specs").glob("*.py"))]
     named = {
         node.value.partition(":")[0]
-        for node in ast.walk(tree)
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
         if node.value.startswith(PACKAGE + ".") and ":" in node.value
     }

@@ -17,7 +17,7 @@ from test_pretrain_keepfit import TINY_BERT, ibq_dict, keepfit_dict
 
 from retvlp.training import ConfigError, PretrainConfig, pretrain
 from retvlp.training.stages import CAPTIONS_FILE, RECORD_FILE, StageMismatchError
-from retvlp.training.text_mlm import TextMLMTask
+from retvlp.training.text_mlm_task import TextMLMTask
 
 REPO = Path(__file__).resolve().parents[1]
 

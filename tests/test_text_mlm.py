@@ -1,4 +1,4 @@
-"""KeepFIT V2's preliminary textual pretraining (`retvlp.training.text_mlm.TextMLMTask` through the shared
+"""KeepFIT V2's preliminary textual pretraining (`retvlp.training.text_mlm_task.TextMLMTask` through the shared
 loop, `retvlp.training.pretrain`): BERT masked-LM on a text corpus (`retvlp.data.text_corpus`).
 
 Masking statistics, learning, exact resume, the `BertModel.from_pretrained` hand-over to KeepFIT, bad corpus
@@ -21,7 +21,7 @@ from retvlp.data.text_corpus import read_text_corpus
 from retvlp.data.validation import DataValidationError
 from retvlp.tokenization import TINY_CORPUS, build_wordpiece_tokenizer
 from retvlp.training import PretrainConfig, pretrain
-from retvlp.training.text_mlm import MLMStepBatches, lowercases_cased_vocabulary
+from retvlp.training.text_mlm_task import MLMStepBatches, lowercases_cased_vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BERT = dict(

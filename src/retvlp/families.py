@@ -6,17 +6,27 @@ An entry holds the family's name (the `model.family` value of run configs), titl
 Auto-class registrations and the remote-code export marks. Classes are named by ``"module:attribute"`` strings
 into the family's own folder (`retvlp.maskedclip`, ...), a module of this layer, resolved on use
 (`FamilySpec.load`) so that reading the registry imports no model code; objects may be given instead (a
-test's toy family does that). No entry names anything of a higher layer: each higher layer registers its own
-part of a family where that part lives, looked up by the family name:
+test's toy family does that).
+
+The built-in entries are found, not listed: each lives in its own module of `retvlp.family_specs`
+(`family_specs/maskedclip.py`, ...), which calls `register_family`; the first read of the registry imports
+every module of that package (`pkgutil.iter_modules`, once). A family defined outside the package calls
+`register_family` from its own code.
+
+No entry names anything of a higher layer: each higher layer registers its own part of a family where that
+part lives, looked up by the family name, and finds its built-in parts the same way, by a file-name
+convention:
 
 - training: the pretraining task and its run-config section, registered by the task file
-  (`retvlp.training.family_parts.register_training`, e.g. at the end of `training/maskedclip_task.py`);
-- cards: the template, citation, prompt and architecture rows (`retvlp.model_card.architecture.register_card`).
+  (`retvlp.training.family_parts.register_training`, e.g. at the end of `training/maskedclip_task.py`; every
+  `training/*_task.py` module is imported on the first look-up);
+- cards: the template, citation, prompt and architecture rows (`retvlp.model_card.architecture.register_card`,
+  called by `model_card/families/<name>.py`; every module of that package is imported on the first look-up).
 
 Who reads this registry:
 
 - `retvlp.registration`: the Auto-class registrations and the remote-code export marks (`auto_classes`,
-  `remote_code`);
+  `remote_code`), and the modules whose import triggers them (`FamilySpec.modules`);
 - `retvlp.training.config`: the accepted `model.family` values;
 - `training/pretrain.py`: the loader hint printed with `final/`;
 - `retvlp.evaluation.finetune`: the classifier class, the LoRA defaults and the head modules;
@@ -24,12 +34,13 @@ Who reads this registry:
 - `retvlp.evaluation.features`, `retvlp.export`: whether a model is one of our dual encoders (`model_types`);
 - cards and the push: the title and the released / classifier class.
 
-Adding a family: docs/architecture.md, "Adding a family".
+Adding a family (files only, nothing else edited): docs/architecture.md, "Adding a family".
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -55,15 +66,20 @@ class LoraDefaults:
     towers: Mapping[str, LoraTower] = field(default_factory=dict)
 
 
-# The attention projections of the towers (query, key, value, output), PEFT names relative to the model. A ViT
-# block of ours names them q/k/v/o_proj, and so does the MaskedCLIP bridge: the towers' regexes start at the
-# tower's module so that neither picks up the other.
-_VIT_ATTENTION = r"vision_model\.layers\.\d+\.attention\.(?:q_proj|k_proj|v_proj|o_proj)"
-_BRIDGE_ATTENTION = r"bridge\.layers\.\d+\.attention\.(?:q_proj|k_proj|v_proj|o_proj)"
-_BERT_ATTENTION = r"text_model\.encoder\.layer\.\d+\.attention\.(?:self\.(?:query|key|value)|output\.dense)"
+# Regexes of LoRA towers (`LoraTower.targets`) that several families share. The attention projections of the
+# towers (query, key, value, output), PEFT names relative to the model. A ViT block of ours names them
+# q/k/v/o_proj, and so does the MaskedCLIP bridge: the towers' regexes start at the tower's module so that
+# neither picks up the other.
+VIT_ATTENTION = r"vision_model\.layers\.\d+\.attention\.(?:q_proj|k_proj|v_proj|o_proj)"
+BRIDGE_ATTENTION = r"bridge\.layers\.\d+\.attention\.(?:q_proj|k_proj|v_proj|o_proj)"
+BERT_ATTENTION = r"text_model\.encoder\.layer\.\d+\.attention\.(?:self\.(?:query|key|value)|output\.dense)"
 # The ResNet (transformers' module layout): the convolutions inside each residual block (a bottleneck's
 # 1x1-3x3-1x1, a basic block's two 3x3), not the stem or the shortcut projections.
-_RESNET_BLOCKS = r"vision_model\.encoder\.stages\.\d+\.layers\.\d+\.layer\.\d+\.convolution"
+RESNET_BLOCKS = r"vision_model\.encoder\.stages\.\d+\.layers\.\d+\.layer\.\d+\.convolution"
+
+
+# The fields of `FamilySpec` that name a class (a "module:attribute" string, or the object).
+_CLASS_FIELDS = ("config", "model", "pretraining_model", "vision_model", "classifier", "processor")
 
 
 @dataclass(frozen=True)
@@ -105,15 +121,44 @@ class FamilySpec:
             raise ValueError(f"family {self.name!r}: {attribute}={value!r} is not 'module:attribute'.")
         return getattr(importlib.import_module(module_name), name)
 
+    def modules(self) -> tuple[str, ...]:
+        """The modules its ``"module:attribute"`` strings name (class fields and `extra`), once each, in order."""
+        values = [getattr(self, name) for name in _CLASS_FIELDS] + list(self.extra.values())
+        named = (v.partition(":")[0] for v in values if isinstance(v, str) and ":" in v)
+        return tuple(dict.fromkeys(m for m in named if all(p.isidentifier() for p in m.split("."))))
+
     def owns_model_type(self, model_type: str) -> bool:
         return any(str(model_type) == t or str(model_type).startswith(t + "_") for t in self.model_types)
 
 
 _FAMILIES: dict[str, FamilySpec] = {}
 
+# The package of the built-in families' model facts: one module per family, each calling `register_family`.
+BUILTIN_SPECS = "retvlp.family_specs"
+_builtins_loaded = False
+
+
+def _load_builtin_families() -> None:
+    """Import every module of `retvlp.family_specs` (in name order; each registers its family), once: on the
+    first read or change of the registry. The package is named by a string, not imported statically: this
+    module still imports nothing of retvlp (tests/test_import_graph.py), and nothing lists the families."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # first: the spec modules call `register_family`, which comes back here
+    try:
+        package = importlib.import_module(BUILTIN_SPECS)
+        found = pkgutil.iter_modules(package.__path__, BUILTIN_SPECS + ".")
+        for module in sorted(found, key=lambda m: m.name):
+            importlib.import_module(module.name)
+    except BaseException:
+        _builtins_loaded = False  # the next read tries again (and raises again), never a partial registry
+        raise
+
 
 def register_family(spec: FamilySpec, *, exist_ok: bool = False) -> FamilySpec:
-    """Add a family; a second registration of a name is an error unless `exist_ok`."""
+    """Add a family; a second registration of a name (a built-in one included) is an error unless `exist_ok`."""
+    _load_builtin_families()
     if spec.name in _FAMILIES and not exist_ok:
         raise ValueError(f"model family {spec.name!r} is already registered.")
     _FAMILIES[spec.name] = spec
@@ -121,18 +166,24 @@ def register_family(spec: FamilySpec, *, exist_ok: bool = False) -> FamilySpec:
 
 
 def unregister_family(name: str) -> None:
+    _load_builtin_families()
     _FAMILIES.pop(name, None)
 
 
 def families() -> tuple[FamilySpec, ...]:
+    """Every registered family: the built-in ones (in the name order of their modules), then the others in the
+    order they were registered."""
+    _load_builtin_families()
     return tuple(_FAMILIES.values())
 
 
 def family_names() -> tuple[str, ...]:
+    _load_builtin_families()
     return tuple(_FAMILIES)
 
 
 def get_family(name: str) -> FamilySpec:
+    _load_builtin_families()
     try:
         return _FAMILIES[name]
     except KeyError:
@@ -143,130 +194,19 @@ def get_family(name: str) -> FamilySpec:
 
 def family_of_model_type(model_type: str) -> FamilySpec | None:
     """The family whose checkpoints carry `model_type` (e.g. "maskedclip_vision_model" → MaskedCLIP)."""
+    _load_builtin_families()
     return next((spec for spec in _FAMILIES.values() if spec.owns_model_type(model_type)), None)
 
 
-# --------------------------------------------------------------------------- the built-in families
-register_family(
-    FamilySpec(
-        name="maskedclip",
-        title="MaskedCLIP",
-        model_types=("maskedclip", "maskedclip_vision_model"),
-        config="retvlp.maskedclip:MaskedCLIPConfig",
-        model="retvlp.maskedclip:MaskedCLIPModel",
-        pretraining_model="retvlp.maskedclip:MaskedCLIPForPreTraining",
-        vision_model="retvlp.maskedclip:MaskedCLIPVisionModel",
-        classifier="retvlp.maskedclip:MaskedCLIPForImageClassification",
-        processor="retvlp.maskedclip:MaskedCLIPProcessor",
-        lora=LoraDefaults(
-            target_modules=r".*vision_model\.layers\.\d+\.attention\.(q_proj|k_proj|v_proj|o_proj)",
-            modules_to_save=("classifier", "fc_norm"),
-            towers={
-                "vision": LoraTower("vision_model", _VIT_ATTENTION),
-                "text": LoraTower("text_model", _BERT_ATTENTION),
-                "bridge": LoraTower("bridge", _BRIDGE_ATTENTION),
-            },
-        ),
-        auto_classes=(
-            ("AutoConfig", "config", "config"),
-            ("AutoConfig", "vision_config", "vision_config"),
-            ("AutoModel", "config", "model"),
-            ("AutoModel", "vision_config", "vision_model"),
-            ("AutoModelForPreTraining", "config", "pretraining_model"),
-            ("AutoModelForZeroShotImageClassification", "config", "model"),
-            ("AutoModelForImageClassification", "vision_config", "classifier"),
-            # A MaskedCLIP checkpoint's config is the dual-encoder one; the loader class declares it and builds
-            # the classifier from its vision part (also what its remote-code auto_map names).
-            ("AutoModelForImageClassification", "config", "classifier_loader"),
-            ("AutoProcessor", "config", "processor"),
-        ),
-        remote_code=(
-            ("config", None),
-            ("vision_config", None),
-            ("model", "AutoModel"),
-            ("pretraining_model", "AutoModelForPreTraining"),
-            ("vision_model", "AutoModel"),
-            ("classifier", "AutoModelForImageClassification"),
-            ("image_processor", "AutoImageProcessor"),
-            ("processor", "AutoProcessor"),
-        ),
-        extra={
-            "vision_config": "retvlp.maskedclip:MaskedCLIPVisionConfig",
-            "classifier_loader": "retvlp.maskedclip:MaskedCLIPImageClassificationLoader",
-            "image_processor": "retvlp.maskedclip:FundusImageProcessor",
-            "image_processor_configs": ("config", "vision_config"),
-            "classifier_settings": ("drop_path_rate",),  # FinetuneSettings fields the classifier takes
-        },
-    )
-)
-register_family(
-    FamilySpec(
-        name="keepfit",
-        title="KeepFIT V2",
-        model_types=("keepfit",),
-        config="retvlp.keepfit:KeepFitConfig",
-        model="retvlp.keepfit:KeepFitModel",
-        pretraining_model="retvlp.keepfit:KeepFitForPreTraining",
-        vision_model="retvlp.keepfit:KeepFitVisionModel",
-        classifier="retvlp.keepfit:KeepFitForImageClassification",
-        processor="retvlp.keepfit:KeepFitProcessor",
-        lora=LoraDefaults(
-            target_modules=r".*vision_model\.encoder\.stages\.\d+\.layers\.\d+\.layer\.\d+\.convolution",
-            towers={
-                "vision": LoraTower("vision_model", _RESNET_BLOCKS),
-                "text": LoraTower("text_model", _BERT_ATTENTION),
-            },
-        ),
-        auto_classes=(
-            ("AutoConfig", "config", "config"),
-            ("AutoModel", "config", "model"),
-            ("AutoModelForPreTraining", "config", "pretraining_model"),
-            ("AutoModelForZeroShotImageClassification", "config", "model"),
-            ("AutoModelForImageClassification", "config", "classifier"),
-            ("AutoProcessor", "config", "processor"),
-        ),
-        remote_code=(
-            ("config", None),
-            ("model", "AutoModel"),
-            ("pretraining_model", "AutoModelForPreTraining"),
-            # A fine-tuned classifier saved with save_pretrained carries its code too.
-            ("classifier", "AutoModelForImageClassification"),
-            ("processor", "AutoProcessor"),
-        ),
-        extra={
-            "image_processor": "retvlp.keepfit.image_processing_fundus:FundusImageProcessor",
-            "image_processor_configs": ("config",),
-        },
-    )
-)
-register_family(
-    FamilySpec(
-        name="ibq-tokenizer",
-        title="IBQ visual tokenizer",
-        model_types=("ibq_tokenizer",),
-        config="retvlp.ibq:IBQTokenizerConfig",
-        model="retvlp.ibq:IBQTokenizerModel",
-        loader_hint="AutoModel.from_pretrained loads it; use it as KeepFIT's ibq_tokenizer_path",
-        auto_classes=(("AutoConfig", "config", "config"), ("AutoModel", "config", "model")),
-        remote_code=(("config", None), ("model", "AutoModel")),
-    )
-)
-register_family(
-    FamilySpec(
-        name="text-mlm",
-        title="BERT masked-language-model text pretraining",
-        loader_hint=(
-            "BertModel / BertForMaskedLM.from_pretrained loads it; use it as the model.text_pretrained of a "
-            "KeepFIT or MaskedCLIP run"
-        ),
-    )
-)
-
-
 __all__ = [
+    "BERT_ATTENTION",
+    "BRIDGE_ATTENTION",
+    "BUILTIN_SPECS",
     "FamilySpec",
     "LoraDefaults",
     "LoraTower",
+    "RESNET_BLOCKS",
+    "VIT_ATTENTION",
     "families",
     "family_names",
     "family_of_model_type",

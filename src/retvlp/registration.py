@@ -16,14 +16,14 @@ from .lazy import call_when_imported
 
 _registered: set[str] = set()
 
-# What triggers the registration: transformers' Auto API (every Auto class's module imports this one) or one of
-# the packages whose classes carry remote-code marks.
-_TRIGGERS = (
-    "transformers.models.auto.configuration_auto",
-    "retvlp.maskedclip",
-    "retvlp.keepfit",
-    "retvlp.ibq",
-)
+# transformers' Auto API: every Auto class's module imports this one.
+AUTO_API = "transformers.models.auto.configuration_auto"
+
+
+def registration_triggers() -> tuple[str, ...]:
+    """What triggers the registration: transformers' Auto API or one of the modules the registered families
+    name classes in (`FamilySpec.modules`: `retvlp.maskedclip`, ...; the classes carrying remote-code marks)."""
+    return tuple(dict.fromkeys([AUTO_API, *(module for spec in families() for module in spec.modules())]))
 
 
 def _register_auto(spec: FamilySpec) -> None:
@@ -75,7 +75,9 @@ def register_auto_classes() -> None:
 def register_auto_classes_when_used() -> None:
     """Run :func:`register_auto_classes` as soon as transformers' Auto API or one of our model families is
     imported (at once if one already is): what `import retvlp` calls."""
-    call_when_imported(register_auto_classes, any_of=_TRIGGERS, watch=("transformers", "retvlp"))
+    triggers = registration_triggers()
+    watch = dict.fromkeys(module.partition(".")[0] for module in triggers)
+    call_when_imported(register_auto_classes, any_of=triggers, watch=watch)
 
 
-__all__ = ["register_auto_classes", "register_auto_classes_when_used"]
+__all__ = ["AUTO_API", "register_auto_classes", "register_auto_classes_when_used", "registration_triggers"]

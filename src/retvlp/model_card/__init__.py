@@ -17,8 +17,10 @@ never ``model-index`` entries.
 The package is split by meaning:
 
 - `inputs`: reading checkpoint folders and the packaged template files;
-- `architecture`: each family's card registration (`register_card`: template, citation, prompt) and its
-  architecture rows;
+- `architecture`: the card registry (`register_card`: template, citation, prompt, architecture rows) and the
+  shared pieces of the architecture rows;
+- `families`: one module per built-in family (`families/maskedclip.py`, ...), its architecture rows and its
+  `register_card(...)` call, found by `architecture` on the first read of the registry;
 - `training`: the training settings in words;
 - `metadata`: what the card says about results (the `model-index` entries and the table data, built from
   `ResultRow`s) and the YAML header (`ModelCardData`);

@@ -1,15 +1,21 @@
-"""The card layer's part of each model family: the architecture of a checkpoint in words (from its
-`config.json`), and the family's card registration (`register_card`: the template and citation files in
-`retvlp/model_cards/`, the zero-shot prompt of the card's example and the architecture rows), next to the rows.
-The model facts (title, classes) stay in `retvlp.families`."""
+"""The card layer's part of each model family: the card registry (`register_card`: the template and citation
+files in `retvlp/model_cards/`, the zero-shot prompt of the card's example and the architecture rows) and the
+shared pieces of the architecture rows (a checkpoint's towers in words, from its `config.json`: `vit_name`,
+`resnet_name`, `bert_description`, and `fmt` for a number).
+
+Each built-in family's rows and `register_card(...)` call live in its own module of
+`retvlp.model_card.families` (`families/maskedclip.py`, ...), found, not listed: the first read of the registry
+imports every module of that package. The model facts (title, classes) stay in `retvlp.families`."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..families import get_family
+from ..families import family_names, get_family
 
 _VIT_NAMES = {
     (192, 12, 3): "ViT-Ti",
@@ -27,13 +33,15 @@ _RESNET_NAMES = {
 }
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A setting's value as a card shows it (a float in its shortest form: 0.0001 → "0.0001", 1e-05 → "1e-05")."""
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
 
 
-def _vit_name(vision: Mapping) -> str:
+def vit_name(vision: Mapping) -> str:
+    """A ViT vision config in words: its standard name where it has one (ViT-B/16, ...), shape and input size."""
     width = vision.get("hidden_size")
     depth = vision.get("num_hidden_layers")
     heads = vision.get("num_attention_heads")
@@ -49,7 +57,8 @@ def _vit_name(vision: Mapping) -> str:
     return f"{name}, {size}×{size} px input"
 
 
-def _bert_description(text: Mapping) -> str:
+def bert_description(text: Mapping) -> str:
+    """A BERT-like text config in words: width, depth, heads, vocabulary, positions."""
     width, depth, heads = (
         text.get("hidden_size"),
         text.get("num_hidden_layers"),
@@ -63,7 +72,8 @@ def _bert_description(text: Mapping) -> str:
     )
 
 
-def _resnet_name(vision: Mapping) -> str:
+def resnet_name(vision: Mapping) -> str:
+    """A ResNet vision config in words: its standard name where it has one (ResNet-50, ...), blocks, widths."""
     if vision.get("model_type") != "resnet":
         sizes = vision.get("hidden_sizes") or vision.get("hidden_size")
         return f"{vision.get('model_type')} backbone (widths {sizes})"
@@ -76,95 +86,6 @@ def _resnet_name(vision: Mapping) -> str:
     if known and standard:
         return f"{known} ({detail})"
     return f"custom ResNet ({detail})"
-
-
-def maskedclip_architecture(config: Mapping) -> list[tuple[str, str]]:
-    vision = config.get("vision_config") or {}
-    text = config.get("text_config") or {}
-    rows = [("Image encoder E_I", f"{_vit_name(vision)} (MAE-style, encodes visible patches + cls)")]
-    rows.append(
-        (
-            "Pixel decoder D_I",
-            f"width {vision.get('decoder_hidden_size')}, {vision.get('decoder_num_hidden_layers')} blocks, "
-            f"{vision.get('decoder_num_attention_heads')} heads; mask ratio {_fmt(vision.get('mask_ratio'))}, "
-            f"per-patch normalised pixel targets: {'yes' if vision.get('norm_pix_loss', True) else 'no'} "
-            "(pretraining only: in MaskedCLIPForPreTraining, not in these weights)",
-        )
-    )
-    bridge = (
-        f"{config.get('bridge_num_hidden_layers')} transformer blocks at the encoder width"
-        if config.get("use_bridge", True)
-        else "disabled (CLIP head directly on E_I)"
-    )
-    rows.append(("Bridge transformer B", bridge))
-    if config.get("use_mfd", True):
-        rows.append(
-            (
-                "Feature decoder D_F",
-                f"width {config.get('feature_decoder_hidden_size')}, "
-                f"{config.get('feature_decoder_num_hidden_layers')} blocks, "
-                f"{config.get('feature_decoder_num_attention_heads')} heads; momentum encoder EMA "
-                f"{_fmt(config.get('momentum'))} (pretraining only: in MaskedCLIPForPreTraining, not in these weights)",
-            )
-        )
-    rows.append(("Text encoder E_T", _bert_description(text)))
-    rows.append(
-        (
-            "Shared embedding space",
-            f"{config.get('projection_dim')}-d, image token: {config.get('clip_image_pooling', 'cls')}, "
-            "learnable logit scale",
-        )
-    )
-    losses = [name for name in ("mim", "clip", "mfd") if config.get(f"use_{name}", True)]
-    rows.append(
-        (
-            "Pretraining objective",
-            "L_mim + λ_clip·L_lg_clip + λ_mfd·L_mfd with "
-            f"λ_clip = {_fmt(config.get('lambda_clip'))}, λ_mfd = {_fmt(config.get('lambda_mfd'))} "
-            f"(terms enabled: {', '.join(losses) or 'none'})",
-        )
-    )
-    return rows
-
-
-def keepfit_architecture(config: Mapping) -> list[tuple[str, str]]:
-    vision = config.get("vision_config") or {}
-    text = config.get("text_config") or {}
-    layers = config.get("text_pooling_layers")
-    rows = [
-        ("Image encoder E_v", _resnet_name(vision)),
-        (
-            "Text encoder E_t",
-            f"{_bert_description(text)}; pooling {config.get('text_pooling')} (layers {layers})",
-        ),
-        ("Shared embedding space", f"{config.get('projection_dim')}-d, learnable logit scale"),
-        (
-            "Semantic knowledge injection",
-            (
-                f"{config.get('knowledge_num_heads')}-head cross-attention, dropout "
-                f"{_fmt(config.get('knowledge_attention_dropout'))}, softmax over "
-                f"{config.get('semantic_softmax_over')} (pretraining only: in KeepFitForPreTraining)"
-            )
-            if config.get("use_semantic_injection", True)
-            else "disabled",
-        ),
-        (
-            "Appearance knowledge injection",
-            (
-                f"frozen IBQ codebook K×D = {config.get('codebook_size')}×{config.get('code_dim')}, "
-                f"attention temperature {_fmt(config.get('appearance_temperature'))} (pretraining only: in "
-                "KeepFitForPreTraining, not in these weights)"
-            )
-            if config.get("use_appearance_injection", True)
-            else f"disabled (codebook {config.get('codebook_size')}×{config.get('code_dim')} unused)",
-        ),
-        (
-            "Pretraining objective",
-            "L_itc^p + L_itc^m + λ1·L_EK^s + λ2·L_EK^a with "
-            f"λ1 = {_fmt(config.get('lambda_semantic'))}, λ2 = {_fmt(config.get('lambda_appearance'))}",
-        ),
-    ]
-    return rows
 
 
 # --------------------------------------------------------------------------- the card registry
@@ -182,6 +103,27 @@ class CardParts:
 
 _CARDS: dict[str, CardParts] = {}
 
+# The package of the built-in families' cards: one module per family, each calling `register_card`.
+BUILTIN_CARDS = "retvlp.model_card.families"
+_builtins_loaded = False
+
+
+def _load_builtin_cards() -> None:
+    """Import every module of `retvlp.model_card.families` (in name order; each registers its family's card),
+    once: on the first read or change of the card registry."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # first: the card modules call `register_card`, which comes back here
+    try:
+        package = importlib.import_module(BUILTIN_CARDS)
+        found = pkgutil.iter_modules(package.__path__, BUILTIN_CARDS + ".")
+        for module in sorted(found, key=lambda m: m.name):
+            importlib.import_module(module.name)
+    except BaseException:
+        _builtins_loaded = False  # the next read tries again (and raises again), never a partial registry
+        raise
+
 
 def register_card(
     family: str,
@@ -192,7 +134,9 @@ def register_card(
     architecture: Callable[[Mapping], list[tuple[str, str]]],
     exist_ok: bool = False,
 ) -> CardParts:
-    """Register `family`'s card (a second registration of a name is an error unless `exist_ok`)."""
+    """Register `family`'s card (a second registration of a name, a built-in one included, is an error unless
+    `exist_ok`)."""
+    _load_builtin_cards()
     if family in _CARDS and not exist_ok:
         raise ValueError(f"the card of model family {family!r} is already registered.")
     parts = _CARDS[family] = CardParts(family, template, citation, prompt, architecture)
@@ -200,17 +144,22 @@ def register_card(
 
 
 def unregister_card(family: str) -> None:
+    _load_builtin_cards()
     _CARDS.pop(family, None)
 
 
 def card_families() -> tuple[str, ...]:
-    """The families with a card: a checkpoint's main `model_type` is the family name."""
-    return tuple(_CARDS)
+    """The families with a card (a checkpoint's main `model_type` is the family name), in the order of the
+    family registry whichever card module was imported first."""
+    _load_builtin_cards()
+    order = {name: i for i, name in enumerate(family_names())}
+    return tuple(sorted(_CARDS, key=lambda name: order.get(name, len(order))))
 
 
 def card_parts(family: str) -> CardParts:
     """`family`'s card; an error naming the card families when it has none."""
     get_family(family)  # an unregistered name is refused with the registered families
+    _load_builtin_cards()
     if family not in _CARDS:
         raise ValueError(
             f"family {family!r} has no model card template; card families: {list(card_families())}"
@@ -218,17 +167,15 @@ def card_parts(family: str) -> CardParts:
     return _CARDS[family]
 
 
-register_card(
-    "maskedclip",
-    template="maskedclip.md",
-    citation="maskedclip.bib",
-    prompt="a fundus photograph of {}",
-    architecture=maskedclip_architecture,
-)
-register_card(
-    "keepfit",
-    template="keepfit.md",
-    citation="keepfit.bib",
-    prompt="A fundus photograph of {}.",
-    architecture=keepfit_architecture,
-)
+__all__ = [
+    "BUILTIN_CARDS",
+    "CardParts",
+    "bert_description",
+    "card_families",
+    "card_parts",
+    "fmt",
+    "register_card",
+    "resnet_name",
+    "unregister_card",
+    "vit_name",
+]

@@ -218,7 +218,7 @@ def _reference_rows(document: EvaluationResults, metrics: list[str]) -> list[dic
 
 
 def _table_row(row: ResultRow, metrics: list[str], evaluated_model: str) -> dict:
-    from .architecture import _fmt
+    from .architecture import fmt
 
     cells = []
     for metric in metrics:
@@ -236,7 +236,7 @@ def _table_row(row: ResultRow, metrics: list[str], evaluated_model: str) -> dict
         "model": f"**{model}** (this model)" if model == evaluated_model else f"{model} (baseline)",
         "protocol": label[:1].upper() + label[1:],
         "seeds": str(len(row.seeds)) if row.seeds else "—",
-        "num_train": "—" if row.num_train is None else _fmt(_plain(row.num_train)),
+        "num_train": "—" if row.num_train is None else fmt(_plain(row.num_train)),
         "cells": cells,
     }
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 
-from .architecture import _fmt, card_parts
+from .architecture import card_parts, fmt
 from .inputs import (
     _adapter_num_labels,
     _artifact_name,
@@ -295,6 +295,12 @@ def render_classifier_card(
     return ModelCard.from_template(card_data, template_str=template_text("classifier.md"), **context)
 
 
+# The family an adapter card is written for when neither the call, the saved config nor the adapter's base
+# class names one. Named here: the card families come in the name order of their modules, so the first of them
+# is an accident of naming.
+_ADAPTER_DEFAULT_FAMILY = "maskedclip"
+
+
 def _adapter_family(adapter_config: Mapping, config: Mapping | None, family: str | None) -> str:
     if family is not None:
         if family not in card_families():
@@ -304,8 +310,9 @@ def _adapter_family(adapter_config: Mapping, config: Mapping | None, family: str
         return _family_of(config.get("model_type"))
     mapping = adapter_config.get("auto_mapping") or {}
     where = f"{mapping.get('parent_library', '')} {mapping.get('base_model_class', '')}".lower()
-    # A family named in the adapter's base class; MaskedCLIP (the first card family) otherwise.
-    return next((name for name in card_families() if name in where), card_families()[0])
+    # A family named in the adapter's base class; MaskedCLIP otherwise.
+    fallback = _ADAPTER_DEFAULT_FAMILY if _ADAPTER_DEFAULT_FAMILY in card_families() else card_families()[0]
+    return next((name for name in card_families() if name in where), fallback)
 
 
 def _adapter_settings(adapter_config: Mapping) -> list[tuple[str, str]]:
@@ -318,7 +325,7 @@ def _adapter_settings(adapter_config: Mapping) -> list[tuple[str, str]]:
             value = ", ".join(f"`{item}`" for item in sorted(map(str, value)))
         elif key == "peft_type":
             value = "LoRA" if value == "LORA" else value
-        settings.append((label, _fmt(value)))
+        settings.append((label, fmt(value)))
     return settings
 
 

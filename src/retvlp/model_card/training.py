@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .architecture import _fmt
+from .architecture import fmt
 from .metadata import _finite
 
 
@@ -20,7 +20,7 @@ def _training_items(summary: Mapping | None, run_config: Mapping | None) -> list
         }
         for key, label in known.items():
             if key in summary:
-                items.append((label, _fmt(summary[key])))
+                items.append((label, fmt(summary[key])))
         metrics = summary.get("last_metrics") or {}
         if "epoch" in metrics:
             items.append(("Epochs", f"{metrics['epoch']:.2f}"))
@@ -36,7 +36,7 @@ def _training_items(summary: Mapping | None, run_config: Mapping | None) -> list
         handled = set(known) | {"last_metrics", "classes", "unused_rows_by_role"}
         for key, value in summary.items():
             if key not in handled and isinstance(value, (str, int, float, bool)):
-                items.append((key.replace("_", " ").capitalize(), _fmt(value)))
+                items.append((key.replace("_", " ").capitalize(), fmt(value)))
     if run_config:
         data = run_config.get("data") or {}
         optim = run_config.get("optim") or {}
@@ -55,9 +55,9 @@ def _training_items(summary: Mapping | None, run_config: Mapping | None) -> list
         if batches:
             items.append(("Batch per process", ", ".join(batches)))
         if optim:
-            parts = [f"lr {_fmt(optim.get('lr'))}"] if optim.get("lr") is not None else []
+            parts = [f"lr {fmt(optim.get('lr'))}"] if optim.get("lr") is not None else []
             if optim.get("weight_decay") is not None:
-                parts.append(f"weight decay {_fmt(optim['weight_decay'])}")
+                parts.append(f"weight decay {fmt(optim['weight_decay'])}")
             if optim.get("schedule"):
                 parts.append(f"{optim['schedule']} schedule")
             if parts:
@@ -97,7 +97,7 @@ def _finetune_items(summary: Mapping | None) -> list[tuple[str, str]]:
         items.append(("Label fraction", f"{_finite(summary['fraction']) * 100:g}%"))
     for key, label in (("num_train", "Training images"), ("seed", "Seed"), ("steps", "Optimizer steps")):
         if summary.get(key) is not None:
-            items.append((label, _fmt(summary[key])))
+            items.append((label, fmt(summary[key])))
     keys = [
         ("lr", "Learning rate (AdamW, cosine)"),
         ("batch_size", "Batch per process"),
@@ -112,5 +112,5 @@ def _finetune_items(summary: Mapping | None) -> list[tuple[str, str]]:
     keys += [("mixed_precision", "Mixed precision")]
     for key, label in keys:
         if settings.get(key) is not None:
-            items.append((label, _fmt(settings[key])))
+            items.append((label, fmt(settings[key])))
     return items

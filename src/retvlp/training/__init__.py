@@ -2,13 +2,21 @@
 `PretrainTask` per model family (MaskedCLIP, KeepFIT V2, IBQ tokenizer, text MLM). Evaluations are handed in
 from above (`EvaluationHooks`; `retvlp.run.pretrain_and_evaluate`)."""
 
+import importlib
+import pkgutil
+
 from ..lazy import lazy_package
 from .family_parts import set_builtin_loader
 
 
 def _import_builtin_families() -> None:
-    """The built-in task files; each registers its family's training parts (`family_parts.register_training`)."""
-    from . import ibq_task, keepfit_task, maskedclip_task, text_mlm  # noqa: F401
+    """Import the built-in task files: every module of this package whose name ends in `_task`
+    (`maskedclip_task.py`, ...; found, not listed); each registers its family's training parts
+    (`family_parts.register_training`)."""
+    found = pkgutil.iter_modules(__path__, __name__ + ".")
+    for module in sorted(found, key=lambda m: m.name):
+        if module.name.endswith("_task"):
+            importlib.import_module(module.name)
 
 
 set_builtin_loader(_import_builtin_families)

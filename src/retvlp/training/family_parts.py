@@ -5,9 +5,10 @@ Each task file registers its own family at its end (`register_training("maskedcl
 section=MaskedCLIPSection)`), next to the task, the section and the stream routing it defines; the model facts
 (classes, Auto registration, remote code) stay in `retvlp.families`. This module imports nothing of the
 package, so the run config (`training/config.py`) and the loop (`training/trainer.py`) look a family up here
-by name without importing the task files. The built-in task files are imported on the first look-up through
-a loader that `retvlp.training` (the package, above them all) hands down (`set_builtin_loader`); a family
-defined elsewhere (the toy family of `tests/test_family_registry.py`) calls `register_training` itself.
+by name without importing the task files. The built-in task files (every `retvlp.training` module whose name
+ends in `_task`: found, not listed) are imported on the first look-up through a loader that `retvlp.training`
+(the package, above them all) hands down (`set_builtin_loader`); a family defined elsewhere (the toy family of
+`tests/test_family_registry.py`) calls `register_training` itself.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the one pretraining loop (`trainer.py`) asks of a model family.
 
-Each family (`maskedclip_task.py`, `keepfit_task.py`, `ibq_task.py`, `text_mlm.py`) subclasses
+Each family (`maskedclip_task.py`, `keepfit_task.py`, `ibq_task.py`, `text_mlm_task.py`) subclasses
 [`PretrainTask`]. The loop calls, in this order:
 
 1. `prepare_data` → [`RunData`] (image families: validated, cached streams of `data.train`; text: a corpus);
