@@ -10,6 +10,7 @@ fine-tuning, label efficiency, reports. `evaluate_models` runs them; `retvlp eva
     finetune.py      full / LoRA fine-tuning on Accelerate (layer decay, drop-path)
     metrics/         the six metrics as `evaluate` modules shipped in the package
     runner.py        the harness; report.py: JSON, Markdown, PNG
+    bootstrap.py     patient-grouped CIs; calibration.py, conformal.py, operating_points.py (issue 27)
 
 The names below are imported when first used (`retvlp.lazy.lazy_package`): importing the package loads none
 of torch, scikit-learn or datasets.
