@@ -332,6 +332,8 @@ def main(argv=None) -> int:
     common_settings = dict(
         fractions=(0.1, 1.0),
         save_models=False,
+        calibration_fraction=0.0,  # the table's rows predate the calibration split: same pools
+        bootstrap=0,
         cache_dir=str(out / "feature_cache"),
         show_progress=False,
     )

@@ -349,6 +349,8 @@ class MulticlassBenchmark:
             seeds=(seed,),
             split_seed=seed,
             save_models=False,
+            calibration_fraction=0.0,  # the table's rows predate the calibration split: same pools
+            bootstrap=0,
             cache_dir=str(self.out / "feature_cache"),
             show_progress=False,
         )
@@ -439,6 +441,8 @@ class MulticlassBenchmark:
                 seeds=(seed,),
                 split_seed=seed,
                 save_models=False,
+                calibration_fraction=0.0,  # the table's rows predate the calibration split: same pools
+                bootstrap=0,
                 show_progress=False,
             ),
             random_init=random_init,
@@ -478,6 +482,8 @@ class MulticlassBenchmark:
                 seeds=(seed,),
                 split_seed=seed,
                 save_models=False,
+                calibration_fraction=0.0,  # the table's rows predate the calibration split: same pools
+                bootstrap=0,
                 show_progress=False,
                 finetune=FinetuneSettings(epochs=epochs, warmup_epochs=1, batch_size=32, init="random"),
             ),

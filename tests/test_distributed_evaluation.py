@@ -76,7 +76,7 @@ def _odd_test_manifest(synthetic, tmp_path) -> Path:
 
 def _arguments(checkpoint, synthetic, test_manifest, tmp_path, name):
     return [
-        "evaluate", "--model", f"tiny={checkpoint}", "--random-init",
+        "evaluate", "--bootstrap", "20", "--model", f"tiny={checkpoint}", "--random-init",
         "--data", str(synthetic.paired), str(synthetic.categorical), "--test-data", str(test_manifest),
         "--allowed-root", str(synthetic.root), "--task", "zero-shot,linear-probe,few-shot",
         "--fractions", "0.5,1", "--seeds", "0,1", "--shots", "1", "--few-shot-methods", "tip-adapter",

@@ -213,6 +213,9 @@ def _settings(tmp_path, **kwargs):
         shots=(1, 2),
         cache_dir=str(tmp_path / "cache"),
         show_progress=False,
+        # the trust figures have their own tests (test_eval_trust.py); here a few resamples exercise the path
+        bootstrap=20,
+        calibration_fraction=0.0,
     )
     return EvaluationSettings(**{**defaults, **kwargs})
 
@@ -317,7 +320,7 @@ def test_any_dual_encoder_runs_in_the_same_harness(synthetic, tmp_path):
 def test_cli_evaluate_writes_the_report(tiny_checkpoint, synthetic, tmp_path, capsys):
     _, _, directory = tiny_checkpoint
     code = main([
-        "evaluate", "--model", f"tiny={directory}", "--data", str(synthetic.paired), str(synthetic.categorical),
+        "evaluate", "--bootstrap", "20", "--model", f"tiny={directory}", "--data", str(synthetic.paired), str(synthetic.categorical),
         "--test-data", str(synthetic.test), "--task", "zero-shot,linear-probe", "--seeds", "0",
         "--fractions", "0.5,1", "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
         "--no-progress",
@@ -337,7 +340,18 @@ def test_cli_evaluate_writes_the_report(tiny_checkpoint, synthetic, tmp_path, ca
 )
 def test_cli_evaluate_usage_errors(tiny_checkpoint, synthetic, tmp_path, capsys, arguments, message):
     _, _, directory = tiny_checkpoint
-    code = main(["evaluate", "--model", str(directory), "--data", str(synthetic.test), *arguments])
+    code = main(
+        [
+            "evaluate",
+            "--bootstrap",
+            "20",
+            "--model",
+            str(directory),
+            "--data",
+            str(synthetic.test),
+            *arguments,
+        ]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
 
@@ -345,7 +359,17 @@ def test_cli_evaluate_usage_errors(tiny_checkpoint, synthetic, tmp_path, capsys,
 def test_cli_evaluate_missing_data_is_a_usage_error(tiny_checkpoint, tmp_path, capsys):
     _, _, directory = tiny_checkpoint
     code = main(
-        ["evaluate", "--model", str(directory), "--data", str(tmp_path / "nope.csv"), "--task", "zero-shot"]
+        [
+            "evaluate",
+            "--bootstrap",
+            "20",
+            "--model",
+            str(directory),
+            "--data",
+            str(tmp_path / "nope.csv"),
+            "--task",
+            "zero-shot",
+        ]
     )
     assert code == 2 and "data not found" in capsys.readouterr().err
 

@@ -65,7 +65,14 @@ def grades_csv(synthetic, tmp_path_factory):
 
 
 def _settings(tmp_path, **kwargs):
-    defaults = dict(seeds=(0, 1), fractions=(0.5, 1.0), shots=(1,), cache_dir=str(tmp_path / "cache"))
+    defaults = dict(
+        seeds=(0, 1),
+        fractions=(0.5, 1.0),
+        shots=(1,),
+        cache_dir=str(tmp_path / "cache"),
+        bootstrap=20,  # the trust figures have their own tests (test_eval_trust.py)
+        calibration_fraction=0.0,
+    )
     return EvaluationSettings(**{**defaults, "show_progress": False, **kwargs})
 
 
@@ -379,7 +386,7 @@ def test_cli_reads_a_save_to_disk_split_folder(tiny_model_dir, synthetic, tmp_pa
     )
     splits.save_to_disk(str(tmp_path / "dr"))
     code = main([
-        "evaluate", "--model", str(tiny_model_dir), "--data", str(tmp_path / "dr" / "train"),
+        "evaluate", "--bootstrap", "20", "--model", str(tiny_model_dir), "--data", str(tmp_path / "dr" / "train"),
         "--test-data", str(tmp_path / "dr" / "test"), "--task", "linear-probe", "--seeds", "0",
         "--fractions", "1", "--ordinal", "--output-dir", str(tmp_path / "out"),
         "--cache-dir", str(tmp_path / "cache"), "--no-progress",
@@ -420,7 +427,19 @@ def test_model_path_errors_say_what_to_do(tmp_path, monkeypatch):
 
 def test_cli_names_the_final_folder_of_a_run_directory(tiny_model_dir, grades_csv, tmp_path, capsys):
     run = tiny_model_dir.parent  # tiny_model_dir is <run>/final
-    code = main(["evaluate", "--model", str(run), "--data", grades_csv["path"], "--task", "linear-probe"])
+    code = main(
+        [
+            "evaluate",
+            "--bootstrap",
+            "20",
+            "--model",
+            str(run),
+            "--data",
+            grades_csv["path"],
+            "--task",
+            "linear-probe",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"is a training run directory; the released model is {tiny_model_dir}" in err
 
@@ -478,7 +497,17 @@ def test_model_card_shows_positive_class_and_references(tmp_path):
 
 def test_cli_data_roots(tiny_model_dir, grades_csv, tmp_path, capsys):
     """The manifest's images lie outside its folder: refused and named, read with --allowed-root."""
-    args = ["evaluate", "--model", str(tiny_model_dir), "--data", grades_csv["path"], "--task", "zero-shot"]
+    args = [
+        "evaluate",
+        "--bootstrap",
+        "20",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        grades_csv["path"],
+        "--task",
+        "zero-shot",
+    ]
     args += ["--output-dir", str(tmp_path / "out"), "--no-progress", "--seeds", "0"]
     assert main(args) != 0
     err = capsys.readouterr().err

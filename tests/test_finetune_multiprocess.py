@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _arguments(checkpoint, synthetic, tmp_path, name, batch_size):
     return [
-        "evaluate", "--model", f"tiny={checkpoint}", "--data", str(synthetic.paired), str(synthetic.categorical),
+        "evaluate", "--bootstrap", "20", "--model", f"tiny={checkpoint}", "--data", str(synthetic.paired), str(synthetic.categorical),
         "--test-data", str(synthetic.test), "--task", "finetune", "--fractions", "1.0", "--seeds", "0",
         "--max-steps", "3", "--finetune-batch-size", str(batch_size), "--no-augment", "--drop-path", "0",
         "--lr", "1e-3", "--output-dir", str(tmp_path / name), "--cache-dir", str(tmp_path / "cache"),

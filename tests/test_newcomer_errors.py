@@ -194,7 +194,7 @@ def test_evaluate_stops_on_images_it_cannot_use_unless_told_to_skip(
     manifest = tmp_path / "eval.csv"
     manifest.write_text("image,label,patient_id\n" + "\n".join([*rows, f"{broken},normal,P99"]) + "\n")
     argv = [
-        "evaluate", "--model", str(tiny_model_dir), "--data", str(manifest), "--allowed-root", str(synthetic.root),
+        "evaluate", "--bootstrap", "20", "--model", str(tiny_model_dir), "--data", str(manifest), "--allowed-root", str(synthetic.root),
         "--task", "linear-probe", "--seeds", "0", "--fractions", "1", "--no-progress",
         "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "out"),
     ]  # fmt: skip

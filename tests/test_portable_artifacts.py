@@ -80,6 +80,7 @@ def evaluated(checkpoint, synthetic, tmp_path_factory):
         finetune=FinetuneSettings(**TINY_FINETUNE),
         cache_dir=str(output / "cache"),
         show_progress=False,
+        bootstrap=20,  # calibration stays on: the saved classifier and adapter get their calibration.json
     )
     results = evaluate_models(
         {"maskedclip": str(checkpoint)},

@@ -204,6 +204,8 @@ def test_quick_check_is_the_runner_preset(synthetic, tmp_path):
         seeds=(3,),
         cache_dir=str(tmp_path / "cache"),
         show_progress=False,
+        bootstrap=0,  # the quick check's preset: no intervals during pretraining
+        calibration_fraction=0.0,
     )
     results = evaluate_models(
         {"tiny": str(directory)}, [synthetic.paired], test_data=[synthetic.test], settings=settings

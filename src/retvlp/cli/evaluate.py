@@ -57,8 +57,47 @@ def add_parser(parser) -> None:
     _add_data_options(parser.add_argument_group("data"))
     _add_protocol_options(parser.add_argument_group("protocols"))
     _add_finetune_options(parser.add_argument_group("fine-tuning (finetune, lora)"))
+    _add_trust_options(parser.add_argument_group("intervals, calibration, conformal sets, operating points"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
+
+
+def _add_trust_options(group) -> None:
+    """What a clinical reader asks besides the means (docs/evaluation.md, "How far to trust a number")."""
+    group.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="patient-bootstrap resamples of the test set for the 95%% intervals of every figure (0: off; "
+        "default 1000)",
+    )
+    group.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    group.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="share of the training pool's patients held out to fit temperature scaling, conformal sets and "
+        "screening thresholds (default 0.1; 0: none of them)",
+    )
+    group.add_argument("--calibration-bins", type=int, default=15, help="ECE bins, equal mass (default 15)")
+    group.add_argument(
+        "--coverage",
+        default="0.9",
+        metavar="LEVELS",
+        help="conformal prediction-set coverage(s), comma-separated (default 0.9)",
+    )
+    group.add_argument(
+        "--conformal-methods", default="lac,aps", help="lac and / or aps (randomised), comma-separated"
+    )
+    group.add_argument(
+        "--operating-points",
+        default="spec=0.9,0.95 sens=0.9",
+        metavar="SPEC",
+        help='screening thresholds chosen on the calibration patients (default "spec=0.9,0.95 sens=0.9"; '
+        "Youden's J is always added)",
+    )
 
 
 def _add_data_options(data) -> None:
@@ -205,6 +244,7 @@ def _settings(args: argparse.Namespace):
     """The `EvaluationSettings` of the options, with their `FinetuneSettings`; invalid values are usage
     errors."""
     from ..evaluation.finetune import FinetuneSettings
+    from ..evaluation.operating_points import parse_operating_points
     from ..evaluation.runner import EvaluationSettings
 
     tasks = tuple(task for entry in args.task for task in comma_list(entry, what="task"))
@@ -241,6 +281,13 @@ def _settings(args: argparse.Namespace):
             save_models=args.save_models,
             cache_dir=args.cache_dir,
             show_progress=not args.no_progress,
+            bootstrap=args.bootstrap,
+            confidence=args.confidence,
+            calibration_fraction=args.calibration_fraction,
+            calibration_bins=args.calibration_bins,
+            coverage=comma_list(args.coverage, float, "coverage"),
+            conformal_methods=comma_list(args.conformal_methods, what="conformal method"),
+            operating_points={k: tuple(v) for k, v in parse_operating_points(args.operating_points).items()},
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

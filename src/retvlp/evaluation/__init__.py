@@ -8,9 +8,12 @@ fine-tuning, label efficiency, reports. `evaluate_models` runs them; `retvlp eva
     few_shot.py      CLIP-Adapter, Tip-Adapter, Tip-Adapter-F
     linear_probe.py  class-balanced logistic regression (C = 0.316)
     finetune.py      full / LoRA fine-tuning on Accelerate (layer decay, drop-path)
-    metrics/         the six metrics as `evaluate` modules shipped in the package
+    metrics/         the six metrics as `evaluate` modules shipped in the package; fast_metrics.py: the same in
+                     numpy for resampling
+    bootstrap.py     patient-grouped percentile intervals; calibration.py (ECE, Brier, temperature),
+                     conformal.py (LAC / APS sets), operating_points.py (thresholds at a specificity / sensitivity)
+    trust.py         those figures for one result row; calibrated.py: a fine-tuned classifier's calibration.json
     runner.py        the harness; report.py: JSON, Markdown, PNG
-    bootstrap.py     patient-grouped CIs; calibration.py, conformal.py, operating_points.py (issue 27)
 
 The names below are imported when first used (`retvlp.lazy.lazy_package`): importing the package loads none
 of torch, scikit-learn or datasets.

@@ -35,6 +35,9 @@ def quick_settings(seed: int, *, show_progress: bool = False) -> EvaluationSetti
         seeds=(int(seed),),
         save_models=False,
         show_progress=show_progress,
+        # a check during pretraining: no patient bootstrap (seconds per row) and no calibration split
+        bootstrap=0,
+        calibration_fraction=0.0,
     )
 
 

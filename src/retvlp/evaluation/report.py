@@ -36,8 +36,10 @@ __all__ = [
     "metric_header",
     "not_above_majority",
     "plot_label_efficiency",
+    "plot_reliability_diagram",
     "plot_roc",
     "reference_lines",
+    "trust_tables",
     "write_report",
 ]
 
@@ -65,12 +67,19 @@ def _setting(row: ResultRow) -> str:
     return _setting_text(row.task, row.method, row.fraction, row.shots)
 
 
-def _cell(entry: MetricSummary | None) -> str:
+def _cell(entry: MetricSummary | Mapping | None) -> str:
+    """`0.873`, `0.873 ± 0.010` over seeds, and the patient-bootstrap interval where there is one:
+    `0.873 [0.851, 0.894]`."""
+    if isinstance(entry, Mapping):
+        entry = MetricSummary.from_json(entry)
     if entry is None or entry.mean is None or math.isnan(entry.mean):
         return "n/a"
+    text = f"{entry.mean:.3f}"
     if len(entry.values or ()) > 1:
-        return f"{entry.mean:.3f} ± {entry.std:.3f}"
-    return f"{entry.mean:.3f}"
+        text += f" ± {entry.std:.3f}"
+    if entry.ci is not None and all(math.isfinite(v) for v in entry.ci):
+        text += f" [{entry.ci[0]:.3f}, {entry.ci[1]:.3f}]"
+    return text
 
 
 def _dataset(dataset: DatasetInfo | Mapping) -> DatasetInfo:
@@ -110,9 +119,14 @@ def describe_dataset(data: DatasetInfo | Mapping) -> str:
         kind += ", nominal (no κ: pass --ordinal for ordered grades)"
     if data.positive_class is not None:
         kind += f", binary with positive class **{data.positive_class}** (PR-AUC)"
+    calibration = ""
+    if data.num_calibration:
+        calibration = f" / {data.num_calibration} calibration images ({data.calibration_split})"
+    elif data.calibration_split:
+        calibration = f"; calibration split: {data.calibration_split}"
     return (
         f"**{data.name}**: {len(data.classes)} classes in this order: {', '.join(data.classes)}"
-        f"{origin}; {kind}; {data.num_train} training-pool / {data.num_test} test images "
+        f"{origin}; {kind}; {data.num_train} training-pool / {data.num_test} test images{calibration} "
         f"(test split: {data.test_split})."
     )
 
@@ -185,6 +199,15 @@ def markdown_table(results: EvaluationResults | Mapping) -> str:
             f"† accuracy not above the majority class ({document.majority_accuracy:.3f}, predicting "
             f"`{document.majority.predicts}` for every image): read balanced accuracy and ROC-AUC.",
         ]
+    if any(row.metrics.get(m) is not None and row.metrics[m].ci for row in rows for m in metrics):
+        bootstrap = next((row.extras["bootstrap"] for row in rows if "bootstrap" in row.extras), {})
+        lines += [
+            "",
+            f"[low, high]: {bootstrap.get('confidence', 0.95) * 100:g} % interval from {bootstrap.get('resamples')} "
+            "bootstrap resamples of the test patients (all images of a patient drawn together); ± std: spread over "
+            "seeds.",
+        ]
+    lines += trust_tables(rows)
     for name, info in document.models.items():
         for problem in info.skipped_tasks:
             lines += ["", f"Not run for {name}: {problem.task} ({problem.reason})."]
@@ -196,11 +219,131 @@ def markdown_table(results: EvaluationResults | Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _headline(row: ResultRow) -> bool:
+    """Zero-shot and the 100 % label rows: the settings whose operating points the markdown shows."""
+    return row.task == "zero-shot" or row.fraction == 1.0
+
+
+def trust_tables(rows: list[ResultRow]) -> list[str]:
+    """The calibration, conformal-set and operating-point tables of the rows that carry them (`trust.py`)."""
+    lines: list[str] = []
+    calibrated = [row for row in rows if "calibration" in row.extras]
+    if calibrated:
+        first = calibrated[0].extras["calibration"]
+        scaled = any("scaled" in row.extras["calibration"] for row in calibrated)
+        n_cal = next((row.extras["calibration"].get("n_calibration") for row in calibrated), None)
+        lines += [
+            "",
+            f"**Calibration** on the test images (top-label ECE over {first['n_bins']} equal-mass bins: the mean gap "
+            "between how sure the model is and how often it is right; Brier score and NLL: lower is better)"
+            + (
+                f"; then temperature scaling, T fitted on the {n_cal} calibration images (T > 1: the model was "
+                "over-confident)."
+                if scaled
+                else "."
+            ),
+            "",
+            "| model | task | setting | ECE | class-wise ECE | Brier | NLL |"
+            + (" T | ECE after T | Brier after T | NLL after T |" if scaled else ""),
+            "|---|---|---|---|---|---|---|" + ("---|---|---|---|" if scaled else ""),
+        ]
+        for row in calibrated:
+            c = row.extras["calibration"]
+            cells = [_cell(c[k]) for k in ("ece", "classwise_ece", "brier", "nll")]
+            if scaled:
+                after = c.get("scaled", {})
+                cells += [_cell(c.get("temperature"))] + [
+                    _cell(after.get(k)) for k in ("ece", "brier", "nll")
+                ]
+            lines.append(f"| {row.model} | {row.task} | {_setting(row)} | " + " | ".join(cells) + " |")
+    conformal = [row for row in rows if row.extras.get("conformal")]
+    if conformal:
+        lines += [
+            "",
+            "**Conformal prediction sets**, fitted on the calibration patients: a set at coverage 0.9 holds the true "
+            "class for at least 90 % of new patients from the same population (on average over calibration "
+            "draws; not for each image, and not under a change of camera or clinic). LAC gives the smallest sets "
+            "and may give an empty one (no class plausible: refer); APS (randomised) adapts the size to how hard "
+            "the image is.",
+            "",
+            "| model | task | setting | method | target | coverage on test | mean set size | empty sets | "
+            "coverage per class |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in conformal:
+            for entry in row.extras["conformal"]:
+                per_class = ", ".join(
+                    f"{name} {value:.2f}"
+                    for name, value in entry["coverage_per_class"].items()
+                    if value == value
+                )
+                lines.append(
+                    f"| {row.model} | {row.task} | {_setting(row)} | {entry['method'].upper()} | "
+                    f"{entry['coverage']:g} | {_cell(entry['empirical_coverage'])} | "
+                    f"{_cell(entry['mean_set_size'])} | {_cell(entry['empty_sets'])} | {per_class} |"
+                )
+    screened = [row for row in rows if row.extras.get("operating_points") and _headline(row)]
+    if screened:
+        lines += [
+            "",
+            "**Screening operating points** (zero-shot and 100 % label rows; every row's are in results.json): the "
+            "threshold on the class probability chosen on the calibration patients for a target specificity or "
+            "sensitivity (or Youden's J), and what it gives on the test patients. An image is called positive "
+            "when its probability is at or above the threshold.",
+            "",
+            "| model | task | setting | class | target | threshold | sensitivity | specificity | PPV | NPV |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in screened:
+            for entry in row.extras["operating_points"]:
+                if "not_computed" in entry:
+                    cells = ["n/a"] * 5
+                else:
+                    cells = [
+                        _cell(entry[k]) for k in ("threshold", "sensitivity", "specificity", "ppv", "npv")
+                    ]
+                lines.append(
+                    f"| {row.model} | {row.task} | {_setting(row)} | {entry['class']} | {entry['target']} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+    missing = {reason for row in rows for reason in (row.extras.get("not_computed") or {}).values()}
+    for reason in sorted(missing):
+        lines += ["", f"Not computed: {reason}."]
+    return lines
+
+
+def plot_reliability_diagram(
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    temperature: float | None,
+    title: str,
+    path: Path,
+    n_bins: int = 15,
+) -> bool:
+    """Top-label reliability of one run's test probabilities, and after temperature `temperature` when given."""
+    from .calibration import apply_temperature, plot_reliability, reliability_curve
+
+    if targets.ndim != 1:
+        return False
+    curves = {"as predicted": reliability_curve(targets, probabilities, n_bins)}
+    if temperature is not None and math.isfinite(temperature):
+        scaled = apply_temperature(probabilities, temperature, inputs="probabilities")
+        curves[f"temperature {temperature:.2f}"] = reliability_curve(targets, scaled, n_bins)
+    plot_reliability(curves, path, title=title)
+    return True
+
+
 def _atomic_write(path: Path, text: str) -> None:
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         stream.write(text)
     os.replace(staging, path)
+
+
+def _renormalized(probabilities: np.ndarray) -> np.ndarray:
+    probabilities = np.clip(np.asarray(probabilities, dtype=np.float64), 0.0, None)
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
 def _slug(*parts) -> str:
@@ -326,8 +469,24 @@ def write_report(
         np.savez_compressed(
             output / "predictions" / f"{name}.npz", probabilities=probabilities, targets=test_targets
         )
-        # ROC plots for the headline settings only: zero-shot and the full-label runs.
+        # ROC and reliability plots for the headline settings only: zero-shot and the full-label runs.
         if task == "zero-shot" or (fraction == 1.0 and task in CURVE_TASKS):
+            row = next(
+                (r for r in document.rows if r.setting_key == (model, task, method, fraction, shots)), None
+            )
+            calibration = row.extras.get("calibration") if row is not None else None
+            if calibration is not None:
+                temperature = (calibration.get("temperature") or {}).get("values") or [None]
+                path = output / f"reliability_{name}.png"
+                if plot_reliability_diagram(
+                    test_targets,
+                    _renormalized(probabilities),
+                    temperature[0],  # the first seed's, like the stored probabilities
+                    f"{model}: {task} ({_setting_text(task, method, fraction, shots)})",
+                    path,
+                    calibration.get("n_bins", 15),
+                ):
+                    written[f"reliability_{name}"] = path
             path = output / f"roc_{name}.png"
             if plot_roc(
                 test_targets,

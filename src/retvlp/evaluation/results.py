@@ -13,7 +13,16 @@ the model cards) goes through these classes; no other module spells the JSON key
      "models": {name: {"source", "class", "model_type", ["skipped_tasks": [{"task", "reason"}]]}},
      "settings": {...},
      "results": [{"model", "task", "method", "fraction", "shots", "seeds", "num_train",
-                  "metrics": {name: {"mean", "std", "values"}}}, ...]}
+                  "metrics": {name: {"mean", "std", "values", ["ci": [low, high]]}},
+                  ["bootstrap", "calibration", "conformal", "operating_points", "not_computed"]}, ...]}
+
+The bracketed keys were added without a version change (readers that do not know them ignore them): `ci` is
+the patient-bootstrap percentile interval of the metric (its settings under the row's `bootstrap`:
+resamples, confidence, unit, seed), and the row's `calibration` / `conformal` / `operating_points` hold
+`evaluation.trust.row_figures`' figures (each a `{"mean", "std", "values", ["ci"]}` over seeds), with
+`not_computed` saying what could not be computed and why. `dataset` may carry `num_calibration`,
+`calibration_split` (how, or why not) and `calibration_counts` (the patients held out of the training pool for
+calibration).
 
 Documents without `schema_version` (written before it existed) have the same keys and read as version 1.
 The per-model summary of the pretraining quick check (`{"classes", "num_probe_train", "num_test", "excluded",
@@ -38,6 +47,7 @@ SCHEMA_VERSION = 1
 QUICK_SUMMARY_VERSION = 0  # the pretraining quick check's per-model summary
 QUICK_PROTOCOLS = {"zero-shot": "zero_shot", "linear-probe": "linear_probe"}
 _LEGACY_TASKS = ("zero-shot", "few-shot", "linear-probe", "finetune", "lora")
+ROW_EXTRAS = ("bootstrap", "calibration", "conformal", "operating_points", "not_computed")
 
 
 class ResultsSchemaError(ValueError):
@@ -96,11 +106,14 @@ class MetricSummary:
     mean: float | None
     std: float | None = None
     values: list[float] | None = None
+    ci: list[float] | None = None  # [low, high]: the patient-bootstrap interval of `mean`
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"mean": self.mean, "std": self.std}
         if self.values is not None:
             out["values"] = list(self.values)
+        if self.ci is not None:
+            out["ci"] = list(self.ci)
         return out
 
     @classmethod
@@ -114,7 +127,12 @@ class MetricSummary:
             if not isinstance(values, list):
                 raise _type_error(source, f"{key}.values", "a list of numbers", values)
             values = [_number(v, source, f"{key}.values[{i}]") for i, v in enumerate(values)]
-        return cls(mean, std, values)
+        ci = data.get("ci")
+        if ci is not None:
+            if not isinstance(ci, list) or len(ci) != 2:
+                raise _type_error(source, f"{key}.ci", "[low, high]", ci)
+            ci = [_number(v, source, f"{key}.ci[{i}]", optional=False) for i, v in enumerate(ci)]
+        return cls(mean, std, values, ci)
 
     @classmethod
     def of_runs(cls, runs: Sequence[float]) -> MetricSummary:
@@ -164,6 +182,8 @@ class ResultRow:
     positive_class: str | None = field(default=None, compare=False)
     class_order: str | None = field(default=None, compare=False)
     not_above_majority: bool = field(default=False, compare=False)
+    # `evaluation.trust` figures, written as the row's own keys (ROW_EXTRAS)
+    extras: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def of_runs(
@@ -201,7 +221,7 @@ class ResultRow:
             if not value.values or len(value.values) != len(seeds):
                 return self  # no per-seed values: the protocol summary is all there is
             metrics[name] = MetricSummary(value.values[index], None, [value.values[index]])
-        return replace(self, seeds=[seed], metrics=metrics)
+        return replace(self, seeds=[seed], metrics=metrics, extras={})  # the extras summarise every seed
 
     @property
     def setting_key(self) -> tuple:
@@ -217,6 +237,7 @@ class ResultRow:
             "seeds": None if self.seeds is None else list(self.seeds),
             "num_train": self.num_train,
             "metrics": {name: value.to_json() for name, value in self.metrics.items()},
+            **{key: self.extras[key] for key in ROW_EXTRAS if key in self.extras},
         }
 
     @classmethod
@@ -241,6 +262,7 @@ class ResultRow:
             shots=shots,
             seeds=seeds,
             num_train=_number(data.get("num_train"), source, f"{key}.num_train"),
+            extras={name: data[name] for name in ROW_EXTRAS if name in data},
         )
 
 
@@ -254,6 +276,9 @@ _DATASET_OPTIONAL = (
     "test_counts",
     "excluded",
     "excluded_examples",
+    "num_calibration",
+    "calibration_split",
+    "calibration_counts",
 )
 
 
@@ -275,6 +300,9 @@ class DatasetInfo:
     test_counts: dict | None = None
     excluded: dict | None = None
     excluded_examples: list | None = None
+    num_calibration: int | None = None
+    calibration_split: str | None = None
+    calibration_counts: dict | None = None
     present: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # keys read from a file
 
     def to_json(self) -> dict:
@@ -289,12 +317,12 @@ class DatasetInfo:
     def from_json(cls, data: Any, source: str = "<results>") -> DatasetInfo:
         data = _mapping(data, source, "dataset")
         known = {k: data[k] for k in _DATASET_ALWAYS + _DATASET_OPTIONAL if k in data}
-        for key in ("name", "class_order", "positive_class", "test_split"):
+        for key in ("name", "class_order", "positive_class", "test_split", "calibration_split"):
             if key in known:
                 known[key] = _string(known[key], source, f"dataset.{key}", optional=True)
         if known.get("classes") is not None and not isinstance(known["classes"], list):
             raise _type_error(source, "dataset.classes", "a list of class names", known["classes"])
-        for key in ("num_train", "num_test", "split_seed"):
+        for key in ("num_train", "num_test", "split_seed", "num_calibration"):
             if key in known:
                 known[key] = _number(known[key], source, f"dataset.{key}")
         known.setdefault("name", None)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibrated import fit_calibration, save_calibration
 from .data import (
     CLASS_ORDER_SORTED,
     MAX_LISTED_EXCLUSIONS,
@@ -64,6 +65,7 @@ from .results import (
     SkippedTask,
 )
 from .splits import few_shot_indices, group_stratified_split, nested_label_fractions, order_free_targets
+from .trust import RunScores
 from .zero_shot import multi_label_threshold, prompt_ensembles, zero_shot_probabilities
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,16 @@ class EvaluationSettings:
     probe_standardize: bool = True
     batch_size: int = 64
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    # What a clinical reader needs besides the means (trust.py): patient-bootstrap intervals on every metric,
+    # calibration, conformal sets and operating points. The calibration patients are held out of the training
+    # pool (group-stratified, like the test split) and scored by every protocol; 0 turns them off.
+    bootstrap: int = 1000  # resamples of the test patients; 0: no intervals
+    confidence: float = 0.95
+    calibration_fraction: float = 0.1  # of the training pool's patients
+    calibration_bins: int = 15  # ECE bins (equal mass)
+    coverage: tuple[float, ...] = (0.9,)  # conformal target coverages
+    conformal_methods: tuple[str, ...] = ("lac", "aps")
+    operating_points: dict = field(default_factory=lambda: {"spec": (0.9, 0.95), "sens": (0.9,)})
     save_models: bool = True  # fine-tuned models / LoRA adapters under <output_dir>/finetuned/
     cache_dir: str | None = None
     show_progress: bool = True
@@ -104,6 +116,41 @@ class EvaluationSettings:
             raise ValueError(f"Label fractions must be in (0, 1], got {self.fractions}.")
         if any(int(s) < 1 for s in self.shots):
             raise ValueError(f"Shots must be at least 1, got {self.shots}.")
+        if int(self.bootstrap) < 0:
+            raise ValueError(
+                f"bootstrap must be >= 0 resamples (0 turns the intervals off), got {self.bootstrap}."
+            )
+        if not 0 < float(self.confidence) < 1:
+            raise ValueError(f"confidence must lie in (0, 1), e.g. 0.95; got {self.confidence}.")
+        if not 0 <= float(self.calibration_fraction) < 1:
+            raise ValueError(
+                f"calibration_fraction must lie in [0, 1) (0: no calibration split); got {self.calibration_fraction}."
+            )
+        if any(not 0 < float(c) < 1 for c in self.coverage):
+            raise ValueError(f"Conformal coverages must lie in (0, 1), e.g. 0.9; got {self.coverage}.")
+        unknown = [m for m in self.conformal_methods if m not in ("lac", "aps")]
+        if unknown:
+            raise ValueError(f"Unknown conformal method(s) {unknown}: choose from lac, aps.")
+        bad = {k: v for k, v in self.operating_points.items() if k not in ("spec", "sens")}
+        if bad or any(not 0 < float(x) <= 1 for v in self.operating_points.values() for x in v):
+            raise ValueError(
+                f"operating_points must map 'spec' / 'sens' to levels in (0, 1], e.g. {{'spec': (0.9,)}}; got "
+                f"{self.operating_points}."
+            )
+
+    @property
+    def trust(self):
+        from .trust import TrustSettings
+
+        return TrustSettings(
+            bootstrap=int(self.bootstrap),
+            confidence=float(self.confidence),
+            seed=int(self.split_seed),
+            n_bins=int(self.calibration_bins),
+            coverage=tuple(float(c) for c in self.coverage),
+            conformal_methods=tuple(self.conformal_methods),
+            operating_points={k: tuple(float(x) for x in v) for k, v in self.operating_points.items()},
+        )
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -248,6 +295,46 @@ class _Context:
     predictions: dict = field(default_factory=dict)  # (model, task, method, fraction, shots) → probabilities
     references: dict[str, Reference] = field(default_factory=dict)
     prompts: list[list[str]] | None = None  # zero-shot prompts per class (default: the prompt ensembles)
+    # patients held out of `pool` to calibrate on (temperature, conformal sets, thresholds); scored with the test
+    calibration: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def scored(self) -> np.ndarray:
+        """The records every protocol predicts: the test records, then the calibration records."""
+        return np.concatenate([self.test, self.calibration]).astype(np.int64)
+
+    def parts(self, probabilities: np.ndarray) -> RunScores:
+        """Probabilities over `scored` split into the test part and the calibration part (None without one)."""
+        probabilities = np.asarray(probabilities)
+        n = len(self.test)
+        return RunScores(probabilities[:n], probabilities[n:] if len(self.calibration) else None)
+
+    def summary_row(self, model, task, runs, seeds, num_train, *, threshold=0.5, **setting) -> ResultRow:
+        """The row of one setting over its seeds' runs (`RunScores`): the metrics' mean ± std, their patient
+        bootstrap intervals and the trust figures (`trust.row_figures`)."""
+        from .trust import row_figures
+
+        labelled = self.labelled
+        row = _row(
+            model, task, [self.score(run.test, threshold) for run in runs], seeds, num_train, **setting
+        )
+        figures = row_figures(
+            runs,
+            labelled.targets[self.test],
+            labelled.groups[self.test],
+            labelled.targets[self.calibration] if len(self.calibration) else None,
+            list(labelled.class_names),
+            metrics=self.metrics,
+            multi_label=labelled.multi_label,
+            threshold=threshold,
+            binary_positive=1 if len(labelled.class_names) == 2 and not labelled.multi_label else None,
+            settings=self.settings.trust,
+        )
+        for name, interval in figures.intervals.items():
+            if name in row.metrics:
+                row.metrics[name] = replace(row.metrics[name], ci=list(interval))
+        row.extras = figures.extras
+        return row
 
     @property
     def strata_targets(self) -> np.ndarray:
@@ -279,12 +366,12 @@ def run_zero_shot(loaded: LoadedModel, features, ctx: _Context) -> list[ResultRo
         include_descriptions=s.include_descriptions,
     )
     prototypes = class_prototypes(loaded.model, loaded.tokenizer, prompts, max_length=loaded.max_length)
-    probabilities = zero_shot_probabilities(
-        features.embeds[ctx.test], prototypes, logit_scale_of(loaded.model)
+    run = ctx.parts(
+        zero_shot_probabilities(features.embeds[ctx.scored], prototypes, logit_scale_of(loaded.model))
     )
-    ctx.keep((loaded.name, "zero-shot", None, None, None), probabilities)
+    ctx.keep((loaded.name, "zero-shot", None, None, None), run.test)
     threshold = multi_label_threshold(len(ctx.labelled.class_names))
-    return [_row(loaded.name, "zero-shot", [ctx.score(probabilities, threshold)], [0], 0)]
+    return [ctx.summary_row(loaded.name, "zero-shot", [run], [0], 0, threshold=threshold)]
 
 
 def _probe_seeds(fraction: float, seeds: tuple[int, ...]) -> tuple[int, ...]:
@@ -313,23 +400,27 @@ def run_linear_probe(loaded: LoadedModel, features, ctx: _Context) -> list[Resul
             if seed not in seeds_of[fraction]:
                 continue
             train = ctx.pool[subsets[fraction]]
-            probabilities = linear_probe_probabilities(
-                features.probe[train],
-                labelled.targets[train],
-                features.probe[ctx.test],
-                len(labelled.class_names),
-                multi_label=labelled.multi_label,
-                C=s.probe_C,
-                standardize=s.probe_standardize,
-                seed=seed,
+            run = ctx.parts(
+                linear_probe_probabilities(
+                    features.probe[train],
+                    labelled.targets[train],
+                    features.probe[ctx.scored],
+                    len(labelled.class_names),
+                    multi_label=labelled.multi_label,
+                    C=s.probe_C,
+                    standardize=s.probe_standardize,
+                    seed=seed,
+                )
             )
-            ctx.keep((loaded.name, "linear-probe", None, fraction, None), probabilities)
-            runs[fraction].append(ctx.score(probabilities))
+            ctx.keep((loaded.name, "linear-probe", None, fraction, None), run.test)
+            runs[fraction].append(run)
             sizes[fraction].append(len(train))
             progress.update(1)
     progress.close()
     return [
-        _row(loaded.name, "linear-probe", runs[f], seeds_of[f], float(np.mean(sizes[f])), fraction=f)
+        ctx.summary_row(
+            loaded.name, "linear-probe", runs[f], seeds_of[f], float(np.mean(sizes[f])), fraction=f
+        )
         for f in s.fractions
     ]
 
@@ -372,16 +463,17 @@ def _few_shot_rows(loaded: LoadedModel, features, prototypes, ctx: _Context, met
                 prediction = methods[method](
                     features.embeds[chosen],
                     labelled.targets[chosen],
-                    features.embeds[ctx.test],
+                    features.embeds[ctx.scored],
                     prototypes,
                     **kwargs,
                 )
-                ctx.keep((loaded.name, "few-shot", method, None, shots), prediction.probabilities)
-                runs[method].append(ctx.score(np.asarray(prediction.probabilities, dtype=np.float64)))
+                run = ctx.parts(np.asarray(prediction.probabilities, dtype=np.float64))
+                ctx.keep((loaded.name, "few-shot", method, None, shots), run.test)
+                runs[method].append(run)
                 progress.update(1)
         num_train = int(shots) * len(labelled.class_names)
         rows += [
-            _row(loaded.name, "few-shot", runs[m], s.seeds, num_train, method=m, shots=int(shots))
+            ctx.summary_row(loaded.name, "few-shot", runs[m], s.seeds, num_train, method=m, shots=int(shots))
             for m in s.few_shot_methods
         ]
     return rows
@@ -415,25 +507,38 @@ def run_finetune(
                 mean,
                 std,
                 train,
-                ctx.test,
+                ctx.scored,
                 settings,
                 output_dir=run_dir,
                 image_processor=loaded.image_processor,
                 run_info={"model": loaded.name, "fraction": fraction},
                 show_progress=s.show_progress,
             )
-            ctx.keep((loaded.name, task, None, fraction, None), result.probabilities)
-            metrics = ctx.score(result.probabilities)
-            runs[fraction].append(metrics)
+            run = ctx.parts(result.probabilities)
+            ctx.keep((loaded.name, task, None, fraction, None), run.test)
+            runs[fraction].append(run)
             sizes[fraction].append(len(train))
             if result.saved_to is not None and int(os.environ.get("RANK", "0")) == 0:
                 # The artifact's card reports this run (its seed), not the mean over seeds of the whole protocol;
                 # one run has no spread (std None, not 0).
-                row = _row(loaded.name, task, [metrics], [seed], len(train), fraction=fraction).single_run()
+                row = ctx.summary_row(
+                    loaded.name, task, [run], [seed], len(train), fraction=fraction
+                ).single_run()
                 own = EvaluationResults(_dataset_info(ctx), [row], references=ctx.references)
                 record_evaluation(result.saved_to, own.to_json())
+                if run.calibration is not None and not labelled.multi_label:
+                    content = fit_calibration(
+                        run.calibration,
+                        labelled.targets[ctx.calibration],
+                        labelled.class_names,
+                        coverage=s.coverage,
+                        methods=s.conformal_methods,
+                        operating_points=s.operating_points,
+                    )
+                    save_calibration(result.saved_to, content)
     rows += [
-        _row(loaded.name, task, runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f) for f in s.fractions
+        ctx.summary_row(loaded.name, task, runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f)
+        for f in s.fractions
     ]
     return rows
 
@@ -451,6 +556,7 @@ def _dataset_info(ctx: _Context, **details) -> DatasetInfo:
         multi_label=bool(labelled.multi_label),
         num_train=int(len(ctx.pool)),
         num_test=int(len(ctx.test)),
+        num_calibration=int(len(ctx.calibration)) if len(ctx.calibration) else None,
         **details,
     )
 
@@ -491,6 +597,34 @@ def fixed_split(labelled: LabelledRecords, num_pool: int | None, settings: Evalu
             "harness split by patient."
         )
     return pool, test
+
+
+def calibration_split(
+    labelled: LabelledRecords, pool: np.ndarray, settings: EvaluationSettings
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """`(training pool, calibration records, how they were chosen)`: `settings.calibration_fraction` of the
+    pool's patients, held out group-aware and stratified like the test split (its own seed stream:
+    `split_seed + 1`), so that no patient is both trained and calibrated on. A fraction of 0, or a pool too
+    small to split (a warning, and the reason in the results), keeps the whole pool."""
+    fraction = float(settings.calibration_fraction)
+    none = np.zeros(0, dtype=np.int64)
+    if fraction == 0:
+        return pool, none, "none (calibration_fraction 0)"
+    strata = order_free_targets(labelled.targets, labelled.class_names)[pool]
+    try:
+        kept, held = group_stratified_split(strata, labelled.groups[pool], fraction, settings.split_seed + 1)
+    except ValueError as error:
+        reason = f"none: {fraction:g} of the training pool's patients could not be held out ({error})"
+        logger.warning(
+            "No calibration split (%s): temperature scaling, conformal sets and operating points are not computed.",
+            reason,
+        )
+        return pool, none, reason
+    return (
+        pool[np.sort(kept)],
+        pool[np.sort(held)],
+        f"group-aware stratified {fraction:g} of the training pool",
+    )
 
 
 def _concatenate(first: LabelledRecords, second: LabelledRecords) -> LabelledRecords:
@@ -565,10 +699,11 @@ def evaluate_models(
     if on_bad_sample == "error" and labelled.unusable()[0]:
         raise UnusableImagesError.of(labelled)
     pool, test = fixed_split(labelled, num_pool, settings)
+    pool, calibration, calibration_note = calibration_split(labelled, np.asarray(pool), settings)
     names = metric_names(multi_label=labelled.multi_label, ordinal=ordinal)
-    ctx = _Context(labelled, np.asarray(pool), np.asarray(test), settings, metrics=names)
+    ctx = _Context(labelled, pool, np.asarray(test), settings, metrics=names, calibration=calibration)
     ctx.references = _references(ctx)
-    document = _results_document(ctx, given_test=test_data is not None)
+    document = _results_document(ctx, given_test=test_data is not None, calibration_split=calibration_note)
     finetune_dir = Path(output_dir) / "finetuned" if output_dir is not None and settings.save_models else None
     for entry in loaded:
         _evaluate_model(entry, stores, ctx, document, finetune_dir, processes)
@@ -610,7 +745,9 @@ def _load_models(models: dict, device: str | None, *, random_init: bool, seed: i
     return loaded
 
 
-def _results_document(ctx: _Context, *, given_test: bool) -> EvaluationResults:
+def _results_document(
+    ctx: _Context, *, given_test: bool, calibration_split: str | None = None
+) -> EvaluationResults:
     """The results document before any row: what the data is (split, counts, exclusions), the reference
     levels and the settings."""
     labelled, settings = ctx.labelled, ctx.settings
@@ -621,6 +758,8 @@ def _results_document(ctx: _Context, *, given_test: bool) -> EvaluationResults:
             split_seed=settings.split_seed,
             train_counts=summarize_counts(labelled, ctx.pool),
             test_counts=summarize_counts(labelled, ctx.test),
+            calibration_split=calibration_split,
+            calibration_counts=summarize_counts(labelled, ctx.calibration) if len(ctx.calibration) else None,
             excluded=labelled.excluded,
             excluded_examples=labelled.excluded_examples,
         ),

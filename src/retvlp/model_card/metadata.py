@@ -226,10 +226,12 @@ def _table_row(row: ResultRow, metrics: list[str], evaluated_model: str) -> dict
         mean, std = (None, None) if value is None else (value.finite_mean, value.finite_std)
         if mean is None:
             cells.append("—")
-        elif std is not None and len(row.seeds or ()) > 1:
-            cells.append(f"{mean:.3f} ± {std:.3f}")
-        else:
-            cells.append(f"{mean:.3f}")
+            continue
+        cell = f"{mean:.3f} ± {std:.3f}" if std is not None and len(row.seeds or ()) > 1 else f"{mean:.3f}"
+        interval = [_finite(v) for v in value.ci or ()]
+        if len(interval) == 2 and None not in interval:  # the patient-bootstrap 95 % interval
+            cell += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+        cells.append(cell)
     model = str(row.model)
     label = protocol_label(row)
     return {
