@@ -14,7 +14,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from retvlp.evaluation.fast_metrics import metric_values
+from retvlp.evaluation.fast_metrics import mean_metric_values, metric_values
 from retvlp.evaluation.metrics import classification_metrics
 
 
@@ -105,3 +105,22 @@ def test_undefined_values_are_nan_without_warning():
 def test_unknown_metric_is_named():
     with pytest.raises(ValueError, match="Unknown metric 'auc'"):
         metric_values(np.array([0, 1]), np.array([[0.6, 0.4], [0.3, 0.7]]), names=["auc"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_mean_over_runs_equals_one_call_per_run(seed):
+    """`mean_metric_values` computes all runs together: the same numbers as averaging `metric_values`."""
+    rng = np.random.default_rng(seed)
+    runs, k = 1 + seed % 4, 2 + seed % 4
+    targets = rng.integers(0, k, 60)
+    if seed % 2:
+        targets[targets == k - 1] = 0  # a class missing from the targets
+    probabilities = rng.dirichlet(np.ones(k), (runs, 60))
+    if seed % 3 == 0:  # ties
+        probabilities = np.round(probabilities, 1) + 1e-9
+        probabilities /= probabilities.sum(axis=2, keepdims=True)
+    got = mean_metric_values(targets, probabilities)
+    per_run = [metric_values(targets, p) for p in probabilities]
+    for name, value in got.items():
+        expected = sum(values[name] for values in per_run) / runs
+        np.testing.assert_allclose(value, expected, rtol=1e-12, atol=1e-12, err_msg=name)

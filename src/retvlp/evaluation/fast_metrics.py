@@ -141,4 +141,81 @@ def metric_values(
     return values
 
 
-__all__ = ["metric_values"]
+def mean_metric_values(
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    *,
+    multi_label: bool = False,
+    threshold: float = 0.5,
+    names: Iterable[str] = METRIC_NAMES,
+) -> dict[str, float]:
+    """The mean over R runs of `metric_values(targets, probabilities[r])`, for `(R, N, C)` probabilities of the
+    same N images: the statistic a bootstrap of a several-seed row resamples. Single-label runs are computed
+    together (one sort for every run's AUC columns, one bincount per count), several times faster than R calls."""
+    names = tuple(names)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if multi_label or probabilities.shape[0] == 1:
+        per_run = [
+            metric_values(targets, p, multi_label=multi_label, threshold=threshold, names=names)
+            for p in probabilities
+        ]
+        return {name: float(np.mean([values[name] for values in per_run])) for name in per_run[0]}
+    targets = np.asarray(targets).astype(np.int64)
+    runs, n, k = probabilities.shape
+    predictions = probabilities.argmax(axis=2)  # (R, N)
+    offsets = (np.arange(runs) * k)[:, None]
+    true_count = np.bincount(targets, minlength=k).astype(np.float64)  # (K,)
+    hit = predictions == targets
+    true_positives = np.bincount((offsets + targets)[hit], minlength=runs * k).reshape(runs, k)
+    predicted_count = np.bincount((offsets + predictions).ravel(), minlength=runs * k).reshape(runs, k)
+    values: dict[str, float] = {}
+    ranked = None
+    for name in names:
+        if name == "accuracy":
+            values[name] = float(hit.mean())
+        elif name == "balanced_accuracy":
+            present = true_count > 0
+            values[name] = float((true_positives[:, present] / true_count[present]).mean())
+        elif name in ("roc_auc", "pr_auc"):
+            if ranked is None:
+                if k == 2:  # the positive class only
+                    positives, columns = (
+                        np.repeat((targets == 1)[:, None], runs, axis=1),
+                        probabilities[:, :, 1].T,
+                    )
+                else:
+                    positives = np.tile(targets[:, None] == np.arange(k), (1, runs))
+                    columns = probabilities.transpose(1, 0, 2).reshape(n, runs * k)
+                aucs, precisions = _aucs_and_average_precisions(positives, columns)
+                ranked = {"roc_auc": aucs.reshape(runs, -1), "pr_auc": precisions.reshape(runs, -1)}
+            per_run = ranked[name]
+            usable = np.isfinite(per_run[0])
+            values[name] = float(per_run[:, usable].mean()) if usable.any() else float("nan")
+        elif name == "quadratic_kappa":
+            observed = (
+                np.bincount(
+                    ((np.arange(runs) * k * k)[:, None] + targets * k + predictions).ravel(),
+                    minlength=runs * k * k,
+                )
+                .reshape(runs, k, k)
+                .astype(np.float64)
+            )
+            expected = observed.sum(axis=2, keepdims=True) * observed.sum(axis=1, keepdims=True) / n
+            grades = np.arange(k, dtype=np.float64)
+            weights = (grades[:, None] - grades[None, :]) ** 2
+            chance = (weights * expected).sum(axis=(1, 2))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                kappa = np.where(chance > 0, 1.0 - (weights * observed).sum(axis=(1, 2)) / chance, np.nan)
+            values[name] = float(kappa.mean())
+        elif name == "f1_macro":
+            denominator = true_count + predicted_count  # (R, K)
+            used = denominator > 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f1 = np.where(used, 2 * true_positives / denominator, 0.0)
+            values[name] = float((f1.sum(axis=1) / used.sum(axis=1)).mean())
+        else:
+            raise ValueError(f"Unknown metric {name!r}; known metrics: {', '.join(METRIC_NAMES)}.")
+    return values
+
+
+__all__ = ["mean_metric_values", "metric_values"]

@@ -37,7 +37,7 @@ import numpy as np
 from .bootstrap import grouped_resample_indices
 from .calibration import apply_temperature, calibration_report, fit_temperature
 from .conformal import ConformalPredictor, min_calibration_size
-from .fast_metrics import metric_values
+from .fast_metrics import mean_metric_values
 from .operating_points import (
     threshold_at_sensitivity,
     threshold_at_specificity,
@@ -221,14 +221,13 @@ def row_figures(
     test_targets = np.asarray(test_targets)
     tests = [np.asarray(run.test, dtype=np.float64) for run in runs]
 
+    stacked = np.stack(tests)  # (R, N, C): every run's probabilities on the same test images
+
     def seed_mean_metrics(rows) -> dict[str, float]:
-        per_run = [
-            metric_values(
-                test_targets[rows], p[rows], multi_label=multi_label, threshold=threshold, names=metrics
-            )
-            for p in tests
-        ]
-        return {f"metric.{name}": float(np.mean([values[name] for values in per_run])) for name in per_run[0]}
+        means = mean_metric_values(
+            test_targets[rows], stacked[:, rows], multi_label=multi_label, threshold=threshold, names=metrics
+        )
+        return {f"metric.{name}": value for name, value in means.items()}
 
     resampled.add_many(seed_mean_metrics)
 
