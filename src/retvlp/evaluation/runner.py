@@ -65,7 +65,7 @@ from .results import (
     SkippedTask,
 )
 from .splits import few_shot_indices, group_stratified_split, nested_label_fractions, order_free_targets
-from .trust import RunScores
+from .trust import RunScores, TrustSettings, row_figures
 from .zero_shot import multi_label_threshold, prompt_ensembles, zero_shot_probabilities
 
 logger = logging.getLogger(__name__)
@@ -140,8 +140,6 @@ class EvaluationSettings:
 
     @property
     def trust(self):
-        from .trust import TrustSettings
-
         return TrustSettings(
             bootstrap=int(self.bootstrap),
             confidence=float(self.confidence),
@@ -312,8 +310,6 @@ class _Context:
     def summary_row(self, model, task, runs, seeds, num_train, *, threshold=0.5, **setting) -> ResultRow:
         """The row of one setting over its seeds' runs (`RunScores`): the metrics' mean ± std, their patient
         bootstrap intervals and the trust figures (`trust.row_figures`)."""
-        from .trust import row_figures
-
         labelled = self.labelled
         row = _row(
             model, task, [self.score(run.test, threshold) for run in runs], seeds, num_train, **setting

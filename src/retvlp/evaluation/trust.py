@@ -43,6 +43,7 @@ from .operating_points import (
     threshold_at_specificity,
     youden_threshold,
 )
+from .results import MetricSummary
 
 DEFAULT_OPERATING_POINTS = {"spec": (0.9, 0.95), "sens": (0.9,)}
 
@@ -106,17 +107,9 @@ def top_label_ece_and_brier(targets: np.ndarray, probabilities: np.ndarray, n_bi
     }
 
 
-def _summary(values: Sequence[float], ci: tuple[float, float] | None = None) -> dict[str, Any]:
-    array = np.asarray(values, dtype=np.float64)
-    finite = array[np.isfinite(array)]
-    out: dict[str, Any] = {
-        "mean": float(finite.mean()) if finite.size else float("nan"),
-        "std": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
-        "values": [float(v) for v in array],
-    }
-    if ci is not None:
-        out["ci"] = [float(ci[0]), float(ci[1])]
-    return out
+def _summary(values: Sequence[float]) -> dict[str, Any]:
+    """A figure over seeds, written as the metrics are (`MetricSummary`: mean, sample std, every value)."""
+    return MetricSummary.of_runs(values).to_json()
 
 
 def _normalized(probabilities: np.ndarray) -> np.ndarray:
