@@ -323,3 +323,54 @@ def test_cli_trust_options_refuse_bad_values(
     )
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_folding_the_temperature_divides_the_saved_heads_logits(tmp_path):
+    """A full classifier's model.safetensors and a LoRA adapter's adapter_model.safetensors: after folding, the
+    loaded model's logits are the unfolded ones / T (so the pipeline's softmax is the calibrated one)."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    from retvlp import MaskedCLIPForImageClassification
+    from retvlp.evaluation.calibrated import fold_temperature
+    from retvlp.evaluation.finetune import lora_wrap, save_finetuned
+
+    torch.manual_seed(0)
+    classifier = MaskedCLIPForImageClassification(
+        make_tiny_config(vision={"num_labels": 3}).vision_config
+    ).eval()
+    pixels = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = classifier(pixel_values=pixels).logits
+    classifier.save_pretrained(tmp_path / "model")
+    fold_temperature(tmp_path / "model", 2.5)
+    with torch.no_grad():
+        after = (
+            AutoModelForImageClassification.from_pretrained(tmp_path / "model")
+            .eval()(pixel_values=pixels)
+            .logits
+        )
+    torch.testing.assert_close(after, before / 2.5, rtol=1e-5, atol=1e-6)
+
+    adapter = lora_wrap(classifier, FinetuneSettings(method="lora", lora_rank=2, lora_dropout=0.0)).eval()
+    with torch.no_grad():
+        for name, parameter in adapter.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+        before = adapter(pixel_values=pixels).logits
+    save_finetuned(adapter, tmp_path / "adapter", base_model=str((tmp_path / "model").resolve()))
+    fold_temperature(tmp_path / "adapter", 0.5)
+    base = AutoModelForImageClassification.from_pretrained(
+        tmp_path / "model", config=AutoConfig.from_pretrained(tmp_path / "adapter")
+    )
+    loaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        after = loaded(pixel_values=pixels).logits
+    # the adapter's trained head replaces the (folded, T = 2.5) base head: only the adapter's T = 0.5 applies
+    torch.testing.assert_close(after, before / 0.5, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="expected one classifier weight and bias"):
+        (tmp_path / "empty").mkdir()
+        from safetensors.torch import save_file
+
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "empty" / "model.safetensors"))
+        fold_temperature(tmp_path / "empty", 2.0)

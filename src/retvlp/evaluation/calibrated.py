@@ -1,16 +1,19 @@
 """A fine-tuned classifier's calibration file, and predictions that use it: calibrated probabilities, conformal
 prediction sets and screening calls for one image or a batch.
 
-`retvlp evaluate` writes `calibration.json` next to every fine-tuned classifier or LoRA adapter it saves, fitted on
-the calibration patients of that run (held out of training and of the test set):
+`retvlp evaluate` calibrates every fine-tuned classifier or LoRA adapter it saves on the calibration patients of
+that run (held out of training and of the test set): the temperature T (fitted by NLL) is folded into the saved
+classification head (weight and bias divided by T: the logits become logits / T, the predicted class is
+unchanged), so that `AutoModelForImageClassification` and the `image-classification` pipeline return calibrated
+probabilities; and `calibration.json` records it with the conformal and screening thresholds, fitted on those
+calibrated probabilities (what the saved model outputs):
 
     {"format": "retvlp-calibration", "version": 1, "class_names": [...], "n_calibration": 48,
-     "temperature": 1.7,                          # softmax(logits / T): fitted by NLL on the calibration patients
+     "temperature": 1.7, "temperature_in_weights": true,
      "conformal": [ConformalPredictor.to_json(), ...],   # one per method × coverage
      "operating_points": {"<class>": {"spec=0.9": threshold, "sens=0.9": ..., "youden": ...}}}
 
-The conformal thresholds and the operating-point thresholds were fitted on the probabilities BEFORE temperature
-scaling (`trust.py` says why); `CalibratedPrediction` keeps both.
+(The report's own trust figures are computed on the protocol's probabilities before any scaling; `trust.py`.)
 
     from retvlp.evaluation.calibrated import predict_calibrated
     prediction = predict_calibrated("runs/eval/finetuned/maskedclip-finetune-fraction1-seed0/model", "eye.png")
@@ -47,19 +50,27 @@ def fit_calibration(
     coverage: Sequence[float] = (0.9,),
     methods: Sequence[str] = ("lac", "aps"),
     operating_points: dict | None = None,
+    temperature_in_weights: bool = False,
 ) -> dict[str, Any]:
     """The calibration file's content from a classifier's probabilities `(N, C)` on calibration images with
-    class ids `targets (N,)`. Coverages the split is too small for are left out and named under `not_fitted`."""
+    class ids `targets (N,)`: the temperature, then the conformal and screening thresholds on the probabilities
+    the model will output — scaled by T when `temperature_in_weights` (the caller folds T into the saved head,
+    `fold_temperature`), as given otherwise. Coverages the split is too small for are named under `not_fitted`."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
     targets = np.asarray(targets, dtype=np.int64)
     names = [str(name) for name in class_names]
+    temperature = fit_temperature(probabilities, targets, inputs="probabilities")
+    if temperature_in_weights:
+        probabilities = apply_temperature(probabilities, temperature, inputs="probabilities")
+        probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
     content: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "class_names": names,
         "n_calibration": int(len(targets)),
-        "temperature": fit_temperature(probabilities, targets, inputs="probabilities"),
+        "temperature": temperature,
+        "temperature_in_weights": bool(temperature_in_weights),
         "conformal": [],
         "operating_points": {},
         "not_fitted": {},
@@ -93,6 +104,40 @@ def fit_calibration(
     if not content["not_fitted"]:
         del content["not_fitted"]
     return content
+
+
+_HEAD = ("classifier.weight", "classifier.bias")
+
+
+def fold_temperature(directory: str | Path, temperature: float) -> Path:
+    """Divide the saved classification head (`classifier.weight` / `classifier.bias`: a fine-tuned classifier's
+    `model.safetensors`, or a LoRA adapter's `adapter_model.safetensors`, which holds the trained head) by
+    `temperature`, in place and atomically; returns the file. softmax of the new logits = softmax(logits / T)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    files = [directory / name for name in ("model.safetensors", "adapter_model.safetensors")]
+    path = next((f for f in files if f.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{directory} holds neither model.safetensors nor adapter_model.safetensors.")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    head = [
+        key
+        for key in tensors
+        if key == _HEAD[0] or key == _HEAD[1] or key.endswith(("." + _HEAD[0], "." + _HEAD[1]))
+    ]
+    if len(head) != 2:
+        raise ValueError(f"{path}: expected one classifier weight and bias, found {head or 'none'}.")
+    for key in head:
+        tensors[key] = (tensors[key].double() / float(temperature)).to(tensors[key].dtype)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    os.close(handle)
+    save_file(tensors, staging, metadata=metadata)
+    os.replace(staging, path)
+    return path
 
 
 def save_calibration(directory: str | Path, content: dict[str, Any]) -> Path:
@@ -130,7 +175,8 @@ def load_calibration(directory: str | Path) -> dict[str, Any]:
 
 @dataclass
 class CalibratedPrediction:
-    """Per image: `probabilities` ({class: p}, temperature-scaled), `raw_probabilities` (the model's softmax),
+    """Per image: `probabilities` ({class: p}, temperature-scaled), `raw_probabilities` (the model's softmax; the
+    same when the temperature is in the saved weights),
     `sets` (the conformal set at `coverage` with `method`, classes in decreasing probability) and `flags`
     ({class: {operating point: called positive}}: score >= the threshold fitted on the calibration patients)."""
 
@@ -167,7 +213,10 @@ def calibrated_prediction(
         )
     predictor = matching[0]
     membership = predictor.predict_sets(raw)
-    scaled = apply_temperature(raw, float(content["temperature"]), inputs="probabilities")
+    if content.get("temperature_in_weights"):  # the model's softmax is already calibrated
+        scaled = raw
+    else:
+        scaled = apply_temperature(raw, float(content["temperature"]), inputs="probabilities")
     sets, flags = [], []
     for i in range(len(raw)):
         order = np.argsort(-raw[i], kind="stable")
@@ -228,6 +277,7 @@ __all__ = [
     "CalibratedPrediction",
     "calibrated_prediction",
     "fit_calibration",
+    "fold_temperature",
     "load_calibration",
     "predict_calibrated",
     "save_calibration",

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .calibrated import fit_calibration, save_calibration
+from .calibrated import fit_calibration, fold_temperature, save_calibration
 from .data import (
     CLASS_ORDER_SORTED,
     MAX_LISTED_EXCLUSIONS,
@@ -530,7 +530,10 @@ def run_finetune(
                         coverage=s.coverage,
                         methods=s.conformal_methods,
                         operating_points=s.operating_points,
+                        temperature_in_weights=True,
                     )
+                    # the saved head outputs logits / T: the pipeline's softmax is the calibrated one
+                    fold_temperature(result.saved_to, content["temperature"])
                     save_calibration(result.saved_to, content)
     rows += [
         ctx.summary_row(loaded.name, task, runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f)
