@@ -521,7 +521,6 @@ def run_finetune(
                     loaded.name, task, [run], [seed], len(train), fraction=fraction
                 ).single_run()
                 own = EvaluationResults(_dataset_info(ctx), [row], references=ctx.references)
-                record_evaluation(result.saved_to, own.to_json())
                 if run.calibration is not None and not labelled.multi_label:
                     content = fit_calibration(
                         run.calibration,
@@ -535,6 +534,7 @@ def run_finetune(
                     # the saved head outputs logits / T: the pipeline's softmax is the calibrated one
                     fold_temperature(result.saved_to, content["temperature"])
                     save_calibration(result.saved_to, content)
+                record_evaluation(result.saved_to, own.to_json())  # re-renders the card, calibration included
     rows += [
         ctx.summary_row(loaded.name, task, runs[f], s.seeds, float(np.mean(sizes[f])), fraction=f)
         for f in s.fractions

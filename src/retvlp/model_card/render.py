@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,30 @@ def _finetuned_evaluation(
     return eval_results, evaluation_context(results, evaluated_model, dataset_name)
 
 
+def _calibration(folder: Path) -> dict | None:
+    """What the card says about `calibration.json` (written by `retvlp evaluate`), or None without one."""
+    path = folder / "calibration.json"
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(content, Mapping) or content.get("format") != "retvlp-calibration":
+        return None
+    targets = {label for points in (content.get("operating_points") or {}).values() for label in points}
+    return {
+        "n_calibration": content.get("n_calibration"),
+        "temperature": f"{float(content.get('temperature', 1.0)):.3f}",
+        "in_weights": bool(content.get("temperature_in_weights")),
+        "conformal": [
+            f"{entry.get('method', '?').upper()} at {float(entry.get('coverage', 0)):g}"
+            for entry in content.get("conformal") or []
+        ],
+        "targets": sorted(targets),
+    }
+
+
 def render_classifier_card(
     folder: str | Path,
     *,
@@ -287,6 +312,7 @@ def render_classifier_card(
         "training_items": _finetune_items(summary),
         "evaluation": evaluation_data,
         "seed": summary.get("seed") if evaluation_data else None,
+        "calibration": _calibration(folder),
         "data_provenance": data_provenance or (_provenance(None, True) if synthetic else None),
         "synthetic_data": synthetic,
         "citation": _citation(family) if family else None,
@@ -415,6 +441,7 @@ def render_adapter_card(
         training_items=[item for item in _finetune_items(summary) if item[0] != "Base model"],
         evaluation=evaluation_data,
         seed=summary.get("seed") if evaluation_data else None,
+        calibration=_calibration(adapter_dir),
     )
     context["intended_use"] = (
         _finetuned_intended_use(family, context) if classification else _intended_use_section(family, context)
