@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE=1
 model=maskedclip=outputs/demo_maskedclip/final
 # Zero-shot, few-shot (1/5/10 shots) and the linear-probe label-efficiency sweep (1/10/100 %), 5 seeds each.
 retvlp evaluate --model "$model" --random-init --data demo --task zero-shot,few-shot,linear-probe \
-  --seeds 0,1,2,3,4 --output-dir docs/evaluation_demo/frozen --no-progress
+  --seeds 0,1,2,3,4 --maps 1 --output-dir docs/evaluation_demo/frozen --no-progress
 # Full fine-tuning and LoRA at 10 % and 100 % of the labels (METHODS §1 "Downstream"), shortened to 5 epochs.
 retvlp evaluate --model "$model" --random-init --data demo --task finetune,lora \
   --fractions 0.1,1.0 --seeds 0 --epochs 5 --warmup-epochs 1 --no-save-models \

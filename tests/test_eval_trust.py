@@ -374,3 +374,36 @@ def test_folding_the_temperature_divides_the_saved_heads_logits(tmp_path):
 
         save_file({"x": torch.zeros(1)}, str(tmp_path / "empty" / "model.safetensors"))
         fold_temperature(tmp_path / "empty", 2.0)
+
+
+def test_maps_write_evidence_overlays_per_class_and_link_them(tiny_checkpoint, synthetic, tmp_path):
+    settings = EvaluationSettings(
+        tasks=("zero-shot",),
+        seeds=(0,),
+        bootstrap=0,
+        calibration_fraction=0.0,
+        maps=1,
+        cache_dir=str(tmp_path / "cache"),
+        show_progress=False,
+    )
+    results = evaluate_models(
+        {"tiny": str(tiny_checkpoint)},
+        [synthetic.paired, synthetic.categorical, synthetic.test],
+        settings=settings,
+        output_dir=tmp_path / "report",
+    )
+    targets = results["test_targets"]
+    predicted = results["predictions"][("tiny", "zero-shot", None, None, None)].argmax(axis=1)
+    expected = {
+        (name, kind)
+        for k, name in enumerate(results["dataset"]["classes"])
+        for kind, chosen in (("correct", predicted == k), ("wrong", predicted != k))
+        if ((targets == k) & chosen).any()
+    }
+    written = sorted((tmp_path / "report" / "evidence" / "tiny").glob("*.png"))
+    assert {tuple(p.stem.rsplit("_", 2)[:2]) for p in written} == {
+        (name.replace(" ", "-"), kind) for name, kind in expected
+    }
+    assert "**Evidence maps**" in (tmp_path / "report" / "results.md").read_text()
+    with pytest.raises(ValueError, match="maps must be >= 0"):
+        EvaluationSettings(maps=-1)

@@ -92,6 +92,14 @@ def _add_trust_options(group) -> None:
         "--conformal-methods", default="lac,aps", help="lac and / or aps (randomised), comma-separated"
     )
     group.add_argument(
+        "--maps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="evidence maps over the photograph for N correct and N wrong zero-shot test images per class, under "
+        "OUTPUT_DIR/evidence/ (MaskedCLIP: patch-text similarity; KeepFIT: spatial class map; default 0: none)",
+    )
+    group.add_argument(
         "--operating-points",
         default="spec=0.9,0.95 sens=0.9",
         metavar="SPEC",
@@ -288,6 +296,7 @@ def _settings(args: argparse.Namespace):
             coverage=comma_list(args.coverage, float, "coverage"),
             conformal_methods=comma_list(args.conformal_methods, what="conformal method"),
             operating_points={k: tuple(v) for k, v in parse_operating_points(args.operating_points).items()},
+            maps=args.maps,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -13,6 +13,7 @@ fine-tuning, label efficiency, reports. `evaluate_models` runs them; `retvlp eva
     bootstrap.py     patient-grouped percentile intervals; calibration.py (ECE, Brier, temperature),
                      conformal.py (LAC / APS sets), operating_points.py (thresholds at a specificity / sensitivity)
     trust.py         those figures for one result row; calibrated.py: a fine-tuned classifier's calibration.json
+    evidence.py      evidence maps: patch-text similarity, attention rollout, spatial class map, Grad-CAM
     runner.py        the harness; report.py: JSON, Markdown, PNG
 
 The names below are imported when first used (`retvlp.lazy.lazy_package`): importing the package loads none

@@ -334,6 +334,27 @@ def plot_reliability_diagram(
     return True
 
 
+def _evidence_section(output: Path) -> str:
+    """Links to the evidence-map overlays under `output/evidence/` (`--maps`), per model, when there are any."""
+    folders = sorted(d for d in (output / "evidence").glob("*") if d.is_dir() and any(d.glob("*.png")))
+    if not folders:
+        return ""
+    lines = [
+        "",
+        "**Evidence maps** (zero-shot test images; where the model's evidence for the class it chose lies: "
+        "MaskedCLIP: each patch through the image projection against the class's prompt embedding; KeepFIT: "
+        "each position of the last ResNet stage, likewise). They show where the score comes from, not why, and "
+        "a map on a correct answer can still rest on an artefact.",
+        "",
+    ]
+    for folder in folders:
+        images = sorted(folder.glob("*.png"))
+        shown = " ".join(f"[{p.stem}](evidence/{folder.name}/{p.name})" for p in images[:12])
+        more = f" … ({len(images)} in all)" if len(images) > 12 else ""
+        lines.append(f"- {folder.name}: {shown}{more}")
+    return "\n".join(lines) + "\n"
+
+
 def _atomic_write(path: Path, text: str) -> None:
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
@@ -451,7 +472,7 @@ def write_report(
         results = {k: v for k, v in results.items() if k not in ("predictions", "test_targets")}
     document = read_results(results)
     _atomic_write(output / "results.json", document.dumps())
-    _atomic_write(output / "results.md", markdown_table(document))
+    _atomic_write(output / "results.md", markdown_table(document) + _evidence_section(output))
     written.update(json=output / "results.json", markdown=output / "results.md")
     for metric in ("roc_auc", "accuracy", "pr_auc"):
         path = output / f"label_efficiency_{metric}.png"

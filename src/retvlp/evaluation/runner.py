@@ -99,6 +99,9 @@ class EvaluationSettings:
     coverage: tuple[float, ...] = (0.9,)  # conformal target coverages
     conformal_methods: tuple[str, ...] = ("lac", "aps")
     operating_points: dict = field(default_factory=lambda: {"spec": (0.9, 0.95), "sens": (0.9,)})
+    # evidence maps (evidence.py) of up to `maps` correct and `maps` wrong zero-shot test images per class,
+    # overlaid on the photograph under <output_dir>/evidence/; 0: none
+    maps: int = 0
     save_models: bool = True  # fine-tuned models / LoRA adapters under <output_dir>/finetuned/
     cache_dir: str | None = None
     show_progress: bool = True
@@ -116,6 +119,8 @@ class EvaluationSettings:
             raise ValueError(f"Label fractions must be in (0, 1], got {self.fractions}.")
         if any(int(s) < 1 for s in self.shots):
             raise ValueError(f"Shots must be at least 1, got {self.shots}.")
+        if int(self.maps) < 0:
+            raise ValueError(f"maps must be >= 0 images per class (0: no evidence maps), got {self.maps}.")
         if int(self.bootstrap) < 0:
             raise ValueError(
                 f"bootstrap must be >= 0 resamples (0 turns the intervals off), got {self.bootstrap}."
@@ -704,8 +709,9 @@ def evaluate_models(
     ctx.references = _references(ctx)
     document = _results_document(ctx, given_test=test_data is not None, calibration_split=calibration_note)
     finetune_dir = Path(output_dir) / "finetuned" if output_dir is not None and settings.save_models else None
+    evidence_dir = Path(output_dir) / "evidence" if output_dir is not None and settings.maps else None
     for entry in loaded:
-        _evaluate_model(entry, stores, ctx, document, finetune_dir, processes)
+        _evaluate_model(entry, stores, ctx, document, finetune_dir, processes, evidence_dir)
     if not document.rows:
         problems = {
             name: [t.to_json() for t in info.skipped_tasks] or None for name, info in document.models.items()
@@ -774,6 +780,7 @@ def _evaluate_model(
     document: EvaluationResults,
     finetune_dir: Path | None,
     processes: Processes = SINGLE,
+    evidence_dir: Path | None = None,
 ) -> None:
     """Run every task for one model on the pixels cached at its geometry: frozen features are extracted once
     (only when a feature task runs; shared out over `processes`, every process gets all of them), fine-tuning
@@ -797,6 +804,54 @@ def _evaluate_model(
         else None
     )
     run_tasks(entry, features, ctx, document, finetune=(store, mean, std, finetune_dir))
+    if evidence_dir is not None and processes.is_main:
+        write_evidence_maps(entry, store, mean, std, ctx, evidence_dir)
+
+
+def write_evidence_maps(entry: LoadedModel, store, mean, std, ctx: _Context, directory: Path) -> list[Path]:
+    """Overlays of the model's evidence map for the zero-shot class it predicted (`evidence.evidence_maps`:
+    patch–text similarity for MaskedCLIP, the spatial class map for KeepFIT), on up to `settings.maps` correct and
+    as many wrong test images per true class, in test order; `directory/<model>/<class>_{correct,wrong}_<i>.png`.
+    Models without a text tower or outside both families are skipped with a log line."""
+    from .data import to_model_input
+    from .evidence import evidence_maps, overlay_png, upsample_to_image
+
+    probabilities = ctx.predictions.get((entry.name, "zero-shot", None, None, None))
+    if probabilities is None or entry.tokenizer is None or ctx.labelled.multi_label:
+        logger.info("%s: no evidence maps (they need a zero-shot run on single-label data)", entry.name)
+        return []
+    s, labelled = ctx.settings, ctx.labelled
+    prompts = ctx.prompts or prompt_ensembles(
+        labelled.class_names,
+        modality=s.modality,
+        templates=s.templates,
+        include_descriptions=s.include_descriptions,
+    )
+    prototypes = class_prototypes(entry.model, entry.tokenizer, prompts, max_length=entry.max_length)
+    targets, predicted = labelled.targets[ctx.test], np.asarray(probabilities).argmax(axis=1)
+    written = []
+    for k, name in enumerate(labelled.class_names):
+        for kind, chosen in (("correct", predicted == k), ("wrong", predicted != k)):
+            rows = np.flatnonzero((targets == k) & chosen)[: s.maps]
+            if len(rows) == 0:
+                continue
+            pixels = store.pixels(ctx.test[rows])
+            inputs = to_model_input(pixels, mean, std).to(next(entry.model.parameters()).device)
+            try:
+                with torch.no_grad():
+                    maps = evidence_maps(entry.model, inputs, prototypes)
+            except ValueError as error:
+                logger.info("%s: no evidence maps (%s)", entry.name, error)
+                return written
+            shown = maps[torch.arange(len(rows)), torch.as_tensor(predicted[rows])]
+            heat = upsample_to_image(shown.float().cpu(), pixels.shape[1:3])
+            folder = directory / entry.name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, row in enumerate(rows):
+                title = f"{name} → {labelled.class_names[predicted[row]]}"  # true → zero-shot (its map)
+                path = folder / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_{kind}_{i}.png"
+                written.append(Path(overlay_png(pixels[i], heat[i], path, title)))
+    return written
 
 
 def _read_data(data, test_data, class_names, multi_label, ordinal, positive_class, dataset_name):
