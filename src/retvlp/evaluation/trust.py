@@ -85,10 +85,9 @@ def nll(targets: np.ndarray, probabilities: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, 1e-12, None))))
 
 
-def top_label_ece_and_brier(targets: np.ndarray, probabilities: np.ndarray, n_bins: int) -> dict[str, float]:
-    """Top-label ECE (equal-mass bins) and Brier score without input checks, for the bootstrap's resamples:
-    `calibration.expected_calibration_error`'s bins ((e_b, e_b+1], the first also its lower edge, coinciding
-    quantile edges merged) and `calibration.brier_score`'s sum over classes (test_eval_trust.py checks both)."""
+def top_label_ece(targets: np.ndarray, probabilities: np.ndarray, n_bins: int) -> float:
+    """Top-label ECE (equal-mass bins) without input checks, for the bootstrap's resamples (the bins of
+    `calibration.expected_calibration_error`)."""
     confidence = probabilities.max(axis=1)
     correct = (probabilities.argmax(axis=1) == targets).astype(np.float64)
     # np.quantile's linear interpolation, written out (np.quantile's overhead dominates on a few hundred images)
@@ -99,10 +98,17 @@ def top_label_ece_and_brier(targets: np.ndarray, probabilities: np.ndarray, n_bi
     edges = np.unique(ordered[below] + (position - below) * (ordered[above] - ordered[below]))
     bins = np.searchsorted(edges[1:-1], confidence, side="left")
     gap = np.bincount(bins, weights=correct - confidence, minlength=len(edges))
+    return float(np.abs(gap).sum() / len(targets))
+
+
+def top_label_ece_and_brier(targets: np.ndarray, probabilities: np.ndarray, n_bins: int) -> dict[str, float]:
+    """Top-label ECE (equal-mass bins) and Brier score without input checks, for the bootstrap's resamples:
+    `calibration.expected_calibration_error`'s bins ((e_b, e_b+1], the first also its lower edge, coinciding
+    quantile edges merged) and `calibration.brier_score`'s sum over classes (test_eval_trust.py checks both)."""
     one_hot = np.zeros_like(probabilities)
     one_hot[np.arange(len(targets)), targets] = 1.0
     return {
-        "ece": float(np.abs(gap).sum() / len(targets)),
+        "ece": top_label_ece(targets, probabilities, n_bins),
         "brier": float(np.mean(np.sum((probabilities - one_hot) ** 2, axis=1))),
     }
 
@@ -300,9 +306,7 @@ def _calibration(tests, calibrations, targets, calibration_targets, settings, re
 
     def ece(scored):
         def statistic(rows):
-            return float(
-                np.mean([top_label_ece_and_brier(targets[rows], p[rows], n_bins)["ece"] for p in scored])
-            )
+            return float(np.mean([top_label_ece(targets[rows], p[rows], n_bins) for p in scored]))
 
         return statistic
 
@@ -477,5 +481,6 @@ __all__ = [
     "TrustSettings",
     "nll",
     "row_figures",
+    "top_label_ece",
     "top_label_ece_and_brier",
 ]
