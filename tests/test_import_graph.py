@@ -17,7 +17,7 @@ LAYERS = [
     ("data", {"data", "synthetic"}),
     ("models", {"families", "family_specs", "maskedclip", "keepfit", "ibq", "registration", "lora"}),
     ("training", {"training"}),
-    ("evaluation", {"evaluation", "run", "export"}),
+    ("evaluation", {"evaluation", "run", "export", "benchmarks"}),
     ("hub and cards", {"hub", "model_card", "model_cards"}),
     ("cli", {"cli"}),
     ("package", {""}),  # retvlp/__init__.py

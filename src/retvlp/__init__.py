@@ -43,6 +43,7 @@ _EXPORTS = {
 }
 _SUBMODULES = (
     "artifact_hooks",
+    "benchmarks",
     "cli",
     "common",
     "data",

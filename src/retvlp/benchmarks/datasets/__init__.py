@@ -1,0 +1,1 @@
+"""One module per public dataset, each defining `RECIPE` (see `benchmarks/recipe.py`)."""
