@@ -1,0 +1,268 @@
+"""Helpers the recipes share: paths kept inside the dataset folder, label sheets read by column name, image
+indexes, class-folder releases, and the split / BenchmarkData assembly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from ..recipe import (
+    BenchmarkData,
+    DatasetRecipe,
+    RecipeLayoutError,
+    SkippedRow,
+    records_from,
+    seeded_group_split,
+)
+from ._sheets import SheetError, read_csv, read_xlsx
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm")
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+VAL_FROM_TRAIN = (
+    0.1  # where the publisher gives train / test only: this share of the train groups becomes val
+)
+
+DR_GRADES = (
+    "no diabetic retinopathy",
+    "mild diabetic retinopathy",
+    "moderate diabetic retinopathy",
+    "severe diabetic retinopathy",
+    "proliferative diabetic retinopathy",
+)
+
+
+class RecipePathError(RecipeLayoutError):
+    """A label sheet names a file outside the dataset folder (e.g. `../../etc/x.png`): refused."""
+
+
+Row = tuple[str, tuple[str, ...], str]  # (absolute image path, labels, group)
+
+
+def inside(root: Path, relative: str, *, dataset: str, where: str) -> Path:
+    """`root / relative`, resolved, refusing anything that leaves `root` (absolute paths, `..`, links out)."""
+    text = str(relative).strip().replace("\\", "/")
+    if not text or PurePosixPath(text).is_absolute() or PureWindowsPath(text).drive:
+        raise RecipePathError(
+            f"{dataset}: {where} names {relative!r}, not a path inside the dataset folder {root}; refused."
+        )
+    root = root.resolve()
+    candidate = (root / text).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise RecipePathError(
+            f"{dataset}: {where} names {relative!r}, which resolves to {candidate}, outside the dataset folder "
+            f"{root}; refused."
+        )
+    return candidate
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(directory: Path) -> list[Path]:
+    """The image files directly in `directory`, sorted by name (Thumbs.db, hidden files and others left out)."""
+    return sorted((p for p in directory.iterdir() if is_image(p)), key=lambda p: p.name)
+
+
+def index_by_name(directory: Path) -> dict[str, Path]:
+    """{lower-case file name: path} of the images directly in `directory` (extension case differs between the
+    sheets and the files of some releases, e.g. `.jpg` in MESSIDOR-2's sheet for `IM000001.JPG`)."""
+    return {p.name.lower(): p for p in list_images(directory)} if directory.is_dir() else {}
+
+
+class Table:
+    """A label sheet read by column name: header cells are matched stripped and case-insensitively (IDRiD's
+    `Risk of macular edema ` ends in a space), blank trailing columns and blank rows ignored."""
+
+    def __init__(self, rows: list[list[str]], *, dataset: str, file: str, layout: str, header_row: int = 0):
+        self.dataset, self.file, self.layout = dataset, file, layout
+        if len(rows) <= header_row:
+            raise RecipeLayoutError(f"{dataset}: {file} is empty; expected a header row. Layout:\n{layout}")
+        self.header = [h.strip() for h in rows[header_row]]
+        self._index = {h.lower(): i for i, h in reversed(list(enumerate(self.header))) if h}
+        self.rows = [
+            (header_row + 2 + n, row)  # 1-based line / row number as a spreadsheet shows it
+            for n, row in enumerate(rows[header_row + 1 :])
+            if any(cell.strip() for cell in row)
+        ]
+
+    @classmethod
+    def read(cls, path: Path, *, dataset: str, root: Path, layout: str, sheet: str | int = 0, header_row=0):
+        name = str(path.relative_to(root)) if root in path.parents else str(path)
+        try:
+            rows = read_xlsx(path, sheet) if path.suffix.lower() == ".xlsx" else read_csv(path)
+        except (SheetError, UnicodeDecodeError) as exc:
+            raise RecipeLayoutError(f"{dataset}: cannot read {name}: {exc}. Layout:\n{layout}") from exc
+        return cls(rows, dataset=dataset, file=name, layout=layout, header_row=header_row)
+
+    def require(self, *columns: str) -> None:
+        missing = [c for c in columns if c.strip().lower() not in self._index]
+        if missing:
+            raise RecipeLayoutError(
+                f"{self.dataset}: {self.file} lacks column(s) {missing} (found {[h for h in self.header if h]}). "
+                f"Expected layout:\n{self.layout}"
+            )
+
+    def get(self, row: list[str], column: str) -> str:
+        i = self._index[column.strip().lower()]
+        return row[i].strip() if i < len(row) else ""
+
+    def where(self, line: int) -> str:
+        return f"{self.file} row {line}"
+
+
+def parse_grade(text: str, n: int) -> int | None:
+    """An integer grade 0..n-1 from a sheet cell ("2", "2.0"), else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and 0 <= value < n else None
+
+
+def require_dir(root: Path, relative: str, *, dataset: str, layout: str) -> Path:
+    path = root / relative
+    if not path.is_dir():
+        raise RecipeLayoutError(f"{dataset}: {root} lacks the folder {relative}. Expected layout:\n{layout}")
+    return path
+
+
+def match_folder(parent: Path, keys: Sequence[str], *, dataset: str, layout: str) -> dict[str, Path]:
+    """{key: the one sub-folder of `parent` whose name, lower-cased, contains key} (class-folder releases
+    whose folder names carry numbering prefixes)."""
+    subdirs = [p for p in sorted(parent.iterdir()) if p.is_dir()]
+    found = {}
+    for key in keys:
+        hits = [p for p in subdirs if key in p.name.lower().replace("-", " ").replace("_", " ")]
+        if len(hits) != 1:
+            names = [p.name for p in subdirs]
+            what = "no" if not hits else f"{len(hits)}"
+            raise RecipeLayoutError(
+                f"{dataset}: {parent} has {what} class folder(s) matching {key!r} (folders: {names}). "
+                f"Expected layout:\n{layout}"
+            )
+        found[key] = hits[0]
+    return found
+
+
+class Recipe(DatasetRecipe):
+    """Shared assembly: `finish` turns rows (+ official splits where given) into BenchmarkData."""
+
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+
+    def error(self, message: str) -> RecipeLayoutError:
+        return RecipeLayoutError(f"{self.title}: {message}. Expected layout:\n{self.layout}")
+
+    def seeded_source(self, grouping: str, seed: int, fractions=None) -> str:
+        f = fractions or self.fractions
+        return (
+            f"seeded {grouping}-level split (retvlp.benchmarks.recipe.seeded_group_split, seed {seed}, "
+            f"train/val/test fractions {f[0]:g}/{f[1]:g}/{f[2]:g}, stratified by class); the publisher gives none"
+        )
+
+    def finish(
+        self,
+        rows: Sequence[Row],
+        *,
+        seed: int,
+        grouping: str,
+        split_source: str | None = None,
+        official: Sequence[str] | None = None,
+        notes: Iterable[str] = (),
+        skipped: Iterable[SkippedRow] = (),
+        strata: Sequence[str] | None = None,
+    ) -> BenchmarkData:
+        """`official`: each row's split where the publisher gives one; "train" rows are then divided into train
+        and val (VAL_FROM_TRAIN of the train groups, seeded) when no official val exists. `strata`: the label
+        each row is stratified by (default its first label; multi-label recipes pass their choice)."""
+        if not rows:
+            raise self.error(f"no usable images found under {self.folder}")
+        strata = list(strata) if strata is not None else [labels[0] for _, labels, _ in rows]
+        groups = [g for _, _, g in rows]
+        classes = list(self.classes)
+        if official is None:
+            splits = seeded_group_split(strata, groups, classes, fractions=self.fractions, seed=seed)
+            split_source = split_source or self.seeded_source(grouping, seed)
+        else:
+            splits = list(official)
+            if "val" not in splits:
+                train = [i for i, s in enumerate(splits) if s == "train"]
+                if len({groups[i] for i in train}) >= 2:
+                    part = seeded_group_split(
+                        [strata[i] for i in train],
+                        [groups[i] for i in train],
+                        classes,
+                        fractions=(1 - VAL_FROM_TRAIN, 0.0, VAL_FROM_TRAIN),
+                        seed=seed,
+                    )
+                    for i, s in zip(train, part, strict=True):
+                        if s == "test":
+                            splits[i] = "val"
+                    split_source = (
+                        f"{split_source}; val = {VAL_FROM_TRAIN:g} of the official train {grouping}s "
+                        f"(seeded, seed {seed}, stratified)"
+                    )
+        return BenchmarkData(
+            name=self.name,
+            classes=tuple(self.classes),
+            task=self.task,
+            ordinal=self.ordinal,
+            records=records_from(rows, splits),
+            split_source=split_source,
+            grouping=grouping,
+            notes=list(notes),
+            skipped=list(skipped),
+        )
+
+
+def class_folder_rows(
+    recipe: Recipe, folders: dict[str, Path], *, group_prefix: str = ""
+) -> tuple[list[Row], list[SkippedRow]]:
+    """Rows of a class-folder release {class name: folder}: one per image, grouped by image (file stem);
+    anything in a class folder that is not an image is listed as skipped."""
+    rows: list[Row] = []
+    skipped: list[SkippedRow] = []
+    for label, folder in folders.items():
+        for path in sorted(folder.iterdir(), key=lambda p: p.name):
+            if is_image(path):
+                rel = path.relative_to(folder.parent).as_posix()
+                rows.append((str(path), (label,), f"{group_prefix}{rel}"))
+            elif path.name.lower() not in ("thumbs.db", ".ds_store") and not path.name.startswith("."):
+                skipped.append(SkippedRow(str(path), "not an image file (or a sub-folder) in a class folder"))
+    return rows, skipped
+
+
+class ClassFolderRecipe(Recipe):
+    """A release whose class is the folder an image sits in: `<base>/<folder>/<image>` for each entry of
+    `class_folders` ({folder name as released: class name}). No patient ids: grouped by image."""
+
+    task = "multiclass"
+    base: str = ""  # the folder under `root` that holds the class folders ("" = root itself)
+    class_folders: dict[str, str]
+
+    def required_files(self):
+        prefix = f"{self.base}/" if self.base else ""
+        return tuple(f"{prefix}{folder}" for folder in self.class_folders)
+
+    def read(self, root: Path, *, seed: int):
+        parent = root / self.base if self.base else root
+        folders = {}
+        for folder, label in self.class_folders.items():
+            path = parent / folder
+            if not path.is_dir():
+                raise self.error(f"{path} is not a folder")
+            folders[label] = path
+        rows, skipped = class_folder_rows(self, folders)
+        known = set(self.class_folders)
+        for extra in sorted(p for p in parent.iterdir() if p.is_dir() and p.name not in known):
+            skipped.append(SkippedRow(str(extra), "folder not among the release's class folders: not read"))
+        return self.finish(
+            rows,
+            seed=seed,
+            grouping="image",
+            notes=["class = the release's class folder; no patient ids: grouped by image (folder/file name)"]
+            + list(self.extra_notes),
+            skipped=skipped,
+        )
+
+    extra_notes: tuple[str, ...] = ()

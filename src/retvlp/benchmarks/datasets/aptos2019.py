@@ -1,0 +1,70 @@
+"""APTOS 2019 Blindness Detection (Kaggle): 5-grade diabetic retinopathy, RETFound suite.
+
+Layout (the Kaggle competition download, unzipped): `train.csv` with columns `id_code`, `diagnosis` (0-4) and
+`train_images/<id_code>.png`. Only the training part carries labels (the competition's test labels were never
+released; `test.csv` / `test_images/` are ignored). The release has no patient ids, so the grouping is the image;
+the split is retvlp's seeded split (RETFound shares its own split as a separate download, BENCHMARK.md of
+rmaphoh/RETFound_MAE; that folder is not the publisher's layout and is not read here).
+Class names: the ICDR grades as FLAIR prompts them (jusiro/FLAIR, local_data/prepare_partitions.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..recipe import SkippedRow
+from ._common import DR_GRADES, Recipe, Table, inside, parse_grade
+
+
+class APTOS2019(Recipe):
+    name = "aptos2019"
+    title = "APTOS 2019 Blindness Detection"
+    suites = ("retfound",)
+    task = "multiclass"
+    ordinal = True
+    classes = DR_GRADES
+    folder = "aptos2019"
+    source = "https://www.kaggle.com/competitions/aptos2019-blindness-detection/data"
+    licence = (
+        "Kaggle competition data: the competition rules (non-commercial research use; no redistribution)"
+    )
+    citation = "Karthik, Maggie, Dane S. APTOS 2019 Blindness Detection. Kaggle, 2019."
+    layout = (
+        "aptos2019/\n"
+        "  train.csv            columns: id_code, diagnosis (0 no DR .. 4 proliferative DR)\n"
+        "  train_images/<id_code>.png"
+    )
+    references = ()
+
+    def required_files(self):
+        return ("train.csv", "train_images")
+
+    def read(self, root: Path, *, seed: int):
+        table = Table.read(root / "train.csv", dataset=self.title, root=root, layout=self.layout)
+        table.require("id_code", "diagnosis")
+        rows, skipped = [], []
+        for line, row in table.rows:
+            code = table.get(row, "id_code")
+            image = inside(root, f"train_images/{code}.png", dataset=self.title, where=table.where(line))
+            grade = parse_grade(table.get(row, "diagnosis"), 5)
+            if grade is None:
+                skipped.append(
+                    SkippedRow(table.where(line), f"unknown grade {table.get(row, 'diagnosis')!r}")
+                )
+            elif not image.is_file():
+                skipped.append(SkippedRow(table.where(line), f"image train_images/{code}.png missing"))
+            else:
+                rows.append((str(image), (DR_GRADES[grade],), code))
+        return self.finish(
+            rows,
+            seed=seed,
+            grouping="image",
+            notes=[
+                "no patient ids in the release: grouped by image",
+                "test.csv / test_images/ unlabelled: unused",
+            ],
+            skipped=skipped,
+        )
+
+
+RECIPE = APTOS2019()

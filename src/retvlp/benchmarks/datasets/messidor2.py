@@ -1,0 +1,94 @@
+"""MESSIDOR-2 with the adjudicated grades of Krause et al.: 5-grade diabetic retinopathy, RETFound suite.
+
+Layout: the images of the ADCIS release (`IMAGES/`, 1748 files, `.png` and `.JPG`) plus the adjudicated-grade
+sheet `messidor_data.csv` (Kaggle google-brain/messidor2-dr-grades; columns `image_id`, `adjudicated_dr_grade`,
+`adjudicated_dme`, `adjudicated_gradable`) in the same folder. ADCIS ships the images without DR grades; the
+adjudicated grades are what RETFound and FLAIR use (jusiro/FLAIR local_data/prepare_partitions.py,
+adequate_02_messidor, reads this sheet). Quirks handled: the sheet spells `IM000001.jpg` where the file is
+`IM000001.JPG` (names matched case-insensitively); ungradable images (`adjudicated_gradable` 0, blank grade) are
+listed in `skipped`. Grouping: image. The ADCIS examination pairing (two eyes per exam) is not read, so the two
+eyes of one exam may land in different splits (an eye-level split, as in RETFound's released split).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..recipe import SkippedRow
+from ._common import DR_GRADES, Recipe, Table, index_by_name, inside, parse_grade
+
+SHEET = "messidor_data.csv"
+IMAGE_DIRS = ("IMAGES", "images", "Images")
+
+
+class Messidor2(Recipe):
+    name = "messidor2"
+    title = "MESSIDOR-2 (adjudicated DR grades)"
+    suites = ("retfound",)
+    task = "multiclass"
+    ordinal = True
+    classes = DR_GRADES
+    folder = "messidor2"
+    source = (
+        "images: https://www.adcis.net/en/third-party/messidor2/ ; grades: "
+        "https://www.kaggle.com/datasets/google-brain/messidor2-dr-grades"
+    )
+    licence = (
+        "images: the ADCIS / LaTIM Messidor-2 licence (research and education, no redistribution); "
+        "grades: as published on Kaggle by Google (see the dataset page)"
+    )
+    citation = (
+        "Abramoff MD, et al. Automated analysis of retinal images for detection of referable diabetic retinopathy. "
+        "JAMA Ophthalmol 2013;131(3):351-357. Decenciere E, et al. Feedback on a publicly distributed image "
+        "database: the Messidor database. Image Anal Stereol 2014;33(3):231-234. Krause J, et al. Grader "
+        "variability and the importance of reference standards for evaluating machine learning models for "
+        "diabetic retinopathy. Ophthalmology 2018;125(8):1264-1272."
+    )
+    layout = (
+        "messidor2/\n"
+        "  messidor_data.csv    columns: image_id, adjudicated_dr_grade (0-4), adjudicated_dme,\n"
+        "                       adjudicated_gradable (0/1)\n"
+        "  IMAGES/<image_id>    the ADCIS images (20051020_43808_0100_PP.png, IM000001.JPG, ...)"
+    )
+
+    def required_files(self):
+        return (SHEET,)
+
+    def read(self, root: Path, *, seed: int):
+        table = Table.read(root / SHEET, dataset=self.title, root=root, layout=self.layout)
+        table.require("image_id", "adjudicated_dr_grade", "adjudicated_gradable")
+        image_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)
+        if image_dir is None:
+            raise self.error(f"{root} lacks the image folder IMAGES/")
+        by_name = index_by_name(image_dir)
+        rows, skipped = [], []
+        for line, row in table.rows:
+            image_id = table.get(row, "image_id")
+            where = table.where(line)
+            inside(root, f"{image_dir.name}/{image_id}", dataset=self.title, where=where)
+            gradable = table.get(row, "adjudicated_gradable")
+            grade = parse_grade(table.get(row, "adjudicated_dr_grade"), 5)
+            image = by_name.get(image_id.lower())
+            if gradable in ("0", "0.0"):
+                skipped.append(SkippedRow(where, "ungradable (adjudicated_gradable 0)"))
+            elif grade is None:
+                raw = table.get(row, "adjudicated_dr_grade")
+                skipped.append(SkippedRow(where, f"unknown grade {raw!r}"))
+            elif image is None:
+                skipped.append(SkippedRow(where, f"image {image_dir.name}/{image_id} missing"))
+            else:
+                rows.append((str(image), (DR_GRADES[grade],), Path(image_id).stem))
+        return self.finish(
+            rows,
+            seed=seed,
+            grouping="image",
+            notes=[
+                "image names matched case-insensitively (the sheet's IM*.jpg are IM*.JPG on disk)",
+                "ungradable images listed in skipped",
+                "exam pairing not read: grouped by image (eye-level split)",
+            ],
+            skipped=skipped,
+        )
+
+
+RECIPE = Messidor2()
