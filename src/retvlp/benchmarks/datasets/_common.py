@@ -38,13 +38,18 @@ class RecipePathError(RecipeLayoutError):
 Row = tuple[str, tuple[str, ...], str]  # (absolute image path, labels, group)
 
 
-def inside(root: Path, relative: str, *, dataset: str, where: str) -> Path:
-    """`root / relative`, resolved, refusing anything that leaves `root` (absolute paths, `..`, links out)."""
+def inside(root: Path, relative: str, *, dataset: str, where: str, entry: str | None = None) -> Path:
+    """`root / relative`, resolved, refusing anything that leaves `root` (absolute paths, `..`, links out).
+    `entry`: the sheet's own value the path was built from; refused when it is absolute by itself."""
     text = str(relative).strip().replace("\\", "/")
-    if not text or PurePosixPath(text).is_absolute() or PureWindowsPath(text).drive:
-        raise RecipePathError(
-            f"{dataset}: {where} names {relative!r}, not a path inside the dataset folder {root}; refused."
-        )
+    own = None if entry is None else str(entry).strip().replace("\\", "/")
+    checks = [text] + ([own] if own else [])  # an empty sheet value is the caller's to skip
+    for value in checks:
+        if not value or PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive:
+            shown = entry if entry is not None else relative
+            raise RecipePathError(
+                f"{dataset}: {where} names {shown!r}, not a path inside the dataset folder {root}; refused."
+            )
     root = root.resolve()
     candidate = (root / text).resolve()
     if candidate != root and root not in candidate.parents:

@@ -45,14 +45,16 @@ class APTOS2019(Recipe):
         rows, skipped = [], []
         for line, row in table.rows:
             code = table.get(row, "id_code")
-            image = inside(root, f"train_images/{code}.png", dataset=self.title, where=table.where(line))
+            where = f"{table.where(line)} ({code})"
+            if not code:
+                skipped.append(SkippedRow(where, "no image name"))
+                continue
+            image = inside(root, f"train_images/{code}.png", dataset=self.title, where=where, entry=code)
             grade = parse_grade(table.get(row, "diagnosis"), 5)
             if grade is None:
-                skipped.append(
-                    SkippedRow(table.where(line), f"unknown grade {table.get(row, 'diagnosis')!r}")
-                )
+                skipped.append(SkippedRow(where, f"unknown grade {table.get(row, 'diagnosis')!r}"))
             elif not image.is_file():
-                skipped.append(SkippedRow(table.where(line), f"image train_images/{code}.png missing"))
+                skipped.append(SkippedRow(where, f"image train_images/{code}.png missing"))
             else:
                 rows.append((str(image), (DR_GRADES[grade],), code))
         return self.finish(

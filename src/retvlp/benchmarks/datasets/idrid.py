@@ -59,14 +59,18 @@ class IDRiD(Recipe):
             table.require("Image name", "Retinopathy grade")
             for line, row in table.rows:
                 stem = table.get(row, "Image name")
+                where = f"{table.where(line)} ({stem})"
+                if not stem:
+                    skipped.append(SkippedRow(where, "no image name"))
+                    continue
                 rel = f"{IMAGES}/{images}/{stem}.jpg"
-                image = inside(root, rel, dataset=self.title, where=table.where(line))
+                image = inside(root, rel, dataset=self.title, where=where, entry=stem)
                 grade = parse_grade(table.get(row, "Retinopathy grade"), 5)
                 if grade is None:
                     raw = table.get(row, "Retinopathy grade")
-                    skipped.append(SkippedRow(table.where(line), f"unknown grade {raw!r}"))
+                    skipped.append(SkippedRow(where, f"unknown grade {raw!r}"))
                 elif not image.is_file():
-                    skipped.append(SkippedRow(table.where(line), f"image {rel} missing"))
+                    skipped.append(SkippedRow(where, f"image {rel} missing"))
                 else:
                     rows.append((str(image), (DR_GRADES[grade],), f"{split}/{stem}"))
                     official.append(split)

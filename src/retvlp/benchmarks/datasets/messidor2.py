@@ -64,8 +64,11 @@ class Messidor2(Recipe):
         rows, skipped = [], []
         for line, row in table.rows:
             image_id = table.get(row, "image_id")
-            where = table.where(line)
-            inside(root, f"{image_dir.name}/{image_id}", dataset=self.title, where=where)
+            where = f"{table.where(line)} ({image_id})"
+            if not image_id:
+                skipped.append(SkippedRow(where, "no image name"))
+                continue
+            inside(root, f"{image_dir.name}/{image_id}", dataset=self.title, where=where, entry=image_id)
             gradable = table.get(row, "adjudicated_gradable")
             grade = parse_grade(table.get(row, "adjudicated_dr_grade"), 5)
             image = by_name.get(image_id.lower())

@@ -89,7 +89,7 @@ def read_odir_eyes(
             if not name:
                 skipped.append(SkippedRow(where, "no image file name"))
                 continue
-            image = inside(root, f"{IMAGES}/{name}", dataset=recipe.title, where=where)
+            image = inside(root, f"{IMAGES}/{name}", dataset=recipe.title, where=where, entry=name)
             keywords = split_keywords(table.get(row, f"{side}-Diagnostic Keywords"))
             lowered = [k.lower() for k in keywords]
             if any(u in k for k in lowered for u in UNUSABLE):
