@@ -36,7 +36,7 @@ EXPECTED = {
     "messidor2": (DR, "multiclass", True, "image", False),
     "messidor": (DR, "multiclass", True, "image", False),
     "idrid": (DR, "multiclass", True, "image", True),
-    "papila": (("normal", "glaucoma", "suspected glaucoma"), "multiclass", False, "patient", False),
+    "papila": (("normal", "suspected glaucoma", "glaucoma"), "multiclass", False, "patient", False),
     "glaucoma_fundus": (
         ("normal", "early glaucoma", "advanced glaucoma"),
         "multiclass",

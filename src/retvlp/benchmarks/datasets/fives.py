@@ -34,7 +34,7 @@ class FIVES(Recipe):
     classes = tuple(LETTERS.values())
     folder = "fives"
     source = "https://doi.org/10.6084/m9.figshare.19688169"
-    licence = "CC BY 4.0 (figshare record)"
+    licence = "CC BY 4.0 (figshare record; verify on the record)"
     citation = (
         "Jin K, Huang X, Zhou J, et al. FIVES: A fundus image dataset for artificial intelligence based vessel "
         "segmentation. Sci Data 2022;9:475."

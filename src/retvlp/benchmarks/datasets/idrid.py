@@ -35,7 +35,7 @@ class IDRiD(Recipe):
     classes = DR_GRADES
     folder = "idrid"
     source = "https://ieee-dataport.org/open-access/indian-diabetic-retinopathy-image-dataset-idrid"
-    licence = "CC BY 4.0 (IEEE DataPort open access)"
+    licence = "CC BY 4.0 (IEEE DataPort open access; verify on the record)"
     citation = (
         "Porwal P, et al. Indian Diabetic Retinopathy Image Dataset (IDRiD): a database for diabetic retinopathy "
         "screening research. Data 2018;3(3):25."

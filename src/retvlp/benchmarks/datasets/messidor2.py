@@ -7,7 +7,7 @@ adjudicated grades are what RETFound and FLAIR use (jusiro/FLAIR local_data/prep
 adequate_02_messidor, reads this sheet). Quirks handled: the sheet spells `IM000001.jpg` where the file is
 `IM000001.JPG` (names matched case-insensitively); ungradable images (`adjudicated_gradable` 0, blank grade) are
 listed in `skipped`. Grouping: image. The ADCIS examination pairing (two eyes per exam) is not read, so the two
-eyes of one exam may land in different splits (an eye-level split, as in RETFound's released split).
+eyes of one exam may land in different splits (an image-level split).
 """
 
 from __future__ import annotations

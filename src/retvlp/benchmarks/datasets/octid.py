@@ -1,8 +1,7 @@
 """OCTID (Optical Coherence Tomography Image Database, Borealis): 5 OCT classes, RETFound suite.
 
 Layout: one folder per class as the database distributes them, `NORMAL/`, `AMRD/`, `CSR/`, `DR/`, `MH/` (image
-names such as `NORMAL1.jpg`, `AMRD1.jpg`). RETFound fine-tunes on these five classes. No patient ids: grouped by
-image; seeded split.
+names such as `NORMAL1.jpg`, `AMRD1.jpg`); the class is the folder. No patient ids: grouped by image; seeded split.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Layout: `FundusImages/RET<id>OD.jpg` / `RET<id>OS.jpg` and `ClinicalData/patient
 patient id column; pandas calls it "Unnamed: 0"), two sub-header / blank rows follow it before the first patient,
 and ids are written "#002" (the image is RET002OD.jpg): the recipe finds the header row by its `Diagnosis` cell,
 takes the id from the first column and keeps rows whose id is "#<digits>". `Diagnosis`: 0 healthy, 1 glaucoma,
-2 suspect, kept as three classes as RETFound does (FLAIR merges 2 into glaucoma). The .xlsx sheets are read with
+2 suspect, kept as three classes in RETFound's order, normal / suspected glaucoma / glaucoma (its released
+split names the folders anormal / bsuspectglaucoma / cglaucoma; FLAIR merges 2 into glaucoma). The .xlsx sheets are read with
 the standard library (`_sheets.py`). Grouping: patient (both eyes of a patient stay in one split); seeded split.
 """
 
@@ -20,6 +21,7 @@ from ._sheets import SheetError, read_xlsx
 
 SHEETS = (("OD", "ClinicalData/patient_data_od.xlsx"), ("OS", "ClinicalData/patient_data_os.xlsx"))
 PATIENT = re.compile(r"#?(\d+)")
+DIAGNOSIS = {0: "normal", 1: "glaucoma", 2: "suspected glaucoma"}  # the sheets' Diagnosis codes
 
 
 class PAPILA(Recipe):
@@ -27,10 +29,10 @@ class PAPILA(Recipe):
     title = "PAPILA"
     suites = ("retfound",)
     task = "multiclass"
-    classes = ("normal", "glaucoma", "suspected glaucoma")
+    classes = ("normal", "suspected glaucoma", "glaucoma")
     folder = "papila"
     source = "https://figshare.com/articles/dataset/PAPILA/14798004"
-    licence = "CC BY 4.0 (figshare record)"
+    licence = "CC BY 4.0 (figshare record; verify on the record)"
     citation = (
         "Kovalyk O, Morales-Sanchez J, Verdu-Monedero R, Sellés-Navarro I, Palazón-Cabanes A, Sancho-Gómez JL. "
         "PAPILA: Dataset with fundus images and clinical data of both eyes of the same patient for glaucoma "
@@ -78,7 +80,7 @@ class PAPILA(Recipe):
                 elif not image.is_file():
                     skipped.append(SkippedRow(where, f"image {rel} missing"))
                 else:
-                    rows.append((str(image), (self.classes[grade],), f"patient{pid}"))
+                    rows.append((str(image), (DIAGNOSIS[grade],), f"patient{pid}"))
         return self.finish(
             rows,
             seed=seed,
