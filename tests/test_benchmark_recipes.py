@@ -414,3 +414,31 @@ def test_legacy_xls_needs_xlrd_or_a_csv(tmp_path):
         (tmp_path / "Annotation_Base11.csv").unlink()
         with pytest.raises(_sheets.SheetError, match="xlrd"):
             _sheets.read_xls_or_csv(xls)
+
+
+@pytest.mark.parametrize("name", ["fives", "papila", "jsiec"])
+def test_a_wrapper_folder_added_by_the_archive_is_found(tmp_path, name):
+    recipe = get_recipe(name)
+    root = write_standin(name, tmp_path)
+    wrapper = root / "Release 1.0"
+    wrapper.mkdir()
+    for entry in list(root.iterdir()):
+        if entry != wrapper:
+            shutil.move(entry, wrapper / entry.name)
+    assert recipe.root(tmp_path) == wrapper and recipe.is_present(tmp_path)
+    data = recipe.load(tmp_path)
+    assert len(data.records) == len(standin_truth(name, tmp_path)["records"])
+    assert all(Path(r.image).is_relative_to(wrapper.resolve()) for r in data.records)
+
+
+@pytest.mark.parametrize("name", ["octid", "fives", "refuge", "messidor2"])
+def test_an_image_linking_out_of_the_dataset_folder_is_refused(tmp_path, name):
+    root = write_standin(name, tmp_path / "data")
+    victim = Path(standin_truth(name, tmp_path / "data")["records"][0]["image"])
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(victim, outside)
+    victim.unlink()
+    victim.symlink_to(outside)
+    with pytest.raises(RecipePathError, match="outside the dataset folder"):
+        get_recipe(name).load(tmp_path / "data")
+    assert root.is_dir()

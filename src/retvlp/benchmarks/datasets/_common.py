@@ -3,6 +3,7 @@ indexes, class-folder releases, and the split / BenchmarkData assembly."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -155,6 +156,19 @@ class Recipe(DatasetRecipe):
 
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
 
+    def root(self, data_root: str | os.PathLike) -> Path:
+        """`data_root / folder`, or the one folder inside it that holds the release where an archive added a
+        wrapper folder (`fives/FIVES .../train/Original`)."""
+        base = Path(data_root) / self.folder
+        if base.is_dir() and not self._complete(base):
+            inner = [p for p in sorted(base.iterdir()) if p.is_dir() and self._complete(p)]
+            if len(inner) == 1:
+                return inner[0]
+        return base
+
+    def _complete(self, folder: Path) -> bool:
+        return all((folder / p).exists() for p in self.required_files())
+
     def error(self, message: str) -> RecipeLayoutError:
         return RecipeLayoutError(f"{self.title}: {message}. Expected layout:\n{self.layout}")
 
@@ -176,12 +190,17 @@ class Recipe(DatasetRecipe):
         notes: Iterable[str] = (),
         skipped: Iterable[SkippedRow] = (),
         strata: Sequence[str] | None = None,
+        root: Path | None = None,
     ) -> BenchmarkData:
         """`official`: each row's split where the publisher gives one; "train" rows are then divided into train
         and val (VAL_FROM_TRAIN of the train groups, seeded) when no official val exists. `strata`: the label
-        each row is stratified by (default its first label; multi-label recipes pass their choice)."""
+        each row is stratified by (default its first label; multi-label recipes pass their choice). `root`: the
+        dataset folder, which every image must resolve inside."""
         if not rows:
             raise self.error(f"no usable images found under {self.folder}")
+        if root is not None:  # every image stays inside the dataset folder (a link out is refused)
+            for image, _, _ in rows:
+                inside(root, os.path.relpath(image, root), dataset=self.title, where=image)
         strata = list(strata) if strata is not None else [labels[0] for _, labels, _ in rows]
         groups = [g for _, _, g in rows]
         classes = list(self.classes)
@@ -263,6 +282,7 @@ class ClassFolderRecipe(Recipe):
             skipped.append(SkippedRow(str(extra), "folder not among the release's class folders: not read"))
         return self.finish(
             rows,
+            root=root,
             seed=seed,
             grouping="image",
             notes=["class = the release's class folder; no patient ids: grouped by image (folder/file name)"]

@@ -59,6 +59,7 @@ class APTOS2019(Recipe):
                 rows.append((str(image), (DR_GRADES[grade],), code))
         return self.finish(
             rows,
+            root=root,
             seed=seed,
             grouping="image",
             notes=[

@@ -64,6 +64,7 @@ class FIVES(Recipe):
                     official.append(split)
         return self.finish(
             rows,
+            root=root,
             seed=seed,
             grouping="image",
             official=official,

@@ -76,6 +76,7 @@ class IDRiD(Recipe):
                     official.append(split)
         return self.finish(
             rows,
+            root=root,
             seed=seed,
             grouping="image",
             official=official,

@@ -83,6 +83,7 @@ class Messidor2(Recipe):
                 rows.append((str(image), (DR_GRADES[grade],), Path(image_id).stem))
         return self.finish(
             rows,
+            root=root,
             seed=seed,
             grouping="image",
             notes=[

@@ -64,6 +64,7 @@ class ODIR200x3(Recipe):
             rows.extend(candidates)
         return self.finish(
             rows,
+            root=root,
             seed=seed,
             grouping="patient",
             notes=NOTES

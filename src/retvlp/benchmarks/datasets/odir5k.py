@@ -159,6 +159,7 @@ class ODIR5K(Recipe):
         ambiguous = sum(r.reason.startswith("ambiguous") for r in skipped)
         return self.finish(
             rows,
+            root=root,
             seed=seed,
             grouping="patient",
             notes=NOTES

@@ -83,6 +83,7 @@ class PAPILA(Recipe):
                     rows.append((str(image), (DIAGNOSIS[grade],), f"patient{pid}"))
         return self.finish(
             rows,
+            root=root,
             seed=seed,
             grouping="patient",
             notes=[

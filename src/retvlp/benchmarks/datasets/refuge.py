@@ -76,6 +76,7 @@ class REFUGE(Recipe):
                 rows.append((str(path), (by_name,), path.stem))
         return self.finish(
             rows,
+            root=root,
             seed=seed,
             grouping="image",
             notes=[note, "Validation400 / Test400 not read", "no patient ids: grouped by image"],
