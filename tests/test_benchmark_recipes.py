@@ -33,8 +33,8 @@ DR = (
 # name: (classes as the papers prompt them, task, ordinal, grouping, official split?)
 EXPECTED = {
     "aptos2019": (DR, "multiclass", True, "image", False),
-    "messidor2": (DR, "multiclass", True, "image", False),
-    "messidor": (DR, "multiclass", True, "image", False),
+    "messidor2": (DR, "multiclass", True, "patient", False),
+    "messidor": (DR, "multiclass", True, "patient", False),
     "idrid": (DR, "multiclass", True, "image", True),
     "papila": (("normal", "suspected glaucoma", "glaucoma"), "multiclass", False, "patient", False),
     "glaucoma_fundus": (
@@ -317,6 +317,37 @@ def test_messidor_extension_case_and_shared_folder(standins):
     }
     assert [s.reason for s in data.skipped] == ["ungradable (adjudicated_gradable 0)"] * 2
     assert [r.image for r in one.load(standins).records] == [r.image for r in data.records]
+
+
+def test_messidor2_exam_pairs_group_the_two_eyes(tmp_path):
+    root = write_standin("messidor2", tmp_path)
+    lines = (root / "messidor-2.csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "left;right" and all(line.count(";") == 1 for line in lines)
+    data = get_recipe("messidor2").load(tmp_path)
+    split_of = {Path(r.image).name: r.split for r in data.records}
+    group_of = {Path(r.image).name: r.group for r in data.records}
+    for left, right in (line.split(";") for line in lines[1:]):
+        if left in split_of and right in split_of:
+            assert group_of[left] == group_of[right] and split_of[left] == split_of[right]
+    assert data.grouping == "patient" and any("grouped by examination" in n for n in data.notes)
+    (root / "messidor-2.csv").unlink()
+    alone = get_recipe("messidor2").load(tmp_path)
+    assert alone.grouping == "image" and len({r.group for r in alone.records}) == len(alone.records)
+
+
+def test_messidor2_repack_column_names(tmp_path):
+    root = write_standin("messidor2", tmp_path)
+    sheet = root / "messidor_data.csv"
+    text = sheet.read_text(encoding="utf-8")
+    sheet.write_text(
+        text.replace("image_id", "id_code").replace("adjudicated_dr_grade", "diagnosis"), "utf-8"
+    )
+    assert len(get_recipe("messidor2").load(tmp_path).records) == len(
+        standin_truth("messidor2", tmp_path)["records"]
+    )
+    sheet.write_text(text.replace("adjudicated_dr_grade", "grade"), encoding="utf-8")
+    with pytest.raises(RecipeLayoutError, match="'adjudicated_dr_grade' / 'diagnosis'"):
+        get_recipe("messidor2").load(tmp_path)
 
 
 def test_papila_header_rows_ids_and_eyes(standins):

@@ -109,6 +109,18 @@ class Table:
                 f"Expected layout:\n{self.layout}"
             )
 
+    def first(self, *columns: str, required: bool = True) -> str | None:
+        """The first of `columns` the sheet has (releases and re-packs name a column differently)."""
+        for column in columns:
+            if column.strip().lower() in self._index:
+                return column
+        if required:
+            raise RecipeLayoutError(
+                f"{self.dataset}: {self.file} lacks column {' / '.join(repr(c) for c in columns)} (found "
+                f"{[h for h in self.header if h]}). Expected layout:\n{self.layout}"
+            )
+        return None
+
     def get(self, row: list[str], column: str) -> str:
         i = self._index[column.strip().lower()]
         return row[i].strip() if i < len(row) else ""
@@ -204,14 +216,24 @@ class Recipe(DatasetRecipe):
         strata = list(strata) if strata is not None else [labels[0] for _, labels, _ in rows]
         groups = [g for _, _, g in rows]
         classes = list(self.classes)
+        notes = list(notes)
         if official is None:
-            splits = seeded_group_split(strata, groups, classes, fractions=self.fractions, seed=seed)
-            split_source = split_source or self.seeded_source(grouping, seed)
+            fractions = self.fractions
+            try:
+                splits = seeded_group_split(strata, groups, classes, fractions=fractions, seed=seed)
+            except ValueError:
+                if fractions[1] == 0:
+                    raise
+                # too few groups per class for a val side as well (tiny copies): train / test only
+                fractions = (fractions[0] + fractions[1], 0.0, fractions[2])
+                splits = seeded_group_split(strata, groups, classes, fractions=fractions, seed=seed)
+                notes.append("too few groups per class for a validation split: train / test only")
+            split_source = split_source or self.seeded_source(grouping, seed, fractions)
         else:
             splits = list(official)
             if "val" not in splits:
                 train = [i for i, s in enumerate(splits) if s == "train"]
-                if len({groups[i] for i in train}) >= 2:
+                try:
                     part = seeded_group_split(
                         [strata[i] for i in train],
                         [groups[i] for i in train],
@@ -219,6 +241,10 @@ class Recipe(DatasetRecipe):
                         fractions=(1 - VAL_FROM_TRAIN, 0.0, VAL_FROM_TRAIN),
                         seed=seed,
                     )
+                except ValueError:  # too few train groups per class for a val side (tiny copies)
+                    part = None
+                    notes.append("too few official train groups per class for a validation split: none made")
+                if part is not None:
                     for i, s in zip(train, part, strict=True):
                         if s == "test":
                             splits[i] = "val"
@@ -234,7 +260,7 @@ class Recipe(DatasetRecipe):
             records=records_from(rows, splits),
             split_source=split_source,
             grouping=grouping,
-            notes=list(notes),
+            notes=notes,
             skipped=list(skipped),
         )
 
