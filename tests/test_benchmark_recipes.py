@@ -473,3 +473,19 @@ def test_an_image_linking_out_of_the_dataset_folder_is_refused(tmp_path, name):
     with pytest.raises(RecipePathError, match="outside the dataset folder"):
         get_recipe(name).load(tmp_path / "data")
     assert root.is_dir()
+
+
+@pytest.mark.parametrize("name", ["odir5k", "odir200x3"])
+def test_odir_kaggle_repack_two_folders_down(tmp_path, name):
+    root = write_standin(name, tmp_path)
+    inner = root / "ODIR-5K" / "ODIR-5K"
+    inner.mkdir(parents=True)
+    shutil.move(root / SHEETS[name][0], inner / "data.xlsx")
+    shutil.move(root / "ODIR-5K_Training_Dataset", inner / "Training Images")
+    (root / "preprocessed_images").mkdir()
+    (root / "full_df.csv").write_text("ID\n", encoding="utf-8")
+    recipe = get_recipe(name)
+    assert recipe.root(tmp_path) == inner and recipe.is_present(tmp_path) and not recipe.missing(tmp_path)
+    data = recipe.load(tmp_path)
+    assert len(data.records) == len(standin_truth(name, tmp_path)["records"])
+    assert all("/Training Images/" in r.image for r in data.records)

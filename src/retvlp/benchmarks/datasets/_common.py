@@ -168,18 +168,46 @@ class Recipe(DatasetRecipe):
 
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
 
-    def root(self, data_root: str | os.PathLike) -> Path:
-        """`data_root / folder`, or the one folder inside it that holds the release where an archive added a
-        wrapper folder (`fives/FIVES .../train/Original`)."""
-        base = Path(data_root) / self.folder
-        if base.is_dir() and not self._complete(base):
-            inner = [p for p in sorted(base.iterdir()) if p.is_dir() and self._complete(p)]
-            if len(inner) == 1:
-                return inner[0]
-        return base
+    # alternative sets of required files, the publisher's first (e.g. a widely used re-pack second); empty: the
+    # one set `required_files()` names
+    layouts: tuple[tuple[str, ...], ...] = ()
+
+    def required_sets(self) -> tuple[tuple[str, ...], ...]:
+        return self.layouts or (tuple(self.required_files()),)
+
+    def layout_in(self, folder: Path) -> tuple[str, ...] | None:
+        """The first required-file set complete in `folder`, else None."""
+        for files in self.required_sets():
+            if all((folder / p).exists() for p in files):
+                return files
+        return None
 
     def _complete(self, folder: Path) -> bool:
-        return all((folder / p).exists() for p in self.required_files())
+        return self.layout_in(folder) is not None
+
+    def root(self, data_root: str | os.PathLike) -> Path:
+        """`data_root / folder`, or the one folder up to two levels inside it that holds the release where an
+        archive added wrapper folders (`fives/FIVES .../train/Original`, Kaggle's `ODIR-5K/ODIR-5K/`)."""
+        base = Path(data_root) / self.folder
+        if base.is_dir() and not self._complete(base):
+            children = [p for p in sorted(base.iterdir()) if p.is_dir()]
+            found = [p for p in children if self._complete(p)]
+            if not found:
+                grandchildren = [q for p in children for q in sorted(p.iterdir()) if q.is_dir()]
+                found = [q for q in grandchildren if self._complete(q)]
+            if len(found) == 1:
+                return found[0]
+        return base
+
+    def is_present(self, data_root: str | os.PathLike) -> bool:
+        root = self.root(data_root)
+        return root.is_dir() and self._complete(root)
+
+    def missing(self, data_root: str | os.PathLike) -> list[str]:
+        root = self.root(data_root)
+        if root.is_dir() and self._complete(root):
+            return []
+        return [p for p in self.required_sets()[0] if not (root / p).exists()]
 
     def error(self, message: str) -> RecipeLayoutError:
         return RecipeLayoutError(f"{self.title}: {message}. Expected layout:\n{self.layout}")

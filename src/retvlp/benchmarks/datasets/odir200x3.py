@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ._common import Recipe
-from .odir5k import IMAGES, NOTES, SHEET, read_odir_eyes
+from .odir5k import IMAGES, LAYOUTS, NOTES, SHEET, read_odir_eyes
 
 PER_CLASS = 200
 DRAW_SEED = 0
@@ -44,6 +44,8 @@ class ODIR200x3(Recipe):
         "image-text expertise (KeepFIT). MICCAI 2024."
     )
     layout = f"odir5k/   (the ODIR-5K release, as for odir5k)\n  {SHEET}\n  {IMAGES}/0_left.jpg, ..."
+
+    layouts = LAYOUTS
 
     def required_files(self):
         return (SHEET, IMAGES)

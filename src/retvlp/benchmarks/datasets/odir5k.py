@@ -3,8 +3,9 @@
 Layout (the official training release): `ODIR-5K_Training_Annotations(Updated)_V2.xlsx` (first sheet; columns
 `ID`, `Patient Age`, `Patient Sex`, `Left-Fundus`, `Right-Fundus`, `Left-Diagnostic Keywords`,
 `Right-Diagnostic Keywords`, `N`, `D`, `G`, `C`, `A`, `H`, `M`, `O`) and `ODIR-5K_Training_Dataset/<ID>_left.jpg`,
-`<ID>_right.jpg`. The testing images carry no labels and are not read. Kaggle re-packs (full_df.csv,
-preprocessed_images/) are not this layout.
+`<ID>_right.jpg`. The testing images carry no labels and are not read. Kaggle's re-pack
+(andrewmvd/ocular-disease-recognition-odir5k) is read too: its `ODIR-5K/ODIR-5K/data.xlsx` (sheet `Sheet1`, the
+same columns) and `Training Images/`; its `full_df.csv` / `preprocessed_images/` (cropped, re-labelled) are not.
 
 Quirk handled: the one-hot columns N..O are per *patient* (both eyes together: a patient with one cataract eye
 has C = 1 and N = 0), while the diagnostic keywords are per *eye*. Each eye image is labelled from its own
@@ -29,6 +30,8 @@ from ._common import Recipe, Table, inside
 
 SHEET = "ODIR-5K_Training_Annotations(Updated)_V2.xlsx"
 IMAGES = "ODIR-5K_Training_Dataset"
+KAGGLE = ("data.xlsx", "Training Images")  # the Kaggle re-pack (andrewmvd/ocular-disease-recognition-odir5k)
+LAYOUTS = ((SHEET, IMAGES), KAGGLE)
 CODES = ("N", "D", "G", "C", "A", "H", "M", "O")
 CLASSES = (
     "normal",
@@ -76,7 +79,8 @@ def read_odir_eyes(
     recipe: Recipe, root: Path
 ) -> tuple[list[tuple[str, tuple[str, ...], str]], list[SkippedRow]]:
     """Every usable eye image: (path, labels in class order, patient group), and the skipped rows."""
-    table = Table.read(root / SHEET, dataset=recipe.title, root=root, layout=recipe.layout)
+    sheet, images = recipe.layout_in(root) or (SHEET, IMAGES)
+    table = Table.read(root / sheet, dataset=recipe.title, root=root, layout=recipe.layout)
     table.require("ID", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords",
                   *CODES)  # fmt: skip
     rows, skipped = [], []
@@ -89,7 +93,7 @@ def read_odir_eyes(
             if not name:
                 skipped.append(SkippedRow(where, "no image file name"))
                 continue
-            image = inside(root, f"{IMAGES}/{name}", dataset=recipe.title, where=where, entry=name)
+            image = inside(root, f"{images}/{name}", dataset=recipe.title, where=where, entry=name)
             keywords = split_keywords(table.get(row, f"{side}-Diagnostic Keywords"))
             lowered = [k.lower() for k in keywords]
             if any(u in k for k in lowered for u in UNUSABLE):
@@ -111,7 +115,7 @@ def read_odir_eyes(
                 )
                 continue
             if not image.is_file():
-                skipped.append(SkippedRow(where, f"image {IMAGES}/{name} missing"))
+                skipped.append(SkippedRow(where, f"image {images}/{name} missing"))
                 continue
             ordered = tuple(c for c in CLASSES if c in labels)
             rows.append((str(image), ordered, f"patient{patient}"))
@@ -146,8 +150,11 @@ class ODIR5K(Recipe):
         f"  {SHEET}\n"
         "     columns: ID, Patient Age, Patient Sex, Left-Fundus, Right-Fundus, Left-Diagnostic Keywords,\n"
         "              Right-Diagnostic Keywords, N, D, G, C, A, H, M, O (patient-level one-hot)\n"
-        f"  {IMAGES}/0_left.jpg, 0_right.jpg, ..."
+        f"  {IMAGES}/0_left.jpg, 0_right.jpg, ...\n"
+        "  (or Kaggle's re-pack: ODIR-5K/ODIR-5K/data.xlsx, the same columns, and Training Images/)"
     )
+
+    layouts = LAYOUTS
 
     def required_files(self):
         return (SHEET, IMAGES)

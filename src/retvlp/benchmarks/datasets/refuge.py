@@ -11,7 +11,6 @@ checked against the letter g / n. Validation400 / Test400 are not read. Class na
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..recipe import SkippedRow
@@ -42,17 +41,13 @@ class REFUGE(Recipe):
         "  (or FLAIR's re-packed copy: train/Images/g0001.jpg, n0001.jpg ...)"
     )
 
+    layouts = (tuple(OFFICIAL), (REPACKED,))
+
     def required_files(self):
         return tuple(OFFICIAL)
 
-    def missing(self, data_root: str | os.PathLike) -> list[str]:
-        root = self.root(data_root)
-        if (root / REPACKED).is_dir() and not (root / "Training400").exists():
-            return []
-        return super().missing(data_root)
-
     def read(self, root: Path, *, seed: int):
-        if (root / "Training400").exists():
+        if self.layout_in(root) == tuple(OFFICIAL):
             sources = [(root / d, label) for d, label in OFFICIAL.items()]
             note = "read Training400/Glaucoma and Training400/Non-Glaucoma"
         else:
