@@ -19,9 +19,8 @@ from ._sheets import SheetError, read_csv, read_xlsx
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
-VAL_FROM_TRAIN = (
-    0.1  # where the publisher gives train / test only: this share of the train groups becomes val
-)
+# where the publisher gives train / test only, this share of the train groups becomes val (seeded)
+VAL_FROM_TRAIN = 0.1
 
 DR_GRADES = (
     "no diabetic retinopathy",
@@ -136,31 +135,6 @@ def parse_grade(text: str, n: int) -> int | None:
     except ValueError:
         return None
     return int(value) if value.is_integer() and 0 <= value < n else None
-
-
-def require_dir(root: Path, relative: str, *, dataset: str, layout: str) -> Path:
-    path = root / relative
-    if not path.is_dir():
-        raise RecipeLayoutError(f"{dataset}: {root} lacks the folder {relative}. Expected layout:\n{layout}")
-    return path
-
-
-def match_folder(parent: Path, keys: Sequence[str], *, dataset: str, layout: str) -> dict[str, Path]:
-    """{key: the one sub-folder of `parent` whose name, lower-cased, contains key} (class-folder releases
-    whose folder names carry numbering prefixes)."""
-    subdirs = [p for p in sorted(parent.iterdir()) if p.is_dir()]
-    found = {}
-    for key in keys:
-        hits = [p for p in subdirs if key in p.name.lower().replace("-", " ").replace("_", " ")]
-        if len(hits) != 1:
-            names = [p.name for p in subdirs]
-            what = "no" if not hits else f"{len(hits)}"
-            raise RecipeLayoutError(
-                f"{dataset}: {parent} has {what} class folder(s) matching {key!r} (folders: {names}). "
-                f"Expected layout:\n{layout}"
-            )
-        found[key] = hits[0]
-    return found
 
 
 class Recipe(DatasetRecipe):
@@ -293,18 +267,17 @@ class Recipe(DatasetRecipe):
         )
 
 
-def class_folder_rows(
-    recipe: Recipe, folders: dict[str, Path], *, group_prefix: str = ""
-) -> tuple[list[Row], list[SkippedRow]]:
-    """Rows of a class-folder release {class name: folder}: one per image, grouped by image (file stem);
-    anything in a class folder that is not an image is listed as skipped."""
+def class_folder_rows(folders: dict[str, Path]) -> tuple[list[Row], list[SkippedRow]]:
+    """Rows of a class-folder release {class name: folder}: one per image, grouped by image (its
+    `<folder>/<file>`, as releases restart file names in each folder); anything in a class folder that is not an
+    image (Thumbs.db and hidden files aside) is listed as skipped."""
     rows: list[Row] = []
     skipped: list[SkippedRow] = []
     for label, folder in folders.items():
         for path in sorted(folder.iterdir(), key=lambda p: p.name):
             if is_image(path):
                 rel = path.relative_to(folder.parent).as_posix()
-                rows.append((str(path), (label,), f"{group_prefix}{rel}"))
+                rows.append((str(path), (label,), rel))
             elif path.name.lower() not in ("thumbs.db", ".ds_store") and not path.name.startswith("."):
                 skipped.append(SkippedRow(str(path), "not an image file (or a sub-folder) in a class folder"))
     return rows, skipped
@@ -330,7 +303,7 @@ class ClassFolderRecipe(Recipe):
             if not path.is_dir():
                 raise self.error(f"{path} is not a folder")
             folders[label] = path
-        rows, skipped = class_folder_rows(self, folders)
+        rows, skipped = class_folder_rows(folders)
         known = set(self.class_folders)
         for extra in sorted(p for p in parent.iterdir() if p.is_dir() and p.name not in known):
             skipped.append(SkippedRow(str(extra), "folder not among the release's class folders: not read"))
