@@ -128,7 +128,7 @@ def _idrid(w: _Writer, k: int) -> None:
 
 def _messidor2(w: _Writer, k: int) -> None:
     rows = [["image_id", "adjudicated_dr_grade", "adjudicated_dme", "adjudicated_gradable"]]
-    written = []  # (file name on disk, label or None for an ungradable image), in exam order
+    written = []  # (file name on disk, label or None for an ungradable image)
     n = 0
     for grade, label in enumerate(DR):
         for _ in range(k):
@@ -142,22 +142,26 @@ def _messidor2(w: _Writer, k: int) -> None:
             w.image(f"IMAGES/{on_disk}")
             rows.append([name, grade, w.rng.randrange(2), 1])
             written.append((on_disk, label))
+    ungradable = []
     for j in range(2):  # ungradable images: blank grade, gradable 0
         name = f"IM{900 + j:06d}.JPG"
         w.image(f"IMAGES/{name}")
         rows.append([name, "", "", 0])
-        written.append((name, None))
+        ungradable.append(name)
         w.skip(name, "ungradable")
     w.csv("messidor_data.csv", rows)
-    # ADCIS's examination list: one "left;right" pair per line (two eyes of one patient's exam)
-    pairs = ["left;right"]
-    for e in range(0, len(written), 2):
-        exam = written[e : e + 2]
-        if len(exam) == 2:
-            pairs.append(f"{exam[0][0]};{exam[1][0]}")
-        for on_disk, label in exam:
-            if label is not None:
-                w.record(f"IMAGES/{on_disk}", label, f"exam {e // 2}")
+    # ADCIS's examination list: one "left;right" pair per line, the two eyes of one exam. Here the first two
+    # images of each grade (where a grade has three or more) and the two ungradable ones form exams; the rest
+    # stay single so that every grade keeps two or more groups to split.
+    pairs = ["left;right", ";".join(ungradable)]
+    for grade, label in enumerate(DR):
+        mine = [d for d, lab in written if lab == label]
+        paired = mine[:2] if len(mine) >= 3 else []
+        if paired:
+            pairs.append(";".join(paired))
+        for on_disk in mine:
+            group = f"exam {grade}" if on_disk in paired else f"image {on_disk}"
+            w.record(f"IMAGES/{on_disk}", label, group)
     (w.root / "messidor-2.csv").write_text("\n".join(pairs) + "\n", encoding="utf-8")
 
 

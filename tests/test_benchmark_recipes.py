@@ -489,3 +489,13 @@ def test_odir_kaggle_repack_two_folders_down(tmp_path, name):
     data = recipe.load(tmp_path)
     assert len(data.records) == len(standin_truth(name, tmp_path)["records"])
     assert all("/Training Images/" in r.image for r in data.records)
+
+
+@pytest.mark.parametrize("per_class", [2, 5])
+def test_every_standin_loads_at_other_sizes_and_seeds(tmp_path, per_class):
+    for name in STANDIN_NAMES:
+        assert write_standin(name, tmp_path, per_class=per_class, seed=7) == get_recipe(name).root(tmp_path)
+        data = get_recipe(name).load(tmp_path, seed=7)
+        assert len(data.records) == len(standin_truth(name, tmp_path)["records"])
+        assert {"train", "test"} <= {r.split for r in data.records}
+        assert "val" in {r.split for r in data.records} or any("too few" in n for n in data.notes)

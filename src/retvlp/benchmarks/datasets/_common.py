@@ -228,7 +228,10 @@ class Recipe(DatasetRecipe):
                     raise
                 # too few groups per class for a val side as well (tiny copies): train / test only
                 fractions = (fractions[0] + fractions[1], 0.0, fractions[2])
-                splits = seeded_group_split(strata, groups, classes, fractions=fractions, seed=seed)
+                try:
+                    splits = seeded_group_split(strata, groups, classes, fractions=fractions, seed=seed)
+                except ValueError as exc:
+                    raise ValueError(f"{self.title}: too few images to split ({exc})") from exc
                 notes.append("too few groups per class for a validation split: train / test only")
             split_source = split_source or self.seeded_source(grouping, seed, fractions)
         else:
