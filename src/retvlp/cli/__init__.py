@@ -52,6 +52,10 @@ _COMMANDS = {
         "write a checkpoint's towers as torch.export / ONNX files that run without retvlp",
         "export",
     ),
+    "benchmark": (
+        "public benchmark suites (RETFound, FLAIR / KeepFIT) over local datasets, one leaderboard",
+        "benchmark",
+    ),
 }
 
 
