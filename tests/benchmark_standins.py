@@ -151,12 +151,12 @@ def _messidor2(w: _Writer, k: int) -> None:
         w.skip(name, "ungradable")
     w.csv("messidor_data.csv", rows)
     # ADCIS's examination list: one "left;right" pair per line, the two eyes of one exam. Here the first two
-    # images of each grade (where a grade has three or more) and the two ungradable ones form exams; the rest
-    # stay single so that every grade keeps two or more groups to split.
+    # images of each grade (where a grade has four or more) and the two ungradable ones form exams; the rest
+    # stay single so that every grade keeps three or more groups (train, val and test each get one).
     pairs = ["left;right", ";".join(ungradable)]
     for grade, label in enumerate(DR):
         mine = [d for d, lab in written if lab == label]
-        paired = mine[:2] if len(mine) >= 3 else []
+        paired = mine[:2] if len(mine) >= 4 else []
         if paired:
             pairs.append(";".join(paired))
         for on_disk in mine:
