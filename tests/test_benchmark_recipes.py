@@ -500,3 +500,46 @@ def test_every_standin_loads_at_other_sizes_and_seeds(tmp_path, per_class):
         assert len(data.records) == len(standin_truth(name, tmp_path)["records"])
         assert {"train", "test"} <= {r.split for r in data.records}
         assert "val" in {r.split for r in data.records} or any("too few" in n for n in data.notes)
+
+
+@pytest.mark.parametrize(
+    "main",
+    [
+        "http://schemas.openxmlformats.org/spreadsheetml/2006/main",  # transitional (what Excel writes)
+        "http://purl.oclc.org/ooxml/spreadsheetml/main",  # strict
+    ],
+)
+def test_xlsx_shared_and_rich_strings_as_excel_writes_them(tmp_path, main):
+    import zipfile
+
+    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    path = tmp_path / "excel.xlsx"
+    with zipfile.ZipFile(path, "w") as book:
+        book.writestr(
+            "xl/workbook.xml",
+            f'<workbook xmlns="{main}" xmlns:r="{rel}"><sheets>'
+            '<sheet name="Sheet1" sheetId="1" r:id="rId7"/></sheets></workbook>',
+        )
+        book.writestr(
+            "xl/_rels/workbook.xml.rels",
+            '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            '<Relationship Id="rId7" Type="worksheet" Target="/xl/worksheets/data.xml"/></Relationships>',
+        )
+        book.writestr(
+            "xl/sharedStrings.xml",
+            f'<sst xmlns="{main}"><si><t>ID</t></si><si><r><t>Left-</t></r><r><t>Diagnostic Keywords</t></r></si>'
+            "<si><t>cataract，lens dust</t></si></sst>",
+        )
+        book.writestr(
+            "xl/worksheets/data.xml",
+            f'<worksheet xmlns="{main}"><sheetData>'
+            '<row r="1"><c r="A1" t="s"><v>0</v></c><c r="C1" t="s"><v>1</v></c></row>'
+            '<row r="3"><c r="A3"><v>12</v></c><c r="B3" t="str"><f>A3*2</f><v>24</v></c>'
+            '<c r="C3" t="s"><v>2</v></c><c r="D3"><v>0.5</v></c></row>'
+            "</sheetData></worksheet>",
+        )
+    assert _sheets.read_xlsx(path) == [
+        ["ID", "", "Left-Diagnostic Keywords"],
+        [],
+        ["12", "24", "cataract，lens dust", "0.5"],
+    ]

@@ -20,9 +20,6 @@ from pathlib import Path
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-_MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
-_REL = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
-_PKG_REL = "{http://schemas.openxmlformats.org/package/2006/relationships}"
 _CELL_REF = re.compile(r"([A-Z]+)(\d+)")
 
 
@@ -46,9 +43,27 @@ def _column_letters(index: int) -> str:
     return letters
 
 
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _all(node, name: str):
+    """Descendants (and `node` itself) whose local tag name is `name`, whatever the namespace."""
+    return (e for e in node.iter() if _local(e.tag) == name)
+
+
+def _child(node, name: str):
+    return next((e for e in node if _local(e.tag) == name), None)
+
+
+def _attr(node, name: str) -> str | None:
+    """An attribute by local name (`r:id` is namespaced differently in strict workbooks)."""
+    return next((v for k, v in node.attrib.items() if _local(k) == name), None)
+
+
 def _text(node) -> str:
     """The text of a shared / inline string item (plain `<t>` or rich-text runs `<r><t>`)."""
-    return "".join(t.text or "" for t in node.iter(f"{_MAIN}t"))
+    return "".join(t.text or "" for t in _all(node, "t"))
 
 
 def _format_number(raw: str) -> str:
@@ -78,10 +93,10 @@ def _sheets(book: zipfile.ZipFile) -> list[tuple[str, str]]:
         rels = ElementTree.fromstring(book.read("xl/_rels/workbook.xml.rels"))
     except KeyError as exc:
         raise SheetError(f"{book.filename} lacks {exc.args[0]}: not an .xlsx workbook.") from exc
-    targets = {r.get("Id"): r.get("Target", "") for r in rels.iter(f"{_PKG_REL}Relationship")}
+    targets = {r.get("Id"): r.get("Target", "") for r in _all(rels, "Relationship")}
     out = []
-    for sheet in workbook.iter(f"{_MAIN}sheet"):
-        target = targets.get(sheet.get(f"{_REL}id"), "")
+    for sheet in _all(workbook, "sheet"):
+        target = targets.get(_attr(sheet, "id"), "")
         target = target.lstrip("/")
         part = target if target.startswith("xl/") else f"xl/{target}"
         out.append((sheet.get("name", ""), part))
@@ -104,23 +119,23 @@ def read_xlsx(path: str | Path, sheet: str | int = 0) -> list[list[str]]:
         shared: list[str] = []
         if "xl/sharedStrings.xml" in book.namelist():
             root = ElementTree.fromstring(book.read("xl/sharedStrings.xml"))
-            shared = [_text(si) for si in root.iter(f"{_MAIN}si")]
+            shared = [_text(si) for si in _all(root, "si")]
         root = ElementTree.fromstring(book.read(part))
     rows: list[list[str]] = []
-    for row in root.iter(f"{_MAIN}row"):
+    for row in _all(root, "row"):
         row_number = int(row.get("r", len(rows) + 1))
         while len(rows) < row_number - 1:  # rows Excel left out because they are empty
             rows.append([])
         values: list[str] = []
-        for cell in row.iter(f"{_MAIN}c"):
+        for cell in _all(row, "c"):
             match = _CELL_REF.fullmatch(cell.get("r", ""))
             col = _column_index(match.group(1)) if match else len(values)
             kind = cell.get("t", "n")
             if kind == "inlineStr":
-                inline = cell.find(f"{_MAIN}is")
+                inline = _child(cell, "is")
                 value = _text(inline) if inline is not None else ""
             else:
-                v = cell.find(f"{_MAIN}v")
+                v = _child(cell, "v")
                 raw = v.text if v is not None and v.text is not None else ""
                 if kind == "s" and raw:
                     value = shared[int(raw)]
