@@ -344,7 +344,8 @@ def test_leakage_options_pass_through_where_the_harness_has_them(tmp_path):
     assert leakage_keywords(None, False) == {}
     manifest = str(tmp_path / "pretrain.csv")
     if "pretrain_data" in inspect.signature(evaluate_models).parameters:
-        assert leakage_keywords([manifest], True) == {"pretrain_data": [manifest], "exclude_leaked": True}
+        expected = {"pretrain_data": [{"path": manifest}], "exclude_leaked": True}
+        assert leakage_keywords([manifest], True) == expected
         with pytest.raises(ValueError, match="--exclude-leaked needs --pretrain-manifests"):
             leakage_keywords(None, True)
     else:

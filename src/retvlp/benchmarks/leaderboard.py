@@ -196,6 +196,18 @@ def write_leaderboard(
                     notes.append(
                         f"{recipe.name} / {model}: {skipped.get('task')} not run: {skipped.get('reason')}"
                     )
+                leak = (results or {}).get("leakage")
+                if isinstance(leak, dict):  # the harness's leakage check ran (--pretrain-manifests)
+                    notes.append(
+                        f"{recipe.name} / {model}: leakage against the pretraining data: "
+                        f"{json.dumps(leak.get('counts'), sort_keys=True)}"
+                        + (
+                            "; the leaked images were left out"
+                            if leak.get("excluded_from_evaluation")
+                            else ""
+                        )
+                        + f" ({Path(pair.folder) / 'leakage'})"
+                    )
                 if pair is not None and pair.error:
                     notes.append(f"{recipe.name} / {model}: failed: {pair.error}")
             published: dict[str, dict] = {}

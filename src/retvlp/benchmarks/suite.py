@@ -364,9 +364,12 @@ class BenchmarkOutcome:
         return [p for p in self.pairs if p.status == "failed"]
 
 
-def leakage_keywords(pretrain_manifests: Sequence[str] | None, exclude_leaked: bool) -> dict:
+def leakage_keywords(
+    pretrain_manifests: Sequence[str] | None, exclude_leaked: bool, allowed_roots: Sequence[str] = ()
+) -> dict:
     """The `evaluate_models` keyword arguments of the leakage check (issue 28 item 3), when it has them; a
-    `ValueError` when they are asked for and this version's harness lacks them."""
+    `ValueError` when they are asked for and this version's harness lacks them. The pretraining manifests are
+    read with `allowed_roots` as extra data roots (besides each manifest's own folder)."""
     if not pretrain_manifests and not exclude_leaked:
         return {}
     from ..evaluation.runner import evaluate_models
@@ -379,7 +382,12 @@ def leakage_keywords(pretrain_manifests: Sequence[str] | None, exclude_leaked: b
         )
     if exclude_leaked and not pretrain_manifests:
         raise ValueError("--exclude-leaked needs --pretrain-manifests (what the models were pretrained on)")
-    keywords = {"pretrain_data": list(pretrain_manifests)}
+    roots = [str(Path(r).resolve()) for r in allowed_roots]
+    keywords = {
+        "pretrain_data": [
+            {"path": str(p), **({"allowed_roots": roots} if roots else {})} for p in pretrain_manifests
+        ]
+    }
     if exclude_leaked:
         keywords["exclude_leaked"] = True
     return keywords
@@ -424,7 +432,7 @@ def run_benchmark(
     names = [suites_or_names] if isinstance(suites_or_names, str) else list(suites_or_names)
     planned = plan(names)
     check_models(models)
-    leakage = leakage_keywords(pretrain_manifests, exclude_leaked)
+    leakage = leakage_keywords(pretrain_manifests, exclude_leaked, allowed_roots)
     data_root = Path(data_root).expanduser()
     output = Path(output_dir)
     present, missing = [], []
