@@ -5,6 +5,7 @@
     retvlp cache info|prune [--max-size SIZE | --older-than DAYS | --all]
     retvlp push FOLDER --repo-id USER/NAME [--evaluation results.json] [--base-model ID] [--dry-run DIR]
     retvlp evaluate --model DIR|HUB_ID [--model NAME=DIR ...] --data MANIFEST|demo --task zero-shot,... [options]
+    retvlp check-leakage --pretrain MANIFEST... --eval MANIFEST... [--output DIR] [--model DIR] [--fail-on-leak]
     retvlp export MODEL --format torch-export|onnx --tower image [--tower text] [--classes A,B,...] --output DIR
 
 One module per subcommand (`validate_data`, `prepare_data`, `cache`, `evaluate`, `push`, `export`), each with
@@ -43,6 +44,10 @@ _COMMANDS = {
     "evaluate": (
         "zero-shot, few-shot, linear-probe and fine-tuning evaluation of trained models",
         "evaluate",
+    ),
+    "check-leakage": (
+        "duplicates and shared patients between pretraining and evaluation data",
+        "check_leakage",
     ),
     "push": (
         "upload a checkpoint, fine-tuned classifier or LoRA adapter with its model card in one commit",

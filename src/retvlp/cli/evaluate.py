@@ -149,6 +149,19 @@ def _add_data_options(data) -> None:
         help="rows or images that cannot be used (unreadable, outside the data roots, failing to decode) stop "
         "the evaluation with their list (error, the default) or are left out and listed (skip)",
     )
+    data.add_argument(
+        "--pretrain-manifests",
+        nargs="+",
+        metavar="MANIFEST",
+        help="the models' pretraining manifest(s): check the evaluation data for leakage first (exact and near "
+        "duplicates, shared patient ids; a warning and a Leakage section in results.json / results.md; "
+        "`retvlp check-leakage` runs the same check alone)",
+    )
+    data.add_argument(
+        "--exclude-leaked",
+        action="store_true",
+        help="with --pretrain-manifests: leave the leaked evaluation images out (counted and listed)",
+    )
     data.add_argument("--test-fraction", type=float, default=0.2)
     data.add_argument("--split-seed", type=int, default=0)
     data.add_argument(
@@ -220,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     data, test_data, name = _data(args)
     models = model_sources(args.model)
+    pretrain = _pretrain_specs(args)
     try:
         results = evaluate_models(
             models,
@@ -235,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
             dataset_name=args.dataset_name or name,
             device=args.device,
             on_bad_sample=args.on_bad_sample,
+            pretrain_data=pretrain,
+            exclude_leaked=args.exclude_leaked,
         )
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(str(exc)) from None
@@ -313,6 +329,23 @@ def _data(args: argparse.Namespace) -> tuple[list[dict], list[dict] | None, str 
     return data, test_data, args.dataset_name
 
 
+def _pretrain_specs(args: argparse.Namespace) -> list[dict] | None:
+    """The --pretrain-manifests as specs with the data-root options (their columns: the defaults)."""
+    if args.exclude_leaked and not args.pretrain_manifests:
+        raise UsageError("--exclude-leaked needs --pretrain-manifests (the data to check against)")
+    if not args.pretrain_manifests:
+        return None
+    specs = []
+    for path in args.pretrain_manifests:
+        if not os.path.exists(path):
+            raise UsageError(f"pretraining manifest not found: {path}")
+        spec = {"path": path, "allowed_roots": list(args.allowed_roots)}
+        if args.allow_outside_data_roots:
+            spec["allow_outside_data_roots"] = True
+        specs.append(spec)
+    return specs
+
+
 def _data_specs(paths: list[str], args: argparse.Namespace) -> list[dict]:
     specs = []
     for path in paths:
@@ -342,6 +375,7 @@ def _report(results: dict, output_dir: str) -> int:
     print(markdown_table(results))
     print(f"Report: {Path(output_dir) / 'results.md'} (plots and results.json next to it)")
     _print_left_out(results)
+    _print_leakage(results)
     skipped = {
         name: info["skipped_tasks"] for name, info in results["models"].items() if info.get("skipped_tasks")
     }
@@ -349,6 +383,29 @@ def _report(results: dict, output_dir: str) -> int:
         for problem in problems:
             print(f"retvlp evaluate: {name}: {problem['task']} not run: {problem['reason']}", file=sys.stderr)
     return EXIT_FAILED if skipped else EXIT_OK
+
+
+def _print_leakage(results: dict) -> None:
+    """Warn about leakage found by --pretrain-manifests (results.md and leakage/ list the pairs)."""
+    leakage = results.get("leakage")
+    if not leakage:
+        return
+    counts = leakage["counts"]
+    found = counts["eval_images_leaked"]
+    if not found:
+        print("No leakage found between the pretraining and the evaluation data.")
+        return
+    what = (
+        "left out of the evaluation (--exclude-leaked)"
+        if leakage.get("excluded_from_evaluation")
+        else "still evaluated (--exclude-leaked leaves them out)"
+    )
+    print(
+        f"retvlp evaluate: warning: {found} evaluation image(s) leak from the pretraining data ({counts['exact']} "
+        f"exact, {counts['near']} near duplicate pair(s), {counts['shared_patient_ids']} shared patient id(s)), "
+        f"{what}; listed in results.md and leakage/",
+        file=sys.stderr,
+    )
 
 
 def _print_left_out(results: dict) -> None:

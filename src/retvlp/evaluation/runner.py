@@ -663,6 +663,8 @@ def evaluate_models(
     dataset_name: str | None = None,
     device: str | None = None,
     on_bad_sample: str = "skip",
+    pretrain_data=None,
+    exclude_leaked: bool = False,
 ) -> dict:
     """Run `settings.tasks` for every model on `data` and return the results (and write the report when
     `output_dir` is given: results.json, results.md, PNG plots, per-run predictions).
@@ -686,6 +688,10 @@ def evaluate_models(
             failing to decode; `evaluation.data.UNUSABLE_REASONS`) are left out and listed in the results
             ("skip"), or refused with `UnusableImagesError` listing them before any task runs ("error", the
             default of `retvlp evaluate`).
+        pretrain_data: the pretraining manifests (paths or spec dicts): check the data for leakage first
+            (`leakage.check_evaluation_leakage`: exact and near duplicates, shared patient ids); a warning,
+            `results["leakage"]`, a Leakage section in results.md and `<output_dir>/leakage/`.
+        exclude_leaked: leave the leaked records out of the evaluation (counted as `excluded["leaked"]`).
     """
     from .report import write_report
 
@@ -696,6 +702,13 @@ def evaluate_models(
     labelled, num_pool = _read_data(
         data, test_data, class_names, multi_label, ordinal, positive_class, dataset_name
     )
+    leakage = None
+    if pretrain_data is not None:
+        from .leakage import check_evaluation_leakage
+
+        leakage, labelled, num_pool = check_evaluation_leakage(
+            labelled, num_pool, pretrain_data, exclude=exclude_leaked
+        )
     processes = evaluation_processes()  # under `accelerate launch`: feature extraction is shared out
     loaded = _load_models(models, device, random_init=random_init, seed=settings.split_seed)
     with processes.main_first():  # the main process decodes the images; the others read its store
@@ -720,6 +733,12 @@ def evaluate_models(
     if output_dir is not None and processes.is_main:  # every process holds the same results: one writes them
         write_report(document, ctx.predictions, labelled.targets[ctx.test], output_dir)
     results = document.to_json()
+    if leakage is not None:
+        from .leakage import leakage_section, write_leakage
+
+        results["leakage"] = leakage_section(leakage, excluded=exclude_leaked)
+        if output_dir is not None and processes.is_main:
+            write_leakage(leakage, output_dir, excluded=exclude_leaked)
     results["predictions"] = ctx.predictions
     results["test_targets"] = labelled.targets[ctx.test]
     return results
