@@ -257,3 +257,130 @@ def test_upsample_and_overlay_png(tmp_path):
         png.verify()
     with Image.open(path) as png:
         assert png.format == "PNG" and png.size[0] > 32
+
+
+# ------------------------------------------------------------------- a trained model looks where the lesion is
+LESION_SIZE = 64  # px: KeepFIT's last feature map is 2 × 2, one cell per image quadrant
+LESION_CLASSES = ("normal", "diabetic retinopathy")
+
+
+def _quadrant_images(count: int, seed: int):
+    """`count` synthetic photographs (`retvlp.synthetic`), alternately diabetic retinopathy with its lesions
+    drawn in the quadrants in turn (`render_fundus(..., quadrant=...)`) and normal; normalised pixels, class
+    ids and the quadrant of each (None for normal)."""
+    from retvlp.synthetic import render_fundus
+    from retvlp.synthetic.findings import QUADRANTS
+
+    rng = np.random.default_rng(seed)
+    images, labels, quadrants = [], [], []
+    for i in range(count):
+        if i % 2 == 0:
+            quadrant = QUADRANTS[(i // 2) % 4]
+            severity = float(rng.uniform(0.6, 1.0))
+            image, _ = render_fundus(
+                "diabetic retinopathy", rng, size=LESION_SIZE, quadrant=quadrant, severity=severity
+            )
+        else:
+            quadrant = None
+            image, _ = render_fundus("normal", rng, size=LESION_SIZE)
+        images.append(image)
+        labels.append(int(quadrant is not None))
+        quadrants.append(quadrant)
+    pixels = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    return (pixels - 0.5) / 0.25, torch.tensor(labels), quadrants
+
+
+def train_on_lesion_quadrants(steps: int = 100, seed: int = 0):
+    """A tiny KeepFIT trained for `steps` steps (batch 16, AdamW 1e-3, logit scale fixed at 10) on 128 demo
+    photographs, normal vs diabetic retinopathy with the lesions in varying quadrants, zero-shot style (image
+    embedding against the two class prompts' text embeddings). Returns the model in eval mode and the class
+    embeddings `(2, D)`."""
+    import torch.nn.functional as F
+
+    from retvlp.tokenization import tiny_tokenizer
+
+    pixels, labels, _ = _quadrant_images(128, seed)
+    torch.manual_seed(seed)
+    model = KeepFitModel(keepfit_tiny_config())
+    text = tiny_tokenizer()(list(LESION_CLASSES), padding=True, return_tensors="pt")
+    trained = [p for name, p in model.named_parameters() if "logit_scale" not in name]
+    optimizer = torch.optim.AdamW(trained, lr=1e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(0, len(pixels), (16,), generator=generator)
+        image = F.normalize(model.get_image_features(pixel_values=pixels[rows]).pooler_output, dim=-1)
+        classes = F.normalize(model.get_text_features(**text).pooler_output, dim=-1)
+        loss = F.cross_entropy(10.0 * image @ classes.T, labels[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        classes = F.normalize(model.get_text_features(**text).pooler_output, dim=-1)
+    return model, classes
+
+
+def quadrant_shares(maps: torch.Tensor, quadrants) -> list[float]:
+    """Per map `(h, w)` with a lesion quadrant: the share of its mass (the map minus its minimum, as the overlay
+    scales it) lying in that quadrant; 0.25 for a map that is flat or ignores where the lesion is."""
+    shares = []
+    for heat, quadrant in zip(maps, quadrants, strict=True):
+        if quadrant is None:
+            continue
+        heat = heat - heat.min()
+        half_h, half_w = heat.shape[0] // 2, heat.shape[1] // 2
+        rows = slice(0, half_h) if quadrant.startswith("top") else slice(half_h, None)
+        cols = slice(0, half_w) if quadrant.endswith("left") else slice(half_w, None)
+        shares.append(float(heat[rows, cols].sum() / heat.sum().clamp_min(1e-12)))
+    return shares
+
+
+def test_synthetic_lesions_are_drawn_in_the_chosen_quadrant():
+    """What diabetic retinopathy adds lies in the quadrant asked for, in the picture's own frame, for either
+    eye: the pixels that differ from the normal photograph of the same patient, eye and acquisition (the same
+    seed draws both before the finding's own draws) are in that quadrant (measured: 93.6-98.4 % per axis)."""
+    from retvlp.synthetic import PatientAnatomy, render_fundus
+    from retvlp.synthetic.findings import QUADRANTS
+
+    for eye in ("left", "right"):
+        anatomy = PatientAnatomy.sample(np.random.default_rng(11))
+        normal, _ = render_fundus("normal", np.random.default_rng(5), size=128, eye=eye, anatomy=anatomy)
+        for quadrant in QUADRANTS:
+            lesion, findings = render_fundus(
+                "diabetic retinopathy",
+                np.random.default_rng(5),
+                size=128,
+                eye=eye,
+                anatomy=anatomy,
+                severity=1.0,
+                quadrant=quadrant,
+            )
+            changed = np.abs(lesion.astype(np.int16) - normal.astype(np.int16)).max(axis=-1) > 40
+            rows, cols = np.nonzero(changed)
+            assert len(rows) > 100 and findings.haemorrhages > 0, (eye, quadrant)
+            top, left = (rows < 64).mean(), (cols < 64).mean()
+            assert (top if quadrant.startswith("top") else 1 - top) > 0.9, (eye, quadrant, top)
+            assert (left if quadrant.endswith("left") else 1 - left) > 0.9, (eye, quadrant, left)
+    with pytest.raises(ValueError, match="quadrant"):
+        render_fundus("glaucoma", np.random.default_rng(0), size=32, quadrant="top-left")
+    with pytest.raises(ValueError, match="quadrant"):
+        render_fundus("diabetic retinopathy", np.random.default_rng(0), size=32, quadrant="middle")
+
+
+def test_a_model_trained_on_the_demo_puts_the_map_where_the_lesion_is():
+    """Issue 27 item 5: a tiny KeepFIT trained on demo photographs (lesions in varying quadrants) puts its
+    spatial class map's mass for "diabetic retinopathy" in the lesion's quadrant more than chance (0.25), over
+    16 held-out photographs, and more than the untrained model does on the same photographs. Measured (this
+    recipe, 100 steps): mean share 0.40 (seed 0); over seeds 0-2 at 100-150 steps 0.35-0.41; untrained ≈ 0.25."""
+    pixels, _, quadrants = _quadrant_images(32, seed=1000)
+    torch.manual_seed(0)
+    untrained = KeepFitModel(keepfit_tiny_config()).eval()
+    random_classes = _classes(2, untrained.config.projection_dim)
+    before = quadrant_shares(evidence.spatial_class_map(untrained, pixels, random_classes)[:, 1], quadrants)
+    model, classes = train_on_lesion_quadrants()
+    maps = evidence.spatial_class_map(model, pixels, classes)[:, 1]
+    shares = quadrant_shares(maps, quadrants)
+    assert len(shares) == 16
+    assert np.mean(shares) > 0.32, (np.mean(shares), np.round(shares, 2))
+    assert np.mean(shares) > np.mean(before) + 0.05, (np.mean(shares), np.mean(before))

@@ -269,6 +269,7 @@ def prepare_upload_folder(
     card: ModelCard | str | None = None,
     base_model: str | None = None,
     card_kwargs: Mapping[str, Any] | None = None,
+    space_app: Mapping[str, Any] | None = None,
 ) -> Path:
     """Build in `destination` (created; must be empty) exactly the files to upload, and return it.
 
@@ -284,6 +285,10 @@ def prepare_upload_folder(
     README.md is `card` when given (a `ModelCard` or its text). Otherwise a card is rendered: the adapter card,
     the classifier card, or the family card for MaskedCLIP / KeepFIT checkpoints; `card_kwargs` go to the
     renderer (evaluation, data_provenance, repo_id, ...). Other checkpoints keep the README.md they came with.
+
+    `space_app` (keyword arguments of `evaluation.demo_app.write_space_files`: classes, coverage,
+    retvlp_requirement) adds the page's `app.py`, `requirements.txt` and the Space front matter of README.md, so
+    the folder runs as a Gradio Space on its own files.
     """
     if (model is None) == (folder is None):
         raise ValueError("pass exactly one of model= or folder=")
@@ -293,6 +298,10 @@ def prepare_upload_folder(
         raise ValueError(f"upload staging folder {destination} is not empty")
     try:
         _stage(destination, model, processor, folder, card, base_model, dict(card_kwargs or {}))
+        if space_app is not None:
+            from .evaluation.demo_app import write_space_files
+
+            write_space_files(destination, **dict(space_app))
     except BaseException:
         # Leave the (then empty) folder reusable: a dry run that failed can be rerun into the same DIR.
         for entry in destination.iterdir():
@@ -359,14 +368,16 @@ def _upload(
     private: bool | None,
     revision: str | None,
     commit_message: str,
+    repo_type: str = "model",
 ):
-    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    space = {"space_sdk": "gradio"} if repo_type == "space" else {}
+    api.create_repo(repo_id=repo_id, repo_type=repo_type, private=private, exist_ok=True, **space)
     if revision not in (None, "main"):
-        api.create_branch(repo_id=repo_id, branch=revision, repo_type="model", exist_ok=True)
+        api.create_branch(repo_id=repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
     return api.upload_folder(
         folder_path=str(staged),
         repo_id=repo_id,
-        repo_type="model",
+        repo_type=repo_type,
         revision=revision,
         commit_message=commit_message,
     )
@@ -387,6 +398,7 @@ def push_to_hub(
     api: HfApi | None = None,
     card_kwargs: Mapping[str, Any] | None = None,
     dry_run: str | Path | None = None,
+    space_app: Mapping[str, Any] | None = None,
 ):
     """Push a released checkpoint, a fine-tuned classifier or a LoRA adapter (+ processor, remote code and
     model card) to `repo_id` in one commit.
@@ -399,6 +411,9 @@ def push_to_hub(
     With `dry_run=DIR` the same staging runs into DIR (created, must be empty) and nothing is uploaded; returns
     DIR. `api` replaces `HfApi(token=token)` (tests inject a fake); without it, `HF_HUB_OFFLINE=1` is an error
     raised before anything is staged (a dry run needs no network).
+
+    `space_app` (see :func:`prepare_upload_folder`) stages the page as well and makes `repo_id` a Gradio Space
+    (repository type "space", created with the gradio SDK): the Space holds the model and serves the page.
     """
     if dry_run is None:
         _require_online(api)
@@ -413,6 +428,7 @@ def push_to_hub(
             card=card,
             base_model=base_model,
             card_kwargs=kwargs,
+            space_app=space_app,
         )
 
     if dry_run is not None:
@@ -421,7 +437,17 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="retvlp-upload-") as tmp:
         staged = stage(Path(tmp) / "upload")
         message = commit_message or _default_message(staged)
-        return _upload(api, staged, repo_id, private=private, revision=revision, commit_message=message)
+        if space_app is not None:
+            message = commit_message or message.replace(" (retvlp)", " as a Gradio Space (retvlp)")
+        return _upload(
+            api,
+            staged,
+            repo_id,
+            private=private,
+            revision=revision,
+            commit_message=message,
+            repo_type="space" if space_app is not None else "model",
+        )
 
 
 def push_adapter_to_hub(

@@ -61,6 +61,7 @@ _COMMANDS = {
         "public benchmark suites (RETFound, FLAIR / KeepFIT) over local datasets, one leaderboard",
         "benchmark",
     ),
+    "demo": ("serve a page to try a model on one fundus photograph (needs retvlp[demo])", "demo"),
 }
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from . import EXIT_OK, UsageError
+from ._common import read_classes
 
 
 def add_parser(parser) -> None:
@@ -40,6 +41,26 @@ def add_parser(parser) -> None:
         "--dry-run",
         metavar="DIR",
         help="stage in DIR exactly what would be uploaded, list it, upload nothing",
+    )
+    space = parser.add_argument_group(
+        "Space",
+        "--space-app pushes the folder as a Gradio Space (repository type space) that serves the page of "
+        "`retvlp demo` from its own files: app.py (loads the model from the Space with trust_remote_code=True), "
+        "requirements.txt (retvlp[demo]) and the Space keys (sdk: gradio) in README.md's front matter",
+    )
+    space.add_argument("--space-app", action="store_true", help="add the page and push as a Space")
+    classes = space.add_mutually_exclusive_group()
+    classes.add_argument(
+        "--classes", help="zero-shot class names of a pretraining checkpoint's page, comma-separated"
+    )
+    classes.add_argument("--classes-file", help="class names: .json list / {name: index}, or one per line")
+    space.add_argument(
+        "--coverage", type=float, default=0.9, help="the page's conformal-set coverage (default 0.9)"
+    )
+    space.add_argument(
+        "--retvlp-requirement",
+        help='the Space\'s requirements.txt line for retvlp (default "retvlp[demo]==<this version>"; e.g. '
+        '"retvlp[demo] @ git+https://...", where retvlp is not on the package index)',
     )
     parser.set_defaults(handler=run)
 
@@ -82,6 +103,16 @@ def run(args: argparse.Namespace) -> int:
         "data_provenance": args.data_provenance,
     }
     card_kwargs = {key: value for key, value in card_kwargs.items() if value is not None}
+    space_app = None
+    if args.space_app:
+        space_app = {
+            "classes": read_classes(args),
+            "coverage": args.coverage,
+            "retvlp_requirement": args.retvlp_requirement,
+            "title": args.repo_id.rpartition("/")[2],
+        }
+    elif args.classes is not None or args.classes_file is not None or args.retvlp_requirement is not None:
+        raise UsageError("--classes, --classes-file and --retvlp-requirement go with --space-app")
     try:
         # One call for the dry run and the push: the dry run stages exactly the folder the push uploads.
         outcome = push_to_hub(
@@ -92,13 +123,16 @@ def run(args: argparse.Namespace) -> int:
             revision=args.revision,
             card_kwargs=card_kwargs,
             dry_run=args.dry_run,
+            space_app=space_app,
         )
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     if args.dry_run:
         files = sorted(str(p.relative_to(outcome)) for p in outcome.rglob("*") if p.is_file())
-        print(f"Staged {len(files)} files of the {kind} in {outcome} (nothing uploaded):")
+        what = f"the {kind} as a Gradio Space" if space_app else f"the {kind}"
+        print(f"Staged {len(files)} files of {what} in {outcome} (nothing uploaded):")
         print("\n".join(f"  {name}" for name in files))
         return EXIT_OK
-    print(f"Pushed {folder} to {args.repo_id} in one commit: {getattr(outcome, 'commit_url', outcome)}")
+    where = f"the Space {args.repo_id}" if space_app else args.repo_id
+    print(f"Pushed {folder} to {where} in one commit: {getattr(outcome, 'commit_url', outcome)}")
     return EXIT_OK

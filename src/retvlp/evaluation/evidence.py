@@ -6,6 +6,8 @@
   attention weights, `vision_attentions` collecting them under eager attention.
 - KeepFIT (ResNet): `spatial_class_map`, the last feature map at each position through the same
   normalise → linear projection the pooled feature takes, cosine with each class; `grad_cam` on the last stage.
+- Fine-tuned classifiers (`MaskedCLIPForImageClassification`, `KeepFitForImageClassification`):
+  `classifier_class_map`, each patch token / feature position through the classification head.
 - `upsample_to_image`, `overlay_png` (matplotlib, imported only there), and `evidence_maps`, choosing by family.
 
 Class embeddings: pass the zero-shot prototypes (`features.class_prototypes`, `(C, P)`), so that a map shows the
@@ -93,7 +95,7 @@ def maskedclip_token_embeddings(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _patch_grid(model, pixel_values: torch.Tensor, num_patches: int) -> tuple[int, int]:
-    patch = model.config.vision_config.patch_size
+    patch = getattr(model.config, "vision_config", model.config).patch_size
     patch_h, patch_w = (patch, patch) if isinstance(patch, int) else tuple(patch)
     grid = (pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w)
     if grid[0] * grid[1] != num_patches:
@@ -277,6 +279,42 @@ def grad_cam(
     cam = F.relu((weights * activation).sum(dim=1)).detach().float()
     peak = cam.flatten(1).amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
     return cam / peak[:, None, None]
+
+
+# ------------------------------------------------------------------------------------ fine-tuned classifiers
+CLASSIFIERS = ("MaskedCLIPForImageClassification", "KeepFitForImageClassification")
+
+
+@torch.no_grad()
+def classifier_class_map(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """A fine-tuned classifier: `(B, 3, H, W)` → `(B, C, h, w)` class logits of each patch / position, what
+    the head would output if that patch's token (that position's feature) were the pooled one.
+
+    - `KeepFitForImageClassification` (global average pool → linear): the class activation map (Zhou et al.,
+      2016), W·f_ij + b at each position of the last feature map; its mean over positions is the model's logits.
+    - `MaskedCLIPForImageClassification`: each patch token through the head (`fc_norm` → linear with mean
+      pooling; the final LayerNorm → linear with `pooling="cls"`), the classifier's counterpart of
+      `patch_text_similarity`. With mean pooling the LayerNorm makes the logits differ from the map's mean.
+
+    Other models raise ValueError naming their class (by class name, not isinstance: remote code has its own
+    copy of each class)."""
+    name = type(model).__name__
+    if name not in CLASSIFIERS:
+        raise ValueError(f"No classifier evidence map for {name}: supported are {', '.join(CLASSIFIERS)}.")
+    with _eval_mode(model):
+        if name == "KeepFitForImageClassification":
+            from_tower = model.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state
+            if from_tower.dim() != 4:
+                raise ValueError(
+                    f"classifier_class_map needs a convolutional feature map; got {tuple(from_tower.shape)}."
+                )
+            logits = model.classifier(from_tower.permute(0, 2, 3, 1).float())  # (B, h, w, C)
+            return logits.permute(0, 3, 1, 2).contiguous()
+        use_cls = model.config.pooling == "cls"
+        tokens = model.vision_model(pixel_values, apply_layernorm=use_cls).last_hidden_state[:, 1:]
+        h, w = _patch_grid(model, pixel_values, tokens.shape[1])
+        logits = model.classifier(tokens if use_cls else model.fc_norm(tokens)).float()  # (B, N, C)
+    return logits.transpose(1, 2).reshape(len(pixel_values), -1, h, w)
 
 
 # -------------------------------------------------------------------------------------- display and choice

@@ -38,6 +38,11 @@ from .vessels import choroid_tree, splat_lines
 
 STAGES = ("choroid", "peripapillary", "surface", "media")
 NORMAL = "normal"
+# Image quadrants a finding's lesions can be confined to (`render_fundus(..., quadrant=...)`), in the picture's
+# own frame (rows from the top, columns from the left), whichever eye it shows.
+QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
+# The classes whose drawing functions place their lesions through `FindingContext.place` (a quadrant applies).
+PLACEABLE = ("diabetic retinopathy",)
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -82,6 +87,23 @@ class FindingContext:
     )
     absorption: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) optical densities
     values: dict = field(default_factory=dict)  # FundusFindings fields drawn
+    quadrant: str | None = None  # one of QUADRANTS: the lesions go there (`place`); None: where they fall
+
+    def place(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lesion centres `(x, y)` (canonical FOV radii) mirrored into the image quadrant `self.quadrant`
+        about the canvas's middle row and column; unchanged when no quadrant is set. Mirroring keeps each
+        point's distance to the middle lines, so the lesions keep their sizes and spread."""
+        if self.quadrant is None:
+            return x, y
+        canvas = self.canvas
+        # The canonical coordinates of the image's middle column and row (`Canvas.to_px` solved for size / 2).
+        x_mid = canvas.sign * (canvas.size / 2 - canvas.cx) / canvas.radius - canvas.sx
+        y_mid = (canvas.size / 2 - canvas.cy) / canvas.radius - canvas.sy
+        left, top = self.quadrant.endswith("left"), self.quadrant.startswith("top")
+        # Pixel column grows with sign · x: the left half is sign · (x − x_mid) < 0.
+        x_side = -canvas.sign if left else canvas.sign
+        y_side = -1.0 if top else 1.0
+        return x_mid + x_side * np.abs(x - x_mid), y_mid + y_side * np.abs(y - y_mid)
 
     def record(self, **values) -> None:
         """Note what was drawn (FundusFindings fields: counts, strengths) for the findings record and captions."""
@@ -140,14 +162,17 @@ def check_label(label: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- where lesions go
 def posterior_pole_points(
-    rng, n: int, anatomy: PatientAnatomy, disc_clear: float
+    rng, n: int, anatomy: PatientAnatomy, disc_clear: float, place=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` points spread over the posterior pole (around the macula, inside the arcades), off the disc."""
+    """``n`` points spread over the posterior pole (around the macula, inside the arcades), off the disc;
+    ``place`` (`FindingContext.place`) moves the candidates first (into a quadrant), before the checks."""
     fx, fy = anatomy.fovea
     xs, ys = np.empty(0), np.empty(0)
     while xs.size < n:
         x = rng.normal(fx + 0.25, 0.42, 4 * n + 8)
         y = rng.normal(fy, 0.36, 4 * n + 8)
+        if place is not None:
+            x, y = place(x, y)
         ok = (x * x + y * y < 0.88**2) & (
             (x - anatomy.disc_x) ** 2 + (y - anatomy.disc_y) ** 2 > disc_clear**2
         )
@@ -203,7 +228,7 @@ def diabetic_retinopathy(ctx: FindingContext) -> None:
 def _haemorrhages(ctx: FindingContext, lesions: np.ndarray, count: int) -> None:
     """Dots (one part) and irregular blots (2-3 overlapping parts) over the posterior pole."""
     rng, s, canvas, anatomy = ctx.rng, ctx.severity, ctx.canvas, ctx.anatomy
-    hx, hy = posterior_pole_points(rng, count, anatomy, 1.4 * anatomy.disc_radius)
+    hx, hy = posterior_pole_points(rng, count, anatomy, 1.4 * anatomy.disc_radius, ctx.place)
     hr = rng.uniform(0.028, 0.052, count) * (0.8 + 0.4 * s)
     parts = rng.integers(1, 4, count)  # dot (1) or irregular blot (2-3 overlapping parts)
     owner = np.repeat(np.arange(count), parts)
@@ -225,7 +250,7 @@ def _haemorrhages(ctx: FindingContext, lesions: np.ndarray, count: int) -> None:
 
 def _microaneurysms(ctx: FindingContext, lesions: np.ndarray, count: int) -> None:
     rng, canvas, anatomy = ctx.rng, ctx.canvas, ctx.anatomy
-    mx, my = posterior_pole_points(rng, count, anatomy, 1.3 * anatomy.disc_radius)
+    mx, my = posterior_pole_points(rng, count, anatomy, 1.3 * anatomy.disc_radius, ctx.place)
     mpx, mpy = canvas.to_px(mx, my)
     mr = canvas.px(rng.uniform(0.009, 0.014, count), 0.75)
     stamp(lesions, mpx, mpy, mr, mr, np.zeros(count), rng.uniform(0.9, 1.3, count), mode="add", soft=0.5)
@@ -235,8 +260,10 @@ def _hard_exudates(ctx: FindingContext, count: int) -> np.ndarray:
     """Small sharp yellow deposits in 1-3 clusters around the fovea."""
     rng, canvas = ctx.rng, ctx.canvas
     layer = ctx.layer()
-    ex_x, ex_y = macular_cluster_points(
-        rng, count, ctx.anatomy, int(rng.integers(1, 4)), rng.uniform(0.04, 0.08), (0.12, 0.35)
+    ex_x, ex_y = ctx.place(
+        *macular_cluster_points(
+            rng, count, ctx.anatomy, int(rng.integers(1, 4)), rng.uniform(0.04, 0.08), (0.12, 0.35)
+        )
     )
     epx, epy = canvas.to_px(ex_x, ex_y)
     er = canvas.px(rng.uniform(0.012, 0.026, count), 0.8)
@@ -257,7 +284,7 @@ def _cotton_wool_spots(ctx: FindingContext, count: int) -> np.ndarray:
     """Large soft-edged whitish patches."""
     rng, canvas, anatomy = ctx.rng, ctx.canvas, ctx.anatomy
     layer = ctx.layer()
-    cx, cy = posterior_pole_points(rng, count, anatomy, 1.8 * anatomy.disc_radius)
+    cx, cy = posterior_pole_points(rng, count, anatomy, 1.8 * anatomy.disc_radius, ctx.place)
     cpx, cpy = canvas.to_px(cx, cy)
     cr = canvas.px(rng.uniform(0.035, 0.055, count), 1.5)
     stamp(

@@ -16,7 +16,7 @@ import numpy as np
 
 from .anatomy import Disc, PatientAnatomy, darken_macula, draw_background, draw_optic_disc, patient_texture
 from .camera import Acquisition, expose, illuminate
-from .findings import FINDINGS, NORMAL, FindingContext, FundusFindings, check_label
+from .findings import FINDINGS, NORMAL, PLACEABLE, QUADRANTS, FindingContext, FundusFindings, check_label
 from .vessels import vessel_absorption
 
 
@@ -72,13 +72,22 @@ def render_fundus(
     severity: float | None = None,
     eye: str | None = None,
     anatomy: PatientAnatomy | None = None,
+    quadrant: str | None = None,
 ) -> tuple[np.ndarray, FundusFindings]:
     """Draw one synthetic fundus photograph of class ``label`` (a key of :data:`~.findings.FINDINGS`).
 
     ``severity`` in (0, 1] (drawn uniformly from 0.3..1 when None; always 0 for "normal"), ``eye`` "left"
-    or "right" (random when None) and ``anatomy`` (a fresh patient when None) may be fixed. Returns a
-    ``(size, size, 3)`` uint8 RGB array and the :class:`FundusFindings` actually drawn.
+    or "right" (random when None) and ``anatomy`` (a fresh patient when None) may be fixed. ``quadrant`` (one
+    of :data:`~.findings.QUADRANTS`, e.g. "top-left", in the picture's frame) confines the lesions of a class
+    in :data:`~.findings.PLACEABLE` to that quadrant (for tests of where a model looks); None leaves them
+    where they fall, drawing the same picture as before the option existed. Returns a ``(size, size, 3)``
+    uint8 RGB array and the :class:`FundusFindings` actually drawn.
     """
+    if quadrant is not None and (quadrant not in QUADRANTS or label not in PLACEABLE):
+        raise ValueError(
+            f"quadrant={quadrant!r}: expected one of {QUADRANTS}, for a class whose lesions can be placed "
+            f"({', '.join(PLACEABLE)}); got class {label!r}"
+        )
     anatomy, eye, s = _image_arguments(label, rng, size, severity, eye, anatomy)
     canvas, acquisition = Acquisition.sample(rng, size, eye)
     image = draw_background(canvas, anatomy, rng)
@@ -91,6 +100,7 @@ def render_fundus(
         texture=patient_texture(anatomy),
         acquisition=acquisition,
         disc=Disc.of(anatomy),
+        quadrant=quadrant,
     )
     FINDINGS[label](ctx)
     image = _draw_retina(ctx, image)
