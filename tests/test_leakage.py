@@ -291,6 +291,8 @@ def test_evaluate_models_reports_and_drops_exactly_the_planted_leaks(synthetic, 
     labelled = read_labelled_records([synthetic.paired, synthetic.categorical, synthetic.test])
     report, same, num_pool = check_evaluation_leakage(labelled, 10, [str(tmp_path / "pretrain.csv")])
     assert report.counts["eval_images_leaked"] == 3 and same is labelled and num_pool == 10
+    with pytest.raises(ValueError, match="exclude_leaked needs pretrain_data"):
+        evaluate_models({"tiny": str(directory)}, [synthetic.test], exclude_leaked=True)
     dropped = evaluate_models(
         {"tiny": str(directory)},
         [synthetic.paired, synthetic.categorical],
@@ -313,3 +315,17 @@ def test_evaluate_models_reports_and_drops_exactly_the_planted_leaks(synthetic, 
         in (tmp_path / "report" / "results.md").read_text()
     )
     assert (tmp_path / "report" / "leakage" / "leakage.html").is_file()
+
+
+def test_cli_evaluate_leakage_flags(tmp_path, capsys):
+    from retvlp.cli.evaluate import _print_leakage
+
+    manifest = tmp_path / "m.csv"
+    _write_manifest(manifest, [])
+    code = main(["evaluate", "--model", str(tmp_path), "--data", str(manifest), "--task", "zero-shot", "--exclude-leaked"])  # fmt: skip
+    assert code == 2 and "--exclude-leaked needs --pretrain-manifests" in capsys.readouterr().err
+    code = main(["evaluate", "--model", str(tmp_path), "--data", str(manifest), "--task", "zero-shot", "--pretrain-manifests", str(tmp_path / "missing.csv")])  # fmt: skip
+    assert code == 2 and "pretraining manifest not found" in capsys.readouterr().err
+    counts = {"eval_images_leaked": 3, "exact": 2, "near": 1, "shared_patient_ids": 0}
+    _print_leakage({"leakage": {"counts": counts, "excluded_from_evaluation": True}})
+    assert "3 evaluation image(s) leak" in capsys.readouterr().err

@@ -7,12 +7,13 @@ pretraining manifests with those of the evaluation manifests and reports three k
 * **exact duplicates**: the same decoded pixels (`exact_hash`: BLAKE2b of the shape and the uint8 RGB pixels
   of the package's one decode, `validation.load_checked_image`), so a PNG and its lossless re-save, or the
   same image under two file names, match;
-* **near duplicates**: a perceptual hash (`perceptual_hash`: a 64-bit DCT hash of a grey, centre-cropped,
-  histogram-equalised thumbnail of the field of view) within Hamming distance `max_distance`, robust to
-  resizing, JPEG re-encoding, crops of a few per cent and mild colour jitter. Pairs are found with
-  `HammingIndex` (multi-index hashing: the 64 bits split into `max_distance + 1` bands, so that any two hashes
-  within `max_distance` agree exactly on at least one band, the pigeonhole principle), never by comparing all
-  pairs;
+* **near duplicates**: perceptual hashes (`perceptual_hashes`: the signs of the lowest DCT frequencies of a
+  grey, histogram-equalised thumbnail of the centre of the field of view, located by its centroid and area so
+  that crops of a few per cent barely move it), robust to resizing, JPEG re-encoding, small crops and mild
+  colour jitter. Candidate pairs are the 64-bit hashes within Hamming distance `max_distance`, found with
+  `HammingIndex` (multi-index hashing: the 64 bits split into bands, so that by the pigeonhole principle any
+  two hashes within `max_distance` are close on at least one band; never all pairs), and each candidate is
+  confirmed by the 256-bit hashes within `max_fine_distance`;
 * **shared patient ids**: group ids (the manifests' patient column) present on both sides. Ids are compared
   as strings: they only name the same patient when both sides number patients the same way (the same
   public data set split two ways); data sets numbered independently (`1`, `2`, ...) collide by chance.
@@ -45,20 +46,18 @@ from .manifest import Manifest, ManifestRecord
 from .validation import DEFAULT_MAX_PIXELS, load_checked_image
 
 HASH_BITS = 64
-# Hamming distance of two 64-bit perceptual hashes at or below which two images are near duplicates. Chosen on
-# the planted set of tests/test_leakage.py (docs/evaluation.md, "Leakage"): resized, JPEG q70, 3-5 % crops and
-# colour-jittered copies of synthetic fundus photographs lie at distances 0-8 of their originals; different
-# photographs of the same class at 16 or more.
+# Near duplicates: 64-bit hashes within DEFAULT_MAX_DISTANCE (the index's range query), confirmed by 256-bit
+# hashes within DEFAULT_MAX_FINE_DISTANCE. Chosen on planted sets like tests/test_leakage.py's (docs/evaluation.md,
+# "Leakage"; synthetic fundus photographs of 96-256 px): resized, JPEG q70, 3-5 % cropped, colour-jittered and
+# all-at-once copies lie at 0-8 (64 bits) and 0-40 (256 bits) of their originals; other photographs of the same
+# class at 10 or more (a few at 10) and 70 or more.
 DEFAULT_MAX_DISTANCE = 10
 FINE_BITS = 256
-# The second, finer hash (256 bits) confirms each candidate pair of the index: resized / re-encoded / cropped /
-# jittered copies lie at 8-44 of 256 bits of their originals on the planted set, other photographs at 64 or more.
 DEFAULT_MAX_FINE_DISTANCE = 54
 THUMBNAIL = 64  # side of the grey thumbnail the DCT is taken of
 FOV_THRESHOLD = 20  # largest channel (0..255) above which a pixel is inside the field of view
-CENTRE_FRACTION = (
-    0.7  # the centred square kept of the field of view (inside the round fundus, away from its rim)
-)
+# the side of the centred square kept, as a fraction of the field of view's diameter (inside the round fundus)
+CENTRE_FRACTION = 0.7
 KINDS = ("exact", "near", "embedding")
 MAX_SHEET_PAIRS = 60  # pairs drawn on the PNG contact sheet
 MAX_HTML_PAIRS = 500  # pairs shown with thumbnails in the HTML page
@@ -102,11 +101,12 @@ _WEIGHTS = (1 << np.arange(HASH_BITS - 1, -1, -1, dtype=np.uint64)).astype(np.ui
 
 
 def fundus_thumbnail(pixels: np.ndarray, size: int = THUMBNAIL) -> np.ndarray:
-    """`(size, size)` float64 grey thumbnail the perceptual hash is taken of: the image shrunk (box filter) to
-    at most 256 px, cropped to its field of view (pixels whose largest channel exceeds `FOV_THRESHOLD`), then
-    to the centred square of `CENTRE_FRACTION` of it (inside the round fundus, so a crop of a few per cent or
-    the black border moves it little), turned grey (luma), shrunk to `size` and histogram-equalised (ranks
-    scaled to [0, 1]: brightness, contrast and gamma changes leave it unchanged)."""
+    """`(size, size)` float64 grey thumbnail the perceptual hashes are taken of: the image shrunk (box filter)
+    to at most 256 px; its field of view (pixels whose largest channel exceeds `FOV_THRESHOLD`) located by its
+    centroid and the diameter of a disc of its area (a crop of a few per cent, or the frame cutting the round
+    fundus, moves both little, unlike a bounding box); the centred square of `CENTRE_FRACTION` of that diameter
+    taken in grey (luma), shrunk to `size` and histogram-equalised (ranks scaled to [0, 1]: brightness, contrast
+    and gamma changes leave it unchanged)."""
     image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), "RGB")
     scale = 256 / max(image.size)
     if scale < 1:
@@ -176,8 +176,9 @@ def _probes(width: int, radius: int) -> int:
 
 
 def choose_bands(num_indexed: int, max_distance: int) -> int:
-    """The number of bands `m` (radius `max_distance // m`) with the fewest expected look-ups plus candidates
-    per query for `num_indexed` uniformly random hashes: `sum over bands of probes * (1 + n / 2**width)`."""
+    """The number of bands `m` (radius `max_distance // m`) with the least expected work per query for
+    `num_indexed` uniformly random hashes: `sum over bands of probes * (4 + n / 2**width)` (a probe, a binary
+    search, costs about four candidates' checks; measured by benchmarks/leakage_benchmark.py)."""
     best, best_cost = max_distance + 1, math.inf
     for bands in range(1, max_distance + 2):
         radius = max_distance // bands
@@ -186,7 +187,7 @@ def choose_bands(num_indexed: int, max_distance: int) -> int:
         if max(probes) > MAX_PROBES:
             continue
         cost = sum(
-            p * (1 + num_indexed / 2.0 ** (hi - lo)) for p, (lo, hi) in zip(probes, edges, strict=True)
+            p * (4 + num_indexed / 2.0 ** (hi - lo)) for p, (lo, hi) in zip(probes, edges, strict=True)
         )
         if cost < best_cost:
             best, best_cost = bands, cost

@@ -167,15 +167,26 @@ def check_evaluation_leakage(
     exclude: bool = False,
     max_distance: int = DEFAULT_MAX_DISTANCE,
     max_fine_distance: int = DEFAULT_MAX_FINE_DISTANCE,
+    show_progress: bool = True,
 ) -> tuple[LeakageReport, LabelledRecords, int | None]:
     """Check the evaluation records against the pretraining manifests (`find_leakage`): `(report, labelled,
     num_pool)`. With `exclude`, the leaked records (duplicated, or of a patient in the pretraining data) are
     left out, counted under `excluded["leaked"]` and listed (the report lists every one); `num_pool` (the
     number of training-pool records before a given test set) follows."""
+    from tqdm.auto import tqdm
+
+    if pretrain_data is None:
+        raise ValueError("exclude_leaked needs pretrain_data (the pretraining manifests to check against)")
     manifests = read_training_manifests(_pretrain_specs(pretrain_data))
-    report = find_leakage(
-        manifests, labelled.records, max_distance=max_distance, max_fine_distance=max_fine_distance
-    )
+    total = sum(len(m.records) for m in manifests) + len(labelled)
+    with tqdm(total=total, desc="leakage check", unit="img", disable=not show_progress, leave=False) as bar:
+        report = find_leakage(
+            manifests,
+            labelled.records,
+            max_distance=max_distance,
+            max_fine_distance=max_fine_distance,
+            progress=bar.update,
+        )
     if report.found:
         logger.warning(
             "Leakage between the pretraining and the evaluation data: %s%s",

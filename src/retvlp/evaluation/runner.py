@@ -703,11 +703,11 @@ def evaluate_models(
         data, test_data, class_names, multi_label, ordinal, positive_class, dataset_name
     )
     leakage = None
-    if pretrain_data is not None:
+    if pretrain_data is not None or exclude_leaked:
         from .leakage import check_evaluation_leakage
 
         leakage, labelled, num_pool = check_evaluation_leakage(
-            labelled, num_pool, pretrain_data, exclude=exclude_leaked
+            labelled, num_pool, pretrain_data, exclude=exclude_leaked, show_progress=settings.show_progress
         )
     processes = evaluation_processes()  # under `accelerate launch`: feature extraction is shared out
     loaded = _load_models(models, device, random_init=random_init, seed=settings.split_seed)
