@@ -6,13 +6,18 @@ released; `test.csv` / `test_images/` are ignored). The release has no patient i
 the split is retvlp's seeded split (RETFound shares its own split as a separate download, BENCHMARK.md of
 rmaphoh/RETFound_MAE; that folder is not the publisher's layout and is not read here).
 Class names: the ICDR grades as FLAIR prompts them (jusiro/FLAIR, local_data/prepare_partitions.py).
+
+Reference figure: RETFound's fine-tuned AUROC 0.943 on Kaggle APTOS-2019 (Zhou et al., Nature 2023, main
+text), as quoted in a third-party verification note in the public code index (repository not identified; the
+paper was not read first-hand here). RETFound fine-tuned on its own split: read next to ours, not as the same
+run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..recipe import SkippedRow
+from ..recipe import ReferenceFigure, SkippedRow
 from ._common import DR_GRADES, Recipe, Table, inside, parse_grade
 
 
@@ -34,7 +39,22 @@ class APTOS2019(Recipe):
         "  train.csv            columns: id_code, diagnosis (0 no DR .. 4 proliferative DR)\n"
         "  train_images/<id_code>.png"
     )
-    references = ()
+    references = (
+        ReferenceFigure(
+            model="RETFound (CFP)",
+            protocol="finetune",
+            metric="roc_auc",
+            value=0.943,
+            source=(
+                "Zhou et al., A foundation model for generalizable disease detection from retinal images "
+                "(RETFound), Nature 2023;622:156-163, main text: fine-tuned RETFound AUROC 0.943, 0.822 "
+                "and 0.884 on Kaggle APTOS-2019, IDRID and MESSIDOR-2; as quoted verbatim in a "
+                "third-party verification note in the public code index ('P8 — Zhou et al., RETFound, "
+                "Nature 2023 — verified against the full text', repository not identified), not read "
+                "first-hand"
+            ),
+        ),
+    )
 
     def required_files(self):
         return ("train.csv", "train_images")

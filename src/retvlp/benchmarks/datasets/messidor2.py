@@ -13,6 +13,11 @@ Grouping: the examination. The ADCIS download's `messidor-2.csv` pairs the two e
 header, is ignored); where it is present both eyes of an exam share a group and a split (grouping "patient": an
 examination is one patient's visit). Without it each image is its own group (grouping "image") and the two eyes
 of an exam may land in different splits; the notes say which applied.
+
+Reference figure: RETFound's fine-tuned AUROC 0.884 on MESSIDOR-2 (Zhou et al., Nature 2023, main text), as
+quoted in a third-party verification note in the public code index (repository not identified; the paper was
+not read first-hand here). RETFound fine-tuned on its own split (and grade source, not checked here): read next
+to ours, not as the same run.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..recipe import SkippedRow
+from ..recipe import ReferenceFigure, SkippedRow
 from ._common import DR_GRADES, IMAGE_SUFFIXES, Recipe, Table, index_by_name, inside, parse_grade
 
 SHEET = "messidor_data.csv"
@@ -57,6 +62,23 @@ class Messidor2(Recipe):
         "                       adjudicated_gradable (0/1)\n"
         "  IMAGES/<image_id>    the ADCIS images (20051020_43808_0100_PP.png, IM000001.JPG, ...)\n"
         "  messidor-2.csv       (optional, from ADCIS) one 'left;right' image pair per examination"
+    )
+
+    references = (
+        ReferenceFigure(
+            model="RETFound (CFP)",
+            protocol="finetune",
+            metric="roc_auc",
+            value=0.884,
+            source=(
+                "Zhou et al., A foundation model for generalizable disease detection from retinal images "
+                "(RETFound), Nature 2023;622:156-163, main text: fine-tuned RETFound AUROC 0.943, 0.822 "
+                "and 0.884 on Kaggle APTOS-2019, IDRID and MESSIDOR-2; as quoted verbatim in a "
+                "third-party verification note in the public code index ('P8 — Zhou et al., RETFound, "
+                "Nature 2023 — verified against the full text', repository not identified), not read "
+                "first-hand"
+            ),
+        ),
     )
 
     def required_files(self):
