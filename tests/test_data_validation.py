@@ -458,3 +458,31 @@ def test_messages_never_show_the_content_of_a_file_that_is_not_an_image(tmp_path
     report.write_jsonl(tmp_path / "problems.jsonl")
     for text in (report.format(), (tmp_path / "problems.jsonl").read_text()):
         assert "SECRET" not in text and "root:x" not in text and "\\x00" not in text
+
+
+def test_the_config_and_the_image_processor_share_one_minimum_size():
+    """`data/limits.py` restates the processor's threshold so the config can be read without torch; the two
+    must never drift apart (nor the family copies of the processor)."""
+    import importlib
+    import sys
+
+    from retvlp.common import image_processing_fundus
+    from retvlp.data import limits, validation
+
+    assert limits.DEFAULT_MIN_SIZE == image_processing_fundus.DEFAULT_MIN_SIZE == validation.DEFAULT_MIN_SIZE
+    for family in ("maskedclip", "keepfit"):
+        copy = importlib.import_module(f"retvlp.{family}.image_processing_fundus")
+        assert copy.DEFAULT_MIN_SIZE == limits.DEFAULT_MIN_SIZE
+    assert "torch" in sys.modules  # (this process has it; the config's import chain is checked below)
+
+
+def test_reading_a_run_config_imports_no_torch_transformers_or_datasets():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, retvlp.training.config; "
+        "print([m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

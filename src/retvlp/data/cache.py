@@ -49,6 +49,7 @@ import PIL.Image
 from datasets import Dataset, Features, Value, concatenate_datasets
 
 from ..common.image_processing_fundus import DecodedImage, FundusImageProcessor, fit_to_square
+from .limits import parse_size  # noqa: F401 (re-exported: cache sizes are read here)
 from .manifest import HFImageRef, ManifestRecord
 from .validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, DataProblem, load_checked_image
 
@@ -569,28 +570,6 @@ def prune_cache(
             removed += len(info.get("shards", []))
             shutil.rmtree(pool, ignore_errors=True)
     return removed, freed
-
-
-def parse_size(text: str | int) -> int:
-    """`"50GB"`, `"1.5 TiB"`, `"800M"`, `"0"` or an int → bytes (powers of 1000 for kB/MB/GB/TB, of 1024 for
-    KiB/MiB/GiB/TiB and single letters K/M/G/T)."""
-    if isinstance(text, int):
-        return text
-    units = {
-        "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-        "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-    }  # fmt: skip
-    value = str(text).strip().lower().replace(" ", "")
-    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = value[len(number) :]
-    try:
-        if unit not in units:
-            raise ValueError
-        return int(float(number) * units[unit])
-    except ValueError:
-        raise ValueError(
-            f"cannot read the size {text!r}: write e.g. 50GB, 800MiB or a number of bytes"
-        ) from None
 
 
 def _progress(total: int, description: str, enabled: bool):

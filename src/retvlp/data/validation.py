@@ -32,17 +32,16 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..common.image_processing_fundus import DEFAULT_MIN_SIZE as DEFAULT_PROCESSOR_MIN_SIZE
 from ..common.image_processing_fundus import DecodedImage, decode_image, decode_note
+
+# One threshold for the data checks and the image processor (which refuses smaller inputs the same way):
+# `limits.py` holds it for the config, which must not import the processor; a test checks they agree.
+from .limits import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE  # noqa: F401 (re-exported)
 from .problems import PROBLEM_KINDS, SEVERITIES, DataProblem, make_problem  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from .manifest import HFImageRef, Manifest, ManifestRecord
 
-# One threshold for the data checks and the image processor (which refuses smaller inputs the same way); it
-# lives in the processor's module because that module is copied next to checkpoints and imports no retvlp.
-DEFAULT_MIN_SIZE = DEFAULT_PROCESSOR_MIN_SIZE
-DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit with its default Image.MAX_IMAGE_PIXELS
 PROGRESS_THRESHOLD = 1000  # show a progress bar when checking at least this many images
 
 

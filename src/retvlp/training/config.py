@@ -27,8 +27,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from ..data.cache import parse_size
-from ..data.validation import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
+from ..data.limits import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, parse_size
 from ..families import families, family_names
 from .family_parts import training_parts
 
