@@ -543,3 +543,34 @@ def test_offline_guard_raises_before_staging(monkeypatch, tmp_path):
         push_to_hub("me/x", folder=missing)
     with pytest.raises(OfflineModeIsEnabled, match="HF_HUB_OFFLINE=1: unset it to push"):
         push_adapter_to_hub("me/x", adapter_dir=missing, base_model="me/base")
+
+
+def test_card_shows_one_evidence_map_when_the_evaluation_drew_them(maskedclip, tmp_path):
+    """`retvlp evaluate --maps` wrote evidence/<model>/*.png next to results.json: the staged card shows the
+    first correct one (copied as evidence_map.png), before "## Intended use" (issue 27 item 5)."""
+    from PIL import Image
+
+    _, _, directory, results = maskedclip
+    evaluation = tmp_path / "eval"
+    maps = evaluation / "evidence" / "pretrained"
+    maps.mkdir(parents=True)
+    (evaluation / "results.json").write_bytes(Path(results).read_bytes())
+    for name, value in (("normal_wrong_0", 10), ("amd_correct_0", 200)):
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(maps / f"{name}.png")
+    staged = push_to_hub(
+        "me/tiny",
+        folder=directory,
+        card_kwargs={"evaluation": str(evaluation / "results.json"), "evaluated_model": "pretrained"},
+        dry_run=tmp_path / "staged",
+    )
+    assert (staged / "evidence_map.png").read_bytes() == (maps / "amd_correct_0.png").read_bytes()
+    card = (staged / "README.md").read_text()
+    assert "![evidence map: amd_correct_0](evidence_map.png)" in card
+    assert "*amd* that it classified correctly" in card
+    assert card.index("## Evidence map") < card.index("## Intended use")
+    # Without maps the card has no such section.
+    plain = push_to_hub(
+        "me/tiny", folder=directory, card_kwargs={"evaluation": str(results)}, dry_run=tmp_path / "plain"
+    )
+    assert "## Evidence map" not in (plain / "README.md").read_text()
+    assert not (plain / "evidence_map.png").exists()

@@ -358,6 +358,41 @@ def _stage(destination: Path, model, processor, folder, card, base_model, kwargs
         if source is not None and "run_config" not in kwargs:
             kwargs["run_config"] = find_run_config(source)  # the run directory above a `final/` folder
         _write_card(render_model_card(destination, base_model=base_model, **kwargs), destination)
+        if kwargs.get("evaluation") and kwargs.get("evaluated_model"):
+            # `retvlp evaluate --maps` wrote evidence maps next to the results: the card shows one
+            evidence = Path(kwargs["evaluation"]).parent / "evidence" / str(kwargs["evaluated_model"])
+            add_evidence_map(destination, evidence)
+
+
+EVIDENCE_MAP_FILE = "evidence_map.png"
+_OUTCOME = {"correct": "that it classified correctly ", "wrong": "that it got wrong "}
+
+
+def add_evidence_map(destination: Path, evidence: Path) -> Path | None:
+    """Copy one evidence map of `evidence/` (`retvlp evaluate --maps`: `<class>_{correct,wrong}_<i>.png`; the
+    first correct one, else the first) into the staged folder as `evidence_map.png` and show it in README.md
+    before "## Intended use" (or at the end); returns the copy, None when there is no map."""
+    maps = sorted(evidence.glob("*_correct_*.png")) or sorted(evidence.glob("*.png"))
+    readme = destination / "README.md"
+    if not maps or not readme.is_file():
+        return None
+    copy = destination / EVIDENCE_MAP_FILE
+    shutil.copyfile(maps[0], copy)
+    true_class, _, outcome = maps[0].stem.rpartition("_")[0].rpartition("_")
+    section = (
+        "## Evidence map\n\n"
+        f"![evidence map: {maps[0].stem}]({EVIDENCE_MAP_FILE})\n\n"
+        f"Where the model's zero-shot evidence lies on one test photograph of *{true_class or maps[0].stem}* "
+        f"{_OUTCOME.get(outcome, '')}(`retvlp evaluate --maps`; the title names the true class → the class the "
+        "model chose, whose map is drawn): patch-text similarity (MaskedCLIP) or the spatial class map (KeepFIT), "
+        "over the photograph. A map shows where the score comes from, not why; the evaluation report holds the "
+        "others, wrong answers included.\n\n"
+    )
+    text = readme.read_text(encoding="utf-8")
+    at = text.find("\n## Intended use")
+    text = text + "\n" + section if at == -1 else text[: at + 1] + section + text[at + 1 :]
+    readme.write_text(text, encoding="utf-8")
+    return copy
 
 
 def _upload(

@@ -155,8 +155,8 @@ def load_page_model(
         processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         page = PageModel(name, "classifier", model, processor, labels, coverage=coverage)
-        calibration_path = Path(source) / CALIBRATION_FILE if local else None
-        if calibration_path is None or not calibration_path.is_file():
+        calibration_dir = Path(source) if local else _hub_calibration_dir(source)
+        if calibration_dir is None or not (calibration_dir / CALIBRATION_FILE).is_file():
             page.notes.append(
                 f"No {CALIBRATION_FILE}: the scores are the classifier's uncalibrated softmax, and there is no "
                 "conformal set (`retvlp evaluate` saves one with a calibration split, --calibration-fraction > 0)."
@@ -164,7 +164,7 @@ def load_page_model(
         else:
             from .calibrated import load_calibration
 
-            content = load_calibration(source)
+            content = load_calibration(calibration_dir)
             if content["class_names"] != labels:
                 raise ValueError(
                     f"{source}: the model's classes {labels} differ from its calibration file's "
@@ -228,6 +228,17 @@ def load_page_model(
         page.model.to(device)
     page.model.eval()
     return page
+
+
+def _hub_calibration_dir(repo_id: str) -> Path | None:
+    """The folder of a Hub repository's calibration.json in the local Hub cache (downloaded), or None when the
+    repository has none or cannot be reached."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, CALIBRATION_FILE)).parent
+    except Exception:  # no such file, offline, no access: the page then says there is no calibration file
+        return None
 
 
 def _load_image(image):
