@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from .manifest import Manifest, ManifestRecord
 from .validation import DEFAULT_MAX_PIXELS, load_checked_image
@@ -663,8 +663,7 @@ def _draw_thumbnail(record: ManifestRecord, size: int) -> Image.Image:
     if decoded is None:
         return Image.new("RGB", (size, size), (90, 0, 0))
     image = Image.fromarray(_uint8_rgb(decoded), "RGB")
-    image.thumbnail((size, size))
-    return image
+    return ImageOps.contain(image, (size, size))  # shrunk or enlarged to fit, aspect kept
 
 
 def contact_sheet(
