@@ -453,7 +453,7 @@ def test_push_space_app_dry_run_stages_a_space_that_runs_from_its_files(classifi
     assert "sdk: gradio" in front and "app_file: app.py" in front
     assert "retvlp[demo]" in (staged / "requirements.txt").read_text()
     app = (staged / "app.py").read_text()
-    assert "trust_remote_code=True" in app and "COVERAGE = 0.8" in app
+    assert "trust_remote_code=True" in app and "COVERAGE = 0.8" in app and "NAME = 'tiny-dr'" in app
     # The app, run from the staged folder (the model loaded from it with trust_remote_code=True), answers;
     # `build_demo` stands in for the Gradio page (served above), so this part needs no Gradio.
     built = {}
@@ -465,6 +465,7 @@ def test_push_space_app_dry_run_stages_a_space_that_runs_from_its_files(classifi
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(demo_app, "build_demo", capture)
         runpy.run_path(str(staged / "app.py"), run_name="space")
+    assert built["page"].name == "tiny-dr" and built["page"].kind == "classifier"
     prediction = demo_app.predict_for_page(built["page"], _photograph(9))
     expected = predict_calibrated(staged, Image.fromarray(_photograph(9)), coverage=0.8, method="aps")
     assert prediction.probabilities == pytest.approx(expected.probabilities[0], abs=1e-12)

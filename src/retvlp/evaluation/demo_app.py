@@ -116,10 +116,11 @@ def load_page_model(
     trust_remote_code: bool = False,
     modality: str = "CFP",
     device: str | None = None,
+    name: str | None = None,
 ) -> PageModel:
     """Load a pretraining checkpoint (zero-shot over `classes`) or a fine-tuned classifier (its own classes,
-    calibrated where `calibration.json` exists) for the page. Raises ValueError for a checkpoint without
-    classes, FileNotFoundError for a path that holds no model."""
+    calibrated where `calibration.json` exists) for the page, titled `name` (default: the folder or Hub id).
+    Raises ValueError for a checkpoint without classes, FileNotFoundError for a path that holds no model."""
     from transformers import AutoImageProcessor
 
     from .conformal import _check_coverage
@@ -138,7 +139,7 @@ def load_page_model(
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code).to_dict()
     path = Path(source).expanduser().resolve()
     # A run's folders are named by role (finetuned/<run>/model, <run>/final): the run names the model.
-    name = (
+    name = name or (
         (f"{path.parent.name}/{path.name}" if path.name in ("model", "final") else path.name)
         if local
         else source
@@ -370,12 +371,15 @@ def build_demo(
     *,
     trust_remote_code: bool = False,
     page: PageModel | None = None,
+    name: str | None = None,
 ):
     """The `gradio.Blocks` page of `model_path` (or of an already loaded `page`): an image input, a Predict
     button (API name `/predict`), the class probabilities (`gr.Label`), the conformal set with what it promises
     (`gr.Markdown`) and the evidence-map overlay (`gr.Image`)."""
     gr = require_gradio()
-    page = page or load_page_model(model_path, classes, coverage, trust_remote_code=trust_remote_code)
+    page = page or load_page_model(
+        model_path, classes, coverage, trust_remote_code=trust_remote_code, name=name
+    )
 
     def predict(image):
         if image is None:
@@ -411,10 +415,11 @@ from pathlib import Path
 
 from retvlp.evaluation.demo_app import build_demo
 
+NAME = {name!r}
 CLASSES = {classes!r}  # zero-shot classes of a pretraining checkpoint; None: a classifier's own
 COVERAGE = {coverage!r}
 
-demo = build_demo(Path(__file__).resolve().parent, CLASSES, COVERAGE, trust_remote_code=True)
+demo = build_demo(Path(__file__).resolve().parent, CLASSES, COVERAGE, trust_remote_code=True, name=NAME)
 
 if __name__ == "__main__":
     demo.launch()
@@ -496,12 +501,15 @@ def write_space_files(
         )
     names = [str(c) for c in classes] if classes else None
     app = folder / "app.py"
-    app.write_text(SPACE_APP.format(classes=names, coverage=_check_coverage(coverage)), encoding="utf-8")
+    title = title or folder.name
+    app.write_text(
+        SPACE_APP.format(name=title, classes=names, coverage=_check_coverage(coverage)), encoding="utf-8"
+    )
     requirements = folder / "requirements.txt"
     requirements.write_text(space_requirements(retvlp_requirement), encoding="utf-8")
     readme = folder / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    readme.write_text(add_space_front_matter(text, title or folder.name), encoding="utf-8")
+    readme.write_text(add_space_front_matter(text, title), encoding="utf-8")
     return [app, requirements, readme]
 
 
