@@ -475,3 +475,56 @@ def test_cli_as_python_module(sd, tmp_path):
     written = load_file(str(out_dir / "model.safetensors"))
     assert written.keys() == expected.keys()
     assert all(torch.equal(written[k], expected[k]) for k in expected)
+
+
+def test_a_converted_folder_is_a_model_the_evaluation_takes(sd, pixels, tmp_path):
+    """`retvlp evaluate` / `retvlp benchmark --model retfound=DIR` load the converted folder: it carries an
+    image processor (RETFound's size, ImageNet statistics), no masking, and its probe feature is RETFound's
+    global pooling — the mean of the patch tokens, computed here from the plain timm forward."""
+    from retvlp.evaluation.data import geometry_of, normalization_of
+    from retvlp.evaluation.features import encode_images
+    from retvlp.evaluation.runner import load_model
+
+    ckpt = save_pth({"model": sd}, tmp_path / "RETFound_cfp_weights.pth")
+    out_dir = tmp_path / "converted"
+    assert (
+        conv.main(["--checkpoint", str(ckpt), "--output", str(out_dir), "--num-attention-heads", str(HEADS)])
+        == 0
+    )
+    loaded = load_model("retfound", str(out_dir))
+    assert geometry_of(loaded.image_processor).size == IMAGE
+    mean, std = normalization_of(loaded.image_processor)
+    torch.testing.assert_close(mean, torch.tensor([0.485, 0.456, 0.406]))
+    torch.testing.assert_close(std, torch.tensor([0.229, 0.224, 0.225]))
+    with torch.no_grad():
+        first, embeds = encode_images(loaded.model, pixels)
+        second, _ = encode_images(loaded.model, pixels)
+        expected = timm_vit_forward(sd, pixels)[:, 1:].mean(1)
+    assert embeds is None and first.shape == (2, D)
+    # no masking at evaluation: only the token order (and with it the rounding) varies between calls
+    torch.testing.assert_close(first, second, atol=1e-6, rtol=0)
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=0)
+
+
+def test_a_converted_folder_fine_tunes_as_a_stock_vit_classifier(sd, pixels, tmp_path):
+    """transformers has no ViTMAE classifier: the fine-tuning protocol builds `ViTForImageClassification` on the
+    converted weights (every encoder weight equal, the head new), and its encoder reproduces the timm forward."""
+    from transformers import ViTForImageClassification
+
+    from retvlp.evaluation.finetune import FinetuneSettings, build_classifier
+
+    ckpt = save_pth({"model": sd}, tmp_path / "RETFound_cfp_weights.pth")
+    out_dir = tmp_path / "converted"
+    assert (
+        conv.main(["--checkpoint", str(ckpt), "--output", str(out_dir), "--num-attention-heads", str(HEADS)])
+        == 0
+    )
+    model = build_classifier(str(out_dir), ["a", "b", "c"], multi_label=False, settings=FinetuneSettings())
+    assert type(model) is ViTForImageClassification and model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    encoder = ViTMAEModel.from_pretrained(out_dir).state_dict()
+    for name, tensor in encoder.items():
+        assert torch.equal(model.vit.state_dict()[name], tensor), name
+    with torch.no_grad():
+        hidden = model.eval().vit(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(hidden, timm_vit_forward(sd, pixels), atol=1e-5, rtol=0)
+    assert model.classifier.weight.shape == (3, D)

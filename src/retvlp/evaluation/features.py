@@ -91,7 +91,11 @@ def encode_images(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torc
         probe = embeds
     else:  # an image-only encoder (MaskedCLIPVisionModel, KeepFitVisionModel, ViTModel, ...)
         output = model(pixel_values=pixel_values)
-        probe = output.pooler_output if output.pooler_output is not None else output.last_hidden_state.mean(1)
+        pooled = getattr(output, "pooler_output", None)
+        if pooled is None and _model_type(model) == "vit_mae":
+            # a converted RETFound (ViTMAEModel, no pooler): the mean patch token, RETFound's global pooling
+            pooled = output.last_hidden_state[:, 1:].mean(1)
+        probe = pooled if pooled is not None else output.last_hidden_state.mean(1)
         return probe.flatten(1), None
     return probe, F.normalize(embeds, dim=-1)
 

@@ -8,6 +8,7 @@ The classifier per family:
   (block i of L gets lr·decay^(L+1−(i+1)); patch embedding decay^(L+1); head 1);
 - KeepFIT → `KeepFitForImageClassification`: the ResNet, globally pooled last feature map → linear; the layer
   decay runs over the stem and the four stages;
+- a `ViTMAEModel` (a converted RETFound) → `ViTForImageClassification` on its weights (`vit_classifier_from_mae`);
 - anything else → `AutoModelForImageClassification` (the head re-initialised for the new classes).
 
 Defaults follow METHODS.md §1 "Downstream": AdamW, lr 5e-4 (absolute), batch 16, 50 epochs with 10 warm-up,
@@ -138,6 +139,8 @@ def build_classifier(source, class_names: list[str], *, multi_label: bool, setti
         # The fine-tuning settings the family's classifier config reads (MaskedCLIP: drop_path_rate).
         options = family.extra.get("classifier_settings", ())
         cls, kwargs = classifier, {**kwargs, **{name: getattr(settings, name) for name in options}}
+    elif getattr(config, "model_type", "") == "vit_mae":
+        cls, kwargs = vit_classifier_from_mae(config, kwargs)
     else:
         cls, kwargs = AutoModelForImageClassification, {**kwargs, "ignore_mismatched_sizes": True}
     model = cls.from_pretrained(source, **kwargs)
@@ -145,6 +148,26 @@ def build_classifier(source, class_names: list[str], *, multi_label: bool, setti
         torch.manual_seed(settings.seed)
         model = type(model)(model.config)
     return model
+
+
+_VIT_FIELDS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias", "initializer_range",
+)  # fmt: skip
+
+
+def vit_classifier_from_mae(config, label_kwargs: dict):
+    """A `ViTMAEModel` checkpoint (a converted RETFound: transformers has no ViTMAE classifier) fine-tunes as
+    `ViTForImageClassification`: the encoders share every weight name under `vit.`, so the MAE weights load
+    unchanged and only the head is new. The saved classifier is then a stock ViT. Deviation from RETFound's
+    head, stated in docs/benchmarks_public.md: the [CLS] token after the final LayerNorm, not the mean patch
+    token through `fc_norm`."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    vit = ViTConfig(
+        **{name: getattr(config, name) for name in _VIT_FIELDS if hasattr(config, name)}, **label_kwargs
+    )
+    return ViTForImageClassification, {"config": vit}
 
 
 def persistent_source(source) -> str | None:

@@ -24,8 +24,10 @@ CLI::
     python -m retvlp.maskedclip.convert_retfound --checkpoint RETFound_cfp_weights.pth --output DIR
 
 writes ``DIR/model.safetensors`` (ViTMAEModel layout), ``DIR/vision_config_kwargs.json`` (the
-``ViTMAEConfig`` keyword arguments), ``DIR/config.json`` (so ``ViTMAEModel.from_pretrained(DIR)`` works)
-and ``DIR/conversion_info.json`` (inferred sizes, unused checkpoint keys).
+``ViTMAEConfig`` keyword arguments), ``DIR/config.json`` (so ``ViTMAEModel.from_pretrained(DIR)`` works; mask
+ratio 0 unless ``--mask-ratio``), ``DIR/preprocessor_config.json`` (RETFound's resize and ImageNet
+normalisation, so the folder is a model ``retvlp evaluate`` / ``retvlp benchmark`` take) and
+``DIR/conversion_info.json`` (inferred sizes, unused checkpoint keys).
 """
 
 from __future__ import annotations
@@ -619,6 +621,22 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def retfound_image_processor(image_size: int):
+    """RETFound's evaluation preprocessing as an image processor, so the converted folder loads with
+    `AutoImageProcessor` (and `retvlp evaluate` / `retvlp benchmark` take it as a model): a bicubic square
+    resize to `image_size` and ImageNet's mean / std (RETFound's `build_transform`; its resize-then-centre-crop
+    by 224/256 is not reproduced: fundus photographs are close to square)."""
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        resample=3,  # PIL.Image.BICUBIC
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; a checkpoint that cannot be read or converted ends with its message and exit code 1
     (`RETVLP_DEBUG=1` shows the traceback)."""
@@ -661,6 +679,7 @@ def _convert(args: argparse.Namespace) -> int:
     report = {"source": str(args.checkpoint), **info}
     (out / "conversion_info.json").write_text(json.dumps(report, indent=2) + "\n")
     ViTMAEConfig(**config_kwargs, mask_ratio=args.mask_ratio).save_pretrained(out)
+    retfound_image_processor(info["image_size"]).save_pretrained(out)
 
     print(
         f"converted {args.checkpoint} -> {out}/model.safetensors ({info['layout']} layout): "
