@@ -3,12 +3,15 @@
     retvlp validate-data MANIFEST [MANIFEST ...] [options]
     retvlp prepare-data MANIFEST [MANIFEST ...] --output DIR [--shard-size N] [--rank R --world-size W] [options]
     retvlp cache info|prune [--max-size SIZE | --older-than DAYS | --all]
-    retvlp push FOLDER --repo-id USER/NAME [--evaluation results.json] [--base-model ID] [--dry-run DIR]
+    retvlp push FOLDER --repo-id USER/NAME [--evaluation results.json] [--base-model ID] [--space-app] [--dry-run DIR]
     retvlp evaluate --model DIR|HUB_ID [--model NAME=DIR ...] --data MANIFEST|demo --task zero-shot,... [options]
     retvlp check-leakage --pretrain MANIFEST... --eval MANIFEST... [--output DIR] [--model DIR] [--fail-on-leak]
     retvlp export MODEL --format torch-export|onnx --tower image [--tower text] [--classes A,B,...] --output DIR
+    retvlp benchmark --suite retfound|flair|DATASET... --data-root DIR --model NAME=PATH... --output DIR [--quick]
+    retvlp demo MODEL [--classes A,B,...] [--coverage 0.9] [--port N]
 
-One module per subcommand (`validate_data`, `prepare_data`, `cache`, `evaluate`, `push`, `export`), each with
+One module per subcommand (`validate_data`, `prepare_data`, `cache`, `evaluate`, `check_leakage`, `push`,
+`export`, `benchmark`, `demo`), each with
 `add_parser(parser)`, which adds the subcommand's description and options and sets `handler` to the module's
 `run(args)`; `_common` holds what several of them share. A subcommand's module is imported only when its
 options are built, and `main` builds only those of the command it runs, so `retvlp --help` imports none of the
