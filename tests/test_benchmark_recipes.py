@@ -543,3 +543,28 @@ def test_xlsx_shared_and_rich_strings_as_excel_writes_them(tmp_path, main):
         [],
         ["12", "24", "cataract，lens dust", "0.5"],
     ]
+
+
+def test_odir200x3_uses_flairs_published_subset_when_it_is_in_the_folder(tmp_path):
+    """With FLAIR's `08_ODIR200x3.csv` beside the sheet, exactly its eyes with its labels are used (by base
+    name; a listed eye missing from the release and an unknown category are skipped and listed)."""
+    root = write_standin("odir200x3", tmp_path, per_class=4)
+    drawn = get_recipe("odir200x3").load(tmp_path)
+    chosen = sorted(drawn.records, key=lambda r: r.image)[:5]
+    wanted = {Path(r.image).name: label for r, label in zip(chosen, ["cataract", "normal", "normal",
+              "pathologic myopia", "cataract"], strict=True)}  # fmt: skip
+    with open(root / "08_ODIR200x3.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["", "image", "atributes", "categories"])
+        for i, (name, label) in enumerate(wanted.items()):
+            writer.writerow([i, f"08_ODIR-5K/preprocessed_images/{name}", "[]", f"['{label}']"])
+        writer.writerow([5, "08_ODIR-5K/preprocessed_images/99999_left.jpg", "[]", "['normal']"])
+        writer.writerow(
+            [6, f"08_ODIR-5K/preprocessed_images/{Path(chosen[0].image).name}", "[]", "['glaucoma']"]
+        )
+    data = get_recipe("odir200x3").load(tmp_path)
+    assert {Path(r.image).name: r.labels[0] for r in data.records} == wanted
+    assert all(r.group == Path(r.image).name.split("_")[0] for r in data.records)
+    reasons = sorted(s.reason for s in data.skipped)
+    assert len(reasons) == 2 and "99999_left.jpg is not in" in reasons[0] and "glaucoma" in reasons[1]
+    assert any("08_ODIR200x3.csv" in n for n in data.notes)

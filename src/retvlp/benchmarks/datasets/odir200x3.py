@@ -7,22 +7,31 @@ at random without replacement with numpy's default_rng(DRAW_SEED = 0), from the 
 fixed, documented draw that `seed` does not change (it only changes the split). FLAIR's own subset
 (jusiro/FLAIR local_data/prepare_partitions.py, adequate_08_odir5k; reused by KeepFIT) instead takes the first
 200 eyes per class in sheet order among patients whose one-hot row has that single disease, so the images
-differ from FLAIR's while the protocol (classes, size) is the same. Class names as FLAIR prompts them
+differ from FLAIR's while the protocol (classes, size) is the same — unless FLAIR's published subset list is
+in the folder: put `08_ODIR200x3.csv` (jusiro/FLAIR, local_data/dataframes/transferability/classification/;
+columns image, atributes, categories; image `08_ODIR-5K/preprocessed_images/<id>_<eye>.jpg`, categories a
+one-element list) next to the sheet and exactly those images, with FLAIR's labels, are used (image file
+names matched by base name in the release's image folder; a listed image missing there is skipped and listed),
+so zero-shot figures compare with FLAIR's and KeepFIT's on the same 600 eyes. Class names as FLAIR prompts them
 (local_data/experiments.py: normal, pathologic myopia, cataract). Grouping: patient; seeded split. The papers
 evaluate zero-shot on all 600 images.
 """
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
 
-from ._common import Recipe
+from ..recipe import SkippedRow
+from ._common import Recipe, inside
+from ._sheets import read_csv
 from .odir5k import IMAGES, LAYOUTS, NOTES, SHEET, read_odir_eyes
 
 PER_CLASS = 200
 DRAW_SEED = 0
+FLAIR_SUBSET = "08_ODIR200x3.csv"  # FLAIR's published list of the 600 eyes, used when the user adds it
 
 
 class ODIR200x3(Recipe):
@@ -51,6 +60,8 @@ class ODIR200x3(Recipe):
         return (SHEET, IMAGES)
 
     def read(self, root: Path, *, seed: int):
+        if (root / FLAIR_SUBSET).is_file():
+            return self.read_flair_subset(root, seed=seed)
         eyes, skipped = read_odir_eyes(self, root)
         rng = np.random.default_rng(DRAW_SEED)
         rows, notes = [], []
@@ -74,6 +85,47 @@ class ODIR200x3(Recipe):
                 f"draw: {self.per_class} eyes per class, numpy default_rng({DRAW_SEED}), candidates in sheet order"
             ]
             + notes,
+            skipped=skipped,
+        )
+
+    def read_flair_subset(self, root: Path, *, seed: int):
+        """The eyes and labels of FLAIR's `08_ODIR200x3.csv`, found by base name in the release's images."""
+        images = (self.layout_in(root) or (SHEET, IMAGES))[1]
+        where_file = f"{self.folder}/{FLAIR_SUBSET}"
+        table = read_csv(root / FLAIR_SUBSET)
+        header, lines = (table[0], table[1:]) if table else ([], [])
+        missing = [c for c in ("image", "categories") if c not in header]
+        if missing:
+            raise self.error(
+                f"{where_file} lacks the column(s) {missing}; FLAIR's file has image and categories"
+            )
+        column = {name: header.index(name) for name in ("image", "categories")}
+        rows, skipped = [], []
+        for number, values in enumerate(lines, start=2):
+            where = f"{where_file} row {number}"
+            name = values[column["image"]].replace("\\", "/").rsplit("/", 1)[-1]
+            try:
+                categories = ast.literal_eval(values[column["categories"]])
+            except (ValueError, SyntaxError):
+                categories = None
+            if not isinstance(categories, list) or len(categories) != 1 or categories[0] not in self.classes:
+                skipped.append(
+                    SkippedRow(
+                        where, f"categories {values[column['categories']]!r} is not one of {self.classes}"
+                    )
+                )
+                continue
+            image = inside(root, f"{images}/{name}", dataset=self.title, where=where, entry=name)
+            if not image.is_file():
+                skipped.append(SkippedRow(where, f"{name} is not in {images}/"))
+                continue
+            rows.append((str(image), (categories[0],), name.split("_", 1)[0]))
+        return self.finish(
+            rows,
+            root=root,
+            seed=seed,
+            grouping="patient",
+            notes=[f"subset: FLAIR's published list {FLAIR_SUBSET} ({len(rows)} eyes, its labels)"],
             skipped=skipped,
         )
 
