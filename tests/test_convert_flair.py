@@ -458,3 +458,30 @@ def test_cli_writes_a_loadable_directory(flair, converted, tmp_path, capsys):
         == 0
     )
     assert KeepFitModel.from_pretrained(tmp_path / "mean").config.text_pooling == "cls"
+
+
+def test_the_converted_folder_carries_flairs_preprocessing_and_the_tokenizer(flair, tmp_path, capsys):
+    """`retvlp evaluate` / `benchmark` load the folder as a model: FLAIR's preprocessing (512 px, padded to
+    square, not normalised) and the given tokenizer; without a loadable tokenizer the image processor alone,
+    with a line saying what zero-shot needs."""
+    from retvlp.evaluation.data import geometry_of, normalization_of
+    from retvlp.evaluation.runner import load_model
+    from retvlp.tokenization import tiny_tokenizer
+
+    path = tmp_path / "flair.pth"
+    torch.save(flair[0], path)
+    tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    out = tmp_path / "with_text"
+    common = ["--text-num-attention-heads", "2"]
+    assert main([str(path), str(out), *common, "--tokenizer", str(tmp_path / "tokenizer")]) == 0
+    loaded = load_model("flair", str(out))
+    assert loaded.tokenizer is not None and loaded.tokenizer("retina")["input_ids"]
+    assert geometry_of(loaded.image_processor).size == 512 and loaded.image_processor.pad_to_square
+    mean, std = normalization_of(loaded.image_processor)
+    assert mean.tolist() == [0, 0, 0] and std.tolist() == [1, 1, 1]
+
+    bare = tmp_path / "image_only"
+    assert main([str(path), str(bare), *common, "--tokenizer", str(tmp_path / "no_such_tokenizer")]) == 0
+    assert "rerun with --tokenizer LOCAL_FOLDER" in capsys.readouterr().out
+    loaded = load_model("flair", str(bare))
+    assert loaded.tokenizer is None and geometry_of(loaded.image_processor).size == 512

@@ -549,6 +549,9 @@ def load_flair_checkpoint(
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
+BIO_CLINICAL_BERT = "emilyalsentzer/Bio_ClinicalBERT"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m retvlp.keepfit.convert_flair",
@@ -575,7 +578,34 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--knowledge-num-heads", type=int, default=2, help="heads of the semantic attention (KeepFIT V1: 2)"
     )
+    parser.add_argument(
+        "--tokenizer",
+        default=BIO_CLINICAL_BERT,
+        help="the text tower's tokenizer, saved with the model so zero-shot works from the folder alone: a "
+        f"local folder or Hub id (default {BIO_CLINICAL_BERT}, FLAIR's; offline, give a local copy)",
+    )
     return parser
+
+
+def save_processor(out: Path, tokenizer_source: str) -> str:
+    """Save FLAIR's preprocessing (512 px, aspect-preserving resize and zero pad, no normalisation) with the
+    tokenizer, so `retvlp evaluate` / `retvlp benchmark` take the folder as a model. A tokenizer that cannot be
+    loaded (offline, no local copy) leaves the image processor alone: image-only protocols still run, and the
+    returned line says what zero-shot needs."""
+    from transformers import AutoTokenizer
+
+    from .processing_keepfit import KeepFitProcessor, keepfit_image_processor
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    except (OSError, ValueError) as error:
+        keepfit_image_processor().save_pretrained(out)
+        return (
+            f"warning: no tokenizer from {tokenizer_source!r} ({type(error).__name__}); saved the image processor "
+            "only: zero-shot and few-shot need text, rerun with --tokenizer LOCAL_FOLDER"
+        )
+    KeepFitProcessor(image_processor=keepfit_image_processor(), tokenizer=tokenizer).save_pretrained(out)
+    return f"processor: FLAIR's 512 px preprocessing and the {tokenizer_source} tokenizer"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -593,10 +623,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from err
     out = Path(args.output_dir)
     model.save_pretrained(out)
+    processor_line = save_processor(out, args.tokenizer)
     info = {"source": str(args.checkpoint), **report.to_dict()}
     (out / "conversion_report.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     print(f"converted {args.checkpoint} -> {out}")
     print(report.summary())
+    print(processor_line)
     return 0
 
 
