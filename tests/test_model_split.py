@@ -379,43 +379,67 @@ def test_keepfit_resnet_activation_checkpointing_keeps_gradients_and_batch_norm_
         torch.testing.assert_close(buffers_ckpt[name], buffers[name], msg=name)
 
 
-PRETRAINING_REMOTE_SCRIPT = """
+REMOTE_SCRIPT = """
 import json, sys
 sys.modules["retvlp"] = None  # only the checkpoints' own code may run
 import torch
 from transformers import AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
-pretraining_dir, released_dir, size, vocab = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-g = torch.Generator().manual_seed(0)
-inputs = dict(pixel_values=torch.randn(2, 3, size, size, generator=g), input_ids=torch.randint(5, vocab, (2, 7), generator=g))
-report = {}
-for name, directory in (("pretraining", pretraining_dir), ("released", released_dir)):
-    released = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
-    full = AutoModelForPreTraining.from_pretrained(directory, trust_remote_code=True).eval()
-    with torch.no_grad():
-        report[name] = dict(
-            released_class=type(released).__name__, pretraining_class=type(full).__name__,
-            module=type(full).__module__, logits=released(**inputs).logits_per_image.tolist(),
-            inner_logits=full.released_model(**inputs).logits_per_image.tolist(),
-        )
-print(json.dumps(report))
+
+
+def either_kind(pretraining_dir, released_dir, size, vocab):
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(pixel_values=torch.randn(2, 3, size, size, generator=g),
+                  input_ids=torch.randint(5, vocab, (2, 7), generator=g))
+    report = {}
+    for name, directory in (("pretraining", pretraining_dir), ("released", released_dir)):
+        released = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
+        full = AutoModelForPreTraining.from_pretrained(directory, trust_remote_code=True).eval()
+        with torch.no_grad():
+            report[name] = dict(
+                released_class=type(released).__name__, pretraining_class=type(full).__name__,
+                module=type(full).__module__, logits=released(**inputs).logits_per_image.tolist(),
+                inner_logits=full.released_model(**inputs).logits_per_image.tolist(),
+            )
+    return report
+
+
+def classifier(directory):
+    model = AutoModelForImageClassification.from_pretrained(
+        directory, trust_remote_code=True, num_labels=3, drop_path_rate=0.1
+    )
+    return dict(cls=type(model).__name__, module=type(model).__module__, labels=model.config.num_labels,
+                drop_path=model.config.drop_path_rate,
+                cls_token=model.vision_model.embeddings.cls_token.flatten().tolist())
+
+
+jobs = json.loads(sys.argv[1])
+print(json.dumps({key: globals()[job](*args) for key, (job, args) in jobs.items()}))
 """
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_either_checkpoint_kind_loads_as_remote_code_without_retvlp(family, tmp_path):
+@pytest.fixture(scope="module")
+def remote_loads(tmp_path_factory):
+    """Every remote-code load of this module in one interpreter that cannot import retvlp (one start-up of
+    torch and transformers instead of three): the built models and what the subprocess reported."""
     from conftest import run_without_retvlp
 
-    pretraining, released_class, size, vocab = _build(family)
-    pretraining.save_pretrained(tmp_path / "pretraining")
-    pretraining.released_model.save_pretrained(tmp_path / "released")
-    report = run_without_retvlp(
-        PRETRAINING_REMOTE_SCRIPT,
-        tmp_path,
-        str(tmp_path / "pretraining"),
-        str(tmp_path / "released"),
-        str(size),
-        str(vocab),
-    )
+    tmp_path = tmp_path_factory.mktemp("remote")
+    built, jobs = {}, {}
+    for family in FAMILIES:
+        pretraining, released_class, size, vocab = _build(family)
+        pretraining.save_pretrained(tmp_path / family / "pretraining")
+        pretraining.released_model.save_pretrained(tmp_path / family / "released")
+        built[family] = (pretraining, released_class, size, vocab)
+        folders = [str(tmp_path / family / kind) for kind in ("pretraining", "released")]
+        jobs[family] = ("either_kind", [*folders, size, vocab])
+    jobs["classifier"] = ("classifier", [str(tmp_path / "maskedclip" / "released")])
+    return built, run_without_retvlp(REMOTE_SCRIPT, tmp_path, json.dumps(jobs)), tmp_path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_either_checkpoint_kind_loads_as_remote_code_without_retvlp(family, remote_loads):
+    built, reports, _ = remote_loads
+    pretraining, released_class, size, vocab = built[family]
     generator = torch.Generator().manual_seed(0)
     inputs = dict(
         pixel_values=torch.randn(2, 3, size, size, generator=generator),
@@ -424,7 +448,7 @@ def test_either_checkpoint_kind_loads_as_remote_code_without_retvlp(family, tmp_
     with torch.no_grad():
         expected = pretraining.released_model.eval()(**inputs).logits_per_image
     for kind in ("pretraining", "released"):
-        entry = report[kind]
+        entry = reports[family][kind]
         assert entry["released_class"] == released_class.__name__
         assert entry["pretraining_class"] == type(pretraining).__name__
         assert not entry["module"].startswith("retvlp")
@@ -432,32 +456,17 @@ def test_either_checkpoint_kind_loads_as_remote_code_without_retvlp(family, tmp_
         torch.testing.assert_close(torch.tensor(entry["inner_logits"]), expected, atol=1e-5, rtol=1e-4)
 
 
-CLASSIFIER_REMOTE_SCRIPT = """
-import json, sys
-sys.modules["retvlp"] = None
-import torch
-from transformers import AutoModelForImageClassification
-model = AutoModelForImageClassification.from_pretrained(
-    sys.argv[1], trust_remote_code=True, num_labels=3, drop_path_rate=0.1
-)
-print(json.dumps(dict(cls=type(model).__name__, module=type(model).__module__, labels=model.config.num_labels,
-                      drop_path=model.config.drop_path_rate, cls_token=model.vision_model.embeddings.cls_token.flatten().tolist())))
-"""
-
-
-def test_maskedclip_checkpoint_builds_a_classifier_as_remote_code_with_vision_settings(tmp_path):
-    from conftest import run_without_retvlp
-
-    pretraining, _, _, _ = _build("maskedclip")
-    pretraining.released_model.save_pretrained(tmp_path / "released")
-    report = run_without_retvlp(CLASSIFIER_REMOTE_SCRIPT, tmp_path, str(tmp_path / "released"))
+def test_maskedclip_checkpoint_builds_a_classifier_as_remote_code_with_vision_settings(remote_loads):
+    built, reports, tmp_path = remote_loads
+    pretraining = built["maskedclip"][0]
+    report = reports["classifier"]
     assert report["cls"] == "MaskedCLIPForImageClassification" and not report["module"].startswith("retvlp")
     assert report["labels"] == 3 and report["drop_path"] == 0.1
     expected = pretraining.released_model.vision_model.embeddings.cls_token.flatten()
     torch.testing.assert_close(torch.tensor(report["cls_token"]), expected)
     # the same with retvlp imported; vision settings the full config does not know reach the vision config
     local = AutoModelForImageClassification.from_pretrained(
-        tmp_path / "released", num_labels=3, drop_path_rate=0.1, pooling="cls"
+        tmp_path / "maskedclip" / "released", num_labels=3, drop_path_rate=0.1, pooling="cls"
     )
     assert type(local) is MaskedCLIPForImageClassification
     assert local.config.drop_path_rate == 0.1 and local.config.pooling == "cls"

@@ -282,7 +282,7 @@ def test_pipeline_on_a_classifier_does_not_ask_to_run_remote_code(evaluated, mon
     assert prompts == [], prompts[0][0] if prompts else ""
 
 
-REMOTE_CLASSIFIER = textwrap.dedent(
+REMOTE_SCRIPT = textwrap.dedent(
     """
     import importlib.abc, json, sys
 
@@ -294,29 +294,64 @@ REMOTE_CLASSIFIER = textwrap.dedent(
     sys.meta_path.insert(0, BlockRetvlp())
     import numpy as np, torch
     from PIL import Image
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, pipeline
 
-    folder = sys.argv[1]
-    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-    image = Image.fromarray(np.full((40, 50, 3), 120, dtype=np.uint8))
-    with torch.no_grad():
-        logits = model(**processor(image)).logits
-    scores = pipeline("image-classification", model=folder, trust_remote_code=True)(image, top_k=100)
-    print(json.dumps({"model": type(model).__module__ + "." + type(model).__name__,
-                      "processor": type(processor).__module__, "logits": logits.tolist(),
-                      "labels": sorted(s["label"] for s in scores)}))
+
+    def classifier(folder):
+        model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        image = Image.fromarray(np.full((40, 50, 3), 120, dtype=np.uint8))
+        with torch.no_grad():
+            logits = model(**processor(image)).logits
+        scores = pipeline("image-classification", model=folder, trust_remote_code=True)(image, top_k=100)
+        return {"model": type(model).__module__ + "." + type(model).__name__,
+                "processor": type(processor).__module__, "logits": logits.tolist(),
+                "labels": sorted(s["label"] for s in scores)}
+
+
+    def adapter(folder, pixels_file):
+        base_path = json.load(open(f"{folder}/adapter_config.json"))["base_model_name_or_path"]
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        base = AutoModelForImageClassification.from_pretrained(base_path, config=config, trust_remote_code=True)
+        model = PeftModel.from_pretrained(base, folder).eval()
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        with torch.no_grad():
+            logits = model(pixel_values=torch.load(pixels_file)).logits
+        return {"model": type(model.get_base_model()).__module__, "processor": type(processor).__module__,
+                "logits": logits.tolist(), "labels": [config.id2label[i] for i in range(len(config.id2label))]}
+
+
+    jobs = json.loads(sys.argv[1])
+    print(json.dumps({key: globals()[job](*args) for key, (job, args) in jobs.items()}))
     """
 )
+ADAPTER_PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def remote_loads(evaluated, keepfit_runs, lora_run, tmp_path_factory):
+    """Copies of the two classifiers and the adapter loaded in one interpreter where retvlp cannot be imported
+    (one start-up of torch, transformers and peft instead of three); what it reported, per artifact."""
+    tmp_path = tmp_path_factory.mktemp("remote")
+    jobs = {}
+    for family, source in (
+        ("maskedclip", evaluated["classifier"]),
+        ("keepfit", keepfit_runs["full"].saved_to),
+    ):
+        jobs[family] = ("classifier", [str(shutil.copytree(source, tmp_path / family))])
+    torch.save(ADAPTER_PIXELS, tmp_path / "pixels.pt")
+    copy = shutil.copytree(lora_run.saved_to, tmp_path / "adapter")
+    jobs["adapter"] = ("adapter", [str(copy), str(tmp_path / "pixels.pt")])
+    return run_without_retvlp(REMOTE_SCRIPT, tmp_path, json.dumps(jobs))
 
 
 @pytest.mark.parametrize("family", ["maskedclip", "keepfit"])
 def test_classifier_loads_with_remote_code_where_retvlp_is_not_importable(
-    family, evaluated, keepfit_runs, tmp_path
+    family, evaluated, keepfit_runs, remote_loads
 ):
     source = evaluated["classifier"] if family == "maskedclip" else keepfit_runs["full"].saved_to
-    copy = shutil.copytree(source, tmp_path / "classifier")
-    report = run_without_retvlp(REMOTE_CLASSIFIER, tmp_path, str(copy))
+    report = remote_loads[family]
     assert "retvlp" not in report["model"] and "retvlp" not in report["processor"]
     model = AutoModelForImageClassification.from_pretrained(source).eval()
     with torch.no_grad():
@@ -372,37 +407,11 @@ def test_adapter_loads_as_its_card_says_and_merges_with_class_names(lora_run, da
     assert type(AutoImageProcessor.from_pretrained(adapter)) is FundusImageProcessor
 
 
-REMOTE_ADAPTER = textwrap.dedent(
-    """
-    import json, sys
-    sys.modules["retvlp"] = None  # `import retvlp` fails: only the saved code may run
-    import torch
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
-
-    adapter = sys.argv[1]
-    base_path = json.load(open(f"{adapter}/adapter_config.json"))["base_model_name_or_path"]
-    config = AutoConfig.from_pretrained(adapter, trust_remote_code=True)
-    base = AutoModelForImageClassification.from_pretrained(base_path, config=config, trust_remote_code=True)
-    model = PeftModel.from_pretrained(base, adapter).eval()
-    processor = AutoImageProcessor.from_pretrained(adapter, trust_remote_code=True)
-    pixels = torch.load(sys.argv[2])
-    with torch.no_grad():
-        logits = model(pixel_values=pixels).logits
-    print(json.dumps({"model": type(model.get_base_model()).__module__, "processor": type(processor).__module__,
-                      "logits": logits.tolist(), "labels": [config.id2label[i] for i in range(len(config.id2label))]}))
-    """
-)
-
-
-def test_adapter_loads_with_remote_code_where_retvlp_is_not_importable(lora_run, data, tmp_path):
-    copy = shutil.copytree(lora_run.saved_to, tmp_path / "adapter")
-    pixels = torch.randn(2, 3, 32, 32)
-    torch.save(pixels, tmp_path / "pixels.pt")
-    report = run_without_retvlp(REMOTE_ADAPTER, tmp_path, str(copy), str(tmp_path / "pixels.pt"))
+def test_adapter_loads_with_remote_code_where_retvlp_is_not_importable(lora_run, data, remote_loads):
+    report = remote_loads["adapter"]
     assert "retvlp" not in report["model"] and "retvlp" not in report["processor"]
     with torch.no_grad():
-        expected = lora_run.model.eval()(pixel_values=pixels).logits
+        expected = lora_run.model.eval()(pixel_values=ADAPTER_PIXELS).logits
     torch.testing.assert_close(torch.tensor(report["logits"]), expected, atol=1e-5, rtol=1e-5)
     assert report["labels"] == list(data[0].class_names)
 

@@ -372,29 +372,42 @@ import json, sys
 sys.modules["retvlp"] = None  # only the checkpoint's own code may run
 import torch
 from transformers import AutoModel
-directory, size = sys.argv[1], int(sys.argv[2])
-model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
-g = torch.Generator().manual_seed(0)
-inputs = dict(pixel_values=torch.rand(3, 3, size, size, generator=g), input_ids=torch.randint(5, 300, (3, 7), generator=g))
-with torch.no_grad():
-    out = model(**inputs, labels=torch.tensor([0, 1, 0]), return_loss=True)
-print(json.dumps(dict(module=type(model).__module__, kind=model.config.contrastive_loss,
-                      bias=model.logit_bias.item(), loss=out.loss.item())))
+report = {}
+for family, (directory, size) in json.loads(sys.argv[1]).items():
+    model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(pixel_values=torch.rand(3, 3, size, size, generator=g), input_ids=torch.randint(5, 300, (3, 7), generator=g))
+    with torch.no_grad():
+        out = model(**inputs, labels=torch.tensor([0, 1, 0]), return_loss=True)
+    report[family] = dict(module=type(model).__module__, kind=model.config.contrastive_loss,
+                          bias=model.logit_bias.item(), loss=out.loss.item())
+print(json.dumps(report))
 """
+SIZES = {"maskedclip": 32, "keepfit": 64}
+
+
+@pytest.fixture(scope="module")
+def remote_sigmoid(tmp_path_factory):
+    """Both families' sigmoid checkpoints (bias moved off its init) loaded in one interpreter that cannot import
+    retvlp: the models and what it reported."""
+    from conftest import run_without_retvlp
+
+    tmp_path = tmp_path_factory.mktemp("remote_sigmoid")
+    models, jobs = {}, {}
+    for family, (build, _) in FAMILIES.items():
+        torch.manual_seed(0)
+        model = build(contrastive_loss="sigmoid").eval()
+        with torch.no_grad():
+            model.logit_bias.fill_(-4.5)
+        model.save_pretrained(tmp_path / family)
+        models[family], jobs[family] = model, (str(tmp_path / family), SIZES[family])
+    return models, run_without_retvlp(REMOTE_SCRIPT, tmp_path, json.dumps(jobs))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_sigmoid_checkpoint_runs_as_remote_code_without_retvlp(family, tmp_path):
-    from conftest import run_without_retvlp
-
-    build, _ = FAMILIES[family]
-    torch.manual_seed(0)
-    model = build(contrastive_loss="sigmoid").eval()
-    with torch.no_grad():
-        model.logit_bias.fill_(-4.5)
-    model.save_pretrained(tmp_path / "model")
-    size = 32 if family == "maskedclip" else 64
-    report = run_without_retvlp(REMOTE_SCRIPT, tmp_path, str(tmp_path / "model"), str(size))
+def test_a_sigmoid_checkpoint_runs_as_remote_code_without_retvlp(family, remote_sigmoid):
+    models, reports = remote_sigmoid
+    model, report, size = models[family], reports[family], SIZES[family]
     generator = torch.Generator().manual_seed(0)
     inputs = dict(
         pixel_values=torch.rand(3, 3, size, size, generator=generator),
