@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port, make_tiny_config, tiny_pretrain_dict
+from conftest import free_port, make_tiny_config, run_two_processes, tiny_pretrain_dict
 from safetensors.torch import load_file
 
 from retvlp import KeepFitConfig, KeepFitForPreTraining, MaskedCLIPConfig, MaskedCLIPForPreTraining
@@ -360,7 +360,7 @@ def _worker(rank, port, results):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_equal_one_process_over_the_global_accumulated_batch():
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(free_port(), results), nprocs=2, join=True)
+    run_two_processes(_worker, free_port(), results)
     for family, reference in _two_process_models().items():
         task = _task(family)
         data = _global_rows(family, 2 * K * B)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import free_port, run_two_processes
 from torch import nn
 
 from retvlp import KeepFitConfig, KeepFitForPreTraining
@@ -94,7 +94,7 @@ def _worker(rank, port, results):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_match_one_process_on_the_global_batch():
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(free_port(), results), nprocs=2, join=True)
+    run_two_processes(_worker, free_port(), results)
     model = _model()
     outputs = model(**_batch())
     outputs.loss.backward()

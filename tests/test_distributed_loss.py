@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import free_port
+from conftest import free_port, run_two_processes
 from torch import nn
 
 from retvlp.maskedclip.loss_maskedclip import label_guided_contrastive_loss
@@ -63,7 +63,7 @@ def _worker(rank, port, results):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_match_one_process_on_the_global_batch():
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(free_port(), results), nprocs=2, join=True)
+    run_two_processes(_worker, free_port(), results)
     image_encoder, text_encoder = _encoders()
     loss = _loss(image_encoder, text_encoder, *_data())
     loss.backward()

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import free_port, make_tiny_config, tiny_pretrain_dict
+from conftest import free_port, make_tiny_config, run_two_processes, tiny_pretrain_dict
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from test_modeling_keepfit import pretraining_batch
 from test_modeling_keepfit import tiny_config as keepfit_config
@@ -228,7 +228,7 @@ def _sigmoid_worker(rank, port, results):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_match_one_process_on_the_global_batch():
     results = mp.Manager().dict()
-    mp.spawn(_sigmoid_worker, args=(free_port(), results), nprocs=2, join=True)
+    run_two_processes(_sigmoid_worker, free_port(), results)
     towers = _Towers()
     images, texts, labels = _global_batch()
     loss, logits, _ = label_guided_sigmoid_loss(*towers(images, texts), labels)
