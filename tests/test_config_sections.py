@@ -170,3 +170,32 @@ def test_repository_configs_use_the_new_layout():
         config = PretrainConfig.from_yaml(path)
         own = set(config.to_dict()[family])
         assert not own & set(raw.get("data") or {}), f"{path.name}: family keys under data:"
+
+
+def test_reading_and_checking_a_run_file_imports_no_torch_transformers_or_datasets():
+    """The run config and the families' sections (`<name>_section.py`) are light: a shipped recipe is read and
+    checked, and a typo reported, before torch or a model is imported (a second, not the ten of an import)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "training" / "configs"
+    code = (
+        "import json, sys\n"
+        "from retvlp.training.config import ConfigError, PretrainConfig\n"
+        "sections = [type(PretrainConfig.from_yaml(p).family_settings).__name__ for p in sys.argv[1:]]\n"
+        "try:\n"
+        "    PretrainConfig.from_dict({'data': {'train': [], 'bach_size': 3}}, source='typo')\n"
+        "except ConfigError as error:\n"
+        "    message = str(error)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules]\n"
+        "print(json.dumps({'sections': sections, 'message': message, 'heavy': heavy}))\n"
+    )
+    files = [configs / "maskedclip_small_cpu.yaml", configs / "keepfit_resnet50.yaml"]
+    done = subprocess.run([sys.executable, "-c", code, *map(str, files)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["sections"] == ["MaskedCLIPSection", "KeepFitSection"]
+    assert "unknown key(s) ['bach_size'] in section 'data'" in report["message"]
+    assert report["heavy"] == []

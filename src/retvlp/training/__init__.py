@@ -9,17 +9,26 @@ from ..lazy import lazy_package
 from .family_parts import set_builtin_loader
 
 
+def _import_modules_ending(suffix: str) -> None:
+    found = pkgutil.iter_modules(__path__, __name__ + ".")
+    for module in sorted(found, key=lambda m: m.name):
+        if module.name.endswith(suffix):
+            importlib.import_module(module.name)
+
+
 def _import_builtin_families() -> None:
     """Import the built-in task files: every module of this package whose name ends in `_task`
     (`maskedclip_task.py`, ...; found, not listed); each registers its family's training parts
     (`family_parts.register_training`)."""
-    found = pkgutil.iter_modules(__path__, __name__ + ".")
-    for module in sorted(found, key=lambda m: m.name):
-        if module.name.endswith("_task"):
-            importlib.import_module(module.name)
+    _import_modules_ending("_task")
 
 
-set_builtin_loader(_import_builtin_families)
+def _import_builtin_sections() -> None:
+    """Import the built-in run-config sections: every module whose name ends in `_section` (light: no torch)."""
+    _import_modules_ending("_section")
+
+
+set_builtin_loader(_import_builtin_families, _import_builtin_sections)
 
 # name → module, imported on first use (`retvlp.lazy.lazy_package`): `from retvlp.training import
 # PretrainConfig` reads a run file without loading torch, accelerate or the models.

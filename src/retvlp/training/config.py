@@ -29,7 +29,7 @@ import yaml
 
 from ..data.limits import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, parse_size
 from ..families import families, family_names
-from .family_parts import training_parts
+from .family_parts import section_of
 
 logger = logging.getLogger(__name__)
 
@@ -421,12 +421,9 @@ class FamilySection:
 
 
 def family_section_class(family: str) -> type:
-    """The dataclass of `family`'s run-config section (registered by its task file:
-    `training.family_parts.register_training`)."""
-    parts = training_parts(family)
-    if parts is None or parts.section is None:
-        return _EmptySection
-    return parts.section
+    """The dataclass of `family`'s run-config section (registered by its `<name>_section.py` or its task file:
+    `training.family_parts.section_of`)."""
+    return section_of(family) or _EmptySection
 
 
 @dataclass

@@ -4,24 +4,13 @@ is what `KeepFitConfig.ibq_tokenizer_path` points at."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 from ..common.image_processing_fundus import FundusImageProcessor
 from ..ibq import IBQTokenizerConfig, IBQTokenizerModel
-from .config import FamilySection, PretrainConfig
+from .config import PretrainConfig
 from .data import StepBatches
 from .family_parts import register_training
+from .ibq_section import IBQTokenizerSection  # noqa: F401 (re-exported)
 from .task import PretrainTask, build_model_config
-
-
-@dataclass
-class IBQTokenizerSection(FamilySection):
-    """`ibq-tokenizer:` — images of every role per process per micro-step."""
-
-    image_batch_size: int = 16
-
-    batch_keys: ClassVar[tuple[str, ...]] = ("image_batch_size",)
 
 
 class ImageStepBatches(StepBatches):

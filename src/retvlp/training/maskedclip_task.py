@@ -4,40 +4,19 @@ after each optimizer step."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
-
 import numpy as np
 import torch
 
 from ..maskedclip import FundusImageProcessor, MaskedCLIPConfig, MaskedCLIPForPreTraining, MaskedCLIPProcessor
-from .config import ConfigError, Fail, FamilySection, PretrainConfig
+from .config import ConfigError, PretrainConfig
 from .data import StepBatches, Stream, label_tensor
 from .family_parts import register_training
+from .maskedclip_section import MaskedCLIPSection  # noqa: F401 (re-exported)
 from .task import PretrainTask, pretrained_towers_config, seed_from
 
 # Which stream each record role feeds: paired and categorical records form the "paired" stream (categorical
 # labels become prompt texts), unpaired records the "unpaired" stream (MIM only).
 MASKEDCLIP_ROUTING = {"paired": "paired", "categorical": "paired", "unpaired": "unpaired"}
-
-
-@dataclass
-class MaskedCLIPSection(FamilySection):
-    """`maskedclip:` — rows per process per micro-step and the label prompts (METHODS.md §1)."""
-
-    paired_batch_size: int = 16  # image–text pairs + categorical rows (paper: 720 global)
-    unpaired_batch_size: int = 16  # images without text (MIM only; paper: 720 global)
-    prompt_templates: list[str] = field(default_factory=lambda: ["a fundus photograph of {}"])
-
-    batch_keys: ClassVar[tuple[str, ...]] = ("paired_batch_size", "unpaired_batch_size")
-    pretrained_towers: ClassVar[tuple[str, ...]] = ("vision", "text")
-
-    def validate(self, section_name: str, fail: Fail) -> None:
-        super().validate(section_name, fail)
-        if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
-            fail(
-                f"{section_name}.prompt_templates must be non-empty strings, each with one '{{}}' for the class."
-            )
 
 
 def build_processor(config: PretrainConfig, tokenizer) -> MaskedCLIPProcessor:

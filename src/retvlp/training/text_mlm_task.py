@@ -32,38 +32,23 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from ..data.sampler import StepSampler
 from ..data.text_corpus import TextCorpus, apply_bad_sample_policy, read_text_corpus
-from .config import Fail, FamilySection, PretrainConfig
+from .config import PretrainConfig
 from .family_parts import register_training
 from .run_data import RunData
 from .task import PretrainTask, load_or_build_tokenizer, seed_from
+from .text_mlm_section import TextMLMSection  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
 
 # Seed-stream tags, so the masking draws never coincide with the dropout seeds (seed, micro, rank).
-@dataclass
-class TextMLMSection(FamilySection):
-    """`text-mlm:` — corpus passages per process per micro-step and BERT's masking rate."""
-
-    text_batch_size: int = 16
-    mlm_probability: float = 0.15  # fraction of tokens selected for prediction (BERT's 80/10/10)
-
-    batch_keys: ClassVar[tuple[str, ...]] = ("text_batch_size",)
-
-    def validate(self, section_name: str, fail: Fail) -> None:
-        super().validate(section_name, fail)
-        if not 0.0 < self.mlm_probability < 1.0:
-            fail(f"{section_name}.mlm_probability must be in (0, 1), got {self.mlm_probability}.")
-
-
 _MASK_STREAM = 0x4D4C4D  # "MLM"
 _EVAL_STREAM = 0x4556414C  # "EVAL"
 EVAL_SLICE_PASSAGES = 256  # corpus passages of the fixed end-of-training accuracy check
