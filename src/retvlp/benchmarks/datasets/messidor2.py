@@ -26,7 +26,16 @@ import re
 from pathlib import Path
 
 from ..recipe import ReferenceFigure, SkippedRow
-from ._common import DR_GRADES, IMAGE_SUFFIXES, Recipe, Table, index_by_name, inside, parse_grade
+from ._common import (
+    DR_GRADES,
+    IMAGE_SUFFIXES,
+    RETFOUND_MAIN_TEXT,
+    Recipe,
+    Table,
+    index_by_name,
+    inside,
+    parse_grade,
+)
 
 SHEET = "messidor_data.csv"
 PAIRS = "messidor-2.csv"
@@ -70,14 +79,7 @@ class Messidor2(Recipe):
             protocol="finetune",
             metric="roc_auc",
             value=0.884,
-            source=(
-                "Zhou et al., A foundation model for generalizable disease detection from retinal images "
-                "(RETFound), Nature 2023;622:156-163, main text: fine-tuned RETFound AUROC 0.943, 0.822 "
-                "and 0.884 on Kaggle APTOS-2019, IDRID and MESSIDOR-2; as quoted verbatim in a "
-                "third-party verification note in the public code index ('P8 — Zhou et al., RETFound, "
-                "Nature 2023 — verified against the full text', repository not identified), not read "
-                "first-hand"
-            ),
+            source=RETFOUND_MAIN_TEXT,
         ),
     )
 
