@@ -187,6 +187,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def save_tiny_maskedclip(directory, seed: int = 0):
+    """A tiny seeded `MaskedCLIPModel` with its processor (32 px, the offline tokenizer, 16 tokens) saved to
+    `directory` as a released checkpoint; returns `(model, processor)`."""
+    from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
+    from retvlp.maskedclip import FundusImageProcessor
+    from retvlp.tokenization import tiny_tokenizer
+
+    torch.manual_seed(seed)
+    model = MaskedCLIPModel(make_tiny_config()).eval()
+    processor = MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer(), max_length=16)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
 def run_two_processes(worker, *args) -> None:
     """Run `worker(rank, *args)` in two processes (rank 0 and 1) and wait for both; a failure in either is
     raised here with its traceback.

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import make_tiny_config
+from conftest import save_tiny_maskedclip
 from PIL import Image
 
-from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
 from retvlp.benchmarks import suite as suite_module
 from retvlp.benchmarks.recipe import (
     BenchmarkData,
@@ -31,7 +29,6 @@ from retvlp.benchmarks.suite import (
     suite_settings,
 )
 from retvlp.cli import main
-from retvlp.maskedclip import FundusImageProcessor
 from retvlp.tokenization import tiny_tokenizer
 
 STANDINS = Path(__file__).resolve().parent / "benchmark_standins.py"
@@ -137,11 +134,7 @@ def tiny_models(tmp_path_factory):
     from transformers.models.clip.image_processing_clip import CLIPImageProcessor
 
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    MaskedCLIPModel(make_tiny_config()).save_pretrained(root / "tiny")
-    MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer(), max_length=16).save_pretrained(
-        root / "tiny"
-    )
+    save_tiny_maskedclip(root / "tiny")
     tokenizer = tiny_tokenizer()
     config = CLIPConfig(
         text_config=dict(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, make_tiny_config, run_without_retvlp
+from conftest import free_port, make_tiny_config, run_without_retvlp, save_tiny_maskedclip
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -50,15 +50,9 @@ def _photograph(seed=0, size=48) -> np.ndarray:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A saved tiny MaskedCLIP release with its processor (a pretraining checkpoint: zero-shot)."""
-    from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
-    from retvlp.tokenization import tiny_tokenizer
 
-    torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("demo_checkpoint") / "final"
-    MaskedCLIPModel(make_tiny_config()).save_pretrained(directory)
-    MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer(), max_length=16).save_pretrained(
-        directory
-    )
+    save_tiny_maskedclip(directory)
     return directory
 
 

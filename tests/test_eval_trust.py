@@ -8,9 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import make_tiny_config, save_tiny_maskedclip
 
-from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
 from retvlp.cli import main
 from retvlp.evaluation.calibrated import (
     calibrated_prediction,
@@ -23,8 +22,6 @@ from retvlp.evaluation.fast_metrics import metric_values
 from retvlp.evaluation.finetune import FinetuneSettings
 from retvlp.evaluation.runner import EvaluationSettings, evaluate_models
 from retvlp.evaluation.trust import RunScores, TrustSettings, row_figures, top_label_ece_and_brier
-from retvlp.maskedclip import FundusImageProcessor
-from retvlp.tokenization import tiny_tokenizer
 
 NAMES = ["a", "b", "c"]
 METRICS = ["accuracy", "balanced_accuracy", "roc_auc"]
@@ -233,12 +230,8 @@ def test_calibration_file_predictions():
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = MaskedCLIPModel(make_tiny_config()).eval()
-    processor = MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer(), max_length=16)
     directory = tmp_path_factory.mktemp("tiny_trust") / "final"
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    save_tiny_maskedclip(directory)
     return directory
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_config, spec_within
+from conftest import save_tiny_maskedclip, spec_within
 
-from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
+from retvlp import MaskedCLIPProcessor
 from retvlp.cli import main
 from retvlp.evaluation.data import (
     cache_images,
@@ -33,13 +33,8 @@ from retvlp.tokenization import tiny_tokenizer
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = MaskedCLIPModel(make_tiny_config()).eval()
-    processor = MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer(), max_length=16)
     directory = tmp_path_factory.mktemp("tiny_maskedclip") / "final"
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return model, processor, directory
+    return (*save_tiny_maskedclip(directory), directory)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from conftest import make_tiny_config
+from conftest import save_tiny_maskedclip
 from PIL import Image, ImageEnhance
 
 from retvlp.cli import main
@@ -205,17 +204,8 @@ def test_cosine_pairs_match_a_plain_computation():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
-    from retvlp.maskedclip import FundusImageProcessor
-    from retvlp.tokenization import tiny_tokenizer
-
-    torch.manual_seed(0)
-    model = MaskedCLIPModel(make_tiny_config()).eval()
-    processor = MaskedCLIPProcessor(FundusImageProcessor(size=32), tiny_tokenizer(), max_length=16)
     directory = tmp_path_factory.mktemp("tiny_maskedclip") / "final"
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return model, processor, directory
+    return (*save_tiny_maskedclip(directory), directory)
 
 
 def test_embedding_pass_pairs_identical_images(planted, tiny_checkpoint, tmp_path):
