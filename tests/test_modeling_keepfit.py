@@ -20,13 +20,14 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
 from transformers import (
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForPreTraining,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     pipeline,
 )
 
-from retvlp import IBQTokenizerConfig, IBQTokenizerModel
+from retvlp import IBQTokenizerConfig, IBQTokenizerModel, KeepFitForImageClassification, KeepFitVisionModel
 from retvlp.keepfit import (
     KeepFitAppearanceQuantizer,
     KeepFitConfig,
@@ -779,15 +780,22 @@ def test_processor_round_trip(saved_checkpoint):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+# Both remote-code loads of this module (the released model with its processor and pipeline; the classifier built
+# from it and a fine-tuned one) run in one interpreter without retvlp: one start-up of torch and transformers.
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import sys, json
+    import sys, json, logging
     sys.modules["retvlp"] = None  # make `import retvlp` fail: only the checkpoint's own code may run
     import numpy as np, torch
     torch.set_num_threads(1)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
     from PIL import Image
-    from transformers import AutoModel, AutoProcessor, pipeline
-    directory, texts = sys.argv[1], json.loads(sys.argv[2])
+    from transformers import AutoModel, AutoModelForImageClassification, AutoProcessor, pipeline
+    directory, texts, finetuned = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+
     model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
     generator = np.random.default_rng(0)
@@ -798,16 +806,43 @@ REMOTE_SCRIPT = textwrap.dedent(
     classifier = pipeline("zero-shot-image-classification", model=directory, trust_remote_code=True,
                           tokenizer=processor.tokenizer, image_processor=processor.image_processor)
     scores = classifier(images[0], candidate_labels=texts, hypothesis_template="{}")
-    print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__,
-                      "processor": type(processor).__module__ + "." + type(processor).__name__,
-                      "logits": logits.tolist(), "scores": {s["label"]: s["score"] for s in scores}}))
+    released = {"class": type(model).__module__ + "." + type(model).__name__,
+                "processor": type(processor).__module__ + "." + type(processor).__name__,
+                "logits": logits.tolist(), "scores": {s["label"]: s["score"] for s in scores}}
+
+    messages.clear()  # the classifier loads below must not mention the codebook
+    pixels = torch.from_numpy(np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32))
+    fresh = AutoModelForImageClassification.from_pretrained(directory, num_labels=3, trust_remote_code=True)
+    tuned = AutoModelForImageClassification.from_pretrained(finetuned, trust_remote_code=True)
+    with torch.no_grad():
+        features = fresh.eval().vision_model(pixel_values=pixels).pooler_output.flatten(1)
+        tuned_logits = tuned.eval()(pixels).logits
+    classifiers = {"classes": [type(m).__module__ + "." + type(m).__name__ for m in (fresh, tuned)],
+                   "num_labels": fresh.config.num_labels, "features": features.tolist(),
+                   "logits": tuned_logits.tolist(), "codebook_messages": [m for m in messages if "codebook" in m]}
+    print(json.dumps({"released": released, "classifiers": classifiers}))
     """
 )
 
 
-def test_remote_code_loads_in_a_process_without_retvlp(saved_checkpoint, tmp_path):
-    model, processor, directory = saved_checkpoint
-    report = run_without_retvlp(REMOTE_SCRIPT, tmp_path, str(directory), json.dumps(TEXTS))
+@pytest.fixture(scope="module")
+def remote_loads(saved_checkpoint, tmp_path_factory):
+    """`(report, classifier)`: what REMOTE_SCRIPT printed, and the 2-class classifier (seed 1) it loaded as the
+    fine-tuned one."""
+    _, _, directory = saved_checkpoint
+    tmp_path = tmp_path_factory.mktemp("keepfit_remote")
+    torch.manual_seed(1)
+    classifier = KeepFitForImageClassification.from_pretrained(directory, num_labels=2)
+    classifier.save_pretrained(tmp_path / "classifier")
+    report = run_without_retvlp(
+        REMOTE_SCRIPT, tmp_path, str(directory), json.dumps(TEXTS), str(tmp_path / "classifier")
+    )
+    return report, classifier
+
+
+def test_remote_code_loads_in_a_process_without_retvlp(saved_checkpoint, remote_loads):
+    model, processor, _ = saved_checkpoint
+    report = remote_loads[0]["released"]
     assert "retvlp" not in report["class"] and report["class"].endswith("modeling_keepfit.KeepFitModel")
     assert "retvlp" not in report["processor"] and report["processor"].endswith("KeepFitProcessor")
     with torch.no_grad():
@@ -971,9 +1006,6 @@ def test_appearance_codes_are_assigned_in_float32_under_bf16_autocast():
 
 
 # --------------------------------------------------------------------- image-only models for fine-tuning
-from transformers import AutoModelForImageClassification  # noqa: E402
-
-from retvlp import KeepFitForImageClassification, KeepFitVisionModel  # noqa: E402
 
 
 def _pixels(n=2, seed=0):
@@ -1106,39 +1138,9 @@ def test_auto_model_for_image_classification_round_trip(saved_checkpoint, tmp_pa
         assert torch.equal(reloaded.eval()(pixels).logits, classifier.eval()(pixels).logits)
 
 
-REMOTE_CLASSIFIER_SCRIPT = textwrap.dedent(
-    """
-    import sys, json, logging
-    sys.modules["retvlp"] = None  # make `import retvlp` fail: only the checkpoint's own code may run
-    import numpy as np, torch
-    torch.set_num_threads(1)
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logging.getLogger().addHandler(handler)
-    from transformers import AutoModelForImageClassification
-    pretrained, finetuned = sys.argv[1], sys.argv[2]
-    pixels = torch.from_numpy(np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32))
-    fresh = AutoModelForImageClassification.from_pretrained(pretrained, num_labels=3, trust_remote_code=True)
-    tuned = AutoModelForImageClassification.from_pretrained(finetuned, trust_remote_code=True)
-    with torch.no_grad():
-        features = fresh.eval().vision_model(pixel_values=pixels).pooler_output.flatten(1)
-        logits = tuned.eval()(pixels).logits
-    print(json.dumps({"classes": [type(m).__module__ + "." + type(m).__name__ for m in (fresh, tuned)],
-                      "num_labels": fresh.config.num_labels, "features": features.tolist(),
-                      "logits": logits.tolist(), "codebook_messages": [m for m in messages if "codebook" in m]}))
-    """
-)
-
-
-def test_classifier_loads_as_remote_code_without_retvlp(saved_checkpoint, tmp_path):
-    model, _, directory = saved_checkpoint
-    torch.manual_seed(1)
-    classifier = KeepFitForImageClassification.from_pretrained(directory, num_labels=2)
-    classifier.save_pretrained(tmp_path / "classifier")
-    report = run_without_retvlp(
-        REMOTE_CLASSIFIER_SCRIPT, tmp_path, str(directory), str(tmp_path / "classifier")
-    )
+def test_classifier_loads_as_remote_code_without_retvlp(saved_checkpoint, remote_loads):
+    model, _, _ = saved_checkpoint
+    report, classifier = remote_loads[0]["classifiers"], remote_loads[1]
     for name in report["classes"]:
         assert "retvlp" not in name and name.endswith("modeling_keepfit.KeepFitForImageClassification")
     assert report["num_labels"] == 3 and report["codebook_messages"] == []
