@@ -95,6 +95,25 @@ ROWS: dict[str, Row] = {
         {"data.image_size": 192, "model.config.vision_config.patch_size": 16},
         what="192 px photographs in 16 px patches: the same 144 tokens as 96 px in 8 px patches",
     ),
+    # The bridge and the image pooling (issue 23: "the bridge and projection init"): a from-scratch ViT's [CLS]
+    # output, like a from-scratch BERT's, is nearly the same for every input at init; the patch mean is not.
+    "maskedclip_mean_image": Row(
+        MASKEDCLIP_RECIPE,
+        {"model.config.clip_image_pooling": "mean"},
+        what="the CLIP image embedding from the mean of the bridge's patch tokens instead of its [CLS] token",
+    ),
+    # The balance of the two terms in the shared ViT: with λ_clip = 1 L_lg_clip's gradient in E_I is ~10⁴ × L_mim's
+    # at init and ~8 × at step 300 (benchmarks/gradient_balance.py), so AdamW follows L_lg_clip alone.
+    "maskedclip_lambda_clip_0.1": Row(
+        MASKEDCLIP_RECIPE,
+        {"model.config.lambda_clip": 0.1},
+        what="λ_clip = 0.1 (the recipe's 1, the paper's 0.01): L_mim and L_lg_clip of similar weight in E_I",
+    ),
+    "mae_clip": Row(
+        MASKEDCLIP_RECIPE,
+        {"model.config.use_bridge": False, "model.config.use_mfd": False},
+        what="no bridge and no L_mfd (the paper's Table 2 'MAE+CLIP'): L_mim and L_lg_clip on the encoder itself",
+    ),
     "random_init": Row(None, term=None, what="the MaskedCLIP architecture at random weights"),
     # What the labels themselves allow at this budget: no pretraining, the probe-train labels only.
     "supervised": Row(
