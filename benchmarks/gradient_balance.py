@@ -12,7 +12,8 @@ pretraining starts) and at its last checkpoint:
    has fewer), at E_I's [CLS] token, E_I's patch mean, the bridge's [CLS] and patch mean, and the projected
    CLIP embedding: the mean pairwise cosine (what the collapse guard reads) and the class separation
    trace(S_between) / trace(S_within) of the L2-normalised features (classes weighted equally). The same for
-   the captions (padding-masked token mean, then projected).
+   the captions (padding-masked token mean, then projected); and the image stages again on the held-out patients'
+   photographs (the test split), which is what zero-shot is measured on.
 
     python benchmarks/gradient_balance.py --out outputs/issue23_one_acq --rows maskedclip clip_only --seed 0
 
@@ -136,8 +137,9 @@ def separation(features: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def geometry(model, processor, rows: list[dict], max_length: int) -> dict:
-    """`separation` at each stage of the image path and of the text path, on `rows` (paired training rows)."""
+def geometry(model, processor, rows: list[dict], max_length: int, with_text: bool = True) -> dict:
+    """`separation` at each stage of the image path, and with `with_text` of the text path, on `rows` (image,
+    label and, with `with_text`, text)."""
     model.eval()
     released = model.maskedclip
     config = model.config
@@ -152,6 +154,7 @@ def geometry(model, processor, rows: list[dict], max_length: int) -> dict:
         tokens_b.append(bridged)
         if config.use_clip:
             projected_image.append(released.get_image_features(pixels).pooler_output)
+        if config.use_clip and with_text:
             text = tokenize(processor, [r["text"] for r in chunk], max_length)
             text_pooled.append(
                 released._text_outputs(
@@ -172,6 +175,7 @@ def geometry(model, processor, rows: list[dict], max_length: int) -> dict:
     }
     if config.use_clip:
         stages[f"image embedding ({config.clip_image_pooling}, projected)"] = torch.cat(projected_image)
+    if config.use_clip and with_text:
         stages["text pooled (before projection)"] = torch.cat(text_pooled)
         stages["text embedding (projected)"] = torch.cat(text_projected)
     if released.bridge is None or not config.use_clip:  # no bridge, or one no loss trains (MAE-only)
@@ -223,6 +227,7 @@ def main(argv=None) -> int:
     for name in MULTICLASS_CLASSES:
         members = [r for r in paired if r["label"] == name]
         probe_rows += rng.sample(members, min(32, len(members)))
+    held_out = read_rows(args.out / "manifests" / "test.csv")
     results = {}
     for row in args.rows:
         run = args.out / "runs" / f"{row}_seed{args.seed}"
@@ -232,6 +237,9 @@ def main(argv=None) -> int:
             key = f"{row} / {state}"
             results[key] = {"gradients": gradient_balance(model, processor, batches, max_length, args.seed)}
             results[key]["geometry"] = geometry(model, processor, probe_rows, max_length)
+            results[key]["geometry_held_out"] = geometry(
+                model, processor, held_out, max_length, with_text=False
+            )
             print(f"\n## {key}")
             grads = results[key]["gradients"]
             print(
@@ -250,10 +258,16 @@ def main(argv=None) -> int:
                 "  losses: "
                 + ", ".join(f"{k[5:]} {v:.4f}" for k, v in grads.items() if k.startswith("loss_"))
             )
-            for stage, figures in results[key].get("geometry", {}).items():
+            for split in ("geometry", "geometry_held_out"):
                 print(
-                    f"  {stage:42s} mean cosine {figures['mean_cosine']:.3f}   separation {figures['separation']:.3f}"
+                    f"  {'training photographs and captions' if split == 'geometry' else 'held-out photographs'}:"
                 )
+                for stage, figures in results[key][split].items():
+                    print(
+                        f"    {stage:40s} mean cosine {figures['mean_cosine']:.3f}   "
+                        f"separation {figures['separation']:.3f}"
+                    )
+
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -206,17 +206,19 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-keepfit", action="store_true")
     parser.add_argument(
         "--variants",
-        nargs="+",
+        nargs="*",
         default=list(DEFAULT_VARIANTS),
         choices=list(MASKEDCLIP_VARIANTS),
         help="MaskedCLIP runs (default: the paper's model and its MAE-only / CLIP-only ablations; "
-        "maskedclip_flip and maskedclip_flip_teacher add the FLIP-style options)",
+        "maskedclip_flip and maskedclip_flip_teacher add the FLIP-style options; none: KeepFIT alone)",
     )
     parser.add_argument(
         "--ibq-steps", type=int, default=100, help="IBQ codebook steps (its 64 px run is slow)"
     )
     parser.add_argument("--ibq-image-size", type=int, default=64)
     args = parser.parse_args(argv)
+    if args.task == "dme" and not args.variants and args.skip_keepfit:
+        parser.error("--variants with no run and --skip-keepfit leave nothing to pretrain")
     args.out = args.out or f"outputs/real_data_{args.task}" + (
         "_one_acquisition" if args.one_acquisition else ""
     )
@@ -347,7 +349,7 @@ def main(argv=None) -> int:
         **common_settings,
     )
     evaluations, dr_evaluations = {}, {}
-    families = {"maskedclip": list(args.variants)}
+    families = {"maskedclip": list(args.variants)} if args.variants else {}
     if "keepfit" in runs:
         families["keepfit"] = ["keepfit"]
     for family, names in families.items():
