@@ -42,14 +42,24 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+# Preprocessed photographs by (image-processor settings, path): every row and state reads the same photographs.
+_PIXELS: dict[tuple[str, str], torch.Tensor] = {}
+
+
 def load_images(processor, paths: list[str]) -> torch.Tensor:
+    """`(len(paths), 3, H, W)` pixel values, each photograph decoded and preprocessed once per run of the script."""
     from PIL import Image
 
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    settings = processor.image_processor.to_json_string()
+    missing = [path for path in dict.fromkeys(paths) if (settings, path) not in _PIXELS]
+    if missing:
+        images = []
+        for path in missing:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        _PIXELS.update({(settings, path): tensor for path, tensor in zip(missing, pixels, strict=True)})
+    return torch.stack([_PIXELS[settings, path] for path in paths])
 
 
 def tokenize(processor, texts: list[str], max_length: int) -> dict:
@@ -102,7 +112,7 @@ def gradient_balance(model, processor, batches: list[dict], max_length: int, see
             term = getattr(out, f"loss_{name}")
             if term is not None:
                 grads[name] = flat_grad(weights[name] * term, parameters)
-                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + float(term)
+                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + term.item()
         total = sum(grads.values())
         figures = {f"norm_{name}": float(g.norm()) for name, g in grads.items()}
         figures["norm_total"] = float(total.norm())
