@@ -80,6 +80,7 @@ ENCODER = VIT_S16
 # Tower sizes and compile backend as module globals too, so that gpu_check.py --cpu-smoke can shrink them.
 TEXT_TOWER = dict(model_type="bert", vocab_size=28996)  # Bio_ClinicalBERT (cased BERT-base); both suites
 KEEPFIT_CONFIG: dict = {}  # KeepFitConfig overrides (default: the paper's ResNet-50 + BERT-base)
+MASKEDCLIP_HEADS: dict = {}  # MaskedCLIPConfig overrides of the bridge / feature decoder / projection sizes
 COMPILE_BACKEND = "inductor"
 MEASURE_MEMORY = True
 PIXEL_DECODER = dict(
@@ -211,7 +212,7 @@ def build_maskedclip(device: str, **config_changes) -> MaskedCLIPForPreTraining:
     config = MaskedCLIPConfig(
         vision_config={**ENCODER, **PIXEL_DECODER},
         text_config=dict(TEXT_TOWER),
-        **config_changes,
+        **{**MASKEDCLIP_HEADS, **config_changes},
     )
     return MaskedCLIPForPreTraining(config).to(device).train()
 

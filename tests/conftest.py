@@ -6,11 +6,21 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if sys.dont_write_bytecode and not sys.pycache_prefix:
+    # PYTHONDONTWRITEBYTECODE=1 (this project's machines set it) made every test worker rewrite the assertions of
+    # every test module again (10 s of each worker's collection) and every subprocess compile the package again.
+    # The bytecode goes to one cache folder outside the tree instead; the sources and what runs are the same.
+    sys.pycache_prefix = os.path.join(os.path.expanduser("~"), ".cache", "retvlp-test-pycache")
+    sys.dont_write_bytecode = False
+    os.environ["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The suite runs on every core (`-n auto`, pyproject.toml): one intra-op thread per worker, since tiny tensors
     # gain nothing from more and oversubscribed threads spin. Subprocesses the tests start inherit it.
@@ -222,6 +232,107 @@ def run_two_processes(worker, *args) -> None:
         worker(rank, *worker_args)
 
     mp.start_processes(fresh, args=args, nprocs=2, join=True, start_method="fork")
+
+
+@dataclass
+class LaunchedRanks:
+    """What `launch_ranks` saw, shaped like the `subprocess.CompletedProcess` of an `accelerate launch`:
+    `returncode` is the first non-zero rank's exit code (0 when every rank succeeded), `stdout` / `stderr`
+    every rank's output, rank 0 first; `returncodes` per rank."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    returncodes: list[int]
+
+
+def launch_ranks(
+    entry, *args, world_size: int = 2, env: dict | None = None, timeout: float = 280.0
+) -> LaunchedRanks:
+    """Run `entry(*args)` — a command's `main(argv)` or any function returning an exit code — on `world_size`
+    processes set up as `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` sets up its
+    workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR / MASTER_PORT, gloo on the CPU), each
+    with its own stdout and stderr, and wait for all of them.
+
+    The processes are forked from this test worker (see `run_two_processes`): a launched worker spends ten
+    seconds of CPU importing torch, transformers and the package before its first step, the launcher a few
+    more, and most multi-process tests check what the ranks compute together, not how they were started.
+    The launcher itself stays under test where it matters (tests/test_pretrain_multiprocess.py's preemption
+    test, tests/test_streaming_pretrain.py's two machines, tests/test_newcomer_errors.py). A rank that is still
+    running after `timeout` seconds — a collective that waits forever — is killed and fails the test with
+    every rank's output."""
+    import multiprocessing
+    import shutil
+    import tempfile
+    import time
+
+    port = free_port()
+    logs = Path(tempfile.mkdtemp(prefix="ranks-"))
+
+    def rank_main(rank: int) -> None:
+        out = open(logs / f"{rank}.out", "w", buffering=1)  # left open: the process ends with os._exit
+        err = open(logs / f"{rank}.err", "w", buffering=1)
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        sys.stdout, sys.stderr = out, err
+        code = 1
+        try:
+            if "accelerate.state" in sys.modules:  # this worker's earlier tests: a fresh process has none
+                from accelerate.state import AcceleratorState, PartialState
+
+                AcceleratorState._reset_state(reset_partial_state=True)
+                PartialState._reset_state()
+            if "retvlp.evaluation.features" in sys.modules:  # nor features held in memory
+                sys.modules["retvlp.evaluation.features"].clear_feature_cache()
+            # pytest's capture handlers would swallow the command's log lines; a launched process has none
+            logging.root.handlers.clear()
+            os.environ.update(
+                ACCELERATE_USE_CPU="1",
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(world_size),
+                LOCAL_WORLD_SIZE=str(world_size),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                OMP_NUM_THREADS="1",
+                RETVLP_MALLOC_TUNED="0",  # no re-exec: there is no script to run again
+                **(env or {}),
+            )
+            torch.set_num_threads(1)
+            result = entry(*args)
+            code = int(result or 0)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=rank_main, args=(rank,)) for rank in range(world_size)]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    hung = [rank for rank, process in enumerate(processes) if process.is_alive()]
+    for rank in hung:
+        processes[rank].kill()
+        processes[rank].join()
+
+    def read(suffix: str) -> str:
+        return "".join((logs / f"{rank}{suffix}").read_text() for rank in range(world_size))
+
+    stdout, stderr = read(".out"), read(".err")
+    shutil.rmtree(logs, ignore_errors=True)
+    if hung:
+        pytest.fail(f"ranks {hung} still running after {timeout:.0f} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    codes = [process.exitcode for process in processes]
+    return LaunchedRanks(next((c for c in codes if c), 0), stdout, stderr, codes)
 
 
 # A launcher stand-in for preemption tests: runs the given script (e.g. training/pretrain.py) after making the

@@ -1,4 +1,5 @@
-"""`accelerate launch` with 2 CPU processes evaluates exactly like 1 process, each image encoded once in all.
+"""2 CPU processes (set up as `accelerate launch --multi_gpu` sets up its workers: conftest.launch_ranks) evaluate
+exactly like 1 process, each image encoded once in all.
 
 The feature extraction of `retvlp evaluate` shards the records over the processes in whole batches and
 gathers the features back in the original order (`evaluation/distributed.py`); the row count here (33) is odd
@@ -7,15 +8,12 @@ process log how many images it encoded and whether it wrote the feature cache.
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, make_tiny_config
+from conftest import launch_ranks, make_tiny_config
 from safetensors.numpy import load_file
 
 from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
@@ -25,7 +23,6 @@ from retvlp.evaluation.features import ImageFeatures, _joined, clear_feature_cac
 from retvlp.maskedclip import FundusImageProcessor
 from retvlp.tokenization import tiny_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 BATCH = 4
 MODELS = ("tiny features", "random_init features")
 
@@ -125,21 +122,9 @@ def _run_one_process(arguments, counts_dir: Path, monkeypatch) -> None:
     assert dict(PartialState._shared_state) == before  # no accelerate state when not launched
 
 
-def _run_two_processes(arguments, counts_dir: Path) -> subprocess.CompletedProcess:
-    environment = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO / "src"),
-        "RETVLP_DEBUG_FEATURE_COUNTS": str(counts_dir),
-    }
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), "-m", "retvlp.cli", *arguments,
-    ]  # fmt: skip
-    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
+def _run_two_processes(arguments, counts_dir: Path):
+    """`retvlp evaluate` on 2 processes set up as `accelerate launch --multi_gpu` sets up its workers."""
+    done = launch_ranks(main, arguments, env={"RETVLP_DEBUG_FEATURE_COUNTS": str(counts_dir)})
     if done.returncode != 0:
         pytest.fail(f"2-process run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done

@@ -1,22 +1,17 @@
-"""`accelerate launch` with 2 CPU processes × b images fine-tunes exactly like 1 process × 2b images."""
+"""2 CPU processes × b images fine-tune exactly like 1 process × 2b images (the processes set up as `accelerate
+launch --multi_gpu` sets up its workers: conftest.launch_ranks)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, make_tiny_config
+from conftest import launch_ranks, make_tiny_config
 
 from retvlp import MaskedCLIPModel, MaskedCLIPProcessor
 from retvlp.cli import main
 from retvlp.maskedclip import FundusImageProcessor
 from retvlp.tokenization import tiny_tokenizer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _arguments(checkpoint, synthetic, tmp_path, name, batch_size):
@@ -38,20 +33,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, synthet
     )
     assert main(_arguments(checkpoint, synthetic, tmp_path, "single", 8)) == 0
 
-    environment = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO / "src"),
-    }
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), "-m", "retvlp.cli",
-        *_arguments(checkpoint, synthetic, tmp_path, "double", 4),
-    ]  # fmt: skip
-    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
+    done = launch_ranks(main, _arguments(checkpoint, synthetic, tmp_path, "double", 4))
     if done.returncode != 0:
         pytest.fail(f"2-process run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 

@@ -1,20 +1,22 @@
-"""`accelerate launch` with 2 CPU processes × b rows trains exactly like 1 process × 2b rows.
+"""2 CPU processes × b rows train exactly like 1 process × 2b rows (the processes forked and set up as
+`accelerate launch --multi_gpu` sets up its workers: conftest.launch_ranks; tests/test_streaming_pretrain.py
+runs the launcher itself with two processes).
 
 The global-batch contrastive loss gathers embeddings and labels from both processes with gradients, and
 every per-sample random draw (rows, crops, flips, masks) is made for the global batch and then sliced per
 process, so the two runs see the same loss, the same gradient norm and reach the same weights.
 """
 
+import importlib.util
 import json
 import os
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import SIGNALLING_DRIVER, free_port, tiny_pretrain_dict
+from conftest import launch_ranks, tiny_pretrain_dict
 from safetensors.torch import load_file
 
 from retvlp.training import PretrainConfig, pretrain
@@ -22,29 +24,36 @@ from retvlp.training import PretrainConfig, pretrain
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _launch_two_processes(
-    config_path: Path, *extra: str, via: Path | None = None, preempt_at: int = 0
-) -> subprocess.CompletedProcess:
-    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/pretrain.py --config ...`;
-    `via`: a driver script that runs pretrain.py (conftest.SIGNALLING_DRIVER, with `preempt_at`)."""
-    environment = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "RETVLP_MALLOC_TUNED": "0",
-        "PYTHONPATH": str(REPO / "src"),
-        "PREEMPT_AT_STEP": str(preempt_at),
-    }
-    pretrain_script = str(REPO / "training" / "pretrain.py")
-    script = [str(via), pretrain_script] if via else [pretrain_script]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-        *script, "--config", str(config_path), "--no-progress", *extra,
-    ]  # fmt: skip
-    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
+def _pretrain_script():
+    spec = importlib.util.spec_from_file_location("pretrain_script", REPO / "training" / "pretrain.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def pretrain_on_two_processes(config_path: Path, *extra: str):
+    """training/pretrain.py's `main(["--config", config_path, "--no-progress", *extra])` on 2 processes set up as
+    `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` sets up its workers
+    (conftest.launch_ranks); the result has the launch's `returncode`, `stdout` and `stderr`."""
+    argv = ["--config", str(config_path), "--no-progress", *extra]
+    return launch_ranks(_pretrain_script().main, argv)
+
+
+def _pretrain_signalling_rank_1(argv: list[str], at_step: int) -> int:
+    """pretrain.py's main in a launched rank, rank 1 sending itself SIGTERM from the task's hook after optimizer
+    step `at_step` as a scheduler would (the multi-process counterpart of conftest.SIGNALLING_DRIVER)."""
+    from retvlp.training.maskedclip_task import MaskedCLIPTask
+
+    original, calls = MaskedCLIPTask.after_optimizer_step, {"n": 0}
+
+    def signalling(self, model):
+        original(self, model)
+        calls["n"] += 1
+        if calls["n"] == at_step and os.environ["RANK"] == "1":  # one process only: the other must stop too
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    MaskedCLIPTask.after_optimizer_step = signalling  # in this forked rank only
+    return _pretrain_script().main(argv)
 
 
 def _logs(output_dir: Path) -> list[dict]:
@@ -57,12 +66,12 @@ HALF_BATCH = {"paired_batch_size": 3, "unpaired_batch_size": 2}
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, synthetic) -> Path:
-    """The tiny run, straight, on 2 processes × half the batch (one launch, shared by the tests below)."""
+    """The tiny run, straight, on 2 processes × half the batch (one run, shared by the tests below)."""
     tmp_path = tmp_path_factory.mktemp("two_processes")
     raw = tiny_pretrain_dict(tmp_path, synthetic, "double", maskedclip=HALF_BATCH, **RUN)
     config_path = tmp_path / "double.yaml"
     config_path.write_text(yaml.safe_dump(raw))
-    completed = _launch_two_processes(config_path)
+    completed = pretrain_on_two_processes(config_path)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return Path(raw["run"]["output_dir"])
 
@@ -98,24 +107,24 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exa
     tmp_path, synthetic, two_process_run
 ):
     """SIGTERM reaches rank 1 only, during step 2: both processes finish step 2, write checkpoint-2 and stop
-    (preempted.json; the launcher fails); `--resume latest` ends bit-identical to the straight run."""
+    with the preempted exit code (preempted.json); `--resume latest` ends bit-identical to the straight run."""
+    from retvlp.training import PREEMPTED_EXIT_CODE
     from retvlp.training.checkpointing import checkpoint_steps
     from retvlp.training.preemption import MARKER
 
     raw = tiny_pretrain_dict(tmp_path, synthetic, "preempted", maskedclip=HALF_BATCH, **RUN)
     config_path = tmp_path / "preempted.yaml"
     config_path.write_text(yaml.safe_dump(raw))
-    driver = tmp_path / "driver.py"
-    driver.write_text(SIGNALLING_DRIVER)
-    stopped = _launch_two_processes(config_path, via=driver, preempt_at=1)
-    assert stopped.returncode != 0  # accelerate's launcher reports a failed worker; the marker says why
+    argv = ["--config", str(config_path), "--no-progress"]
+    stopped = launch_ranks(_pretrain_signalling_rank_1, argv, 1)
+    assert stopped.returncodes == [PREEMPTED_EXIT_CODE] * 2, stopped.stderr[-3000:]
     assert "preempted: stopped by SIGTERM after optimizer step 2" in stopped.stderr, stopped.stderr[-3000:]
     assert "a preemption signal on another process" in stopped.stderr  # rank 0 learnt it from rank 1
     output = Path(raw["run"]["output_dir"])
     assert [step for step, _ in checkpoint_steps(output)] == [2]
     assert json.loads((output / MARKER).read_text())["step"] == 2
 
-    resumed = _launch_two_processes(config_path, "--resume", "latest")
+    resumed = pretrain_on_two_processes(config_path, "--resume", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (output / MARKER).exists()
     a = load_file(str(two_process_run / "checkpoint-3" / "model.safetensors"))
@@ -131,7 +140,7 @@ def test_bad_data_stops_both_processes_with_the_report(tmp_path, synthetic):
     raw["data"]["train"].append({"path": str(manifest)})
     config_path = tmp_path / "bad.yaml"
     config_path.write_text(yaml.safe_dump(raw))
-    completed = _launch_two_processes(config_path)
-    assert completed.returncode != 0
+    completed = pretrain_on_two_processes(config_path)
+    assert completed.returncode != 0 and all(completed.returncodes)
     assert completed.stderr.count("missing-file") >= 2  # reported by both processes
     assert "bad.jsonl" in completed.stderr

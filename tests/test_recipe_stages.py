@@ -236,12 +236,12 @@ def test_the_entry_point_takes_rerun_stages_and_the_shipped_recipes_declare_thei
 def test_two_processes_run_the_chain_under_one_launcher_and_refuse_a_changed_stage_together(
     tmp_path, synthetic
 ):
-    from test_pretrain_multiprocess import _launch_two_processes
+    from test_pretrain_multiprocess import pretrain_on_two_processes
 
     raw = recipe_dict(tmp_path, synthetic, "two")
     config_path = tmp_path / "two.yaml"
     config_path.write_text(yaml.safe_dump(raw))
-    completed = _launch_two_processes(config_path)
+    completed = pretrain_on_two_processes(config_path)
     assert completed.returncode == 0, completed.stderr[-4000:]
     run_dir = tmp_path / "two"
     for name in ("ibq_tokenizer", "text_mlm"):
@@ -255,7 +255,7 @@ def test_two_processes_run_the_chain_under_one_launcher_and_refuse_a_changed_sta
     before = _mtimes(run_dir)
     raw["stages"]["ibq_tokenizer"]["overrides"] = {"optim.lr": 0.002}
     config_path.write_text(yaml.safe_dump(raw))
-    completed = _launch_two_processes(config_path)
+    completed = pretrain_on_two_processes(config_path)
     assert completed.returncode != 0
     assert "optim.lr: 0.001 -> 0.002" in completed.stderr
     assert _mtimes(run_dir) == before

@@ -325,45 +325,27 @@ def test_reader_counts_are_checked():
 
 
 def test_a_preparation_killed_by_sigkill_resumes_to_the_straight_result(tmp_path, synthetic):
-    import os
-    import subprocess
-    import sys
+    """`retvlp prepare-data` in a process of its own (forked: it has the package imported already), killed with
+    SIGKILL after three shards; the same command again resumes to the straight preparation's files."""
+    import multiprocessing
     import time
 
-    command = [
-        sys.executable,
-        "-m",
-        "retvlp.cli",
-        "prepare-data",
-        str(synthetic.paired),
-        str(synthetic.categorical),
-    ]
-    command += [
-        str(synthetic.unpaired),
-        "--image-size",
-        "32",
-        "--shard-size",
-        "1",
-        "--num-proc",
-        "1",
-        "--no-progress",
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    arguments = ["prepare-data", str(synthetic.paired), str(synthetic.categorical), str(synthetic.unpaired)]
+    arguments += ["--image-size", "32", "--shard-size", "1", "--num-proc", "1", "--no-progress"]
     straight = _prepare(synthetic, tmp_path / "straight", shard_size=1)
     output = tmp_path / "killed"
-    process = subprocess.Popen(
-        [*command, "--output", str(output)], env=environment, stdout=subprocess.DEVNULL
+    process = multiprocessing.get_context("fork").Process(
+        target=cli.main, args=([*arguments, "--output", str(output)],)
     )
+    process.start()
     deadline = time.time() + 120
     while len(list(output.glob("shard-*.json"))) < 3:
-        assert process.poll() is None and time.time() < deadline, "the preparation ended before the kill"
+        assert process.is_alive() and time.time() < deadline, "the preparation ended before the kill"
         time.sleep(0.002)
     process.kill()
-    process.wait()
+    process.join()
     done = len(list(output.glob("shard-*.json")))
     assert not (output / "index.json").exists() and done < straight.num_shards
-    subprocess.run(
-        [*command, "--output", str(output)], env=environment, check=True, stdout=subprocess.DEVNULL
-    )
+    assert cli.main([*arguments, "--output", str(output)]) == 0
     tree = {name: data for name, data in _tree(output).items() if not name.endswith(".tmp")}
     assert tree == _tree(tmp_path / "straight")

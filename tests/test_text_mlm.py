@@ -6,15 +6,12 @@ lines under both `on_bad_sample` policies, empty corpora, and 2 processes == 1 p
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import fit_warmup, free_port
+from conftest import fit_warmup, launch_ranks
 from safetensors.torch import load_file
 
 from retvlp.data.text_corpus import read_text_corpus
@@ -23,7 +20,6 @@ from retvlp.tokenization import TINY_CORPUS, build_wordpiece_tokenizer
 from retvlp.training import PretrainConfig, pretrain
 from retvlp.training.text_mlm_task import MLMStepBatches, lowercases_cased_vocabulary
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_BERT = dict(
     hidden_size=32,
     num_hidden_layers=2,
@@ -362,11 +358,11 @@ def test_corpus_formats_line_numbers_and_casing_guard(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # 2 processes == 1 process
 
-LAUNCH_SCRIPT = """
-import sys
-from retvlp.training import PretrainConfig, pretrain
-pretrain(PretrainConfig.from_yaml(sys.argv[1]), show_progress=False)
-"""
+
+def _pretrain_rank(config_path: str) -> int:
+    """One launched rank (conftest.launch_ranks): the text-MLM run of `config_path`."""
+    pretrain(PretrainConfig.from_yaml(config_path), show_progress=False)
+    return 0
 
 
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path, corpus_file):
@@ -380,21 +376,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, corpus_
     double_raw["model"]["config"] = no_dropout
     config_path = tmp_path / "double.yaml"
     config_path.write_text(yaml.safe_dump(double_raw))
-    script = tmp_path / "launch_mlm.py"
-    script.write_text(LAUNCH_SCRIPT)
-    environment = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO / "src"),
-    }
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(script), str(config_path),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=280)
+    completed = launch_ranks(_pretrain_rank, str(config_path))
     assert completed.returncode == 0, completed.stderr[-4000:]
 
     double_dir = Path(double_raw["run"]["output_dir"])
