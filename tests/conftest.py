@@ -234,6 +234,17 @@ def run_two_processes(worker, *args) -> None:
     mp.start_processes(fresh, args=args, nprocs=2, join=True, start_method="fork")
 
 
+def pretrain_script():
+    """training/pretrain.py loaded as a module (its `main(argv)`, `parse_args`, ...), as the entry point runs it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "training" / "pretrain.py"
+    spec = importlib.util.spec_from_file_location("pretrain_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 @dataclass
 class LaunchedRanks:
     """What `launch_ranks` saw, shaped like the `subprocess.CompletedProcess` of an `accelerate launch`:
@@ -252,7 +263,8 @@ def launch_ranks(
     """Run `entry(*args)` — a command's `main(argv)` or any function returning an exit code — on `world_size`
     processes set up as `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` sets up its
     workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR / MASTER_PORT, gloo on the CPU), each
-    with its own stdout and stderr, and wait for all of them.
+    with its own stdout and stderr, and wait for all of them. `world_size=1`: one process as `python script.py`
+    runs it (no launcher variables), for a command's exit code and output.
 
     The processes are forked from this test worker (see `run_two_processes`): a launched worker spends ten
     seconds of CPU importing torch, transformers and the package before its first step, the launcher a few
@@ -286,18 +298,18 @@ def launch_ranks(
                 sys.modules["retvlp.evaluation.features"].clear_feature_cache()
             # pytest's capture handlers would swallow the command's log lines; a launched process has none
             logging.root.handlers.clear()
-            os.environ.update(
-                ACCELERATE_USE_CPU="1",
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                WORLD_SIZE=str(world_size),
-                LOCAL_WORLD_SIZE=str(world_size),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port),
-                OMP_NUM_THREADS="1",
-                RETVLP_MALLOC_TUNED="0",  # no re-exec: there is no script to run again
-                **(env or {}),
-            )
+            if world_size > 1:
+                os.environ.update(
+                    ACCELERATE_USE_CPU="1",
+                    RANK=str(rank),
+                    LOCAL_RANK=str(rank),
+                    WORLD_SIZE=str(world_size),
+                    LOCAL_WORLD_SIZE=str(world_size),
+                    MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(port),
+                )
+            # no re-exec with a tuned allocator: there is no script to run again
+            os.environ.update(OMP_NUM_THREADS="1", RETVLP_MALLOC_TUNED="0", **(env or {}))
             torch.set_num_threads(1)
             result = entry(*args)
             code = int(result or 0)

@@ -4,15 +4,12 @@ passes."""
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_pretrain_dict
+from conftest import launch_ranks, pretrain_script, tiny_pretrain_dict
 from safetensors.torch import load_file
 
 from retvlp.training import PretrainConfig, pretrain
@@ -134,20 +131,8 @@ def test_cli_reports_a_damaged_checkpoint_without_a_traceback(finished_run, tmp_
     config["run"]["output_dir"] = str(run)
     path = tmp_path / "run.json"
     path.write_text(json.dumps(config))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "training/pretrain.py",
-            "--config",
-            str(path),
-            "--resume",
-            str(run / "checkpoint-6"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    argv = ["--config", str(path), "--resume", str(run / "checkpoint-6")]
+    result = launch_ranks(pretrain_script().main, argv, world_size=1)  # a process of its own, forked
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "model.safetensors has 0 bytes" in result.stderr

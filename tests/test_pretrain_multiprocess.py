@@ -7,7 +7,6 @@ every per-sample random draw (rows, crops, flips, masks) is made for the global 
 process, so the two runs see the same loss, the same gradient norm and reach the same weights.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,19 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import launch_ranks, tiny_pretrain_dict
+from conftest import launch_ranks, pretrain_script, tiny_pretrain_dict
 from safetensors.torch import load_file
 
 from retvlp.training import PretrainConfig, pretrain
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _pretrain_script():
-    spec = importlib.util.spec_from_file_location("pretrain_script", REPO / "training" / "pretrain.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 def pretrain_on_two_processes(config_path: Path, *extra: str):
@@ -36,7 +26,7 @@ def pretrain_on_two_processes(config_path: Path, *extra: str):
     `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` sets up its workers
     (conftest.launch_ranks); the result has the launch's `returncode`, `stdout` and `stderr`."""
     argv = ["--config", str(config_path), "--no-progress", *extra]
-    return launch_ranks(_pretrain_script().main, argv)
+    return launch_ranks(pretrain_script().main, argv)
 
 
 def _pretrain_signalling_rank_1(argv: list[str], at_step: int) -> int:
@@ -53,7 +43,7 @@ def _pretrain_signalling_rank_1(argv: list[str], at_step: int) -> int:
             os.kill(os.getpid(), signal.SIGTERM)
 
     MaskedCLIPTask.after_optimizer_step = signalling  # in this forked rank only
-    return _pretrain_script().main(argv)
+    return pretrain_script().main(argv)
 
 
 def _logs(output_dir: Path) -> list[dict]:
