@@ -209,7 +209,7 @@ class MulticlassBenchmark:
         self,
         out: Path,
         data_root: str,
-        steps: int,
+        steps: int | None,
         image_size: int,
         finetune_epochs: float,
         one_acquisition: bool = False,
@@ -273,24 +273,44 @@ class MulticlassBenchmark:
         return final
 
     # ------------------------------------------------------------------ one row
+    def _recorded_steps(self, name: str, seed: int, figures: dict) -> int | None:
+        """The steps a cached row was pretrained for: its JSON's, else (rows written before the key) its run's
+        run_config.yaml; None for rows that pretrain nothing."""
+        if "steps" in figures:
+            return figures["steps"]
+        run_config = self.out / "runs" / f"{name}_seed{seed}" / "run_config.yaml"
+        if ROWS[name].recipe is None or not run_config.is_file():
+            return None
+        return int(yaml.safe_load(run_config.read_text())["optim"]["max_steps"])
+
+    def steps_for(self, row: Row) -> int:
+        """The optimizer steps of a row's pretraining: the invocation's `--steps`, else its recipe's own
+        `optim.max_steps` (the shipped budget; a row's overrides may change it); rows that pretrain nothing take
+        the MaskedCLIP recipe's, whose architecture they evaluate."""
+        if self.steps is not None:
+            return self.steps
+        recipe = yaml.safe_load((REPO / (row.recipe or MASKEDCLIP_RECIPE)).read_text())
+        return int(row.overrides.get("optim.max_steps", recipe["optim"]["max_steps"]))
+
     def _overrides(self, name: str, row: Row, seed: int) -> dict:
         evaluation = {
             "probe_train": [self.spec["probe_train"]],
             "test": [self.spec["test"]],
             "classes": MULTICLASS_CLASSES,
         }
+        steps = self.steps_for(row)
         overrides = {
             "data.classes": MULTICLASS_CLASSES,
             "data.image_size": self.image_size,
             "data.cache_dir": self.cache,
-            "optim.max_steps": self.steps,
+            "optim.max_steps": steps,
             "run.seed": seed,
             "run.output_dir": str(self.out / "runs" / f"{name}_seed{seed}"),
             "run.evaluate": False,
             "run.evaluation": evaluation,
-            "run.eval_every": max(1, self.steps // 4),
+            "run.eval_every": max(1, steps // 4),
             "run.tensorboard": False,
-            "run.save_every": self.steps,
+            "run.save_every": steps,
             "run.keep_checkpoints": 1,
         }
         if row.recipe == KEEPFIT_RECIPE:
@@ -332,6 +352,12 @@ class MulticlassBenchmark:
         path = self.out / "rows" / f"{name}_seed{seed}.json"
         if path.is_file():
             figures = json.loads(path.read_text())
+            steps, recorded = self.steps_for(ROWS[name]), self._recorded_steps(name, seed, figures)
+            if recorded not in (None, steps):
+                raise SystemExit(
+                    f"{path} holds a {recorded}-step run; this invocation trains {name} {steps} steps: give "
+                    "--steps to match it, or another --out"
+                )
             if "zero_shot_caption_balanced_accuracy" not in figures and self._has_text_tower(name, seed):
                 figures.update(self.caption_zero_shot(name, seed))
                 path.write_text(json.dumps(figures, indent=2))
@@ -418,6 +444,8 @@ class MulticlassBenchmark:
         figures.update(
             row=name, seed=seed, pretrain_seconds=pretrain_seconds, seconds=time.perf_counter() - start
         )
+        if row.recipe is not None:
+            figures["steps"] = self.steps_for(row)
         path.write_text(json.dumps(figures, indent=2))
         print(f"  {name} seed {seed}: {json.dumps(_short(figures))}", flush=True)
         return figures
@@ -489,7 +517,8 @@ class MulticlassBenchmark:
             source = self.run_architecture_source(seed)
         with open(self.spec["probe_train"]["path"], encoding="utf-8") as handle:
             rows = sum(1 for _ in handle) - 1
-        epochs = max(1.0, round(self.steps * 32 / rows))  # the pretraining's paired images, in epochs
+        # the pretraining's paired images (the MaskedCLIP recipe's, whose architecture is fine-tuned), in epochs
+        epochs = max(1.0, round(self.steps_for(ROWS["maskedclip"]) * 32 / rows))
         tuned = evaluate_models(
             {"architecture": str(source)},
             self.spec["probe_train"],
@@ -707,9 +736,16 @@ def run(args) -> int:
     bench = MulticlassBenchmark(
         out, args.data_root, args.steps, args.image_size, args.finetune_epochs, args.one_acquisition
     )
+    budget = (
+        f"{args.steps} steps"
+        if args.steps
+        else "each recipe's steps ("
+        + ", ".join(sorted({f"{n} {bench.steps_for(ROWS[n])}" for n in names if ROWS[n].recipe}))
+        + ")"
+    )
     started = time.perf_counter()
     print(
-        f"TVHL four-class task in {out}: rows {', '.join(names)}; seeds {seeds}; {args.steps} steps at "
+        f"TVHL four-class task in {out}: rows {', '.join(names)}; seeds {seeds}; {budget} at "
         f"{args.image_size} px; {json.dumps(bench.summary['rows'])}",
         flush=True,
     )
@@ -718,7 +754,7 @@ def run(args) -> int:
     curves = plot_curves(out, names, seeds[0])
     minutes = (time.perf_counter() - started) / 60
     header = (
-        f"TVHL four classes (no DR / NPDR / PDR / DME), {args.steps} pretraining steps at {args.image_size} px, "
+        f"TVHL four classes (no DR / NPDR / PDR / DME), {budget} of pretraining at {args.image_size} px, "
         f"pretraining seeds {seeds}; held-out patients; {minutes:.1f} min in this invocation"
     )
     verdicts = check_targets(summary, chance=1 / len(MULTICLASS_CLASSES))
