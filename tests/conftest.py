@@ -212,6 +212,18 @@ def save_tiny_maskedclip(directory, seed: int = 0):
     return model, processor
 
 
+def _forget_process_state() -> None:
+    """In a process forked from a test worker: clear what the worker's earlier tests left in process-wide state
+    that a fresh process would not have (accelerate's state, features held in memory)."""
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState, PartialState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        PartialState._reset_state()
+    if "retvlp.evaluation.features" in sys.modules:
+        sys.modules["retvlp.evaluation.features"].clear_feature_cache()
+
+
 def run_two_processes(worker, *args) -> None:
     """Run `worker(rank, *args)` in two processes (rank 0 and 1) and wait for both; a failure in either is
     raised here with its traceback.
@@ -224,11 +236,7 @@ def run_two_processes(worker, *args) -> None:
     import torch.multiprocessing as mp
 
     def fresh(rank, *worker_args):
-        if "accelerate.state" in sys.modules:
-            from accelerate.state import AcceleratorState, PartialState
-
-            AcceleratorState._reset_state(reset_partial_state=True)
-            PartialState._reset_state()
+        _forget_process_state()
         worker(rank, *worker_args)
 
     mp.start_processes(fresh, args=args, nprocs=2, join=True, start_method="fork")
@@ -269,8 +277,8 @@ def launch_ranks(
     The processes are forked from this test worker (see `run_two_processes`): a launched worker spends ten
     seconds of CPU importing torch, transformers and the package before its first step, the launcher a few
     more, and most multi-process tests check what the ranks compute together, not how they were started.
-    The launcher itself stays under test where it matters (tests/test_pretrain_multiprocess.py's preemption
-    test, tests/test_streaming_pretrain.py's two machines, tests/test_newcomer_errors.py). A rank that is still
+    The launcher itself stays under test where it is the subject (tests/test_streaming_pretrain.py's two
+    machines, tests/test_newcomer_errors.py's `accelerate launch -q`). A rank that is still
     running after `timeout` seconds — a collective that waits forever — is killed and fails the test with
     every rank's output."""
     import multiprocessing
@@ -289,13 +297,7 @@ def launch_ranks(
         sys.stdout, sys.stderr = out, err
         code = 1
         try:
-            if "accelerate.state" in sys.modules:  # this worker's earlier tests: a fresh process has none
-                from accelerate.state import AcceleratorState, PartialState
-
-                AcceleratorState._reset_state(reset_partial_state=True)
-                PartialState._reset_state()
-            if "retvlp.evaluation.features" in sys.modules:  # nor features held in memory
-                sys.modules["retvlp.evaluation.features"].clear_feature_cache()
+            _forget_process_state()
             # pytest's capture handlers would swallow the command's log lines; a launched process has none
             logging.root.handlers.clear()
             if world_size > 1:
