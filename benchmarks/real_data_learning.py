@@ -246,9 +246,8 @@ def main(argv=None) -> int:
     from retvlp.evaluation.finetune import FinetuneSettings
     from retvlp.evaluation.runner import EvaluationSettings, evaluate_models
 
-    args.steps = (
-        args.steps or 300
-    )  # the binary task's tables (docs/real_data.md §2-4) ran every model 300 steps
+    # the binary task's tables (docs/real_data.md §2-4) ran every model 300 steps
+    args.steps = args.steps or 300
     started = time.perf_counter()
     out = Path(args.out).resolve()
     manifests = write_manifests(out / "manifests", args.data_root)["files"]
