@@ -2,9 +2,11 @@
 
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import tiny_pretrain_dict
@@ -49,6 +51,30 @@ def test_a_dead_owners_lock_is_taken_over_and_released_at_the_end(tmp_path, synt
         result = pretrain(config, show_progress=False)
     assert result.steps == 2 and "stale lock" in caplog.text
     assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through /proc")
+def test_a_killed_owner_not_yet_reaped_is_gone(tmp_path):
+    """A trainer killed with its launcher is a zombie until init reaps it (late, in containers): its lock is
+    stale, though signal 0 still reaches its pid."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+        os.kill(zombie.pid, 0)  # still signalable
+        _write_lock(tmp_path, zombie.pid)
+        with run_lock(tmp_path, is_main_process=True):
+            assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    finally:
+        zombie.wait()
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        _write_lock(tmp_path, sleeper.pid)
+        with pytest.raises(RunLockedError):  # a live process is still an owner
+            with run_lock(tmp_path, is_main_process=True):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_a_lock_from_another_host_is_never_taken_over(tmp_path):

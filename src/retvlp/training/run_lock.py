@@ -3,7 +3,7 @@
 Two trainers writing into one `run.output_dir` interleave checkpoints, logs and `final/` (seen when a resumed
 run started while the orphaned workers of a killed launcher were still training). The main process (rank 0)
 creates `.retvlp-run.lock` exclusively at start and removes it at exit; a second run on the directory refuses to
-start and names the owner. A lock whose process is gone (same host, pid not alive) is stale and taken over with
+start and names the owner. A lock whose process is gone (same host, pid not alive or a zombie) is stale and taken over with
 a warning; a lock from another host is never taken over, since its process cannot be checked from here.
 """
 
@@ -33,7 +33,15 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by another user
         return True
-    return True
+    # A killed trainer stays a zombie until its parent or init reaps it: signal 0 still reaches it. A launcher
+    # killed with its workers leaves them to init, which in containers reaps late or never, and a resume started
+    # in that window refused the directory of a run that was gone (seen: ~1 s here).
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            state = handle.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):  # no procfs (macOS, ...) or gone meanwhile: trust the signal
+        return True
+    return state not in ("Z", "X")
 
 
 def _owner(path: Path) -> dict:
