@@ -4,11 +4,11 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import prewarmed
 import pytest
 import torch
 
@@ -178,14 +178,7 @@ def run_without_retvlp(script_text: str, tmp_path, *args: str) -> dict:
     script.write_text(script_text)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    result = subprocess.run(
-        [sys.executable, str(script), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    result = prewarmed.run([sys.executable, str(script), *args], env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -266,13 +259,15 @@ class LaunchedRanks:
 
 
 def launch_ranks(
-    entry, *args, world_size: int = 2, env: dict | None = None, timeout: float = 280.0
+    entry, *args, world_size: int = 2, machines: int = 1, env: dict | None = None, timeout: float = 280.0
 ) -> LaunchedRanks:
     """Run `entry(*args)` — a command's `main(argv)` or any function returning an exit code — on `world_size`
     processes set up as `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` sets up its
     workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR / MASTER_PORT, gloo on the CPU), each
     with its own stdout and stderr, and wait for all of them. `world_size=1`: one process as `python script.py`
-    runs it (no launcher variables), for a command's exit code and output.
+    runs it (no launcher variables), for a command's exit code and output. `machines=M`: the ranks as
+    `accelerate launch --num_machines M --machine_rank R` starts them on M hosts (here all on localhost):
+    LOCAL_RANK / LOCAL_WORLD_SIZE count the ranks of one machine and GROUP_RANK names the machine.
 
     The processes are forked from this test worker (see `run_two_processes`): a launched worker spends ten
     seconds of CPU importing torch, transformers and the package before its first step, the launcher a few
@@ -286,6 +281,8 @@ def launch_ranks(
     import tempfile
     import time
 
+    if world_size % machines:
+        raise ValueError(f"world_size={world_size} ranks do not split over machines={machines}")
     port = free_port()
     logs = Path(tempfile.mkdtemp(prefix="ranks-"))
 
@@ -301,12 +298,14 @@ def launch_ranks(
             # pytest's capture handlers would swallow the command's log lines; a launched process has none
             logging.root.handlers.clear()
             if world_size > 1:
+                per_machine = world_size // machines
                 os.environ.update(
                     ACCELERATE_USE_CPU="1",
                     RANK=str(rank),
-                    LOCAL_RANK=str(rank),
+                    LOCAL_RANK=str(rank % per_machine),
+                    GROUP_RANK=str(rank // per_machine),
                     WORLD_SIZE=str(world_size),
-                    LOCAL_WORLD_SIZE=str(world_size),
+                    LOCAL_WORLD_SIZE=str(per_machine),
                     MASTER_ADDR="127.0.0.1",
                     MASTER_PORT=str(port),
                 )

@@ -2,11 +2,11 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import prewarmed
 from PIL import Image
 
 from retvlp.cli import build_parser, main
@@ -149,12 +149,8 @@ def test_module_entry_point_in_subprocess(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-m", "retvlp.cli", "validate-data", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    result = prewarmed.run(
+        [sys.executable, "-m", "retvlp.cli", "validate-data", str(path)], env=env, timeout=120
     )
     assert result.returncode == 1, result.stderr
     assert f"{path}:2: images/missing.png: missing-file" in result.stdout

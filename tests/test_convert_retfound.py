@@ -13,10 +13,10 @@ import json
 import math
 import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
+import prewarmed
 import pytest
 import torch
 import torch.nn.functional as F
@@ -469,7 +469,7 @@ def test_cli_as_python_module(sd, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "retvlp.maskedclip.convert_retfound", "--checkpoint", str(ckpt)]
     cmd += ["--output", str(out_dir), "--num-attention-heads", str(HEADS)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = prewarmed.run(cmd, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     expected, _ = conv.convert_retfound_to_vitmae(sd, num_attention_heads=HEADS)
     written = load_file(str(out_dir / "model.safetensors"))

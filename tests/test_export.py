@@ -4,11 +4,11 @@ and export.json let the image tower classify alone, without retvlp or transforme
 with a clear message and exit code 2."""
 
 import json
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import prewarmed
 import pytest
 import torch
 from conftest import make_tiny_config
@@ -195,10 +195,8 @@ def test_the_artifacts_run_without_retvlp_or_transformers(checkpoints, torch_exp
     )
     script = tmp_path / "standalone.py"
     script.write_text(STANDALONE)
-    done = subprocess.run(
+    done = prewarmed.run(
         [sys.executable, str(script), str(torch_exports[family]), str(tmp_path / "inputs.npz")],
-        capture_output=True,
-        text=True,
         timeout=300,
         cwd=tmp_path,
     )

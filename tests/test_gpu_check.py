@@ -2,20 +2,19 @@
 CPU (the figures themselves are only meaningful on a GPU; no timing is asserted)."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+import prewarmed
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_cpu_smoke_runs_every_section():
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
-    completed = subprocess.run(
+    completed = prewarmed.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu-smoke"],
         env=environment,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     out = completed.stdout

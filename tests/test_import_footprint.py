@@ -2,6 +2,7 @@
 its public names still import, and the Auto-class registration it defers happens before any Auto class can
 look our model types up, however transformers is reached."""
 
+import functools
 import importlib
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import prewarmed
 import pytest
 import torch
 from conftest import make_tiny_config
@@ -32,17 +34,16 @@ HEAVY = (
 )
 
 
-def run_python(code: str, *args: str, cwd: Path = REPO) -> dict:
-    """Run `code` in a fresh interpreter (offline) and return the JSON it prints on its last line."""
+def run_python(code: str, *args: str, cwd: Path = REPO, torch_imported: bool = False) -> dict:
+    """Run `code` in a fresh interpreter (offline) and return the JSON it prints on its last line.
+    `torch_imported`: in a process forked from one that has imported torch (tests/prewarmed.py) but not
+    transformers nor retvlp — for probes about transformers and retvlp, never about what loads torch."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "RETVLP_MALLOC_TUNED": "0"}
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=cwd,
-        timeout=300,
+    command = [sys.executable, "-c", textwrap.dedent(code), *args]
+    run = (
+        prewarmed.run if torch_imported else functools.partial(subprocess.run, capture_output=True, text=True)
     )
+    done = run(command, env=environment, cwd=cwd, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -124,7 +125,7 @@ def test_auto_classes_load_a_checkpoint_after_a_bare_import(checkpoint):
                           type(AutoProcessor.from_pretrained(directory)).__name__,
                           type(AutoModel.from_pretrained(directory)).__module__]))
     """
-    names = run_python(code, str(checkpoint))
+    names = run_python(code, str(checkpoint), torch_imported=True)
     assert names == [
         "MaskedCLIPConfig",
         "MaskedCLIPModel",
@@ -159,7 +160,7 @@ def test_the_registration_runs_however_transformers_is_reached(reach):
             "remote_code": [MaskedCLIPConfig._auto_class, MaskedCLIPModel._auto_class],
         }}))
     """
-    report = run_python(code)
+    report = run_python(code, torch_imported=True)
     assert report == {
         "types": ["maskedclip", "maskedclip_vision_model", "keepfit", "ibq_tokenizer"],
         "model": "MaskedCLIPModel",

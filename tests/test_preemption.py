@@ -5,10 +5,10 @@ them: tests/test_pretrain_multiprocess.py, which holds the straight 2-process ru
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+import prewarmed
 import pytest
 import torch
 import yaml
@@ -116,11 +116,9 @@ def test_entry_point_exits_with_the_preempted_code(tmp_path, synthetic):
         "PREEMPT_AT_STEP": "1",
         "RANK": "1",  # the driver signals on rank 1
     }
-    done = subprocess.run(
+    done = prewarmed.run(
         [sys.executable, str(driver), str(REPO / "training" / "pretrain.py"), "--config", str(config_path)],
         env=environment,
-        capture_output=True,
-        text=True,
         timeout=280,
     )
     assert done.returncode == PREEMPTED_EXIT_CODE, done.stderr[-3000:]
