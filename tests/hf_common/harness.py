@@ -249,6 +249,11 @@ def make_test_case(spec: ModelSpec, upstream: Upstream, module_name: str) -> typ
     config_tester_class = upstream.configuration.ConfigTester
 
     def setUp(self):  # noqa: N802 (unittest's name)
+        # Upstream builds some assertion messages eagerly (`test_bc_torch_dtype` formats both tensors of each of
+        # 14 loads × every parameter, pass or fail: half its time). Summarised tensors keep the messages
+        # readable at a fraction of the cost; no assertion changes.
+        torch.set_printoptions(threshold=16, edgeitems=2)
+        self.addCleanup(torch.set_printoptions, profile="default")
         self.model_tester = SpecModelTester(self, spec)
         if spec.config_tester is not None:
             self.config_tester = config_tester_class(self, **spec.config_tester)
