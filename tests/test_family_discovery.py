@@ -9,10 +9,11 @@ import json
 import os
 import pkgutil
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import prewarmed
 
 import retvlp.family_specs
 import retvlp.model_card.families
@@ -142,8 +143,7 @@ PROBE = """
     import retvlp
 
     after_import = sorted(
-        m for m in ("torch", "transformers", "retvlp.toyfam", "retvlp.maskedclip", "retvlp.training",
-                    "retvlp.model_card")
+        m for m in ("transformers", "retvlp.toyfam", "retvlp.maskedclip", "retvlp.training", "retvlp.model_card")
         if m in sys.modules
     )
     from retvlp.families import family_names
@@ -185,17 +185,13 @@ def test_a_new_family_is_added_by_adding_files_only(tmp_path):
         "RETVLP_MALLOC_TUNED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(PROBE)],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    # Forked from the pre-warmed server (tests/prewarmed.py): torch is already imported there, so whether
+    # `import retvlp` loads torch is test_import_footprint's question (a bare interpreter); here, whether it
+    # loads a family — the new one included — or transformers.
+    done = prewarmed.run([sys.executable, "-c", textwrap.dedent(PROBE)], env=environment, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert found["after_import"] == []  # `import retvlp` still loads no torch and no family
+    assert found["after_import"] == []  # `import retvlp` still loads no family and no transformers
     assert found["families"] == ["ibq-tokenizer", "keepfit", "maskedclip", "text-mlm", "toyfam"]
     assert "retvlp.toyfam" in found["triggers"]
     assert found["task"] == "ToyFamTask"
