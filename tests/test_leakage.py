@@ -224,7 +224,15 @@ def test_embedding_pass_pairs_identical_images(planted, tiny_checkpoint, tmp_pat
 def test_cli_check_leakage_end_to_end(planted, tiny_checkpoint, tmp_path, capsys):
     root, _, _ = planted
     output = tmp_path / "out"
-    arguments = ["check-leakage", "--pretrain", str(root / "pretrain.csv"), "--eval", str(root / "eval.csv")]
+    cache = ["--cache-dir", str(tmp_path / "cache")]  # never the default outputs/cache of the checkout
+    arguments = [
+        "check-leakage",
+        "--pretrain",
+        str(root / "pretrain.csv"),
+        "--eval",
+        str(root / "eval.csv"),
+        *cache,
+    ]
     code = main([*arguments, "--output", str(output), "--no-progress", "--workers", "2"])
     captured = capsys.readouterr()
     assert code == 0  # leakage is a warning unless --fail-on-leak
@@ -235,20 +243,34 @@ def test_cli_check_leakage_end_to_end(planted, tiny_checkpoint, tmp_path, capsys
     _write_manifest(
         root / "copies.csv", [{"image": f"ev/copy{i}.bmp", "patient_id": f"copy-{i}"} for i in (0, 1)]
     )
-    copies = ["check-leakage", "--pretrain", str(root / "pretrain.csv"), "--eval", str(root / "copies.csv")]
+    copies = [
+        "check-leakage",
+        "--pretrain",
+        str(root / "pretrain.csv"),
+        "--eval",
+        str(root / "copies.csv"),
+        *cache,
+    ]
     assert main([*copies, "--output", str(tmp_path / "copies"), "--no-progress", "--fail-on-leak"]) == 1
     # no leakage: the pretraining set against itself minus... nothing shared with the negatives alone
     _write_manifest(
         root / "negatives.csv", [{"image": f"ev/n{i}.png", "patient_id": f"neg-{i}"} for i in range(4)]
     )
-    clean = ["check-leakage", "--pretrain", str(root / "pretrain.csv"), "--eval", str(root / "negatives.csv")]
+    clean = [
+        "check-leakage",
+        "--pretrain",
+        str(root / "pretrain.csv"),
+        "--eval",
+        str(root / "negatives.csv"),
+        *cache,
+    ]
     assert main([*clean, "--output", str(tmp_path / "clean"), "--no-progress", "--fail-on-leak"]) == 0
     assert "no leakage found" in capsys.readouterr().out.lower()
     assert main([*arguments, "--min-cosine", "0.9"]) == 2
     assert "--min-cosine needs --model" in capsys.readouterr().err
     # the embedding pass through the command line
     _, _, directory = tiny_checkpoint
-    model_args = ["--model", str(directory), "--min-cosine", "0.9999", "--cache-dir", str(tmp_path / "cache")]
+    model_args = ["--model", str(directory), "--min-cosine", "0.9999"]
     assert main([*clean, "--output", str(tmp_path / "emb"), "--no-progress", *model_args]) == 0
     saved = json.loads((tmp_path / "emb" / "leakage.json").read_text())
     assert saved["settings"]["min_cosine"] == 0.9999 and "embedding" in saved["counts"]
