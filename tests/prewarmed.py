@@ -49,10 +49,17 @@ _IGNORED = {"PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONIOENCODING"}
 
 
 # ---------------------------------------------------------------------------------------------- client
+def _server_environment() -> dict[str, str]:
+    """The environment the server runs (or would start) with: this process's, without PYTHONPATH (each child
+    applies its own)."""
+    if _server is not None and _server.process.poll() is None:
+        return _server.environment
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 class _Server:
     def __init__(self):
-        environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        self.environment = environment
+        self.environment = environment = _server_environment()
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--serve"],
             stdin=subprocess.PIPE,
@@ -116,18 +123,17 @@ def _forkable(command: list[str], environment: dict[str, str], server_environmen
     return True
 
 
-def run(command, *, env=None, cwd=None, timeout: float = 300, capture_output=True, text=True, check=False):
+def run(command, *, env=None, cwd=None, timeout: float = 300, check=False):
     """`subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)` for
     `[sys.executable, script | -c code | -m module, *args]`, forked from the pre-warmed server (see the module
     docstring); anything else runs as a real subprocess. Returns a `subprocess.CompletedProcess`."""
-    assert capture_output and text, "the pre-warmed runner always captures text output"
     command = [str(part) for part in command]
     environment = dict(os.environ if env is None else env)
-    server = _get_server()
-    if not _forkable(command, environment, server.environment):
+    if not _forkable(command, environment, _server_environment()):
         return subprocess.run(
             command, capture_output=True, text=True, env=environment, cwd=cwd, timeout=timeout, check=check
         )
+    server = _get_server()
     with tempfile.TemporaryDirectory(prefix="prewarmed-") as folder, server.lock:
         out, err = Path(folder, "stdout"), Path(folder, "stderr")
         request = {
