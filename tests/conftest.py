@@ -27,6 +27,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
+# tqdm's monitor thread (started by the first progress bar of a worker) takes tqdm's lock every 10 s; a process
+# forked from the worker at that moment (launch_ranks, run_two_processes) inherits the lock held. No monitor.
+import tqdm  # noqa: E402
+
+tqdm.tqdm.monitor_interval = 0
+
 from retvlp import MaskedCLIPConfig  # noqa: E402
 
 TINY_VISION = dict(
@@ -207,7 +213,13 @@ def save_tiny_maskedclip(directory, seed: int = 0):
 
 def _forget_process_state() -> None:
     """In a process forked from a test worker: clear what the worker's earlier tests left in process-wide state
-    that a fresh process would not have (accelerate's state, features held in memory)."""
+    that a fresh process would not have (accelerate's state, features held in memory, tqdm's lock)."""
+    if "tqdm" in sys.modules:
+        # A fork copies tqdm's write lock in whatever state another thread of the worker left it; a copy taken
+        # while held is never released here (a forked rank hung at its end, closing a bar).
+        from tqdm.std import TqdmDefaultWriteLock, tqdm
+
+        tqdm.set_lock(TqdmDefaultWriteLock())
     if "accelerate.state" in sys.modules:
         from accelerate.state import AcceleratorState, PartialState
 
