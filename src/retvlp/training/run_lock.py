@@ -3,8 +3,8 @@
 Two trainers writing into one `run.output_dir` interleave checkpoints, logs and `final/` (seen when a resumed
 run started while the orphaned workers of a killed launcher were still training). The main process (rank 0)
 creates `.retvlp-run.lock` exclusively at start and removes it at exit; a second run on the directory refuses to
-start and names the owner. A lock whose process is gone (same host, pid not alive or a zombie) is stale and taken over with
-a warning; a lock from another host is never taken over, since its process cannot be checked from here.
+start and names the owner. A lock whose process is gone (same host, pid not alive or a zombie) is stale and taken
+over with a warning; a lock from another host is never taken over, since its process cannot be checked from here.
 """
 
 from __future__ import annotations
